@@ -1,0 +1,39 @@
+# Finds a working Python >= 3.12 by running each candidate (pyenv shims may exist but fail).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+define find_python
+for c in python3.13 python3.12 python3 $$(ls -d $$(pyenv root 2>/dev/null)/versions/3.1[2-9]*/bin/python 2>/dev/null); do \
+  if "$$c" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; then echo "$$c"; exit 0; fi; \
+done; echo "no Python >= 3.12 found" >&2; exit 1
+endef
+
+.PHONY: demo test lint format bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) && $(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' \
+	  || { rm -rf $(VENV); PYBIN=$$($(find_python)) && echo "using $$PYBIN" && "$$PYBIN" -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+demo: $(VENV)/.installed
+	$(PY) app.py init-db
+	$(PY) app.py seed-demo
+	$(PY) app.py demo-session
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(VENV)/.installed
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache

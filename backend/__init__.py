@@ -1,0 +1,87 @@
+"""Huiliu backend: the application factory."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+from flask import Flask, jsonify
+
+from backend import config, errors
+from backend.clock import SystemClock
+from backend.spec import documented, openapi
+from backend.store import db as store_db
+
+
+def create_app(overrides: dict | None = None) -> Flask:
+    """Build the app; `overrides` (tests, simulator) win over the environment."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.update(config.from_env(app.instance_path))
+    app.config.setdefault("CLOCK", SystemClock())
+    if overrides:
+        app.config.update(overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    database = store_db.open_database(app.config["DATABASE_URL"])
+    store_db.bind(database)
+    app.extensions["database"] = database
+    app.extensions["wechat_client"] = _wechat_client_factory(app)
+
+    @app.before_request
+    def _connect():
+        store_db.database.connect(reuse_if_open=True)
+
+    @app.teardown_request
+    def _close(_exc):
+        if not store_db.database.is_closed():
+            store_db.database.close()
+
+    errors.register(app)
+    _register_meta_routes(app)
+
+    from backend.admin import bp as admin_bp
+    from miniprogram_api import bp as mp_bp
+
+    app.register_blueprint(mp_bp)
+    app.register_blueprint(admin_bp)
+
+    from backend import cli
+
+    cli.register(app)
+    return app
+
+
+def _wechat_client_factory(app: Flask):
+    @cache
+    def client():
+        from backend.services.wechat import make_client
+
+        cfg = app.config
+        return make_client(
+            cfg["WECHAT_APPID"], cfg["WECHAT_SECRET"], cfg["WECHAT_API_BASE"], cfg["CLOCK"]
+        )
+
+    return client
+
+
+def _register_meta_routes(app: Flask) -> None:
+    @app.get("/healthz")
+    @documented(
+        "Liveness: 200 when the database answers",
+        response={"type": "object", "properties": {"status": {"const": "ok"}}},
+        errors=(503,),
+    )
+    def healthz():
+        try:
+            store_db.database.execute_sql("SELECT 1").fetchone()
+        except Exception as exc:  # any driver failure means "not healthy"
+            logging.getLogger(__name__).error("health check failed: %s", exc)
+            return jsonify(
+                errors.error_body("database_unavailable", "database does not answer")
+            ), 503
+        return jsonify({"status": "ok"})
+
+    @app.get("/openapi.json")
+    @documented("This OpenAPI document", response={"type": "object"})
+    def openapi_json():
+        return jsonify(openapi(app))

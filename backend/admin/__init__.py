@@ -1,0 +1,5 @@
+"""The merchant's admin API (/admin/v1), scoped to the tenant of the X-Api-Key."""
+
+from backend.admin.routes import bp
+
+__all__ = ["bp"]

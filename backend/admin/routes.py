@@ -1,0 +1,200 @@
+"""Admin routes. Every query filters by g.tenant_id, set from the API key and nothing else."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from backend.auth import require_api_key
+from backend.clock import china_iso
+from backend.errors import ApiError
+from backend.services import coupons, events, subscriptions, tenants, users
+from backend.services.event_validation import IMPORT_EARLIEST_MS, IMPORT_EVENT_SCHEMA
+from backend.spec import documented, read_json, validated
+from backend.store.models import Event, Order
+
+bp = Blueprint("admin_api", __name__, url_prefix="/admin/v1")
+
+MAX_IMPORT_BATCH = 2000
+
+IMPORT_SCHEMA, _IMPORT_ENVELOPE = events.batch_schemas(IMPORT_EVENT_SCHEMA, MAX_IMPORT_BATCH)
+MAX_IMPORT_BODY = 16 * 1024 * 1024
+MERCHANT_SCHEMA = {
+    "type": "object",
+    "required": ["code", "name"],
+    "additionalProperties": False,
+    "properties": {
+        "code": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$"},
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+    },
+}
+ISSUE_SCHEMA = {
+    "type": "object",
+    "required": ["user"],
+    "additionalProperties": False,
+    "properties": {
+        "user": {"type": "string", "minLength": 1, "maxLength": 128, "description": "openid"}
+    },
+}
+TEMPLATES_SCHEMA = {
+    "type": "object",
+    "properties": {"templates": {"type": "array", "items": coupons.TEMPLATE_SCHEMA}},
+}
+USER_SCHEMA = {"type": "object", "description": "profile, counts, coupons and allowances"}
+
+
+def _now_ms() -> int:
+    return current_app.config["CLOCK"].now_ms()
+
+
+@bp.get("/merchants")
+@documented("List the tenant's merchants", response={"type": "object"}, auth="api_key")
+@require_api_key
+def list_merchants():
+    rows = tenants.merchants(g.tenant_id)
+    return jsonify({"merchants": [{"code": m.code, "name": m.name} for m in rows]})
+
+
+@bp.post("/merchants")
+@documented(
+    "Add a merchant",
+    request=MERCHANT_SCHEMA,
+    response=MERCHANT_SCHEMA,
+    status=201,
+    auth="api_key",
+    errors=(409,),
+)
+@require_api_key
+def add_merchant():
+    body = validated(MERCHANT_SCHEMA)
+    m = tenants.add_merchant(g.tenant_id, body["code"], body["name"])
+    return jsonify({"code": m.code, "name": m.name}), 201
+
+
+@bp.get("/coupon-templates")
+@documented("List coupon templates", response=TEMPLATES_SCHEMA, auth="api_key")
+@require_api_key
+def list_templates():
+    rows = (
+        coupons.CouponTemplate.select()
+        .where(coupons.CouponTemplate.tenant == g.tenant_id)
+        .order_by(coupons.CouponTemplate.id)
+    )
+    return jsonify({"templates": [coupons.template_dict(t) for t in rows]})
+
+
+@bp.post("/coupon-templates")
+@documented(
+    "Create a coupon template (满减)",
+    request=coupons.TEMPLATE_CREATE_SCHEMA,
+    response=coupons.TEMPLATE_SCHEMA,
+    status=201,
+    auth="api_key",
+)
+@require_api_key
+def create_template():
+    body = validated(coupons.TEMPLATE_CREATE_SCHEMA)
+    if body.get("min_spend_fen", 0) and body["amount_off_fen"] >= body["min_spend_fen"]:
+        raise ApiError(400, "invalid_request", "amount_off_fen must be below min_spend_fen")
+    t = coupons.create_template(g.tenant_id, body, _now_ms())
+    return jsonify(coupons.template_dict(coupons.get_template(g.tenant_id, t.id))), 201
+
+
+@bp.get("/coupon-templates/<int:template_id>")
+@documented("One coupon template", response=coupons.TEMPLATE_SCHEMA, auth="api_key", errors=(404,))
+@require_api_key
+def get_template(template_id: int):
+    return jsonify(coupons.template_dict(coupons.get_template(g.tenant_id, template_id)))
+
+
+@bp.patch("/coupon-templates/<int:template_id>")
+@documented(
+    "Change a coupon template (budget never below what was issued)",
+    request=coupons.TEMPLATE_PATCH_SCHEMA,
+    response=coupons.TEMPLATE_SCHEMA,
+    auth="api_key",
+    errors=(404, 409),
+)
+@require_api_key
+def patch_template(template_id: int):
+    body = validated(coupons.TEMPLATE_PATCH_SCHEMA)
+    return jsonify(coupons.template_dict(coupons.update_template(g.tenant_id, template_id, body)))
+
+
+@bp.delete("/coupon-templates/<int:template_id>")
+@documented(
+    "Delete a template that never issued a coupon",
+    response={"type": "object"},
+    auth="api_key",
+    errors=(404, 409),
+)
+@require_api_key
+def delete_template(template_id: int):
+    coupons.delete_template(g.tenant_id, template_id)
+    return jsonify({"deleted": template_id})
+
+
+@bp.post("/coupon-templates/<int:template_id>/issue")
+@documented(
+    "Issue a coupon from a template to a user",
+    request=ISSUE_SCHEMA,
+    response=coupons.COUPON_SCHEMA,
+    status=201,
+    auth="api_key",
+    errors=(404, 409),
+)
+@require_api_key
+def issue_coupon(template_id: int):
+    body = validated(ISSUE_SCHEMA)
+    user = users.by_openid(g.tenant_id, body["user"])
+    now = _now_ms()
+    coupon = coupons.issue(g.tenant_id, template_id, user, now, source="admin")
+    return jsonify(coupons.coupon_dict(coupon, now)), 201
+
+
+@bp.get("/users/<openid>")
+@documented(
+    "Look a user up: profile, activity counts, coupons and allowances",
+    response=USER_SCHEMA,
+    auth="api_key",
+    errors=(404,),
+)
+@require_api_key
+def get_user(openid: str):
+    user = users.by_openid(g.tenant_id, openid)
+    now = _now_ms()
+    return jsonify(
+        {
+            "openid": user.openid,
+            "unionid": user.unionid,
+            "created_at": china_iso(user.created_ms),
+            "last_seen_at": china_iso(user.last_seen_ms) if user.last_seen_ms else None,
+            "marketing_opt_out": user.marketing_opt_out,
+            "events": Event.select().where(Event.user == user.id).count(),
+            "orders": Order.select().where(Order.user == user.id).count(),
+            "coupons": [coupons.coupon_dict(c, now) for c in coupons.wallet(g.tenant_id, user.id)],
+            "allowances": subscriptions.allowances(user.id),
+        }
+    )
+
+
+@bp.post("/events/import")
+@documented(
+    f"Import up to {MAX_IMPORT_BATCH} historical events per call (any past time)",
+    request=IMPORT_SCHEMA,
+    response={"type": "object"},
+    auth="api_key",
+    errors=(413,),
+)
+@require_api_key
+def import_events():
+    request.max_content_length = MAX_IMPORT_BODY  # history arrives in bigger batches
+    result = events.ingest(
+        read_json(),
+        envelope=_IMPORT_ENVELOPE,
+        item_schema=IMPORT_EVENT_SCHEMA,
+        max_batch=MAX_IMPORT_BATCH,
+        earliest_ms=IMPORT_EARLIEST_MS,
+        tenant_id=g.tenant_id,
+        now_ms=_now_ms(),
+    )
+    return jsonify(result.as_dict())

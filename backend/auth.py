@@ -1,0 +1,111 @@
+"""Who is calling: mini-program users by bearer token, merchants by admin API key."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from functools import wraps
+
+from flask import current_app, g, request
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from backend.errors import ApiError
+from backend.store.models import ApiKey, Tenant, User
+
+TOKEN_SALT = "huiliu.mp-token.v1"
+KEY_PREFIX = "hl"
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    expires_in: int
+
+
+def _serializer() -> URLSafeSerializer:
+    return URLSafeSerializer(current_app.config["SECRET_KEY"], salt=TOKEN_SALT)
+
+
+def issue_token(user: User) -> IssuedToken:
+    """A signed token naming tenant and user, expiring by the app's clock (not the wall's)."""
+    ttl = int(current_app.config["TOKEN_TTL_S"])
+    now_s = int(current_app.config["CLOCK"].now().timestamp())
+    token = _serializer().dumps({"t": user.tenant_id, "u": user.id, "exp": now_s + ttl})
+    return IssuedToken(token=token, expires_in=ttl)
+
+
+def _user_from_token(raw: str) -> User:
+    try:
+        payload = _serializer().loads(raw)
+    except BadSignature:
+        raise ApiError(401, "invalid_token", "token signature is invalid") from None
+    if not isinstance(payload, dict) or not {"t", "u", "exp"} <= payload.keys():
+        raise ApiError(401, "invalid_token", "token payload is malformed")
+    if payload["exp"] <= current_app.config["CLOCK"].now().timestamp():
+        raise ApiError(401, "token_expired", "token has expired; log in again")
+    user = User.get_or_none((User.id == payload["u"]) & (User.tenant == payload["t"]))
+    if user is None:
+        raise ApiError(401, "invalid_token", "the token's user no longer exists")
+    return user
+
+
+def require_user(view):
+    """Bearer-token guard for /mp/v1 routes; sets g.user and g.tenant_id."""
+
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        header = request.headers.get("Authorization", "")
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != "bearer" or not raw.strip():
+            raise ApiError(401, "missing_token", "send 'Authorization: Bearer <token>'")
+        g.user = _user_from_token(raw.strip())
+        g.tenant_id = g.user.tenant_id
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_api_key(tenant: Tenant, now_ms: int, label: str = "") -> str:
+    """Create a key and return it in full; only its prefix and hash are stored."""
+    prefix = secrets.token_hex(4)
+    secret = secrets.token_urlsafe(24)
+    ApiKey.create(
+        tenant=tenant, prefix=prefix, key_hash=hash_secret(secret), label=label, created_ms=now_ms
+    )
+    return f"{KEY_PREFIX}_{prefix}_{secret}"
+
+
+def tenant_for_key(raw: str) -> Tenant | None:
+    parts = raw.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        return None
+    key = ApiKey.get_or_none((ApiKey.prefix == parts[1]) & ApiKey.revoked_ms.is_null())
+    # Compare even when the prefix is unknown so timing does not reveal which prefixes exist.
+    expected = key.key_hash if key else hash_secret("")
+    if not hmac.compare_digest(expected, hash_secret(parts[2])) or key is None:
+        return None
+    return key.tenant
+
+
+def require_api_key(view):
+    """X-Api-Key guard for /admin/v1 routes; sets g.tenant_id. Every query filters by it."""
+
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        raw = request.headers.get("X-Api-Key", "")
+        if not raw:
+            raise ApiError(401, "missing_api_key", "send the tenant's admin key in X-Api-Key")
+        tenant = tenant_for_key(raw)
+        if tenant is None:
+            raise ApiError(401, "invalid_api_key", "the API key is not valid")
+        g.tenant = tenant
+        g.tenant_id = tenant.id
+        return view(*args, **kwargs)
+
+    return wrapped

@@ -1,0 +1,1 @@
+"""Pure decision and measurement functions over numpy columns: no Flask, no peewee, no Mesa."""

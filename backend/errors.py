@@ -1,0 +1,63 @@
+"""Every error leaves as JSON `{"error": {"code", "message"}}` (the public contract)."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error a client can act on: a status, a stable snake_case code and a message."""
+
+    def __init__(self, status: int, code: str, message: str, **extra) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+def error_body(code: str, message: str, **extra) -> dict:
+    err = {"code": code, "message": message}
+    err.update(extra)
+    return {"error": err}
+
+
+def _http_code(exc: HTTPException) -> str:
+    return {
+        400: "bad_request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        409: "conflict",
+        413: "payload_too_large",
+        415: "unsupported_media_type",
+        429: "rate_limited",
+    }.get(exc.code or 500, "http_error")
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api(exc: ApiError):
+        return jsonify(error_body(exc.code, exc.message, **exc.extra)), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        message = exc.description or exc.name
+        if exc.code == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            message = f"request body exceeds the limit of {limit} bytes"
+        resp = jsonify(error_body(_http_code(exc), message))
+        if exc.code == 405 and exc.valid_methods:
+            resp.headers["Allow"] = ", ".join(exc.valid_methods)
+        return resp, exc.code or 500
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return jsonify(error_body("internal_error", "internal server error")), 500

@@ -1,0 +1,43 @@
+"""Loading tenants from the YAML files in seeds/ (data, not code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from backend.auth import new_api_key
+from backend.services import coupons, tenants
+from backend.store.db import database
+from backend.store.models import CouponTemplate, Merchant
+
+SEEDS_DIR = Path(__file__).resolve().parent.parent / "seeds"
+
+
+def load_demo_tenant(now_ms: int, path: Path = SEEDS_DIR / "demo_tenant.yaml") -> tuple[str, str]:
+    """Create the demo tenant (or top it up) and return (appid, a new admin API key).
+
+    Idempotent: merchants and templates are matched by code and name, so running it again
+    only issues a fresh key (the old ones stay valid; keys are stored hashed and cannot be shown
+    again).
+    """
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    with database.atomic():
+        tenant = tenants.by_appid(spec["appid"])
+        if tenant is None:
+            tenant, key = tenants.create(spec["appid"], spec["name"], now_ms)
+        else:
+            key = new_api_key(tenant, now_ms, label="seed-demo")
+        for m in spec.get("merchants", []):
+            Merchant.insert(
+                tenant=tenant.id, code=m["code"], name=m["name"]
+            ).on_conflict_ignore().as_rowcount().execute()
+        for t in spec.get("coupon_templates", []):
+            exists = (
+                CouponTemplate.select()
+                .where((CouponTemplate.tenant == tenant.id) & (CouponTemplate.name == t["name"]))
+                .exists()
+            )
+            if not exists:
+                coupons.create_template(tenant.id, t, now_ms)
+    return tenant.appid, key

@@ -1,0 +1,40 @@
+"""Tenants (one per mini-program appid), their merchants and admin keys."""
+
+from __future__ import annotations
+
+import json
+
+from backend.auth import new_api_key
+from backend.errors import ApiError
+from backend.store.db import database
+from backend.store.models import Merchant, Tenant
+
+
+def create(appid: str, name: str, now_ms: int, settings: dict | None = None) -> tuple[Tenant, str]:
+    """A new tenant and its first admin API key (returned once, stored hashed)."""
+    with database.atomic():
+        tenant = Tenant.create(
+            appid=appid, name=name, settings=json.dumps(settings or {}), created_ms=now_ms
+        )
+        key = new_api_key(tenant, now_ms, label="initial")
+    return tenant, key
+
+
+def by_appid(appid: str) -> Tenant | None:
+    return Tenant.get_or_none(Tenant.appid == appid)
+
+
+def merchants(tenant_id: int) -> list[Merchant]:
+    return list(Merchant.select().where(Merchant.tenant == tenant_id).order_by(Merchant.code))
+
+
+def add_merchant(tenant_id: int, code: str, name: str) -> Merchant:
+    inserted = (
+        Merchant.insert(tenant=tenant_id, code=code, name=name)
+        .on_conflict_ignore()
+        .as_rowcount()
+        .execute()
+    )
+    if inserted == 0:
+        raise ApiError(409, "merchant_exists", f"merchant {code!r} already exists")
+    return Merchant.get((Merchant.tenant == tenant_id) & (Merchant.code == code))

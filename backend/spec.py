@@ -1,0 +1,194 @@
+"""Request validation and the OpenAPI document, from one set of JSON Schemas.
+
+Each route declares its schemas with @documented; the same schema that validates a request
+body is the one /openapi.json publishes, so the document cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, request
+from jsonschema import Draft202012Validator
+
+from backend.errors import ApiError
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
+
+@dataclass
+class RouteDoc:
+    summary: str
+    request: dict | None = None
+    response: dict | None = None
+    status: int = 200
+    auth: str | None = None  # "bearer" | "api_key" | None
+    query: dict[str, dict] = field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+
+
+def documented(
+    summary: str,
+    *,
+    request: dict | None = None,
+    response: dict | None = None,
+    status: int = 200,
+    auth: str | None = None,
+    query: dict[str, dict] | None = None,
+    errors: tuple[int, ...] = (),
+):
+    """Attach a RouteDoc to a view function (read back by openapi())."""
+
+    def mark(view):
+        view.route_doc = RouteDoc(summary, request, response, status, auth, query or {}, errors)
+        return view
+
+    return mark
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_json() -> Any:
+    """The request body as JSON, or a 400 naming what is wrong with it."""
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise ApiError(400, "empty_body", "request body is empty; send a JSON object")
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed_json", "request body is not UTF-8") from None
+    except ValueError as exc:
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+
+
+def json_path(parts, root: str = "") -> str:
+    """`events[3].ts` style path of a JSON location, under an optional root name."""
+    out = root
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+_validators: dict[int, Draft202012Validator] = {}
+
+
+def first_error(schema: dict, value: Any, root: str = "") -> str | None:
+    """The most relevant validation error, as 'path: message', or None if valid."""
+    validator = _validators.get(id(schema))
+    if validator is None:
+        validator = _validators[id(schema)] = Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return None
+    err = errors[0]
+    return f"{json_path(err.absolute_path, root)}: {err.message}"
+
+
+def validated(schema: dict) -> Any:
+    """Read the body and validate it whole; 400 `invalid_request` naming the field."""
+    body = read_json()
+    problem = first_error(schema, body)
+    if problem:
+        raise ApiError(400, "invalid_request", problem)
+    return body
+
+
+def finite_numbers_only(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(finite_numbers_only(v) for v in value.values())
+    if isinstance(value, list):
+        return all(finite_numbers_only(v) for v in value)
+    return True
+
+
+def _path_template(rule: str) -> tuple[str, list[dict]]:
+    params = []
+    out = rule
+    for arg in sorted({a for a in rule.split("<")[1:]}):
+        inner = arg.split(">")[0]
+        conv, _, name = inner.rpartition(":")
+        kind = "integer" if conv == "int" else "string"
+        params.append({"name": name, "in": "path", "required": True, "schema": {"type": kind}})
+        out = out.replace(f"<{inner}>", "{" + name + "}")
+    return out, params
+
+
+def openapi(app: Flask) -> dict:
+    """The OpenAPI 3.1 document of every routed view (undocumented views are listed too)."""
+    paths: dict[str, dict] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        view = app.view_functions[rule.endpoint]
+        doc: RouteDoc | None = getattr(view, "route_doc", None)
+        path, params = _path_template(rule.rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            op: dict[str, Any] = {"operationId": f"{rule.endpoint}.{method.lower()}"}
+            if doc is None:
+                op["summary"] = "UNDOCUMENTED"
+            else:
+                op["summary"] = doc.summary
+                parameters = list(params)
+                parameters += [
+                    {"name": n, "in": "query", "required": False, "schema": s}
+                    for n, s in doc.query.items()
+                ]
+                if parameters:
+                    op["parameters"] = parameters
+                if doc.request is not None:
+                    op["requestBody"] = {
+                        "required": True,
+                        "content": {"application/json": {"schema": doc.request}},
+                    }
+                responses: dict[str, Any] = {
+                    str(doc.status): {
+                        "description": "success",
+                        "content": {"application/json": {"schema": doc.response or {}}},
+                    }
+                }
+                codes = set(doc.errors) | {400} if doc.request else set(doc.errors)
+                if doc.auth:
+                    codes.add(401)
+                for code in sorted(codes):
+                    responses[str(code)] = {
+                        "description": "error",
+                        "content": {"application/json": {"schema": ERROR_SCHEMA}},
+                    }
+                op["responses"] = responses
+                if doc.auth == "bearer":
+                    op["security"] = [{"bearer": []}]
+                elif doc.auth == "api_key":
+                    op["security"] = [{"apiKey": []}]
+            paths.setdefault(path, {})[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Huiliu (回流) API",
+            "version": "1",
+            "description": "Re-engagement backend for WeChat mini-programs.",
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+            }
+        },
+    }

@@ -1,0 +1,48 @@
+"""Opening the database named by DATABASE_URL (SQLite file by default, PostgreSQL by URL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+import peewee
+from playhouse.db_url import parse as parse_url
+from playhouse.pool import PooledPostgresqlDatabase
+
+# Every model binds to this proxy; the app factory points it at the real database.
+database = peewee.DatabaseProxy()
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",  # readers never block the writer
+    "synchronous": "normal",  # durable at checkpoints; safe with WAL
+    "foreign_keys": 1,
+    "busy_timeout": 30000,  # wait for the write lock instead of failing under load
+    "cache_size": -16000,
+}
+
+
+def open_database(url: str) -> peewee.Database:
+    """Build (not connect) the database for a URL."""
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        path = url[len("sqlite:///") :]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # IMMEDIATE: a write transaction takes the write lock at BEGIN, so two writers never
+        # deadlock upgrading read locks; they queue on busy_timeout instead.
+        return peewee.SqliteDatabase(
+            path, pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE", timeout=30
+        )
+    if scheme in ("postgres", "postgresql"):
+        params = parse_url(url)
+        name = params.pop("database")
+        return PooledPostgresqlDatabase(name, max_connections=32, stale_timeout=300, **params)
+    raise ValueError(f"unsupported DATABASE_URL scheme {scheme!r}: use sqlite:/// or postgresql://")
+
+
+def bind(db: peewee.Database) -> None:
+    database.initialize(db)
+
+
+def is_sqlite() -> bool:
+    return isinstance(database.obj, peewee.SqliteDatabase)

@@ -1,0 +1,193 @@
+"""The tables. Times are UTC epoch milliseconds (BigInteger); money is integer fen."""
+
+from __future__ import annotations
+
+import peewee as pw
+
+from backend.store.db import database
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class SchemaVersion(BaseModel):
+    version = pw.IntegerField(primary_key=True)
+    applied_ms = pw.BigIntegerField()
+
+
+class Tenant(BaseModel):
+    """One mini-program (appid) run by one merchant team."""
+
+    appid = pw.CharField(max_length=64, unique=True)
+    name = pw.CharField(max_length=200)
+    settings = pw.TextField(default="{}")  # JSON: per-tenant thresholds and calendar
+    created_ms = pw.BigIntegerField()
+
+
+class ApiKey(BaseModel):
+    """An admin API key: only a lookup prefix and a SHA-256 of the secret are stored."""
+
+    tenant = pw.ForeignKeyField(Tenant, backref="api_keys", on_delete="CASCADE")
+    prefix = pw.CharField(max_length=16, unique=True)
+    key_hash = pw.CharField(max_length=64)
+    label = pw.CharField(max_length=100, default="")
+    created_ms = pw.BigIntegerField()
+    revoked_ms = pw.BigIntegerField(null=True)
+
+
+class User(BaseModel):
+    tenant = pw.ForeignKeyField(Tenant, backref="users", on_delete="CASCADE")
+    openid = pw.CharField(max_length=128)
+    unionid = pw.CharField(max_length=128, null=True)
+    created_ms = pw.BigIntegerField()
+    last_seen_ms = pw.BigIntegerField(null=True)
+    marketing_opt_out = pw.BooleanField(default=False)
+
+    class Meta:
+        indexes = ((("tenant", "openid"), True),)
+
+
+class Merchant(BaseModel):
+    """A shop on the platform (canteen window, snack shop); orders name one."""
+
+    tenant = pw.ForeignKeyField(Tenant, backref="merchants", on_delete="CASCADE")
+    code = pw.CharField(max_length=64)
+    name = pw.CharField(max_length=200)
+
+    class Meta:
+        indexes = ((("tenant", "code"), True),)
+
+
+class Event(BaseModel):
+    id = pw.BigAutoField()
+    tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")
+    user = pw.ForeignKeyField(User, backref="events", on_delete="CASCADE")
+    client_id = pw.CharField(max_length=64)  # the phone's event id: the idempotency key
+    type = pw.CharField(max_length=64)
+    ts_ms = pw.BigIntegerField()  # when it happened (skew-corrected), UTC
+    received_ms = pw.BigIntegerField()
+    props = pw.TextField(default="{}")
+
+    class Meta:
+        indexes = (
+            (("user", "client_id"), True),
+            (("tenant", "ts_ms"), False),
+            (("user", "ts_ms"), False),
+        )
+
+
+class CouponTemplate(BaseModel):
+    """满减 coupon: amount off above a minimum spend, with a total budget of coupons."""
+
+    tenant = pw.ForeignKeyField(Tenant, backref="coupon_templates", on_delete="CASCADE")
+    name = pw.CharField(max_length=100)
+    amount_off_fen = pw.BigIntegerField()
+    min_spend_fen = pw.BigIntegerField(default=0)
+    validity_days = pw.IntegerField()
+    budget = pw.IntegerField()  # how many coupons may ever be issued
+    issued_count = pw.IntegerField(default=0)
+    per_user_limit = pw.IntegerField(default=1)
+    merchant = pw.ForeignKeyField(Merchant, null=True, on_delete="RESTRICT")
+    claimable = pw.BooleanField(default=False)  # users may claim it themselves
+    active = pw.BooleanField(default=True)
+    created_ms = pw.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            pw.SQL("CHECK (issued_count >= 0 AND issued_count <= budget)"),
+            pw.SQL("CHECK (amount_off_fen > 0)"),
+        ]
+
+
+class Coupon(BaseModel):
+    tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")
+    template = pw.ForeignKeyField(CouponTemplate, backref="coupons", on_delete="RESTRICT")
+    user = pw.ForeignKeyField(User, backref="coupons", on_delete="CASCADE")
+    seq = pw.IntegerField()  # 1..per_user_limit: the unique index enforces the limit
+    status = pw.CharField(max_length=16, default="issued")  # issued | redeemed
+    source = pw.CharField(max_length=16)  # admin | claim | policy
+    issued_ms = pw.BigIntegerField()
+    expires_ms = pw.BigIntegerField()
+    redeemed_ms = pw.BigIntegerField(null=True)
+    order_ref = pw.CharField(max_length=64, null=True)
+
+    class Meta:
+        indexes = ((("template", "user", "seq"), True),)
+
+
+class Order(BaseModel):
+    tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")
+    user = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")  # NULL once erased
+    order_ref = pw.CharField(max_length=64)
+    merchant = pw.ForeignKeyField(Merchant, null=True, on_delete="RESTRICT")
+    amount_fen = pw.BigIntegerField()
+    coupon = pw.ForeignKeyField(Coupon, null=True, on_delete="SET NULL")
+    paid_ms = pw.BigIntegerField()
+    status = pw.CharField(max_length=16, default="paid")  # paid | refunded
+
+    class Meta:
+        indexes = ((("tenant", "order_ref"), True), (("tenant", "paid_ms"), False))
+
+
+class SubscriptionAllowance(BaseModel):
+    """How many one-time subscribe messages of a template the user still allows."""
+
+    tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")
+    user = pw.ForeignKeyField(User, backref="allowances", on_delete="CASCADE")
+    template_id = pw.CharField(max_length=128)
+    remaining = pw.IntegerField(default=0)
+    last_result = pw.CharField(max_length=16)  # accept | reject | ban | filter
+    updated_ms = pw.BigIntegerField()
+
+    class Meta:
+        indexes = ((("user", "template_id"), True),)
+        constraints = [pw.SQL("CHECK (remaining >= 0)")]
+
+
+class SubscriptionGrant(BaseModel):
+    """One recorded wx.requestSubscribeMessage answer; its id makes retries harmless."""
+
+    tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")
+    user = pw.ForeignKeyField(User, on_delete="CASCADE")
+    request_id = pw.CharField(max_length=64)
+    results = pw.TextField()
+    created_ms = pw.BigIntegerField()
+
+    class Meta:
+        indexes = ((("user", "request_id"), True),)
+
+
+class ConsentLog(BaseModel):
+    """Every marketing opt-out/opt-in, kept as evidence of what the user asked."""
+
+    tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")
+    user = pw.ForeignKeyField(User, backref="consents", on_delete="CASCADE")
+    action = pw.CharField(max_length=16)  # opt_out | opt_in
+    at_ms = pw.BigIntegerField()
+
+
+class KeyValue(BaseModel):
+    """Small shared state across workers (the WeChat access token cache)."""
+
+    key = pw.CharField(max_length=200, primary_key=True)
+    value = pw.TextField()
+    expires_ms = pw.BigIntegerField(null=True)
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    Tenant,
+    ApiKey,
+    User,
+    Merchant,
+    Event,
+    CouponTemplate,
+    Coupon,
+    Order,
+    SubscriptionAllowance,
+    SubscriptionGrant,
+    ConsentLog,
+    KeyValue,
+]

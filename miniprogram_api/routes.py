@@ -1,0 +1,237 @@
+"""Routes the mini-program calls. Each resolves the user from its bearer token."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from backend.auth import issue_token, require_user
+from backend.errors import ApiError
+from backend.services import coupons, events, privacy, subscriptions, tenants, users, wechat
+from backend.services.event_validation import MP_EVENT_SCHEMA, MP_MAX_AGE_MS
+from backend.spec import documented, read_json, validated
+
+bp = Blueprint("mp", __name__, url_prefix="/mp/v1")
+
+MAX_BATCH = 500
+_REFERER_APPID = re.compile(r"^https://servicewechat\.com/(wx[0-9a-zA-Z]{8,32})/")
+
+LOGIN_SCHEMA = {
+    "type": "object",
+    "required": ["code"],
+    "additionalProperties": False,
+    "properties": {"code": {"type": "string", "minLength": 1, "maxLength": 128}},
+}
+TOKEN_SCHEMA = {
+    "type": "object",
+    "properties": {"token": {"type": "string"}, "expires_in": {"type": "integer"}},
+}
+EVENTS_SCHEMA, _EVENTS_ENVELOPE = events.batch_schemas(MP_EVENT_SCHEMA, MAX_BATCH)
+BATCH_RESULT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "accepted": {"type": "integer"},
+        "duplicates": {"type": "integer"},
+        "rejected": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"index": {"type": "integer"}, "error": {"type": "string"}},
+            },
+        },
+    },
+}
+REDEEM_SCHEMA = {
+    "type": "object",
+    "required": ["order_id", "order_amount_fen"],
+    "additionalProperties": False,
+    "properties": {
+        "order_id": {"type": "string", "minLength": 1, "maxLength": 64},
+        "order_amount_fen": {"type": "integer", "minimum": 1, "maximum": 100_000_000},
+    },
+}
+CLAIM_SCHEMA = {
+    "type": "object",
+    "required": ["template_id"],
+    "additionalProperties": False,
+    "properties": {"template_id": {"type": "integer", "minimum": 1}},
+}
+WALLET_SCHEMA = {
+    "type": "object",
+    "properties": {"coupons": {"type": "array", "items": coupons.COUPON_SCHEMA}},
+}
+ALLOWANCES_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "allowances": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "duplicate": {"type": "boolean"},
+    },
+}
+CONSENT_SCHEMA = {"type": "object", "properties": {"marketing_opt_out": {"type": "boolean"}}}
+
+
+def _now_ms() -> int:
+    return current_app.config["CLOCK"].now_ms()
+
+
+def _login_appid() -> str:
+    """Which mini-program is logging in: WeChat's Referer, a header, or the configured appid."""
+    match = _REFERER_APPID.match(request.headers.get("Referer", ""))
+    if match:
+        return match.group(1)
+    return request.headers.get("X-Huiliu-Appid") or current_app.config["WECHAT_APPID"]
+
+
+@bp.post("/login")
+@documented(
+    "Exchange a wx.login code for a bearer token",
+    request=LOGIN_SCHEMA,
+    response=TOKEN_SCHEMA,
+    errors=(404, 429, 502, 503),
+)
+def login():
+    body = validated(LOGIN_SCHEMA)
+    appid = _login_appid()
+    tenant = tenants.by_appid(appid) if appid else None
+    if tenant is None:
+        raise ApiError(404, "unknown_app", "no tenant is registered for this mini-program appid")
+    cfg = current_app.config
+    if cfg["WECHAT_MODE"] == "dev":
+        identity = wechat.WechatIdentity(openid=f"dev_{body['code']}", unionid=None)
+    else:
+        if tenant.appid != cfg["WECHAT_APPID"] or not cfg["WECHAT_SECRET"]:
+            raise ApiError(502, "wechat_not_configured", "no WeChat secret configured for this app")
+        identity = wechat.code_to_session(current_app.extensions["wechat_client"](), body["code"])
+    user = users.get_or_create(tenant.id, identity.openid, identity.unionid, _now_ms())
+    issued = issue_token(user)
+    return jsonify({"token": issued.token, "expires_in": issued.expires_in})
+
+
+@bp.post("/events")
+@documented(
+    f"Log a batch of up to {MAX_BATCH} events (idempotent per event id)",
+    request=EVENTS_SCHEMA,
+    response=BATCH_RESULT_SCHEMA,
+    auth="bearer",
+    errors=(413,),
+)
+@require_user
+def post_events():
+    now = _now_ms()
+    result = events.ingest(
+        read_json(),
+        envelope=_EVENTS_ENVELOPE,
+        item_schema=MP_EVENT_SCHEMA,
+        max_batch=MAX_BATCH,
+        earliest_ms=now - MP_MAX_AGE_MS,
+        tenant_id=g.tenant_id,
+        now_ms=now,
+        user_id=g.user.id,
+    )
+    return jsonify(result.as_dict())
+
+
+@bp.get("/coupons")
+@documented(
+    "The user's coupon wallet with status and expiry", response=WALLET_SCHEMA, auth="bearer"
+)
+@require_user
+def get_wallet():
+    now = _now_ms()
+    held = coupons.wallet(g.tenant_id, g.user.id)
+    return jsonify({"coupons": [coupons.coupon_dict(c, now) for c in held]})
+
+
+@bp.post("/coupons/claim")
+@documented(
+    "Claim a coupon from a claimable template",
+    request=CLAIM_SCHEMA,
+    response=coupons.COUPON_SCHEMA,
+    status=201,
+    auth="bearer",
+    errors=(404, 409),
+)
+@require_user
+def claim():
+    body = validated(CLAIM_SCHEMA)
+    template = coupons.get_template(g.tenant_id, body["template_id"])
+    if not template.claimable:
+        raise ApiError(409, "not_claimable", "this coupon can only be given out by the merchant")
+    now = _now_ms()
+    coupon = coupons.issue(g.tenant_id, template.id, g.user, now, source="claim")
+    return jsonify(coupons.coupon_dict(coupon, now)), 201
+
+
+@bp.post("/coupons/<int:coupon_id>/redeem")
+@documented(
+    "Redeem one of the user's coupons against an order (at most once)",
+    request=REDEEM_SCHEMA,
+    response=coupons.COUPON_SCHEMA,
+    auth="bearer",
+    errors=(404, 409),
+)
+@require_user
+def redeem(coupon_id: int):
+    body = validated(REDEEM_SCHEMA)
+    now = _now_ms()
+    coupon = coupons.redeem(
+        g.tenant_id, g.user.id, coupon_id, body["order_id"], body["order_amount_fen"], now
+    )
+    return jsonify(coupons.coupon_dict(coupon, now))
+
+
+@bp.post("/subscriptions")
+@documented(
+    "Record the result of wx.requestSubscribeMessage",
+    request=subscriptions.SUBSCRIPTION_SCHEMA,
+    response=ALLOWANCES_SCHEMA,
+    auth="bearer",
+)
+@require_user
+def post_subscriptions():
+    body = validated(subscriptions.SUBSCRIPTION_SCHEMA)
+    allowances, duplicate = subscriptions.record(g.tenant_id, g.user.id, body, _now_ms())
+    return jsonify({"allowances": allowances, "duplicate": duplicate})
+
+
+@bp.post("/me/opt-out")
+@documented(
+    "Stop all marketing (recall) messages and offers to this user",
+    response=CONSENT_SCHEMA,
+    auth="bearer",
+)
+@require_user
+def opt_out():
+    privacy.set_marketing(g.user, True, _now_ms())
+    return jsonify({"marketing_opt_out": True})
+
+
+@bp.post("/me/opt-in")
+@documented("Allow marketing again after an opt-out", response=CONSENT_SCHEMA, auth="bearer")
+@require_user
+def opt_in():
+    privacy.set_marketing(g.user, False, _now_ms())
+    return jsonify({"marketing_opt_out": False})
+
+
+@bp.get("/me/data")
+@documented(
+    "Everything held about the user, with why each kind is held",
+    response={"type": "object"},
+    auth="bearer",
+)
+@require_user
+def my_data():
+    return jsonify(privacy.export(g.user, _now_ms()))
+
+
+@bp.delete("/me")
+@documented(
+    "Erase the user: events deleted, orders anonymised, everything else deleted",
+    response={"type": "object", "properties": {"erased": {"type": "object"}}},
+    auth="bearer",
+)
+@require_user
+def erase_me():
+    return jsonify({"erased": privacy.erase(g.user)})

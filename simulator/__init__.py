@@ -1,0 +1,1 @@
+"""The simulated campus (Mesa); built in its own issue."""
