@@ -6,11 +6,19 @@ import logging
 from functools import cache
 
 from flask import Flask, jsonify
+from werkzeug.routing import IntegerConverter
 
 from backend import config, errors
 from backend.clock import SystemClock
 from backend.spec import documented, openapi
 from backend.store import db as store_db
+
+
+class IdConverter(IntegerConverter):
+    """Row ids in paths: positive and within 32 bits, so no id reaches SQL out of range."""
+
+    def __init__(self, url_map) -> None:
+        super().__init__(url_map, min=1, max=2**31 - 1)
 
 
 def create_app(overrides: dict | None = None) -> Flask:
@@ -36,6 +44,7 @@ def create_app(overrides: dict | None = None) -> Flask:
         if not store_db.database.is_closed():
             store_db.database.close()
 
+    app.url_map.converters["id"] = IdConverter
     errors.register(app)
     _register_meta_routes(app)
 

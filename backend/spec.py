@@ -102,20 +102,32 @@ def first_error(schema: dict, value: Any, root: str = "") -> str | None:
 def validated(schema: dict) -> Any:
     """Read the body and validate it whole; 400 `invalid_request` naming the field."""
     body = read_json()
-    problem = first_error(schema, body)
+    problem = first_error(schema, body) or unstorable_value(body)
     if problem:
         raise ApiError(400, "invalid_request", problem)
     return body
 
 
-def finite_numbers_only(value: Any) -> bool:
+def unstorable_value(value: Any) -> str | None:
+    """Why a parsed JSON value cannot be stored faithfully on every database, or None.
+
+    PostgreSQL text cannot hold U+0000; NaN and Infinity are not JSON.
+    """
+    if isinstance(value, str):
+        return "strings must not contain U+0000" if "\x00" in value else None
     if isinstance(value, float):
-        return math.isfinite(value)
+        return None if math.isfinite(value) else "NaN and Infinity are not allowed"
     if isinstance(value, dict):
-        return all(finite_numbers_only(v) for v in value.values())
-    if isinstance(value, list):
-        return all(finite_numbers_only(v) for v in value)
-    return True
+        items = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    for item in items:
+        problem = unstorable_value(item)
+        if problem:
+            return problem
+    return None
 
 
 def _path_template(rule: str) -> tuple[str, list[dict]]:
@@ -124,7 +136,7 @@ def _path_template(rule: str) -> tuple[str, list[dict]]:
     for arg in sorted({a for a in rule.split("<")[1:]}):
         inner = arg.split(">")[0]
         conv, _, name = inner.rpartition(":")
-        kind = "integer" if conv == "int" else "string"
+        kind = "integer" if conv in ("int", "id") else "string"
         params.append({"name": name, "in": "path", "required": True, "schema": {"type": kind}})
         out = out.replace(f"<{inner}>", "{" + name + "}")
     return out, params

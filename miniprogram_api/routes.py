@@ -55,7 +55,7 @@ CLAIM_SCHEMA = {
     "type": "object",
     "required": ["template_id"],
     "additionalProperties": False,
-    "properties": {"template_id": {"type": "integer", "minimum": 1}},
+    "properties": {"template_id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}},
 }
 WALLET_SCHEMA = {
     "type": "object",
@@ -163,7 +163,7 @@ def claim():
     return jsonify(coupons.coupon_dict(coupon, now)), 201
 
 
-@bp.post("/coupons/<int:coupon_id>/redeem")
+@bp.post("/coupons/<id:coupon_id>/redeem")
 @documented(
     "Redeem one of the user's coupons against an order (at most once)",
     request=REDEEM_SCHEMA,

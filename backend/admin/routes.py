@@ -99,14 +99,14 @@ def create_template():
     return jsonify(coupons.template_dict(coupons.get_template(g.tenant_id, t.id))), 201
 
 
-@bp.get("/coupon-templates/<int:template_id>")
+@bp.get("/coupon-templates/<id:template_id>")
 @documented("One coupon template", response=coupons.TEMPLATE_SCHEMA, auth="api_key", errors=(404,))
 @require_api_key
 def get_template(template_id: int):
     return jsonify(coupons.template_dict(coupons.get_template(g.tenant_id, template_id)))
 
 
-@bp.patch("/coupon-templates/<int:template_id>")
+@bp.patch("/coupon-templates/<id:template_id>")
 @documented(
     "Change a coupon template (budget never below what was issued)",
     request=coupons.TEMPLATE_PATCH_SCHEMA,
@@ -120,7 +120,7 @@ def patch_template(template_id: int):
     return jsonify(coupons.template_dict(coupons.update_template(g.tenant_id, template_id, body)))
 
 
-@bp.delete("/coupon-templates/<int:template_id>")
+@bp.delete("/coupon-templates/<id:template_id>")
 @documented(
     "Delete a template that never issued a coupon",
     response={"type": "object"},
@@ -133,7 +133,7 @@ def delete_template(template_id: int):
     return jsonify({"deleted": template_id})
 
 
-@bp.post("/coupon-templates/<int:template_id>/issue")
+@bp.post("/coupon-templates/<id:template_id>/issue")
 @documented(
     "Issue a coupon from a template to a user",
     request=ISSUE_SCHEMA,

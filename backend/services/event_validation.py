@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from backend.clock import CHINA_TZ, to_ms
-from backend.spec import finite_numbers_only, first_error
+from backend.spec import first_error, unstorable_value
 
 MAX_PROPS_BYTES = 2048
 MAX_FUTURE_MS = 10 * 60 * 1000  # after skew correction, later than now + 10 min is refused
@@ -140,7 +140,10 @@ def parse_ts(value: int | str, field: str = "ts") -> int:
             raise InvalidEvent(f"{field}: {value!r} is not an ISO-8601 time") from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=CHINA_TZ)
-        return to_ms(when)
+        try:
+            return to_ms(when)
+        except (OverflowError, ValueError, OSError):
+            raise InvalidEvent(f"{field}: {value!r} is out of range") from None
     raise InvalidEvent(f"{field}: must be epoch milliseconds or an ISO-8601 string")
 
 
@@ -167,9 +170,10 @@ def clean_event(
         raise InvalidEvent(problem.replace("body: ", "event: ", 1))
     assert isinstance(raw, dict)
     check_type(raw["type"])
+    unstorable = unstorable_value(raw)
+    if unstorable:
+        raise InvalidEvent(unstorable)
     props = raw.get("props", {})
-    if not finite_numbers_only(props):
-        raise InvalidEvent("props: NaN and Infinity are not allowed")
     props_json = json.dumps(props, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     if len(props_json.encode()) > MAX_PROPS_BYTES:
         raise InvalidEvent(f"props: larger than {MAX_PROPS_BYTES} bytes as JSON")

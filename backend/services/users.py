@@ -19,7 +19,9 @@ def get_or_create(tenant_id: int, openid: str, unionid: str | None, now_ms: int)
 
 
 def by_openid(tenant_id: int, openid: str) -> User:
-    user = User.get_or_none((User.tenant == tenant_id) & (User.openid == openid))
+    user = None
+    if "\x00" not in openid:  # PostgreSQL cannot even compare such a string
+        user = User.get_or_none((User.tenant == tenant_id) & (User.openid == openid))
     if user is None:
         raise ApiError(404, "user_not_found", f"no user with openid {openid!r}")
     return user

@@ -36,7 +36,9 @@ def open_database(url: str) -> peewee.Database:
     if scheme in ("postgres", "postgresql"):
         params = parse_url(url)
         name = params.pop("database")
-        return PooledPostgresqlDatabase(name, max_connections=32, stale_timeout=300, **params)
+        return PooledPostgresqlDatabase(
+            name, max_connections=32, stale_timeout=300, timeout=30, **params
+        )
     raise ValueError(f"unsupported DATABASE_URL scheme {scheme!r}: use sqlite:/// or postgresql://")
 
 
