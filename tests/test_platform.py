@@ -244,3 +244,10 @@ def test_no_module_reads_the_wall_clock():
 def test_unsupported_database_url_is_a_clear_error():
     with pytest.raises(ValueError, match="unsupported DATABASE_URL"):
         create_app({"DATABASE_URL": "mysql://x/y"})
+
+
+def test_docs_list_the_whole_event_vocabulary():
+    from backend.services.event_validation import VOCABULARY
+
+    doc = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert [t for t in VOCABULARY if f"| `{t}` |" not in doc] == []
