@@ -29,6 +29,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     if overrides:
         app.config.update(overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # At DEBUG these log full URLs and SQL parameters: app secret, login codes, access tokens.
+    for chatty in ("urllib3", "peewee"):
+        logging.getLogger(chatty).setLevel(logging.INFO)
 
     database = store_db.open_database(app.config["DATABASE_URL"])
     store_db.bind(database)

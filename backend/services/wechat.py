@@ -23,16 +23,24 @@ from backend.store.models import KeyValue
 log = logging.getLogger(__name__)
 
 
-class RebaseAdapter(HTTPAdapter):
-    """Sends WeChat-bound requests to another base URL (a local fake in tests)."""
+class WeChatAdapter(HTTPAdapter):
+    """Every WeChat-bound request gets a timeout, and goes to WECHAT_API_BASE if set.
 
-    def __init__(self, base: str) -> None:
+    wechatpy sends its access-token fetch without a timeout; a WeChat that never answers must
+    not hold a worker forever. Proxies are chosen again for the rewritten URL so NO_PROXY for a
+    local fake is honoured.
+    """
+
+    def __init__(self, base: str, timeout: float) -> None:
         super().__init__()
         self.base = base.rstrip("/") + "/"
+        self.timeout = timeout
 
-    def send(self, request, **kwargs):
-        request.url = self.base + request.url[len(DEFAULT_API_BASE) :]
-        return super().send(request, **kwargs)
+    def send(self, request, timeout=None, proxies=None, **kwargs):
+        if self.base != DEFAULT_API_BASE:
+            request.url = self.base + request.url[len(DEFAULT_API_BASE) :]
+            proxies = requests.utils.get_environ_proxies(request.url)
+        return super().send(request, timeout=timeout or self.timeout, proxies=proxies, **kwargs)
 
 
 class DatabaseStorage(SessionStorage):
@@ -48,7 +56,9 @@ class DatabaseStorage(SessionStorage):
         return row.value
 
     def set(self, key, value, ttl=None):
-        expires = self.clock.now_ms() + int(ttl) * 1000 if ttl else None
+        # Expire five minutes early: WeChat keeps the old token valid for five minutes after a
+        # refresh, so workers refreshing near the deadline never hold a dead token.
+        expires = self.clock.now_ms() + max(int(ttl) - 300, 60) * 1000 if ttl else None
         KeyValue.insert(key=key, value=value, expires_ms=expires).on_conflict(
             conflict_target=[KeyValue.key], preserve=[KeyValue.value, KeyValue.expires_ms]
         ).execute()
@@ -57,12 +67,13 @@ class DatabaseStorage(SessionStorage):
         KeyValue.delete().where(KeyValue.key == key).execute()
 
 
-def make_client(appid: str, secret: str, api_base: str, clock: SystemClock) -> WeChatClient:
+def make_client(
+    appid: str, secret: str, api_base: str, clock: SystemClock, timeout: float = 5
+) -> WeChatClient:
     client = WeChatClient(
-        appid, secret, session=DatabaseStorage(clock), timeout=5, auto_retry=False
+        appid, secret, session=DatabaseStorage(clock), timeout=timeout, auto_retry=False
     )
-    if api_base.rstrip("/") + "/" != DEFAULT_API_BASE:
-        client._http.mount(DEFAULT_API_BASE, RebaseAdapter(api_base))
+    client._http.mount(DEFAULT_API_BASE, WeChatAdapter(api_base, timeout))
     return client
 
 
@@ -83,8 +94,25 @@ LOGIN_ERRORS = {
 
 
 def code_to_session(client: WeChatClient, code: str) -> WechatIdentity:
+    """WeChat's code2Session through the client, without an access token.
+
+    wechatpy's `client.wxa.code_to_session` sends the same request but first fetches an
+    access token that code2Session does not need, so a token-endpoint failure (IP whitelist,
+    daily quota) would block every login. Passing access_token=None skips that fetch (requests
+    drops None parameters); the rest — signing, parsing, errcode handling — is wechatpy's own.
+    """
     try:
-        answer = client.wxa.code_to_session(code)
+        answer = client.get(
+            "sns/jscode2session",
+            api_base_url=DEFAULT_API_BASE,  # the client's default base is .../cgi-bin/
+            params={
+                "appid": client.appid,
+                "secret": client.secret,
+                "js_code": code,
+                "grant_type": "authorization_code",
+                "access_token": None,
+            },
+        )
     except WeChatClientException as exc:
         if exc.errcode in LOGIN_ERRORS:
             status, name, message = LOGIN_ERRORS[exc.errcode]
