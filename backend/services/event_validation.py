@@ -7,6 +7,7 @@ very same rules and differ only in the time window they accept.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -155,6 +156,33 @@ def check_type(kind: str) -> None:
     raise InvalidEvent(f"type: {kind!r} is not in the vocabulary (see docs) nor custom:<name>")
 
 
+_PRINTABLE_ID = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+def _plainly_valid(raw: object, schema: dict) -> bool:
+    """The common case, checked by hand: True only if `schema` would surely accept `raw`.
+
+    jsonschema costs ~40 µs an event, a third of a batch's server time; it still runs, to word
+    the message, whenever this quick check is not sure.
+    """
+    if not isinstance(raw, dict):
+        return False
+    props = schema["properties"]
+    if not set(schema["required"]) <= raw.keys() or not raw.keys() <= props.keys():
+        return False
+    kind, ts, ident = raw["type"], raw["ts"], raw["id"]
+    if not (isinstance(ident, str) and _PRINTABLE_ID.fullmatch(ident)):
+        return False
+    if not (isinstance(kind, str) and 1 <= len(kind) <= 64):
+        return False
+    if not (isinstance(ts, str) or (isinstance(ts, int) and not isinstance(ts, bool))):
+        return False
+    if "props" in raw and not isinstance(raw["props"], dict):
+        return False
+    user = raw.get("user")
+    return "user" not in props or (isinstance(user, str) and 1 <= len(user) <= 128)
+
+
 def clean_event(
     raw: object,
     *,
@@ -164,7 +192,7 @@ def clean_event(
     earliest_ms: int,
 ) -> CleanEvent:
     """Validate one event and return it with its skew-corrected time, or raise InvalidEvent."""
-    problem = first_error(schema, raw)
+    problem = None if _plainly_valid(raw, schema) else first_error(schema, raw)
     if problem:
         # An error at the event's root reads better named "event" than "body".
         raise InvalidEvent(problem.replace("body: ", "event: ", 1))

@@ -13,7 +13,7 @@ from backend.services.event_validation import (
     skew_from_sent_at,
 )
 from backend.spec import first_error
-from backend.store.db import database
+from backend.store.db import write_transaction
 from backend.store.models import Coupon, Event, Merchant, Order, User
 
 INSERT_CHUNK = 500
@@ -158,34 +158,21 @@ def store_batch(
             kept.append((index, ev))
     result.rejected.sort(key=lambda r: r["index"])
 
-    with database.atomic():
+    with write_transaction():
+        users = None
         if user_id is None:
             users = _ensure_users(tenant_id, {e.openid for _, e in kept if e.openid}, now_ms)
-        seen: set[tuple[int, str]] = set()
-        rows = []
-        for _, ev in kept:
-            uid = user_id if user_id is not None else users[ev.openid]
-            if (uid, ev.client_id) in seen:
-                continue
-            seen.add((uid, ev.client_id))
-            rows.append((uid, ev))
+        rows = _unique_rows(kept, user_id, users)
         inserted = 0
         for start in range(0, len(rows), INSERT_CHUNK):
             chunk = rows[start : start + INSERT_CHUNK]
             inserted += (
                 Event.insert_many(
                     [
-                        {
-                            "tenant": tenant_id,
-                            "user": uid,
-                            "client_id": ev.client_id,
-                            "type": ev.type,
-                            "ts_ms": ev.ts_ms,
-                            "received_ms": now_ms,
-                            "props": ev.props_json,
-                        }
+                        (tenant_id, uid, ev.client_id, ev.type, ev.ts_ms, now_ms, ev.props_json)
                         for uid, ev in chunk
-                    ]
+                    ],
+                    fields=_EVENT_FIELDS,
                 )
                 .on_conflict_ignore()
                 .as_rowcount()
@@ -196,6 +183,31 @@ def store_batch(
     result.accepted = inserted
     result.duplicates = len(kept) - inserted
     return result
+
+
+_EVENT_FIELDS = [
+    Event.tenant,
+    Event.user,
+    Event.client_id,
+    Event.type,
+    Event.ts_ms,
+    Event.received_ms,
+    Event.props,
+]
+
+
+def _unique_rows(
+    kept: list[tuple[int, CleanEvent]], user_id: int | None, users: dict[str, int] | None
+) -> list[tuple[int, CleanEvent]]:
+    """(user id, event) pairs with repeats of the same id for the same user dropped."""
+    seen: set[tuple[int, str]] = set()
+    rows = []
+    for _, ev in kept:
+        uid = user_id if user_id is not None else users[ev.openid]
+        if (uid, ev.client_id) not in seen:
+            seen.add((uid, ev.client_id))
+            rows.append((uid, ev))
+    return rows
 
 
 def _store_orders(tenant_id: int, rows: list[tuple[int, CleanEvent]], merchants: dict) -> None:
