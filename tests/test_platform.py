@@ -251,3 +251,48 @@ def test_docs_list_the_whole_event_vocabulary():
 
     doc = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     assert [t for t in VOCABULARY if f"| `{t}` |" not in doc] == []
+
+
+def _wait_for(url: str, proc, attempts: int = 200):
+    import time
+
+    import requests
+
+    for _ in range(attempts):
+        assert proc.poll() is None, "the server exited"
+        try:
+            return requests.get(url, timeout=1)
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} never answered")
+
+
+def test_serve_runs_the_api_under_gunicorn(tmp_path):
+    """`python app.py serve` answers over real HTTP (a fresh SQLite file, dev mode)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'serve.sqlite3'}"}
+    subprocess.run([sys.executable, "app.py", "init-db"], cwd=ROOT, env=env, check=True)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "serve", "--port", str(port), "--workers", "1"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert _wait_for(f"{base}/healthz", proc).json() == {"status": "ok"}
+        spec = requests.get(f"{base}/openapi.json", timeout=5).json()
+        assert "/mp/v1/events" in spec["paths"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
