@@ -33,7 +33,9 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 
 bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/ingest.py
+	$(PY) bench/scoring.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

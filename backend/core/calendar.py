@@ -1,0 +1,68 @@
+"""Days on the campus clock: China-time day numbers and term days (breaks do not count).
+
+A student silent through winter break has not churned. Every "days since" that decides a
+tier is therefore counted in term days: days outside the tenant's breaks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+
+MS_PER_DAY = 86_400_000
+CHINA_OFFSET_MS = 8 * 3_600_000  # China has no daylight saving time
+EPOCH = date(1970, 1, 1)
+
+
+def china_day(ts_ms: np.ndarray | int) -> np.ndarray:
+    """Day number (days since 1970-01-01) of a UTC epoch-ms time, in China time."""
+    return (np.asarray(ts_ms, dtype=np.int64) + CHINA_OFFSET_MS) // MS_PER_DAY
+
+
+def china_hour(ts_ms: np.ndarray | int) -> np.ndarray:
+    return ((np.asarray(ts_ms, dtype=np.int64) + CHINA_OFFSET_MS) % MS_PER_DAY) // 3_600_000
+
+
+def day_number(d: date) -> int:
+    return (d - EPOCH).days
+
+
+def day_date(n: int) -> date:
+    return date.fromordinal(EPOCH.toordinal() + int(n))
+
+
+def day_start_ms(n: int) -> int:
+    """UTC epoch ms of 00:00 China time on day n."""
+    return int(n) * MS_PER_DAY - CHINA_OFFSET_MS
+
+
+@dataclass(frozen=True)
+class TermCalendar:
+    """Which days are breaks. `breaks` are inclusive (first_day, last_day) day numbers."""
+
+    breaks: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def from_dates(cls, ranges: list[tuple[date, date]]) -> TermCalendar:
+        return cls(tuple(sorted((day_number(a), day_number(b)) for a, b in ranges)))
+
+    def is_break(self, days: np.ndarray | int) -> np.ndarray:
+        d = np.asarray(days, dtype=np.int64)
+        out = np.zeros(d.shape, dtype=bool)
+        for first, last in self.breaks:
+            out |= (d >= first) & (d <= last)
+        return out
+
+    def term_day_count(self, days: np.ndarray | int) -> np.ndarray:
+        """Term days in [0, day]: differences of it count term days between two dates."""
+        d = np.asarray(days, dtype=np.int64)
+        off = np.zeros(d.shape, dtype=np.int64)
+        for first, last in self.breaks:
+            off += np.clip(d - first + 1, 0, last - first + 1)
+        return d + 1 - off
+
+    def term_days_between(self, earlier, later) -> np.ndarray:
+        """Term days in (earlier, later]: 0 when the whole gap was a break."""
+        return self.term_day_count(later) - self.term_day_count(earlier)

@@ -1,0 +1,115 @@
+"""One day's scores for every user: the single entry point the backend and simulator call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from backend.core import bgnbd
+from backend.core.activity import Activity, compute_activity
+from backend.core.calendar import TermCalendar
+from backend.core.features import (
+    EventColumns,
+    Features,
+    OrderColumns,
+    active_days,
+    compute_features,
+    until,
+)
+from backend.core.rfm import rfm_scores, segments
+from backend.core.tiers import TierConfig, assign_tiers
+from backend.core.value import expected_value_fen, worth_recalling
+
+MIN_BUYERS_TO_FIT = 30  # below this the four BG/NBD parameters are not identifiable
+
+
+@dataclass
+class Scores:
+    features: Features
+    activity: Activity
+    r: np.ndarray
+    f: np.ndarray
+    m: np.ndarray
+    segment: np.ndarray
+    p_alive: np.ndarray  # NaN when no model could be fitted
+    expected_orders: np.ndarray
+    value_fen: np.ndarray
+    worth_recalling: np.ndarray
+    tier: np.ndarray
+    reason: np.ndarray
+    params: bgnbd.BgNbdParams | None
+
+
+def fit_for(features: Features) -> bgnbd.BgNbdParams | None:
+    """BG/NBD on the users who have bought (time 0 is a first purchase), when there are enough."""
+    buyers = features.frequency + (features.spend_fen_total > 0) > 0
+    if int(buyers.sum()) < MIN_BUYERS_TO_FIT or not np.any(features.frequency[buyers] > 0):
+        return None
+    params = bgnbd.fit_bgnbd(
+        features.frequency[buyers], features.recency[buyers], features.T[buyers]
+    )
+    return params if params.converged else None
+
+
+def score_users(
+    events: EventColumns,
+    orders: OrderColumns,
+    n_users: int,
+    as_of: int,
+    calendar: TermCalendar,
+    config: TierConfig,
+    *,
+    first_seen: np.ndarray | None = None,
+    last_seen: np.ndarray | None = None,
+    params: bgnbd.BgNbdParams | None = None,
+    fit: bool = True,
+) -> Scores:
+    """Features, activity, RFM, churn probability, value and tier of every user on `as_of`.
+
+    `params` reuses an earlier BG/NBD fit (the simulator refits weekly, not nightly); with
+    `fit` false and no params, P(alive) is left out (NaN) and tiers rest on silence alone.
+    """
+    events, orders = until(events, orders, as_of)
+    visits = active_days(events)
+    feats = compute_features(
+        events, orders, n_users, as_of, calendar, first_seen, last_seen, visits=visits
+    )
+    act = compute_activity(events, orders, n_users, as_of, calendar, visits=visits)
+    r, f, m = rfm_scores(feats.days_since_visit, feats.orders_total, feats.spend_fen_total)
+    if params is None and fit:
+        params = fit_for(feats)
+    if params is not None:
+        alive = bgnbd.p_alive(params, feats.frequency, feats.recency, feats.T)
+        expected = bgnbd.expected_purchases(
+            params, config.value_horizon_days, feats.frequency, feats.recency, feats.T
+        )
+    else:
+        alive = np.full(n_users, np.nan)
+        # Without a model: the user's own order rate over the last 90 days, scaled.
+        expected = feats.orders_90 * (config.value_horizon_days / 90.0)
+    tier, reason = assign_tiers(
+        feats.term_days_since_visit,
+        feats.age_days,
+        feats.visit_days_30,
+        1.0 - alive,
+        act.warning,
+        config,
+    )
+    return Scores(
+        features=feats,
+        activity=act,
+        r=r,
+        f=f,
+        m=m,
+        segment=segments(r, f, m),
+        p_alive=alive,
+        expected_orders=expected,
+        value_fen=expected_value_fen(expected, feats.spend_fen_total, feats.orders_total),
+        worth_recalling=worth_recalling(
+            feats.spend_fen_total, feats.invites_total, feats.content_total, config.worth_ltv_fen
+        ),
+        tier=tier,
+        reason=reason,
+        params=params,
+    )

@@ -1,0 +1,86 @@
+"""Lifecycle tiers: new, active, low-frequency, churn-risk, churned — and why.
+
+Thresholds live in TierConfig, one per tenant (its settings override the defaults). Silence
+is counted in term days (core.calendar), so a vacation is never read as churn.
+
+Rules, first match wins:
+  churned       silent for >= churned_silent_days term days (default 30)
+  churn_risk    silent for >= risk_silent_days term days (default 7: the playbooks' classic
+                flag), or BG/NBD risk 1 − P(alive) >= risk_score_threshold (0.78 in one
+                playbook), or the activity early warning fired
+  new           first seen at most new_days ago (default 7)
+  low_frequency fewer than low_frequency_visit_days visit days in the last 30 (default 4,
+                i.e. less than weekly)
+  active        everyone else
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+TIERS = ["new", "active", "low_frequency", "churn_risk", "churned"]
+NEW, ACTIVE, LOW, RISK, CHURNED = range(5)
+
+# Why a user has their tier; rendered to text by the service with the user's numbers.
+REASONS = [
+    "first_seen_recently",
+    "visits_regularly",
+    "visits_rarely",
+    "silent_term_days",
+    "low_p_alive",
+    "early_warning",
+    "silent_long",
+]
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    new_days: int = 7
+    risk_silent_days: int = 7
+    churned_silent_days: int = 30
+    risk_score_threshold: float = 0.78
+    low_frequency_visit_days: int = 4
+    worth_ltv_fen: int = 10_000  # 100 yuan: "has paid before" in the worth-recalling rule
+    value_horizon_days: int = 30
+
+    @classmethod
+    def from_settings(cls, overrides: dict | None) -> TierConfig:
+        """Defaults overridden by a tenant's `tiers` settings; unknown keys are an error."""
+        overrides = overrides or {}
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(overrides) - set(known)
+        if unknown:
+            raise ValueError(f"unknown tier settings: {sorted(unknown)}")
+        values = asdict(cls())
+        for key, value in overrides.items():
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"tier setting {key} must be a non-negative number")
+            values[key] = type(values[key])(value)
+        return cls(**values)
+
+
+def assign_tiers(
+    term_days_since_visit: np.ndarray,
+    age_days: np.ndarray,
+    visit_days_30: np.ndarray,
+    risk_score: np.ndarray,
+    warning: np.ndarray,
+    config: TierConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(tier index into TIERS, reason index into REASONS) per user."""
+    silent = np.asarray(term_days_since_visit)
+    risky = np.nan_to_num(np.asarray(risk_score, dtype=np.float64), nan=0.0)
+    rules = [
+        (silent >= config.churned_silent_days, CHURNED, 6),
+        (silent >= config.risk_silent_days, RISK, 3),
+        (risky >= config.risk_score_threshold, RISK, 4),
+        (np.asarray(warning, dtype=bool), RISK, 5),
+        (np.asarray(age_days) <= config.new_days, NEW, 0),
+        (np.asarray(visit_days_30) < config.low_frequency_visit_days, LOW, 2),
+    ]
+    conditions = [c for c, _, _ in rules]
+    tier = np.select(conditions, [t for _, t, _ in rules], default=ACTIVE).astype(np.int8)
+    reason = np.select(conditions, [r for _, _, r in rules], default=1).astype(np.int8)
+    return tier, reason
