@@ -42,6 +42,41 @@ def register(app: Flask) -> None:
         else:
             click.echo(f"appid:   {appid}\napi_key: {key}")
 
+    @app.cli.command("score")
+    @click.option("--date", "on", default=None, help="YYYY-MM-DD China date (default: today)")
+    @click.option("--tenant", "appid", default=None, help="only this appid (default: all)")
+    @click.option("--json", "as_json", is_flag=True, help="print the summaries as JSON")
+    def score(on: str | None, appid: str | None, as_json: bool):
+        """Compute and store every user's scores and tier for a day (idempotent per day)."""
+        from backend.core.calendar import china_day
+        from backend.errors import ApiError
+        from backend.services.scoring import parse_day, score_tenant
+        from backend.store.models import Tenant
+
+        try:
+            day = parse_day(on, int(china_day(_now_ms())))
+        except ApiError as exc:
+            raise click.ClickException(exc.message) from None
+        tenants = Tenant.select().order_by(Tenant.id)
+        if appid:
+            tenants = tenants.where(Tenant.appid == appid)
+            if not tenants.exists():
+                raise click.ClickException(f"no tenant with appid {appid}")
+        results = [score_tenant(t, day) for t in tenants]
+        if as_json:
+            click.echo(json.dumps(results, ensure_ascii=False))
+            return
+        for r in results:
+            tiers = ", ".join(f"{k} {v}" for k, v in r["tiers"].items())
+            model = r["model"]
+            fit = (
+                f"BG/NBD r={model['r']:.3g} alpha={model['alpha']:.3g} a={model['a']:.3g} "
+                f"b={model['b']:.3g}"
+                if model
+                else "BG/NBD not fitted (too few buyers)"
+            )
+            click.echo(f"{r['tenant']} {r['date']}: {r['users']} users; {tiers}; {fit}")
+
     @app.cli.command("demo-session")
     def demo_session():
         """A scripted mini-program session against the demo tenant (what `make demo` shows)."""

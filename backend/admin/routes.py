@@ -6,8 +6,9 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.auth import require_api_key
 from backend.clock import china_iso
+from backend.core.calendar import china_day
 from backend.errors import ApiError
-from backend.services import coupons, events, subscriptions, tenants, users
+from backend.services import coupons, events, scoring, subscriptions, tenants, users
 from backend.services.event_validation import IMPORT_EARLIEST_MS, IMPORT_EVENT_SCHEMA
 from backend.spec import documented, read_json, validated
 from backend.store.models import Event, Order
@@ -198,3 +199,67 @@ def import_events():
         now_ms=_now_ms(),
     )
     return jsonify(result.as_dict())
+
+
+DATE_QUERY = {
+    "date": {
+        "type": "string",
+        "format": "date",
+        "description": "YYYY-MM-DD China date; the latest scored day by default",
+    }
+}
+SUMMARY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "date": {"type": "string"},
+        "users": {"type": "integer"},
+        "tiers": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "segments": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "warnings": {"type": "integer"},
+        "worth_recalling": {"type": "integer"},
+        "model": {"type": ["object", "null"]},
+    },
+}
+USER_SCORES_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "tier": {"type": "string"},
+        "segment": {"type": "string"},
+        "p_alive": {"type": ["number", "null"]},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+
+def _query_day() -> int | None:
+    text = request.args.get("date")
+    if text is None:
+        return None
+    return scoring.parse_day(text, int(china_day(_now_ms())))
+
+
+@bp.get("/scores/summary")
+@documented(
+    "Users per tier and RFM segment on a scored day",
+    response=SUMMARY_SCHEMA,
+    auth="api_key",
+    query=DATE_QUERY,
+    errors=(400, 404),
+)
+@require_api_key
+def scores_summary():
+    return jsonify(scoring.summary(g.tenant_id, _query_day()))
+
+
+@bp.get("/users/<openid>/scores")
+@documented(
+    "One user's scores and tier with the reasons behind them",
+    response=USER_SCORES_SCHEMA,
+    auth="api_key",
+    query=DATE_QUERY,
+    errors=(400, 404),
+)
+@require_api_key
+def user_scores(openid: str):
+    user = users.by_openid(g.tenant_id, openid)
+    return jsonify(scoring.user_scores(g.tenant, user, _query_day()))

@@ -21,6 +21,7 @@ from scipy.optimize import minimize
 from scipy.special import digamma, expit, gammaln, hyp2f1
 
 ArrayLike = np.ndarray | list | float | int
+MAX_PARAM = 1e6  # beyond this a parameter has run off: the data cannot identify the model
 
 
 @dataclass(frozen=True)

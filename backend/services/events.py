@@ -179,7 +179,7 @@ def store_batch(
                 .execute()
             )
         _store_orders(tenant_id, rows, merchants)
-        _touch_last_seen(rows)
+        _touch_seen(rows)
     result.accepted = inserted
     result.duplicates = len(kept) - inserted
     return result
@@ -248,11 +248,18 @@ def _link_redeemed_coupons(tenant_id: int, order_refs: list[str]) -> None:
         ).execute()
 
 
-def _touch_last_seen(rows: list[tuple[int, CleanEvent]]) -> None:
-    latest: dict[int, int] = {}
+def _touch_seen(rows: list[tuple[int, CleanEvent]]) -> None:
+    """Widen each user's known span: last_seen_ms up, created_ms (first seen) down.
+
+    A historical import or a phone's offline queue can carry events older than the user row,
+    and scoring a past day must still find the user.
+    """
+    span: dict[int, tuple[int, int]] = {}
     for uid, ev in rows:
-        latest[uid] = max(latest.get(uid, 0), ev.ts_ms)
-    for uid, ts in latest.items():
-        User.update(last_seen_ms=ts).where(
-            (User.id == uid) & (User.last_seen_ms.is_null() | (User.last_seen_ms < ts))
+        lo, hi = span.get(uid, (ev.ts_ms, ev.ts_ms))
+        span[uid] = (min(lo, ev.ts_ms), max(hi, ev.ts_ms))
+    for uid, (lo, hi) in span.items():
+        User.update(last_seen_ms=hi).where(
+            (User.id == uid) & (User.last_seen_ms.is_null() | (User.last_seen_ms < hi))
         ).execute()
+        User.update(created_ms=lo).where((User.id == uid) & (User.created_ms > lo)).execute()

@@ -9,7 +9,23 @@ from collections.abc import Callable
 
 import peewee
 
-from backend.store.models import ALL_MODELS, SchemaVersion
+from backend.store.models import (
+    ApiKey,
+    ConsentLog,
+    Coupon,
+    CouponTemplate,
+    Event,
+    KeyValue,
+    Merchant,
+    ModelFit,
+    Order,
+    SchemaVersion,
+    ScoreSnapshot,
+    SubscriptionAllowance,
+    SubscriptionGrant,
+    Tenant,
+    User,
+)
 
 
 class SchemaTooNew(RuntimeError):
@@ -17,10 +33,30 @@ class SchemaTooNew(RuntimeError):
 
 
 def _v1_initial(db: peewee.Database) -> None:
-    db.create_tables(ALL_MODELS, safe=False)
+    db.create_tables(
+        [
+            Tenant,
+            ApiKey,
+            User,
+            Merchant,
+            Event,
+            CouponTemplate,
+            Coupon,
+            Order,
+            SubscriptionAllowance,
+            SubscriptionGrant,
+            ConsentLog,
+            KeyValue,
+        ],
+        safe=False,
+    )
 
 
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1_initial]
+def _v2_scores(db: peewee.Database) -> None:
+    db.create_tables([ScoreSnapshot, ModelFit], safe=False)
+
+
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1_initial, _v2_scores]
 LATEST = len(MIGRATIONS)
 
 

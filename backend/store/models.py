@@ -169,6 +169,56 @@ class ConsentLog(BaseModel):
     at_ms = pw.BigIntegerField()
 
 
+class ScoreSnapshot(BaseModel):
+    """One user's scores and tier on one China day (`day`: days since 1970-01-01)."""
+
+    tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")
+    user = pw.ForeignKeyField(User, on_delete="CASCADE")
+    day = pw.IntegerField()
+    tier = pw.CharField(max_length=16)
+    reason = pw.CharField(max_length=32)
+    activity_index = pw.FloatField()
+    baseline = pw.FloatField()
+    warning = pw.BooleanField()
+    r = pw.SmallIntegerField()
+    f = pw.SmallIntegerField()
+    m = pw.SmallIntegerField()
+    segment = pw.CharField(max_length=16)
+    p_alive = pw.FloatField(null=True)  # NULL when no model could be fitted
+    expected_orders = pw.FloatField()
+    value_fen = pw.BigIntegerField()
+    worth_recalling = pw.BooleanField()
+    days_since_visit = pw.IntegerField()
+    term_days_since_visit = pw.IntegerField()
+    days_since_order = pw.IntegerField()
+    age_days = pw.IntegerField()
+    visit_days_30 = pw.IntegerField()
+    orders_total = pw.IntegerField()
+    spend_fen_total = pw.BigIntegerField()
+    invites_total = pw.IntegerField()
+    content_total = pw.IntegerField()
+    usual_hour = pw.SmallIntegerField()
+
+    class Meta:
+        indexes = ((("tenant", "day", "user"), True), (("user", "day"), False))
+
+
+class ModelFit(BaseModel):
+    """The BG/NBD parameters fitted for a tenant on a day."""
+
+    tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")
+    day = pw.IntegerField()
+    r = pw.FloatField()
+    alpha = pw.FloatField()
+    a = pw.FloatField()
+    b = pw.FloatField()
+    loglik = pw.FloatField()
+    n = pw.IntegerField()
+
+    class Meta:
+        indexes = ((("tenant", "day"), True),)
+
+
 class KeyValue(BaseModel):
     """Small shared state across workers (the WeChat access token cache)."""
 
@@ -190,4 +240,6 @@ ALL_MODELS: list[type[BaseModel]] = [
     SubscriptionGrant,
     ConsentLog,
     KeyValue,
+    ScoreSnapshot,
+    ModelFit,
 ]

@@ -1,0 +1,400 @@
+"""The daily score snapshot: columns from the database, scores from backend.core, rows back.
+
+A few bulk queries per tenant (never one per user); the computing is backend.core's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import peewee as pw
+import yaml
+
+from backend.core.calendar import (
+    TermCalendar,
+    china_day,
+    china_hour,
+    day_date,
+    day_number,
+    day_start_ms,
+)
+from backend.core.features import KIND_CODES, EventColumns, OrderColumns
+from backend.core.rfm import SEGMENT_NAMES
+from backend.core.scoring import Scores, score_users
+from backend.core.tiers import REASONS, TIERS, TierConfig
+from backend.errors import ApiError
+from backend.store.db import database
+from backend.store.models import Event, ModelFit, Order, ScoreSnapshot, Tenant, User
+
+SEEDS_DIR = Path(__file__).resolve().parent.parent.parent / "seeds"
+DEFAULT_CALENDAR = "campus_calendar.yaml"
+LOOKBACK_DAYS = 120  # every windowed feature looks back at most 90 days (+ 28 for baselines)
+CHUNK = 500
+
+
+def load_calendar(settings: dict) -> TermCalendar:
+    """The tenant's breaks: `calendar` in its settings names a file in seeds/ or lists them.
+
+    Without a setting the campus calendar in seeds/ applies (Huiliu serves campuses);
+    `"calendar": {"breaks": []}` turns breaks off.
+    """
+    spec = settings.get("calendar", DEFAULT_CALENDAR)
+    if isinstance(spec, str):
+        path = (SEEDS_DIR / spec).resolve()
+        if SEEDS_DIR.resolve() not in path.parents:
+            raise ValueError(f"calendar {spec!r} must be a file in seeds/")
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    ranges = []
+    for item in spec.get("breaks", []):
+        first, last = item["from"], item["to"]
+        first = first if isinstance(first, date) else date.fromisoformat(first)
+        last = last if isinstance(last, date) else date.fromisoformat(last)
+        if last < first:
+            raise ValueError(f"calendar break {item} ends before it starts")
+        ranges.append((first, last))
+    return TermCalendar.from_dates(ranges)
+
+
+def tenant_setup(tenant: Tenant) -> tuple[TermCalendar, TierConfig]:
+    settings = json.loads(tenant.settings or "{}")
+    return load_calendar(settings), TierConfig.from_settings(settings.get("tiers"))
+
+
+@dataclass
+class TenantColumns:
+    user_ids: np.ndarray  # database ids; position = index in every column
+    events: EventColumns
+    orders: OrderColumns
+    first_seen: np.ndarray
+    last_seen: np.ndarray
+
+
+def _index_of(user_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    return np.searchsorted(user_ids, ids)
+
+
+def load_columns(tenant_id: int, as_of: int) -> TenantColumns:
+    """Everything scoring needs, for users who existed by the end of `as_of`."""
+    cutoff = day_start_ms(as_of + 1)
+    users = list(
+        User.select(User.id, User.created_ms)
+        .where((User.tenant == tenant_id) & (User.created_ms < cutoff))
+        .order_by(User.id)
+        .tuples()
+    )
+    user_ids = np.array([u for u, _ in users], dtype=np.int64)
+    created_day = china_day(np.array([c for _, c in users], dtype=np.int64))
+
+    rows = (
+        Event.select(
+            Event.user,
+            Event.ts_ms,
+            Event.type,
+            pw.Case(None, [(Event.type == "session_end", Event.props)], None),
+        )
+        .where(
+            (Event.tenant == tenant_id)
+            & (Event.ts_ms >= day_start_ms(as_of - LOOKBACK_DAYS))
+            & (Event.ts_ms < cutoff)
+        )
+        .tuples()
+    )
+    uid, ts, kind, duration = [], [], [], []
+    for user, ts_ms, type_, props in rows:
+        uid.append(user)
+        ts.append(ts_ms)
+        kind.append(KIND_CODES.get(type_, 0))
+        duration.append(float(json.loads(props).get("duration_s", 0)) if props else 0.0)
+    ts_arr = np.array(ts, dtype=np.int64)
+    known = np.isin(np.array(uid, dtype=np.int64), user_ids)
+    events = EventColumns(
+        user=_index_of(user_ids, np.array(uid, dtype=np.int64)[known]),
+        day=china_day(ts_arr[known]),
+        hour=china_hour(ts_arr[known]),
+        kind=np.array(kind, dtype=np.int8)[known],
+        duration_s=np.array(duration, dtype=np.float64)[known],
+    )
+
+    orows = list(
+        Order.select(Order.user, Order.paid_ms, Order.amount_fen, Order.coupon.is_null(False))
+        .where(
+            (Order.tenant == tenant_id)
+            & (Order.status == "paid")
+            & Order.user.is_null(False)
+            & (Order.paid_ms < cutoff)
+        )
+        .tuples()
+    )
+    ou = np.array([o[0] for o in orows], dtype=np.int64)
+    okeep = np.isin(ou, user_ids)
+    orders = OrderColumns(
+        user=_index_of(user_ids, ou[okeep]),
+        day=china_day(np.array([o[1] for o in orows], dtype=np.int64))[okeep],
+        amount_fen=np.array([o[2] for o in orows], dtype=np.int64)[okeep],
+        used_coupon=np.array([bool(o[3]) for o in orows], dtype=bool)[okeep],
+    )
+
+    # All-time first and last event per user (the events above cover only the lookback).
+    first_seen = created_day.copy()
+    last_seen = np.full(len(user_ids), -(10**6), dtype=np.int64)
+    agg = (
+        Event.select(Event.user, pw.fn.MIN(Event.ts_ms), pw.fn.MAX(Event.ts_ms))
+        .where((Event.tenant == tenant_id) & (Event.ts_ms < cutoff))
+        .group_by(Event.user)
+        .tuples()
+    )
+    for user, lo, hi in agg:
+        i = np.searchsorted(user_ids, user)
+        if i < len(user_ids) and user_ids[i] == user:
+            first_seen[i] = min(first_seen[i], int(china_day(lo)))
+            last_seen[i] = int(china_day(hi))
+    # A user who logged in but sent no event yet was last seen at that login.
+    last_seen = np.where(last_seen < 0, created_day, last_seen)
+    return TenantColumns(user_ids, events, orders, first_seen, last_seen)
+
+
+def _rows(tenant_id: int, day: int, cols: TenantColumns, s: Scores) -> list[tuple]:
+    f = s.features
+    p_alive = [None if np.isnan(p) else float(p) for p in s.p_alive]
+    columns = zip(
+        cols.user_ids.tolist(),
+        [TIERS[t] for t in s.tier],
+        [REASONS[r] for r in s.reason],
+        np.round(s.activity.index, 2).tolist(),
+        np.round(s.activity.baseline, 2).tolist(),
+        s.activity.warning.tolist(),
+        s.r.tolist(),
+        s.f.tolist(),
+        s.m.tolist(),
+        [SEGMENT_NAMES[g] for g in s.segment],
+        p_alive,
+        np.round(s.expected_orders, 4).tolist(),
+        s.value_fen.tolist(),
+        s.worth_recalling.tolist(),
+        f.days_since_visit.tolist(),
+        f.term_days_since_visit.tolist(),
+        f.days_since_order.tolist(),
+        f.age_days.tolist(),
+        f.visit_days_30.tolist(),
+        f.orders_total.tolist(),
+        f.spend_fen_total.tolist(),
+        f.invites_total.tolist(),
+        f.content_total.tolist(),
+        f.usual_hour.tolist(),
+        strict=True,
+    )
+    return [(tenant_id, day, *row) for row in columns]
+
+
+_FIELDS = [
+    ScoreSnapshot.tenant,
+    ScoreSnapshot.day,
+    ScoreSnapshot.user,
+    ScoreSnapshot.tier,
+    ScoreSnapshot.reason,
+    ScoreSnapshot.activity_index,
+    ScoreSnapshot.baseline,
+    ScoreSnapshot.warning,
+    ScoreSnapshot.r,
+    ScoreSnapshot.f,
+    ScoreSnapshot.m,
+    ScoreSnapshot.segment,
+    ScoreSnapshot.p_alive,
+    ScoreSnapshot.expected_orders,
+    ScoreSnapshot.value_fen,
+    ScoreSnapshot.worth_recalling,
+    ScoreSnapshot.days_since_visit,
+    ScoreSnapshot.term_days_since_visit,
+    ScoreSnapshot.days_since_order,
+    ScoreSnapshot.age_days,
+    ScoreSnapshot.visit_days_30,
+    ScoreSnapshot.orders_total,
+    ScoreSnapshot.spend_fen_total,
+    ScoreSnapshot.invites_total,
+    ScoreSnapshot.content_total,
+    ScoreSnapshot.usual_hour,
+]
+
+
+def score_tenant(tenant: Tenant, day: int) -> dict:
+    """Compute and store the tenant's snapshot for `day`, replacing any earlier one."""
+    calendar, config = tenant_setup(tenant)
+    cols = load_columns(tenant.id, day)
+    n = len(cols.user_ids)
+    scores = score_users(
+        cols.events,
+        cols.orders,
+        n,
+        day,
+        calendar,
+        config,
+        first_seen=cols.first_seen,
+        last_seen=cols.last_seen,
+    )
+    rows = _rows(tenant.id, day, cols, scores) if n else []
+    with database.atomic():
+        ScoreSnapshot.delete().where(
+            (ScoreSnapshot.tenant == tenant.id) & (ScoreSnapshot.day == day)
+        ).execute()
+        ModelFit.delete().where((ModelFit.tenant == tenant.id) & (ModelFit.day == day)).execute()
+        for start in range(0, len(rows), CHUNK):
+            ScoreSnapshot.insert_many(rows[start : start + CHUNK], fields=_FIELDS).execute()
+        if scores.params is not None:
+            p = scores.params
+            ModelFit.create(
+                tenant=tenant.id,
+                day=day,
+                r=p.r,
+                alpha=p.alpha,
+                a=p.a,
+                b=p.b,
+                loglik=p.loglik,
+                n=p.n,
+            )
+    return {
+        "tenant": tenant.appid,
+        "date": day_date(day).isoformat(),
+        "users": n,
+        "tiers": {t: int((scores.tier == i).sum()) for i, t in enumerate(TIERS)},
+        "model": scores.params.as_dict() if scores.params else None,
+    }
+
+
+def parse_day(text: str | None, today: int) -> int:
+    """A YYYY-MM-DD China date as a day number; today by default; never in the future."""
+    if text is None:
+        return today
+    try:
+        day = day_number(date.fromisoformat(text))
+    except ValueError:
+        raise ApiError(400, "invalid_date", f"{text!r} is not a YYYY-MM-DD date") from None
+    if day > today:
+        raise ApiError(400, "date_in_future", f"{text} has not happened yet")
+    return day
+
+
+def latest_day(tenant_id: int) -> int | None:
+    return (
+        ScoreSnapshot.select(pw.fn.MAX(ScoreSnapshot.day))
+        .where(ScoreSnapshot.tenant == tenant_id)
+        .scalar()
+    )
+
+
+def summary(tenant_id: int, day: int | None) -> dict:
+    """Tier and segment sizes on a day (the latest scored day by default)."""
+    day = latest_day(tenant_id) if day is None else day
+    if day is None:
+        raise ApiError(404, "not_scored", "no scores yet: run `python app.py score`")
+    base = (ScoreSnapshot.tenant == tenant_id) & (ScoreSnapshot.day == day)
+
+    def sizes(column, names):
+        counts = dict(
+            ScoreSnapshot.select(column, pw.fn.COUNT(ScoreSnapshot.id))
+            .where(base)
+            .group_by(column)
+            .tuples()
+        )
+        return {name: int(counts.get(name, 0)) for name in names}
+
+    tiers = sizes(ScoreSnapshot.tier, TIERS)
+    if not sum(tiers.values()):
+        raise ApiError(404, "not_scored", f"no scores on {day_date(day).isoformat()}")
+    fit = ModelFit.get_or_none((ModelFit.tenant == tenant_id) & (ModelFit.day == day))
+    return {
+        "date": day_date(day).isoformat(),
+        "users": sum(tiers.values()),
+        "tiers": tiers,
+        "segments": sizes(ScoreSnapshot.segment, SEGMENT_NAMES),
+        "warnings": ScoreSnapshot.select().where(base & ScoreSnapshot.warning).count(),
+        "worth_recalling": ScoreSnapshot.select()
+        .where(base & ScoreSnapshot.worth_recalling)
+        .count(),
+        "model": None
+        if fit is None
+        else {
+            "r": fit.r,
+            "alpha": fit.alpha,
+            "a": fit.a,
+            "b": fit.b,
+            "loglik": fit.loglik,
+            "n": fit.n,
+        },
+    }
+
+
+def explain(row: ScoreSnapshot, config: TierConfig) -> list[str]:
+    """Plain reasons behind a user's tier, segment and value, with their numbers."""
+    tier_reason = {
+        "first_seen_recently": f"first seen {row.age_days} days ago (new for "
+        f"{config.new_days} days)",
+        "visits_regularly": f"{row.visit_days_30} visit days in the last 30",
+        "visits_rarely": f"only {row.visit_days_30} visit days in the last 30 (fewer than "
+        f"{config.low_frequency_visit_days})",
+        "silent_term_days": f"no visit for {row.term_days_since_visit} term days (churn risk "
+        f"from {config.risk_silent_days})",
+        "low_p_alive": f"P(alive) {row.p_alive:.2f}: churn risk "
+        f"{1 - (row.p_alive or 0):.2f} >= {config.risk_score_threshold}"
+        if row.p_alive is not None
+        else "low P(alive)",
+        "early_warning": f"activity index {row.activity_index:.0f} stayed below 20% of their "
+        f"baseline {row.baseline:.0f} for 3 days",
+        "silent_long": f"no visit for {row.term_days_since_visit} term days (churned from "
+        f"{config.churned_silent_days})",
+    }[row.reason]
+    reasons = [f"tier {row.tier}: {tier_reason}"]
+    if row.days_since_visit != row.term_days_since_visit:
+        reasons.append(
+            f"{row.days_since_visit - row.term_days_since_visit} of the "
+            f"{row.days_since_visit} silent days fell in a break and do not count"
+        )
+    reasons.append(f"segment {row.segment}: R{row.r} F{row.f} M{row.m}")
+    hits = [
+        f"paid {row.spend_fen_total} fen in total (> {config.worth_ltv_fen})"
+        if row.spend_fen_total > config.worth_ltv_fen
+        else None,
+        f"invited {row.invites_total} friends" if row.invites_total else None,
+        f"wrote {row.content_total} reviews/comments" if row.content_total else None,
+    ]
+    hits = [h for h in hits if h]
+    verdict = "worth recalling" if row.worth_recalling else "not worth recalling"
+    reasons.append(f"{verdict}: {len(hits)} of 3 ({'; '.join(hits) or 'none'})")
+    reasons.append(
+        f"expected {row.expected_orders:.2f} orders in the next {config.value_horizon_days} "
+        f"days, worth {row.value_fen} fen"
+    )
+    return reasons
+
+
+def user_scores(tenant: Tenant, user: User, day: int | None) -> dict:
+    query = ScoreSnapshot.select().where(
+        (ScoreSnapshot.tenant == tenant.id) & (ScoreSnapshot.user == user.id)
+    )
+    if day is not None:
+        query = query.where(ScoreSnapshot.day == day)
+    row = query.order_by(ScoreSnapshot.day.desc()).first()
+    if row is None:
+        raise ApiError(404, "not_scored", "this user has no scores for that day")
+    _, config = tenant_setup(tenant)
+    return {
+        "openid": user.openid,
+        "date": day_date(row.day).isoformat(),
+        "tier": row.tier,
+        "segment": row.segment,
+        "activity_index": row.activity_index,
+        "baseline": row.baseline,
+        "early_warning": row.warning,
+        "rfm": {"r": row.r, "f": row.f, "m": row.m},
+        "p_alive": row.p_alive,
+        "expected_orders": row.expected_orders,
+        "value_fen": row.value_fen,
+        "worth_recalling": row.worth_recalling,
+        "days_since_visit": row.days_since_visit,
+        "term_days_since_visit": row.term_days_since_visit,
+        "usual_hour": row.usual_hour,
+        "reasons": explain(row, config),
+    }
