@@ -180,3 +180,42 @@ def test_opted_out_and_erased_users(client, tenant, app):
     client.delete("/mp/v1/me", headers=h)
     (second,) = score(app)
     assert second["users"] == 0
+
+
+def test_tier_thresholds_and_calendar_are_per_tenant_settings(client, tenant, other_tenant, app):
+    import_events(client, tenant, history("u", [4, 5, 6, 8, 9, 10, 12]))
+    score(app)
+    assert client.get("/admin/v1/users/u/scores", headers=tenant.admin).get_json()["tier"] == (
+        "active"
+    )
+    resp = client.patch(
+        "/admin/v1/settings", json={"tiers": {"risk_silent_days": 3}}, headers=tenant.admin
+    )
+    assert resp.status_code == 200 and resp.get_json()["tiers"] == {"risk_silent_days": 3}
+    score(app)
+    assert client.get("/admin/v1/users/u/scores", headers=tenant.admin).get_json()["tier"] == (
+        "churn_risk"
+    )
+    # A break covering the silence puts the user back: silence in a break does not count.
+    client.patch(
+        "/admin/v1/settings",
+        headers=tenant.admin,
+        json={
+            "calendar": {"breaks": [{"name": "运动会", "from": "2026-03-07", "to": "2026-03-10"}]}
+        },
+    )
+    score(app)
+    assert client.get("/admin/v1/users/u/scores", headers=tenant.admin).get_json()["tier"] == (
+        "active"
+    )
+    for bad in (
+        {"tiers": {"risk_silent_dayz": 3}},
+        {"calendar": "../../etc/passwd"},
+        {"calendar": "missing.yaml"},
+        {"tiers": {"new_days": -1}},
+        {"calendar": {"breaks": [{"from": "2026-03-10", "to": "2026-03-01"}]}},
+        {"colour": 1},
+    ):
+        resp = client.patch("/admin/v1/settings", json=bad, headers=tenant.admin)
+        assert resp.status_code == 400, bad
+    assert client.get("/admin/v1/settings", headers=other_tenant.admin).get_json() == {}

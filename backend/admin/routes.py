@@ -263,3 +263,67 @@ def scores_summary():
 def user_scores(openid: str):
     user = users.by_openid(g.tenant_id, openid)
     return jsonify(scoring.user_scores(g.tenant, user, _query_day()))
+
+
+SETTINGS_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "tiers": {
+            "type": "object",
+            "description": "overrides of the lifecycle thresholds (see docs/scoring.md)",
+            "additionalProperties": {"type": "number", "minimum": 0},
+        },
+        "calendar": {
+            "description": "a calendar file in seeds/, or the breaks themselves",
+            "oneOf": [
+                {"type": "string", "maxLength": 100},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["breaks"],
+                    "properties": {
+                        "breaks": {
+                            "type": "array",
+                            "maxItems": 200,
+                            "items": {
+                                "type": "object",
+                                "required": ["from", "to"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "name": {"type": "string", "maxLength": 50},
+                                    "from": {"type": "string", "format": "date"},
+                                    "to": {"type": "string", "format": "date"},
+                                },
+                            },
+                        }
+                    },
+                },
+            ],
+        },
+    },
+}
+
+
+@bp.get("/settings")
+@documented(
+    "The tenant's scoring settings (tier thresholds, campus calendar)",
+    response=SETTINGS_SCHEMA,
+    auth="api_key",
+)
+@require_api_key
+def get_settings():
+    return jsonify(tenants.settings(g.tenant))
+
+
+@bp.patch("/settings")
+@documented(
+    "Change tier thresholds or the calendar; applies from the next scoring run",
+    request=SETTINGS_SCHEMA,
+    response=SETTINGS_SCHEMA,
+    auth="api_key",
+)
+@require_api_key
+def patch_settings():
+    body = validated(SETTINGS_SCHEMA)
+    return jsonify(tenants.update_settings(g.tenant, body))

@@ -38,3 +38,24 @@ def add_merchant(tenant_id: int, code: str, name: str) -> Merchant:
     if inserted == 0:
         raise ApiError(409, "merchant_exists", f"merchant {code!r} already exists")
     return Merchant.get((Merchant.tenant == tenant_id) & (Merchant.code == code))
+
+
+def settings(tenant: Tenant) -> dict:
+    return json.loads(tenant.settings or "{}")
+
+
+def update_settings(tenant: Tenant, changes: dict) -> dict:
+    """Merge `changes` into the tenant's settings after checking they can be used."""
+    from backend.core.tiers import TierConfig
+    from backend.services.scoring import load_calendar
+
+    merged = {**settings(tenant), **changes}
+    try:
+        TierConfig.from_settings(merged.get("tiers"))
+        load_calendar(merged)
+    except (ValueError, OSError) as exc:
+        raise ApiError(400, "invalid_settings", str(exc)) from None
+    Tenant.update(settings=json.dumps(merged, ensure_ascii=False)).where(
+        Tenant.id == tenant.id
+    ).execute()
+    return merged
