@@ -9,7 +9,8 @@ t_x (recency) and the length of observation T, all measured from the first purch
 Everything is vectorised and in log space (gammaln, logaddexp), so frequencies in the
 thousands do not overflow. Fitting is maximum likelihood with the analytic gradient over
 log-parameters, on the distinct (x, t_x, T) triples weighted by their counts: a million
-customers on a daily grid collapse to a few thousand distinct rows.
+customers on a daily grid collapse to a few hundred thousand distinct rows or fewer, and
+gammaln, digamma and log are taken once per distinct x, t_x or T rather than once per row.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from scipy.special import digamma, expit, gammaln, hyp2f1
 
 ArrayLike = np.ndarray | list | float | int
 MAX_PARAM = 1e6  # beyond this a parameter has run off: the data cannot identify the model
+_DENSE_TABLE_MAX = 1 << 20  # whole-number columns up to this index a table directly
 
 
 @dataclass(frozen=True)
@@ -58,36 +60,121 @@ def _columns(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike):
     return x, t_x, big_t
 
 
-def _loglik_terms(params: np.ndarray, x, t_x, big_t, want_grad: bool):
-    """Per-row log-likelihood and (optionally) its gradient with respect to (r, α, a, b)."""
-    r, alpha, a, b = params
-    has = x > 0
-    xb = np.where(has, x, 1.0)  # keeps b + x - 1 > 0 on rows where the term is unused
-    a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
-    a2 = gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x)
-    log_at = np.log(alpha + big_t)
-    log_atx = np.log(alpha + t_x)
-    a3 = -(r + x) * log_at
-    a4 = np.where(has, np.log(a) - np.log(b + xb - 1) - (r + x) * log_atx, -np.inf)
-    mix = np.logaddexp(a3, a4)
-    ll = a1 + a2 + mix
-    if not want_grad:
-        return ll, None
-    w4 = np.exp(a4 - mix)  # share of the "dropped out after the last purchase" term
-    w3 = 1.0 - w4
-    d_r = digamma(r + x) - digamma(r) + np.log(alpha) - w3 * log_at - w4 * log_atx
-    d_alpha = r / alpha - (r + x) * (w3 / (alpha + big_t) + w4 / (alpha + t_x))
-    common = digamma(a + b) - digamma(a + b + x)
-    d_a = common + w4 / a
-    d_b = common + digamma(b + x) - digamma(b) - w4 / (b + xb - 1)
-    return ll, (d_r, d_alpha, d_a, d_b)
+def _factor(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A table of values and each element's index into it.
+
+    Daily data are whole numbers, so the table is simply 0..max and the index the value itself
+    (no sort); anything else goes through np.unique.
+    """
+    top = float(values.max(initial=0.0))
+    if top <= _DENSE_TABLE_MAX and np.array_equal(values, np.floor(values)):
+        return np.arange(int(top) + 1, dtype=np.float64), values.astype(np.int64)
+    table = np.unique(values)
+    return table, np.searchsorted(table, values).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _Condensed:
+    """The data as the likelihood needs it.
+
+    Everything that is not a mixture of the "alive" and "dropped out" terms sums over tables
+    of distinct x or distinct t, so each gammaln, digamma and log is taken once per distinct
+    value. Only the mixture needs rows: distinct (x, t_x, T) among repeat buyers, with counts.
+    """
+
+    n: float
+    xs: np.ndarray  # table of repeat-purchase counts (all > 0)
+    w_x: np.ndarray  # repeat buyers per xs entry
+    ts: np.ndarray  # table of t_x and T values
+    v_t: np.ndarray  # customers per ts entry as T
+    wx_t: np.ndarray  # Σ x of repeat buyers per ts entry as T
+    ix: np.ndarray  # per row: index into xs
+    itx: np.ndarray  # per row: index into ts of t_x
+    it: np.ndarray  # per row: index into ts of T
+    w: np.ndarray  # per row: how many customers it stands for
+
+
+def _condense(x: np.ndarray, t_x: np.ndarray, big_t: np.ndarray) -> _Condensed:
+    x, t_x, big_t = x.ravel(), t_x.ravel(), big_t.ravel()
+    xs, ix = _factor(x)
+    ts, itt = _factor(np.concatenate([t_x, big_t]))
+    itx, it = itt[: x.size], itt[x.size :]
+    repeat = x > 0
+    nt = ts.size
+    v_t = np.bincount(it, minlength=nt).astype(np.float64)
+    wx_t = np.bincount(it[repeat], weights=x[repeat], minlength=nt)
+    ix, itx, it = ix[repeat], itx[repeat], it[repeat]
+    if xs.size * float(nt) * nt < 2.0**62:
+        key = (ix * nt + itx) * nt + it
+        keys, counts = np.unique(key, return_counts=True)
+        ix, rest = np.divmod(keys, nt * nt)
+        itx, it = np.divmod(rest, nt)
+    else:  # too many distinct values to pack into one int64: sort the triples instead
+        rows, counts = np.unique(np.stack([ix, itx, it], axis=1), axis=0, return_counts=True)
+        ix, itx, it = rows.T
+    first = 1 if xs[0] == 0 else 0  # x = 0 rows are gone; keep log(b + x − 1) off the table
+    return _Condensed(
+        n=float(x.size),
+        xs=xs[first:],
+        w_x=np.bincount(ix - first, weights=counts, minlength=xs.size - first),
+        ts=ts,
+        v_t=v_t,
+        wx_t=wx_t,
+        ix=ix - first,
+        itx=itx,
+        it=it,
+        w=counts.astype(np.float64),
+    )
+
+
+def _objective(theta: np.ndarray, d: _Condensed, penalizer: float) -> tuple[float, np.ndarray]:
+    """Mean negative log-likelihood over log-parameters, and its gradient.
+
+    Per customer (Fader et al. 2005, eq. 6) the log-likelihood is
+        ln Γ(r+x) − ln Γ(r) + r ln α + ln B(a, b+x) − ln B(a, b)          (tables over x)
+        − (r+x)·ln(α+T)                                                    (tables over T)
+        + ln(1 + e^g), g = ln a − ln(b+x−1) + (r+x)·(ln(α+T) − ln(α+t_x))  (rows, x > 0)
+    the last term being the mixture of "still alive at T" and "dropped out after t_x".
+    """
+    r, alpha, a, b = p = np.exp(theta)
+    log_alpha = np.log(alpha)
+    log_at = np.log(alpha + d.ts)
+    inv_at = 1.0 / (alpha + d.ts)
+    repeaters = d.w_x.sum()
+    # Tables over T: r·ln α − (r+x)·ln(α+T) for everyone.
+    ll = d.n * r * log_alpha - (r * d.v_t + d.wx_t) @ log_at
+    g_r = d.n * log_alpha - d.v_t @ log_at
+    g_alpha = d.n * r / alpha - (r * d.v_t + d.wx_t) @ inv_at
+    # Tables over x, repeat buyers only.
+    rx = r + d.xs
+    ll += d.w_x @ (gammaln(rx) + gammaln(b + d.xs) - gammaln(a + b + d.xs))
+    ll += repeaters * (gammaln(a + b) - gammaln(r) - gammaln(b))
+    common = digamma(a + b) - digamma(a + b + d.xs)
+    g_r += d.w_x @ (digamma(rx) - digamma(r))
+    g_a = d.w_x @ common
+    g_b = d.w_x @ (common + digamma(b + d.xs) - digamma(b))
+    # Rows: the mixture term ln(1 + e^g) and its share w4 = e^g / (1 + e^g).
+    log_b1 = np.log(b + d.xs - 1.0)
+    gap_t = log_at[d.it] - log_at[d.itx]
+    rx_row = rx[d.ix]
+    g = (np.log(a) - log_b1)[d.ix] + rx_row * gap_t
+    e = np.exp(np.minimum(g, 700.0))  # beyond 36 ln(1 + e^g) = g to double precision anyway
+    ll += d.w @ np.log1p(e)
+    ww4 = d.w * (e / (1.0 + e))
+    g_r += ww4 @ gap_t
+    g_alpha += (ww4 * rx_row) @ (inv_at[d.it] - inv_at[d.itx])
+    g_a += ww4.sum() / a
+    g_b -= ww4 @ np.exp(-log_b1)[d.ix]
+    grad = np.array([g_r, g_alpha, g_a, g_b])
+    value = -ll / d.n + penalizer * float(p @ p)
+    return value, (-grad / d.n + 2 * penalizer * p) * p  # chain rule for log-parameters
 
 
 def loglik(params: BgNbdParams, frequency, recency, T) -> float:
-    """Total log-likelihood of the data under `params`."""
-    x, t_x, big_t = _columns(frequency, recency, T)
-    p = np.array([params.r, params.alpha, params.a, params.b])
-    return float(_loglik_terms(p, x, t_x, big_t, want_grad=False)[0].sum())
+    """Total log-likelihood of the data under `params` (the quantity `fit_bgnbd` maximises)."""
+    data = _condense(*_columns(frequency, recency, T))
+    theta = np.log([params.r, params.alpha, params.a, params.b])
+    return -float(_objective(theta, data, 0.0)[0]) * data.n
 
 
 def fit_bgnbd(frequency, recency, T, *, penalizer: float = 0.0) -> BgNbdParams:
@@ -99,33 +186,24 @@ def fit_bgnbd(frequency, recency, T, *, penalizer: float = 0.0) -> BgNbdParams:
     x, t_x, big_t = _columns(frequency, recency, T)
     if x.size == 0:
         raise ValueError("cannot fit BG/NBD on no customers")
-    rows = np.stack([x.ravel(), t_x.ravel(), big_t.ravel()], axis=1)
-    uniq, counts = np.unique(rows, axis=0, return_counts=True)
-    ux, utx, ut = uniq[:, 0], uniq[:, 1], uniq[:, 2]
-    w = counts.astype(np.float64)
-    n = float(w.sum())
+    data = _condense(x, t_x, big_t)
     scale = float(max(np.mean(big_t), 1e-9))  # a starting α in the data's time unit
-
-    def objective(theta: np.ndarray):
-        p = np.exp(theta)
-        ll, grad = _loglik_terms(p, ux, utx, ut, want_grad=True)
-        value = -(w @ ll) / n + penalizer * float(p @ p)
-        g = -np.array([w @ d for d in grad]) / n + 2 * penalizer * p
-        return value, g * p  # chain rule for the log-parameters
-
-    start = np.log([1.0, scale, 1.0, 1.0])
     result = minimize(
-        objective,
-        start,
+        _objective,
+        np.log([1.0, scale, 1.0, 1.0]),
+        args=(data, penalizer),
         jac=True,
         method="L-BFGS-B",
-        options={"maxiter": 2000, "gtol": 1e-10, "ftol": 1e-15},
+        options={"maxiter": 2000, "gtol": 1e-9, "ftol": 1e-13},
     )
-    r, alpha, a, b = np.exp(result.x)
-    total = float(w @ _loglik_terms(np.exp(result.x), ux, utx, ut, want_grad=False)[0])
-    return BgNbdParams(
-        float(r), float(alpha), float(a), float(b), total, int(n), bool(result.success)
-    )
+    p = np.exp(result.x)
+    # L-BFGS-B may stop on a line-search failure at the optimum when the mean log-likelihood is
+    # flat to machine precision; a vanishing gradient there is still convergence.
+    converged = bool(result.success or np.max(np.abs(result.jac)) < 1e-6)
+    converged = converged and bool(np.all(p < MAX_PARAM))
+    total = -float(_objective(result.x, data, 0.0)[0]) * data.n
+    r, alpha, a, b = (float(v) for v in p)
+    return BgNbdParams(r, alpha, a, b, total, int(data.n), converged)
 
 
 def p_alive(params: BgNbdParams, frequency, recency, T) -> np.ndarray:
@@ -145,23 +223,27 @@ def p_alive(params: BgNbdParams, frequency, recency, T) -> np.ndarray:
 
 
 def expected_purchases(params: BgNbdParams, t: float, frequency, recency, T) -> np.ndarray:
-    """E[purchases in the next t periods | x, t_x, T] (Fader et al. 2005, eq. 10)."""
+    """E[purchases in the next t periods | x, t_x, T] (Fader et al. 2005, eq. 10).
+
+    The paper's form multiplies ((α+T)/(α+T+t))^(r+x) by ₂F₁(r+x, b+x; a+b+x−1; z), a product
+    of a vanishing and an exploding factor for heavy buyers. Euler's transformation turns it
+    into (1−z)^(a−1)·₂F₁(a+b−1−r, a−1; a+b+x−1; z), whose series converges for any x; a = 1 is
+    a removable singularity and is nudged off it.
+    """
     x, t_x, big_t = _columns(frequency, recency, T)
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    if a <= 1:
-        # The closed form needs a > 1; below it the mean is dominated by the (a - 1) pole.
-        a = 1.0 + 1e-6
+    if abs(a - 1.0) < 1e-7:
+        a = 1.0 + 1e-7
     has = x > 0
     xb = np.where(has, x, 1.0)
+    c = a + b + x - 1
     z = t / (alpha + big_t + t)
-    log_ratio = (r + x) * (np.log(alpha + big_t) - np.log(alpha + big_t + t))
-    hyp = hyp2f1(r + x, b + x, a + b + x - 1, z)
-    numer = (a + b + x - 1) / (a - 1) * (1 - np.exp(log_ratio) * hyp)
+    shrink = np.exp((a - 1) * np.log1p(-z)) * hyp2f1(a + b - 1 - r, a - 1, c, z)
+    numer = c / (a - 1) * (1 - shrink)
     log_odds = (
         np.log(a) - np.log(b + xb - 1) + (r + x) * (np.log(alpha + big_t) - np.log(alpha + t_x))
     )
-    denom = 1 + np.where(has, np.exp(np.minimum(log_odds, 700)), 0.0)
-    return numer / denom
+    return numer * np.where(has, expit(-log_odds), 1.0)
 
 
 def simulate(params: BgNbdParams, T: np.ndarray, rng: np.random.Generator):

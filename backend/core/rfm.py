@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-# (name, rule on R and FM = round((F + M) / 2)), first match wins.
+# (name, rule on R and FM = floor((F + M) / 2 + 0.5), i.e. halves round up), first match wins.
 SEGMENTS: list[tuple[str, str]] = [
     ("champions", "R >= 4 and FM >= 4"),
     ("loyal", "R >= 3 and FM >= 3"),

@@ -16,6 +16,7 @@ Rules, first match wins:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -47,17 +48,31 @@ class TierConfig:
 
     @classmethod
     def from_settings(cls, overrides: dict | None) -> TierConfig:
-        """Defaults overridden by a tenant's `tiers` settings; unknown keys are an error."""
-        overrides = overrides or {}
-        known = {f.name: f.type for f in fields(cls)}
-        unknown = set(overrides) - set(known)
+        """Defaults overridden by a tenant's `tiers` settings; anything off is a ValueError.
+
+        Settings come from an admin over the API, so a wrong type must be a clear 400, not a
+        crash at scoring time: unknown keys, non-numbers, NaN, infinity, negatives and
+        fractions where a count of days is meant are all refused.
+        """
+        if overrides is None:
+            overrides = {}
+        if not isinstance(overrides, dict):
+            raise ValueError("tier settings must be an object")
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
         if unknown:
             raise ValueError(f"unknown tier settings: {sorted(unknown)}")
         values = asdict(cls())
         for key, value in overrides.items():
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"tier setting {key} must be a non-negative number")
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ValueError(f"tier setting {key} must be a number")
+            if not 0 <= value < math.inf:
+                raise ValueError(f"tier setting {key} must be a finite non-negative number")
+            if isinstance(values[key], int) and value != int(value):
+                raise ValueError(f"tier setting {key} must be a whole number")
             values[key] = type(values[key])(value)
+        if not values["risk_score_threshold"] <= 1:
+            raise ValueError("tier setting risk_score_threshold must be between 0 and 1")
         return cls(**values)
 
 
