@@ -23,7 +23,7 @@ from scipy.special import digamma, expit, gammaln, hyp2f1
 
 ArrayLike = np.ndarray | list | float | int
 MAX_PARAM = 1e6  # beyond this a parameter has run off: the data cannot identify the model
-_DENSE_TABLE_MAX = 1 << 20  # whole-number columns up to this index a table directly
+_DENSE_TABLE_MAX = 1 << 22  # value tables up to this size are indexed directly, unsorted
 
 
 @dataclass(frozen=True)
@@ -60,17 +60,20 @@ def _columns(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike):
     return x, t_x, big_t
 
 
-def _factor(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A table of values and each element's index into it.
+def _factor(*columns: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One table of the columns' values, and each element's index into it.
 
     Daily data are whole numbers, so the table is simply 0..max and the index the value itself
     (no sort); anything else goes through np.unique.
     """
-    top = float(values.max(initial=0.0))
-    if top <= _DENSE_TABLE_MAX and np.array_equal(values, np.floor(values)):
-        return np.arange(int(top) + 1, dtype=np.float64), values.astype(np.int64)
-    table = np.unique(values)
-    return table, np.searchsorted(table, values).astype(np.int64)
+    top = max(float(c.max(initial=0.0)) for c in columns)
+    whole = [c.astype(np.int64) for c in columns]
+    if top <= _DENSE_TABLE_MAX and all(
+        np.array_equal(w, c) for w, c in zip(whole, columns, strict=True)
+    ):
+        return np.arange(int(top) + 1, dtype=np.float64), whole
+    table = np.unique(np.concatenate(columns))
+    return table, [np.searchsorted(table, c) for c in columns]
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,9 @@ class _Condensed:
 
     Everything that is not a mixture of the "alive" and "dropped out" terms sums over tables
     of distinct x or distinct t, so each gammaln, digamma and log is taken once per distinct
-    value. Only the mixture needs rows: distinct (x, t_x, T) among repeat buyers, with counts.
+    value. Only the mixture needs rows: distinct (x, t_x, T) among repeat buyers, with counts,
+    sorted by x so that per-x factors are spread with np.repeat and summed with reduceat, and
+    pointing at a table of distinct (T, t_x) pairs for the factors that depend on α.
     """
 
     n: float
@@ -88,30 +93,41 @@ class _Condensed:
     ts: np.ndarray  # table of t_x and T values
     v_t: np.ndarray  # customers per ts entry as T
     wx_t: np.ndarray  # Σ x of repeat buyers per ts entry as T
-    ix: np.ndarray  # per row: index into xs
-    itx: np.ndarray  # per row: index into ts of t_x
-    it: np.ndarray  # per row: index into ts of T
+    pair_t: np.ndarray  # per distinct (T, t_x) pair: index into ts of T
+    pair_tx: np.ndarray  # ... and of t_x
+    x_used: np.ndarray  # xs entries that have rows, in row order
+    x_start: np.ndarray  # first row of each x_used entry
+    x_run: np.ndarray  # rows per x_used entry
+    ip: np.ndarray  # per row: index into the pair table
     w: np.ndarray  # per row: how many customers it stands for
 
 
 def _condense(x: np.ndarray, t_x: np.ndarray, big_t: np.ndarray) -> _Condensed:
     x, t_x, big_t = x.ravel(), t_x.ravel(), big_t.ravel()
-    xs, ix = _factor(x)
-    ts, itt = _factor(np.concatenate([t_x, big_t]))
-    itx, it = itt[: x.size], itt[x.size :]
-    repeat = x > 0
+    xs, (ix,) = _factor(x)
+    ts, (itx, it) = _factor(t_x, big_t)
     nt = ts.size
     v_t = np.bincount(it, minlength=nt).astype(np.float64)
-    wx_t = np.bincount(it[repeat], weights=x[repeat], minlength=nt)
-    ix, itx, it = ix[repeat], itx[repeat], it[repeat]
+    buyers = np.flatnonzero(x > 0)
+    ix, itx, it = ix[buyers], itx[buyers], it[buyers]
+    wx_t = np.bincount(it, weights=x[buyers], minlength=nt)
     if xs.size * float(nt) * nt < 2.0**62:
-        key = (ix * nt + itx) * nt + it
-        keys, counts = np.unique(key, return_counts=True)
-        ix, rest = np.divmod(keys, nt * nt)
-        itx, it = np.divmod(rest, nt)
+        key = (ix * nt + it) * nt + itx
+        keys, counts = np.unique(key, return_counts=True)  # sorted: x-major
+        ix, pair = np.divmod(keys, nt * nt)
     else:  # too many distinct values to pack into one int64: sort the triples instead
-        rows, counts = np.unique(np.stack([ix, itx, it], axis=1), axis=0, return_counts=True)
-        ix, itx, it = rows.T
+        rows, counts = np.unique(np.stack([ix, it, itx], axis=1), axis=0, return_counts=True)
+        ix, pair = rows[:, 0], rows[:, 1] * nt + rows[:, 2]
+    if nt * nt <= _DENSE_TABLE_MAX:  # daily data: index the pairs without sorting them
+        seen = np.zeros(nt * nt, dtype=bool)
+        seen[pair] = True
+        pairs = np.flatnonzero(seen)
+        ip = (np.cumsum(seen) - 1)[pair]
+    else:
+        pairs, ip = np.unique(pair, return_inverse=True)
+    x_start = np.flatnonzero(np.diff(ix, prepend=-1))  # rows are sorted by x already
+    x_used = ix[x_start]
+    x_run = np.diff(x_start, append=ix.size)
     first = 1 if xs[0] == 0 else 0  # x = 0 rows are gone; keep log(b + x − 1) off the table
     return _Condensed(
         n=float(x.size),
@@ -120,9 +136,12 @@ def _condense(x: np.ndarray, t_x: np.ndarray, big_t: np.ndarray) -> _Condensed:
         ts=ts,
         v_t=v_t,
         wx_t=wx_t,
-        ix=ix - first,
-        itx=itx,
-        it=it,
+        pair_t=pairs // nt,
+        pair_tx=pairs % nt,
+        x_used=x_used - first,
+        x_start=x_start,
+        x_run=x_run,
+        ip=ip.ravel(),
         w=counts.astype(np.float64),
     )
 
@@ -154,17 +173,19 @@ def _objective(theta: np.ndarray, d: _Condensed, penalizer: float) -> tuple[floa
     g_a = d.w_x @ common
     g_b = d.w_x @ (common + digamma(b + d.xs) - digamma(b))
     # Rows: the mixture term ln(1 + e^g) and its share w4 = e^g / (1 + e^g).
-    log_b1 = np.log(b + d.xs - 1.0)
-    gap_t = log_at[d.it] - log_at[d.itx]
-    rx_row = rx[d.ix]
-    g = (np.log(a) - log_b1)[d.ix] + rx_row * gap_t
+    log_b1 = np.log(b + d.xs[d.x_used] - 1.0)
+    rx_used = rx[d.x_used]
+    gap_t = (log_at[d.pair_t] - log_at[d.pair_tx])[d.ip]
+    rx_row = np.repeat(rx_used, d.x_run)
+    g = np.repeat(np.log(a) - log_b1, d.x_run) + rx_row * gap_t
     e = np.exp(np.minimum(g, 700.0))  # beyond 36 ln(1 + e^g) = g to double precision anyway
     ll += d.w @ np.log1p(e)
-    ww4 = d.w * (e / (1.0 + e))
+    ww4 = d.w * e / (1.0 + e)
     g_r += ww4 @ gap_t
-    g_alpha += (ww4 * rx_row) @ (inv_at[d.it] - inv_at[d.itx])
-    g_a += ww4.sum() / a
-    g_b -= ww4 @ np.exp(-log_b1)[d.ix]
+    g_alpha += (ww4 * rx_row) @ (inv_at[d.pair_t] - inv_at[d.pair_tx])[d.ip]
+    per_x = np.add.reduceat(ww4, d.x_start) if ww4.size else np.zeros(0)
+    g_a += per_x.sum() / a
+    g_b -= per_x @ np.exp(-log_b1)
     grad = np.array([g_r, g_alpha, g_a, g_b])
     value = -ll / d.n + penalizer * float(p @ p)
     return value, (-grad / d.n + 2 * penalizer * p) * p  # chain rule for log-parameters
@@ -201,7 +222,8 @@ def fit_bgnbd(frequency, recency, T, *, penalizer: float = 0.0) -> BgNbdParams:
     # flat to machine precision; a vanishing gradient there is still convergence.
     converged = bool(result.success or np.max(np.abs(result.jac)) < 1e-6)
     converged = converged and bool(np.all(p < MAX_PARAM))
-    total = -float(_objective(result.x, data, 0.0)[0]) * data.n
+    total = -float(result.fun if penalizer == 0 else _objective(result.x, data, 0.0)[0])
+    total *= data.n
     r, alpha, a, b = (float(v) for v in p)
     return BgNbdParams(r, alpha, a, b, total, int(data.n), converged)
 
