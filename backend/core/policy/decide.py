@@ -1,0 +1,329 @@
+"""The decision: columns of user state in, one decision per user out.
+
+The nightly job, the event trigger and the simulator all call `decide` with the same policy;
+nothing else decides who is messaged. Holdout users travel the whole path (eligibility,
+arm choice, every guard rail, the budget) and come out as HOLDOUT instead of SEND, so a
+"would have sent" touch exists for each of them and the comparison is unbiased.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from backend.core.policy.allocation import pick_by_weight, salt_of, stable_unit, thompson
+from backend.core.policy.guards import out_of_quiet_hours
+from backend.core.policy.spec import CHANNELS, IN_APP, SUBSCRIBE, Policy
+from backend.core.tiers import CHURNED, RISK, TIERS
+
+NOT_ELIGIBLE, NOT_DUE, SEND, HOLDOUT, SKIPPED = range(5)
+STATUSES = ["not_eligible", "not_due", "send", "holdout", "skipped"]
+REASONS = [
+    "",  # SEND and HOLDOUT need none
+    "opted_out",
+    "tier",
+    "segment",
+    "silence",
+    "not_worth",
+    "low_value",
+    "no_trigger",
+    "no_arm_for_tier",
+    "waiting",  # the journey's next touch is not due yet
+    "missed",  # the next touch's day passed by more than the grace days
+    "journey_done",
+    "not_targeted",  # below the policy's top share
+    "suppressed",  # ignored the last N touches
+    "stop_loss",
+    "capped_30d",
+    "capped_channel",
+    "no_permission",  # no allowance, not a follower, no phone
+    "budget",
+]
+R = {name: i for i, name in enumerate(REASONS)}
+
+
+@dataclass
+class UserState:
+    """One row per user. Counts of past touches include holdout "would have sent" touches,
+    so caps treat both groups alike."""
+
+    user_key: np.ndarray  # int64, stable per user (the database id)
+    tier: np.ndarray  # index into TIERS
+    segment: np.ndarray  # index into rfm.SEGMENT_NAMES
+    worth_recalling: np.ndarray  # bool
+    value_fen: np.ndarray  # int64: the scoring layer's estimated future value
+    p_alive: np.ndarray  # float, NaN when unknown
+    term_days_silent: np.ndarray  # term days since the last visit
+    usual_hour: np.ndarray  # the user's most active China hour
+    opted_out: np.ndarray  # bool
+    touches_done: np.ndarray  # this policy's touches in the current journey
+    journey_arm: np.ndarray  # arm of the current journey, -1 for none yet
+    touches_30d: np.ndarray  # recall touches of any policy in the last 30 days
+    channel_week: np.ndarray  # (users × CHANNELS) touches per channel in the last 7 days
+    reachable: np.ndarray  # (users × CHANNELS) bool: follower, phone known, ...
+    allowance: Mapping[str, np.ndarray]  # subscribe template id -> allowances left
+    ignored_streak: np.ndarray  # most recent touches in a row the user did not answer
+    days_since_trigger: np.ndarray | None = None  # trigger policies: -1 when none
+    uplift: np.ndarray | None = None  # rank_by: uplift
+
+    def __len__(self) -> int:
+        return int(np.asarray(self.user_key).size)
+
+
+@dataclass
+class PolicyState:
+    """What the policy has learnt so far: paused arms and bandit posteriors per (arm, tier)."""
+
+    paused: np.ndarray  # bool per arm
+    successes: np.ndarray  # (arms × tiers) recalled
+    failures: np.ndarray  # (arms × tiers) not recalled
+    coupon_face_fen: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def fresh(cls, policy: Policy, coupon_face_fen: Mapping[str, int] | None = None):
+        k = len(policy.arms)
+        return cls(
+            np.zeros(k, bool),
+            np.zeros((k, len(TIERS))),
+            np.zeros((k, len(TIERS))),
+            dict(coupon_face_fen or {}),
+        )
+
+
+@dataclass
+class Decisions:
+    status: np.ndarray  # int8, index into STATUSES
+    reason: np.ndarray  # int8, index into REASONS
+    arm: np.ndarray  # int16, -1 when none
+    step: np.ndarray  # int8: which touch of the arm's sequence
+    channel: np.ndarray  # int8, index into CHANNELS, -1 when none
+    send_hour: np.ndarray  # int8, China hour the touch may go out
+    defer_days: np.ndarray  # int8: 1 when quiet hours pushed it to tomorrow morning
+    quiet_deferred: np.ndarray  # bool: the planned hour fell in quiet hours
+    cost_fen: np.ndarray  # int64: message cost plus coupon face value if sent
+
+    def count(self, status: int) -> int:
+        return int(np.count_nonzero(self.status == status))
+
+    def reason_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.reason, minlength=len(REASONS))
+        return {REASONS[i]: int(c) for i, c in enumerate(counts) if i and c}
+
+
+def touch_table(policy: Policy, coupon_face_fen: Mapping[str, int]):
+    """(arms × steps) arrays: touch day (padded with a huge day), channel, cost in fen."""
+    k, s = len(policy.arms), policy.max_steps
+    days = np.full((k, s), 1 << 30, dtype=np.int64)
+    channel = np.full((k, s), -1, dtype=np.int8)
+    cost = np.zeros((k, s), dtype=np.int64)
+    for i, arm in enumerate(policy.arms):
+        for j, t in enumerate(arm.touches):
+            days[i, j] = t.day
+            channel[i, j] = t.channel
+            face = coupon_face_fen.get(t.coupon, 0) if t.coupon else 0
+            cost[i, j] = policy.costs_fen[t.channel] + face
+    return days, channel, cost
+
+
+def _eligibility(policy: Policy, u: UserState) -> np.ndarray:
+    """Reason code per user; 0 means eligible. The first failed rule is the reason."""
+    n = len(u)
+    reason = np.zeros(n, dtype=np.int8)
+
+    def fail(mask: np.ndarray, name: str) -> None:
+        reason[(reason == 0) & mask] = R[name]
+
+    fail(np.asarray(u.opted_out, bool), "opted_out")
+    fail(~np.isin(u.tier, policy.tiers), "tier")
+    if policy.segments:
+        fail(~np.isin(u.segment, policy.segments), "segment")
+    if policy.trigger is None:
+        silent = np.asarray(u.term_days_silent)
+        fail((silent < policy.min_days_silent) | (silent > policy.max_days_silent), "silence")
+    else:
+        if u.days_since_trigger is None:
+            raise ValueError("a trigger policy needs days_since_trigger")
+        fail(np.asarray(u.days_since_trigger) < 0, "no_trigger")
+    worth = np.asarray(u.worth_recalling, bool)
+    if policy.worth_recalling == "yes":
+        fail(~worth, "not_worth")
+    elif policy.worth_recalling == "no":
+        fail(worth, "not_worth")
+    fail(np.asarray(u.value_fen) < policy.min_value_fen, "low_value")
+    return reason
+
+
+def _priority(policy: Policy, u: UserState) -> np.ndarray:
+    """Higher first. Risk: 1 − P(alive), the churn-risk tiers first when the model is absent."""
+    if policy.rank_by == "uplift":
+        if u.uplift is None:
+            raise ValueError(f"policy {policy.name} ranks by uplift but no uplift was given")
+        return np.nan_to_num(np.asarray(u.uplift, dtype=np.float64), nan=-np.inf)
+    if policy.rank_by == "value":
+        return np.asarray(u.value_fen, dtype=np.float64)
+    risk = 1.0 - np.asarray(u.p_alive, dtype=np.float64)
+    fallback = np.isin(u.tier, (RISK, CHURNED)).astype(np.float64) * 0.5
+    return np.where(np.isnan(risk), fallback, risk)
+
+
+def _assign(policy, state, u, idx, tier, salt, rng) -> np.ndarray:
+    """Arm per user in `idx` (-1: no arm serves the tier). Fixed shares hash stably; the
+    bandit draws from posteriors once every allowed arm has its minimum sample."""
+    k = len(policy.arms)
+    serves = np.ones((len(TIERS), k), dtype=bool)
+    for i, arm in enumerate(policy.arms):
+        if arm.tiers:
+            serves[:, i] = np.isin(np.arange(len(TIERS)), arm.tiers)
+    allowed = serves[tier]
+    shares = np.array([a.share for a in policy.arms])
+    weights = allowed * shares
+    arm = pick_by_weight(weights, stable_unit(u.user_key[idx], salt_of(salt, "arm")))
+    if policy.allocation == "thompson" and idx.size:
+        s = state.successes.T[tier]  # users × arms
+        f = state.failures.T[tier]
+        seen = np.where(allowed, s + f, np.inf).min(axis=1)
+        learnt = seen >= policy.bandit_min_samples
+        if learnt.any():
+            drawn = thompson(allowed[learnt], s[learnt], f[learnt], policy.bandit_floor, rng)
+            arm[learnt] = drawn
+    arm[~allowed.any(axis=1)] = -1
+    return arm.astype(np.int16)
+
+
+def decide(
+    policy: Policy,
+    users: UserState,
+    state: PolicyState,
+    *,
+    salt: str,
+    day: int,
+    seed: int = 0,
+) -> Decisions:
+    """One decision per user for `day`. `salt` names the tenant; with the policy name it keys
+    the stable holdout hash. `seed` (with the day) drives the bandit's draws only."""
+    n = len(users)
+    u = users
+    rng = np.random.default_rng(
+        [seed & 0xFFFFFFFF, day & 0xFFFFFFFF, int(salt_of(salt, policy.name)) & 0xFFFFFFFF]
+    )
+    days, channel_of, cost_of = touch_table(policy, state.coupon_face_fen)
+    status = np.full(n, NOT_ELIGIBLE, dtype=np.int8)
+    reason = _eligibility(policy, u)
+    arm = np.asarray(u.journey_arm, dtype=np.int16).copy()
+    step = np.full(n, -1, dtype=np.int8)
+    channel = np.full(n, -1, dtype=np.int8)
+    cost = np.zeros(n, dtype=np.int64)
+    tier = np.asarray(u.tier, dtype=np.int64)
+
+    eligible = np.flatnonzero(reason == 0)
+    if policy.trigger is None:
+        journey_day = np.asarray(u.term_days_silent, dtype=np.int64) - policy.lapse_after_days
+    else:
+        journey_day = np.asarray(u.days_since_trigger, dtype=np.int64)
+
+    # Arms for new journeys (continuing journeys keep theirs).
+    new = eligible[arm[eligible] < 0]
+    arm[new] = _assign(policy, state, u, new, tier[new], f"{salt}:{policy.name}", rng)
+    no_arm = eligible[arm[eligible] < 0]
+    reason[no_arm] = R["no_arm_for_tier"]
+    live = eligible[arm[eligible] >= 0]
+
+    # Which touch is due: the latest one whose day has come, if not yet sent and not stale.
+    jd = journey_day[live]
+    a = arm[live].astype(np.int64)
+    reached = (days[a] <= jd[:, None]).sum(axis=1) - 1
+    done = np.asarray(u.touches_done, dtype=np.int64)[live]
+    n_touches = (days[a] < (1 << 30)).sum(axis=1)
+    # A journey already under way does not send a touch long after its day (a "day 1"
+    # message on day 9 says the wrong thing); a new one starts at whatever step is reached.
+    late = jd - days[a, np.maximum(reached, 0)] > policy.grace_days
+    stale = late & (done > 0) & (reached >= done)
+    finished = done >= n_touches
+    due = (reached >= done) & ~stale & ~finished
+    reason[live[finished]] = R["journey_done"]
+    reason[live[stale & ~finished]] = R["missed"]
+    reason[live[~finished & ~due & ~stale]] = R["waiting"]
+    status[live] = NOT_DUE
+    due_idx = live[due]
+    k = reached[due]
+    step[due_idx] = k
+    channel[due_idx] = channel_of[arm[due_idx], k]
+    cost[due_idx] = cost_of[arm[due_idx], k]
+
+    # Targeting: new journeys below the top share are left alone; ongoing ones continue.
+    priority = _priority(policy, u)
+    starting = due_idx[np.asarray(u.touches_done)[due_idx] == 0]
+    if policy.top_share < 1 and starting.size:
+        keep = int(np.floor(policy.top_share * starting.size + 1e-9))
+        ranked = starting[np.argsort(-priority[starting], kind="stable")]
+        reason[ranked[keep:]] = R["not_targeted"]
+
+    # Guard rails, the same for holdout and treated users; the first failure is the reason.
+    def guard(mask: np.ndarray, name: str) -> None:
+        sel = due_idx[(reason[due_idx] == 0) & mask]
+        reason[sel] = R[name]
+
+    ch = channel[due_idx].astype(np.int64)
+    guard(np.asarray(u.ignored_streak)[due_idx] >= policy.suppress_after_ignored, "suppressed")
+    guard(np.asarray(state.paused, bool)[arm[due_idx]], "stop_loss")
+    guard(np.asarray(u.touches_30d)[due_idx] >= policy.touches_per_30d, "capped_30d")
+    week_cap = np.asarray(policy.per_channel_week)[ch]
+    guard(np.asarray(u.channel_week)[due_idx, ch] >= week_cap, "capped_channel")
+    guard(~_permitted(policy, u, due_idx, arm[due_idx], step[due_idx], ch), "no_permission")
+
+    # Holdout by a stable hash of (tenant, policy, user): the same users every day.
+    held = stable_unit(u.user_key, salt_of(salt, policy.name, "holdout")) < policy.holdout_share
+
+    # Budget: walk the survivors by priority; once the treated spend would pass the budget,
+    # everyone after (treated or holdout alike) is skipped.
+    ok = due_idx[reason[due_idx] == 0]
+    if policy.run_budget_fen is not None and ok.size:
+        ranked = ok[np.argsort(-priority[ok], kind="stable")]
+        spend = np.cumsum(np.where(held[ranked], 0, cost[ranked]))
+        over = spend > policy.run_budget_fen
+        reason[ranked[over]] = R["budget"]
+        ok = ranked[~over]
+
+    final = reason[due_idx] != 0
+    status[due_idx] = np.where(final, SKIPPED, np.where(held[due_idx], HOLDOUT, SEND))
+
+    # When: a fixed hour or the user's own usual hour, moved out of quiet hours.
+    planned = (
+        np.full(n, policy.send_hour, dtype=np.int16)
+        if policy.send_hour is not None
+        else np.asarray(u.usual_hour, dtype=np.int16)
+    )
+    hour, defer = out_of_quiet_hours(planned)
+    quiet = hour != planned
+    acting = (status == SEND) | (status == HOLDOUT)
+    sent_arm = np.where(acting | (status == SKIPPED) | (status == NOT_DUE), arm, -1)
+    return Decisions(
+        status=status,
+        reason=np.where(acting, 0, reason).astype(np.int8),
+        arm=sent_arm.astype(np.int16),
+        step=np.where(acting | (status == SKIPPED), step, -1).astype(np.int8),
+        channel=np.where(acting | (status == SKIPPED), channel, -1).astype(np.int8),
+        send_hour=np.where(acting, hour, -1).astype(np.int8),
+        defer_days=np.where(acting, defer, 0).astype(np.int8),
+        quiet_deferred=acting & quiet,
+        cost_fen=np.where(status == SEND, cost, 0),
+    )
+
+
+def _permitted(policy, u, idx, arm, step, ch) -> np.ndarray:
+    """Whether each due user can be reached on the touch's channel right now."""
+    ok = np.asarray(u.reachable, bool)[idx, ch]
+    for a, arm_spec in enumerate(policy.arms):
+        for s, touch in enumerate(arm_spec.touches):
+            if touch.channel != SUBSCRIBE:
+                continue
+            sel = (arm == a) & (step == s)
+            left = u.allowance.get(policy.messages[touch.message].template_id)
+            ok[sel] = False if left is None else np.asarray(left)[idx[sel]] > 0
+    ok[ch == IN_APP] = True
+    return ok
+
+
+__all__ = ["CHANNELS", "Decisions", "PolicyState", "UserState", "decide"]

@@ -1,0 +1,84 @@
+"""Guard rails that are not a simple comparison: quiet hours, stop-loss and ignored streaks.
+
+Shared by the decision function (which plans around them) and the delivery code (which checks
+quiet hours again at the moment of sending).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backend.core.calendar import CHINA_OFFSET_MS, MS_PER_DAY
+
+QUIET_START_HOUR = 22  # China time; nothing is sent from 22:00 ...
+QUIET_END_HOUR = 8  # ... until 08:00
+HOUR_MS = 3_600_000
+
+
+def in_quiet_hours(china_hour: np.ndarray | int) -> np.ndarray:
+    h = np.asarray(china_hour)
+    return (h >= QUIET_START_HOUR) | (h < QUIET_END_HOUR)
+
+
+def out_of_quiet_hours(hour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hour, day offset) moved to the next 08:00 when `hour` is quiet: deferred, never dropped."""
+    hour = np.asarray(hour, dtype=np.int16)
+    late = hour >= QUIET_START_HOUR
+    early = hour < QUIET_END_HOUR
+    moved = np.where(late | early, QUIET_END_HOUR, hour).astype(np.int8)
+    return moved, late.astype(np.int8)
+
+
+def next_allowed_ms(now_ms: int) -> int:
+    """`now_ms` if it is outside quiet hours, else the next 08:00 China time."""
+    local = now_ms + CHINA_OFFSET_MS
+    hour = (local % MS_PER_DAY) // HOUR_MS
+    if not in_quiet_hours(hour):
+        return now_ms
+    day_start = local - local % MS_PER_DAY
+    if hour >= QUIET_START_HOUR:
+        day_start += MS_PER_DAY
+    return int(day_start + QUIET_END_HOUR * HOUR_MS - CHINA_OFFSET_MS)
+
+
+def stop_loss(
+    cost_fen: np.ndarray,
+    value_fen: np.ndarray,
+    touches: np.ndarray,
+    ratio: float,
+    min_touches: int,
+) -> np.ndarray:
+    """Which arms to pause: recall cost above `ratio` of the value the arm brought back.
+
+    `value_fen` is the scoring layer's estimated future value of the users each arm recalled.
+    An arm with fewer than `min_touches` finished touches is never judged: a handful of sends
+    says nothing about its economics.
+    """
+    cost = np.asarray(cost_fen, dtype=np.float64)
+    value = np.asarray(value_fen, dtype=np.float64)
+    return (np.asarray(touches) >= min_touches) & (cost > ratio * value)
+
+
+def ignored_streaks(
+    user_index: np.ndarray, order_key: np.ndarray, ignored: np.ndarray, n_users: int
+) -> np.ndarray:
+    """Per user, how many of their most recent finished touches in a row were ignored.
+
+    `order_key` orders each user's touches in time; a touch the user answered (returned
+    within its window) ends the streak.
+    """
+    user_index = np.asarray(user_index, dtype=np.int64)
+    out = np.zeros(n_users, dtype=np.int64)
+    if user_index.size == 0:
+        return out
+    order = np.lexsort((-np.asarray(order_key), user_index))  # per user, newest first
+    u = user_index[order]
+    ig = np.asarray(ignored, dtype=bool)[order]
+    starts = np.flatnonzero(np.diff(u, prepend=-1))
+    # position of each touch within its user's newest-first list
+    pos = np.arange(u.size) - np.repeat(starts, np.diff(starts, append=u.size))
+    # the first answered touch per user bounds the streak; none answered: all ignored
+    first_answered = np.full(n_users, np.iinfo(np.int64).max)
+    np.minimum.at(first_answered, u[~ig], pos[~ig])
+    counts = np.bincount(u, minlength=n_users)
+    return np.minimum(first_answered, counts)
