@@ -37,6 +37,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     store_db.bind(database)
     app.extensions["database"] = database
     app.extensions["wechat_client"] = _wechat_client_factory(app)
+    app.extensions["oa_client"] = _oa_client_factory(app)
 
     @app.before_request
     def _connect():
@@ -71,6 +72,23 @@ def _wechat_client_factory(app: Flask):
         cfg = app.config
         return make_client(
             cfg["WECHAT_APPID"], cfg["WECHAT_SECRET"], cfg["WECHAT_API_BASE"], cfg["CLOCK"]
+        )
+
+    return client
+
+
+def _oa_client_factory(app: Flask):
+    """The Official Account's client, or None when no OA is configured."""
+
+    @cache
+    def client():
+        from backend.services.wechat import make_client
+
+        cfg = app.config
+        if not (cfg["WECHAT_OA_APPID"] and cfg["WECHAT_OA_SECRET"]):
+            return None
+        return make_client(
+            cfg["WECHAT_OA_APPID"], cfg["WECHAT_OA_SECRET"], cfg["WECHAT_API_BASE"], cfg["CLOCK"]
         )
 
     return client

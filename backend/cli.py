@@ -16,6 +16,35 @@ def _now_ms() -> int:
     return current_app.config["CLOCK"].now_ms()
 
 
+def _campaign_text(r: dict) -> str:
+    """The job's summary for a terminal: totals, then per policy who gets what."""
+    head = "DRY RUN — nothing written or sent\n" if r["dry_run"] else ""
+    lines = [
+        f"{head}{r['tenant']} {r['date']}: decided {r['decided']}, queued {r['queued']}, "
+        f"held out {r['held_out']}, skipped {r['skipped']}, sent {r['sent']}, "
+        f"deferred {r['deferred']}, failed {r['failed']}"
+    ]
+    if r["skipped_by_reason"]:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(r["skipped_by_reason"].items()))
+        lines.append(f"  skipped because: {why}")
+    for name, p in r["policies"].items():
+        lines.append(
+            f"  policy {name}: {p['send']} send, {p['holdout']} holdout, {p['skipped']} skipped"
+        )
+        for tier, arms in p["by_tier_arm"].items():
+            for arm, c in arms.items():
+                lines.append(
+                    f"    {tier:<14} {arm:<28} send {c['send']:>6}  holdout {c['holdout']:>5}"
+                )
+        for s in p.get("sample", []):
+            who = "holdout" if s["holdout"] else s["channel"]
+            lines.append(
+                f"    e.g. {s['user']} ({s['tier']}): {s['arm']} step {s['step']} via {who} "
+                f"at {s['send_at']}" + (f" with {s['coupon']}" if s["coupon"] else "")
+            )
+    return "\n".join(lines)
+
+
 def register(app: Flask) -> None:
     @app.cli.command("init-db")
     def init_db():
@@ -76,6 +105,53 @@ def register(app: Flask) -> None:
                 else "BG/NBD not fitted (too few buyers)"
             )
             click.echo(f"{r['tenant']} {r['date']}: {r['users']} users; {tiers}; {fit}")
+
+    @app.cli.command("run-campaigns")
+    @click.option("--date", "on", default=None, help="YYYY-MM-DD China date (default: today)")
+    @click.option("--tenant", "appid", default=None, help="only this appid (default: all)")
+    @click.option("--dry-run", is_flag=True, help="decide and show, write and send nothing")
+    @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+    @click.option("--seed", default=0, show_default=True, help="seed of the bandit's draws")
+    def run_campaigns(on, appid, dry_run, as_json, seed):
+        """The daily recall job: score if needed, decide, queue, deliver. Safe to run twice."""
+        from backend.core.calendar import china_day
+        from backend.errors import ApiError
+        from backend.services import campaigns, delivery
+        from backend.services.channels import channels_for
+        from backend.services.scoring import parse_day
+        from backend.store.models import Tenant
+
+        now = _now_ms()
+        try:
+            day = parse_day(on, int(china_day(now)))
+        except ApiError as exc:
+            raise click.ClickException(exc.message) from None
+        tenants = Tenant.select().order_by(Tenant.id)
+        if appid:
+            tenants = tenants.where(Tenant.appid == appid)
+            if not tenants.exists():
+                raise click.ClickException(f"no tenant with appid {appid}")
+        channels = channels_for(current_app)
+        retry = delivery.retry_policy(current_app)
+        clock = current_app.config["CLOCK"]
+
+        def deliver(tenant, now_ms):
+            return delivery.deliver_due(tenant, now_ms, channels, retry, clock=clock)
+
+        results = []
+        for tenant in tenants:
+            try:
+                results.append(
+                    campaigns.run(tenant, day, now, dry_run=dry_run, seed=seed, deliver=deliver)
+                )
+            except campaigns.JobLocked as exc:
+                raise click.ClickException(str(exc)) from None
+        if as_json:
+            out = results[0] if len(results) == 1 else {"tenants": results}
+            click.echo(json.dumps(out, ensure_ascii=False))
+            return
+        for r in results:
+            click.echo(_campaign_text(r))
 
     @app.cli.command("demo-session")
     def demo_session():

@@ -28,6 +28,12 @@ def from_env(instance_path: str) -> dict:
         "WECHAT_APPID": os.environ.get("WECHAT_APPID", ""),
         "WECHAT_SECRET": os.environ.get("WECHAT_SECRET", ""),
         "WECHAT_API_BASE": os.environ.get("WECHAT_API_BASE", DEFAULT_API_BASE),
+        # The Official Account that sends template messages (a different account, optional).
+        "WECHAT_OA_APPID": os.environ.get("WECHAT_OA_APPID", ""),
+        "WECHAT_OA_SECRET": os.environ.get("WECHAT_OA_SECRET", ""),
+        # Delivery: first retry after this many seconds, doubling; attempts before giving up.
+        "DELIVERY_RETRY_BASE_S": float(os.environ.get("HUILIU_RETRY_BASE_S", 30)),
+        "DELIVERY_MAX_ATTEMPTS": int(os.environ.get("HUILIU_SEND_ATTEMPTS", 5)),
         "MAX_CONTENT_LENGTH": int(os.environ.get("HUILIU_MAX_BODY_BYTES", 2 * 1024 * 1024)),
         "TOKEN_TTL_S": int(os.environ.get("HUILIU_TOKEN_TTL_S", 7200)),
     }

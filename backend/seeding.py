@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from backend.auth import new_api_key
-from backend.services import coupons, tenants
+from backend.services import coupons, policies, tenants
 from backend.store.db import database
 from backend.store.models import CouponTemplate, Merchant
 
@@ -40,4 +40,19 @@ def load_demo_tenant(now_ms: int, path: Path = SEEDS_DIR / "demo_tenant.yaml") -
             )
             if not exists:
                 coupons.create_template(tenant.id, t, now_ms)
+    for p in spec.get("policies", []):
+        _install_policy(tenant.id, p, now_ms)
     return tenant.appid, key
+
+
+def _install_policy(tenant_id: int, spec: dict, now_ms: int) -> None:
+    """Install a preset once; a merchant's later edits and (de)activations are kept."""
+    from backend.errors import ApiError
+
+    try:
+        policies.create(
+            tenant_id, {"preset": spec["preset"], "active": spec.get("active", False)}, now_ms
+        )
+    except ApiError as exc:
+        if exc.code != "policy_exists":
+            raise

@@ -1,17 +1,25 @@
 """A fake WeChat API server: a real HTTP server on loopback that answers as WeChat does.
 
-It serves the two endpoints a mini-program login touches, with WeChat's shapes and quirks:
+It serves the endpoints a mini-program login and a recall message touch, with WeChat's shapes
+and quirks:
 
 - `GET /cgi-bin/token?grant_type=client_credential&appid=&secret=` issues an access token.
   Each fetch replaces the previous token; the old one stays valid for a short grace period
-  (WeChat documents 5 minutes), so several processes refreshing on their own knock each other out.
+  (WeChat documents 5 minutes; `token_grace_s`), so several processes refreshing on their own
+  knock each other out. A replaced token then answers 40001 ("not latest"); a token past its
+  own `expires_in` (or `expire_token()`) answers 42001.
 - `GET /sns/jscode2session?appid=&secret=&js_code=&grant_type=authorization_code` exchanges a
   wx.login code for `{session_key, openid[, unionid]}`. A code works once; its second use
   answers errcode 40163. WeChat does not need an access token here and ignores one if sent.
+- `POST /cgi-bin/message/subscribe/send?access_token=` sends a mini-program subscribe message
+  (`{touser, template_id, page?, data: {key: {value}}, miniprogram_state?, lang?}`); success is
+  `{"errcode": 0, "errmsg": "ok"}`.
+- `POST /cgi-bin/message/template/send?access_token=` sends an Official Account template
+  message (`{touser, template_id, url?, miniprogram?, data}`); success adds `"msgid": <int>`.
 
 API errors come back as HTTP 200 with a JSON `{"errcode", "errmsg"}` body, the errmsg ending in a
 request id (`"invalid code, rid: 6a1b2c3d-4e5f6a7b-8c9d0e1f"`), as WeChat's do. jscode2session
-answers `Content-Type: text/plain` as WeChat's does; the token endpoint answers JSON.
+answers `Content-Type: text/plain` as WeChat's does; the other endpoints answer JSON.
 
 Login codes are scripted by prefix (`FakeWeChat.script` overrides any code):
 
@@ -27,9 +35,39 @@ Login codes are scripted by prefix (`FakeWeChat.script` overrides any code):
 | `drop_...`      | the connection is closed without any answer                |
 | `hang_...`      | nothing is answered for `hang_s` seconds, then it closes   |
 
-Every request is recorded (`requests`, `requests_to(path)`) so tests can check what a client
-sent; `token_fetches` counts the access tokens issued and `session_keys` lists the session keys
-handed out (so a test can check none of them leaks).
+Sends are checked in WeChat's order and answer:
+
+| errcode | when                                                                         |
+|---------|------------------------------------------------------------------------------|
+| 41001 / 40001 / 42001 | access token missing / unknown or replaced / expired           |
+| 43002   | the send endpoint was not POSTed                                             |
+| 44002 / 47001 | empty body / body not a JSON object                                    |
+| 40003   | touser fails `openid_rule` (default: empty or starting `bad_`)               |
+| 40037   | template_id not registered with `add_template` for this kind of send         |
+| 41030   | subscribe `page` not in `pages` (when `pages` is set; the query is ignored)  |
+| 47003   | a template key missing, a value breaking its field type's limits, or a bad   |
+|         | miniprogram_state / lang (`"argument invalid! data.thing1.value ..."`)       |
+| 43101   | subscribe: no allowance left for (openid, template); `grant` adds them and   |
+|         | each successful send spends one                                              |
+| 43004   | template: the openid does not follow the account (`follow`)                  |
+
+Field types (`add_template(id, {"thing1": None, "keyword1": "text"}, kind=...)`, the type
+inferred from the key without its digits): thing ≤ 20 chars; phrase ≤ 5 Chinese chars; name ≤ 10
+chars (≤ 20 if pure ASCII letters/symbols); number ≤ 32 digits, optional decimals;
+character_string ≤ 32 ASCII letters/digits/symbols; letter ≤ 32 letters; symbol ≤ 5 symbols;
+phone_number ≤ 17 digits/symbols; car_number ≤ 8; amount an optional currency sign plus ≤ 10
+digits, optionally ending 元; date a date (plus an optional time); time a date and/or a time
+(`2026-11-23 10:00`, `2026年11月23日`, `10:00`), either as a range `a~b`; text (legacy Official
+Account keys such as keyword1/first/remark) anything. Values must be non-empty strings.
+
+`script_send(openid, *scripts)` queues Scripts for that openid's sends (both endpoints), one
+consumed per send before any other check: `Script(errcode=45011)`, `Script()` (handle normally),
+`Script(drop=True)`, `Script(hang=True)`, `Script(http_status=502)`.
+
+Every request is recorded (`requests`, `requests_to(path)`; POSTs carry their parsed JSON
+`body`) so tests can check what a client sent; `token_fetches` counts the access tokens issued,
+`session_keys` lists the session keys handed out (so a test can check none of them leaks), and
+`sent` / `sent_to(openid)` list the messages delivered.
 
 Standalone: `python -m fake_wechat.server --port 8765 --appid wxd3m0campus0001 --secret s`,
 then run the backend with WECHAT_MODE=live, WECHAT_APPID, WECHAT_SECRET and
@@ -42,32 +80,53 @@ import argparse
 import base64
 import contextlib
 import json
+import re
 import secrets
 import socket
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 TOKEN_PATH = "/cgi-bin/token"
 LOGIN_PATH = "/sns/jscode2session"
+SUBSCRIBE_SEND_PATH = "/cgi-bin/message/subscribe/send"
+TEMPLATE_SEND_PATH = "/cgi-bin/message/template/send"
 TOKEN_GRACE_S = 300.0  # WeChat keeps the old access token usable for 5 minutes after a refresh
 
 # errcode -> errmsg, as WeChat words them (before the rid suffix).
 ERRMSG = {
     -1: "system error",
+    40001: "invalid credential, access_token is invalid or not latest",
     40002: "invalid grant_type",
+    40003: "invalid openid",
     40013: "invalid appid",
     40029: "invalid code",
+    40037: "invalid template_id",
     40125: "invalid appsecret",
     40163: "code been used",
     40226: "code blocked",
+    41001: "access_token missing",
     41002: "appid missing",
     41004: "appsecret missing",
     41008: "missing code",
+    41030: "invalid page",
+    42001: "access_token expired",
+    43002: "require POST method",
+    43004: "require subscribe",
+    43101: "user refuse to accept the msg",
+    43107: "subscribe ability banned",
+    44002: "empty post data",
+    45009: "reach max api daily quota limit",
     45011: "api minute-quota reach limit  mustslower  retry next minute",
+    47001: "data format error",
+    47003: "argument invalid!",
 }
 
 
@@ -103,10 +162,145 @@ class Recorded:
     path: str
     query: dict[str, str]
     headers: dict[str, str] = field(repr=False)
+    body: Any = None  # a POST's parsed JSON body; None for GETs and bodies that are not JSON
+
+
+@dataclass(frozen=True)
+class Template:
+    """A message template registered with the fake: data key -> field type."""
+
+    template_id: str
+    kind: str  # "subscribe" (mini-program) or "template" (Official Account)
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One message the fake delivered."""
+
+    kind: str  # "subscribe" or "template"
+    openid: str
+    template_id: str
+    data: dict[str, str]  # data key -> value
+    page: str | None  # subscribe: the page the card opens
+    url: str | None  # template: the link
+    at: float  # time.monotonic() when delivered
+    miniprogram: dict | None = None  # template: {"appid", "pagepath"}
+    miniprogram_state: str | None = None  # subscribe
+    lang: str | None = None  # subscribe
+    msgid: int | None = None  # template: the msgid answered
+
+
+def default_openid_rule(openid: str) -> bool:
+    """Which touser values the fake accepts as openids: any but empty or `bad_...`."""
+    return bool(openid) and not openid.startswith("bad_")
+
+
+# -- field limits (WeChat's subscribe-message keyword types) -----------------------------------
+
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_DATE = r"\d{4}(?:-\d{1,2}-\d{1,2}|/\d{1,2}/\d{1,2}|年\d{1,2}月\d{1,2}日)"
+_CLOCK = r"\d{1,2}:\d{2}(?::\d{2})?"
+_MOMENT = re.compile(
+    rf"(?P<date>{_DATE})(?:(?:\s+|(?<=日))(?P<time>{_CLOCK}))?|(?P<only>{_CLOCK})", re.ASCII
+)
+_PATTERNS = {
+    "phrase": re.compile(rf"[{_CJK}]+"),
+    "number": re.compile(r"\d+(?:\.\d+)?", re.ASCII),
+    "letter": re.compile(r"[A-Za-z]+"),
+    "symbol": re.compile(r"[^\w\s]+"),
+    "character_string": re.compile(r"[!-~]+"),
+    "phone_number": re.compile(r"[!-@\[-`{-~]+"),  # digits and ASCII symbols
+    "car_number": re.compile(rf"[{_CJK}]?[A-Za-z0-9]+[{_CJK}]?"),
+    "amount": re.compile(r"(?:[¥￥$€£]|CNY|RMB|USD)?(\d+(?:\.\d+)?)元?", re.ASCII),
+    "name": re.compile(r"[^\d\s][^\d]*"),
+}
+_MAX_LEN = {
+    "thing": 20,
+    "phrase": 5,
+    "name": 10,
+    "letter": 32,
+    "symbol": 5,
+    "character_string": 32,
+    "phone_number": 17,
+    "car_number": 8,
+}
+FIELD_TYPES = (
+    "thing",
+    "number",
+    "letter",
+    "symbol",
+    "character_string",
+    "time",
+    "date",
+    "amount",
+    "phone_number",
+    "car_number",
+    "name",
+    "phrase",
+    "text",  # Official Account legacy keys (first, keyword1, remark): any string
+)
+
+
+def field_type(key: str) -> str | None:
+    """The field type a data key names (`thing1` -> thing), or None when it names none."""
+    kind = key.rstrip("0123456789")
+    return kind if kind in FIELD_TYPES and kind != "text" else None
+
+
+def _moment_ok(text: str, *, need_date: bool) -> bool:
+    """A date, a 24-hour time, or both (`2026-11-23 10:00`, `2026年11月23日`, `10:00`)."""
+    match = _MOMENT.fullmatch(text.strip())
+    if match is None or (need_date and match["date"] is None):
+        return False
+    if match["date"] is not None:
+        year, month, day = (int(n) for n in re.findall(r"\d+", match["date"]))
+        try:
+            date(year, month, day)
+        except ValueError:
+            return False
+    clock = match["time"] or match["only"]
+    if clock is not None:
+        hour, minute, *second = (int(n) for n in clock.split(":"))
+        if hour > 23 or minute > 59 or (second and second[0] > 59):
+            return False
+    return True
+
+
+def field_problem(kind: str, value: Any) -> str | None:
+    """Why WeChat would refuse this value for a field of this type (None when it is fine)."""
+    if not isinstance(value, str):
+        return "invalid"
+    if not value:
+        return "is empty"
+    if kind == "text":
+        return None
+    if kind in ("time", "date"):
+        parts = value.replace("～", "~").split("~")
+        ok = len(parts) <= 2 and all(_moment_ok(p, need_date=kind == "date") for p in parts)
+        return None if ok else "invalid"
+    if kind in _PATTERNS:
+        match = _PATTERNS[kind].fullmatch(value)
+        if match is None:
+            return "invalid"
+        if kind == "number" and sum(c.isdigit() for c in value) > 32:
+            return "exceeds the length limit"
+        if kind == "amount" and sum(c.isdigit() for c in match[1]) > 10:
+            return "exceeds the length limit"
+    limit = _MAX_LEN.get(kind)
+    if kind == "name" and value.isascii():
+        limit = 20  # a pure letter/symbol name may be twice as long as a Chinese one
+    if limit is not None and len(value) > limit:
+        return "exceeds the length limit"
+    return None
 
 
 def _rid() -> str:
     return "-".join(secrets.token_hex(4) for _ in range(3))
+
+
+_NOT_JSON = object()  # a request body that is absent or does not parse as JSON
+JSON_TYPE = "application/json; encoding=utf-8"
 
 
 def _error_body(errcode: int, errmsg: str | None = None) -> dict:
@@ -136,9 +330,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        self.server.fake._handle(self)
+        self.server.fake._handle(self, self.rfile.read(length) if length else b"")
 
     def version_string(self) -> str:
         return "nginx"
@@ -147,10 +339,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.fake.quiet:
             sys.stderr.write(f"fake_wechat: {format % args}\n")
 
-    def reply(self, status: int, body: bytes, content_type: str) -> None:
+    def reply(self, status: int, body: bytes, content_type: str, *, close: bool = False) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if close:  # tell the client, so it does not reuse the connection about to be closed
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -197,9 +391,21 @@ class FakeWeChat:
         self.requests: list[Recorded] = []
         self.session_keys: list[str] = []
         self.token_fetches = 0
+        self.token_grace_s = TOKEN_GRACE_S
+        # Messages: the mini-program's known pages (None: any page), which touser values are
+        # openids, and what was delivered.
+        self.pages: set[str] | None = None
+        self.openid_rule: Callable[[str], bool] = default_openid_rule
+        self.templates: dict[str, Template] = {}
+        self.sent: list[Sent] = []
         self._scripts: dict[str, Script] = {}
+        self._send_scripts: dict[str, deque[Script]] = {}
+        self._allowances: dict[tuple[str, str], int] = {}  # (openid, template_id) -> count
+        self._followers: set[str] = set()
+        self._next_msgid = 3_000_000_001
         self._used_codes: set[str] = set()
         self._tokens: dict[str, float] = {}  # token -> monotonic time it stops being valid
+        self._replaced: set[str] = set()  # tokens cut short by a newer fetch
         self._current_token: str | None = None
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
@@ -272,6 +478,70 @@ class FakeWeChat:
             until = self._tokens.get(token)
         return until is not None and time.monotonic() < until
 
+    def expire_token(self, token: str | None = None) -> None:
+        """Make a token (default: the current one) reach its expiry now: it answers 42001."""
+        with self._lock:
+            token = token or self._current_token
+            if token not in self._tokens:
+                raise KeyError("no such access token")
+            self._tokens[token] = time.monotonic()
+            self._replaced.discard(token)
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def add_template(
+        self,
+        template_id: str,
+        fields: Mapping[str, str | None] | Iterable[str],
+        kind: str = "subscribe",
+    ) -> Template:
+        """Register a template: data key -> field type (None: inferred from the key's prefix).
+
+        Subscribe keys must name a type (thing1, time2, ...); an Official Account template may
+        also have untyped legacy keys (first, keyword1, remark), which take any text.
+        """
+        if kind not in ("subscribe", "template"):
+            raise ValueError(f"kind must be 'subscribe' or 'template', not {kind!r}")
+        items = fields.items() if isinstance(fields, Mapping) else ((k, None) for k in fields)
+        typed: dict[str, str] = {}
+        for key, given in items:
+            ftype = given or field_type(key) or ("text" if kind == "template" else None)
+            if ftype not in FIELD_TYPES:
+                raise ValueError(f"no field type for {key!r}: give one of {FIELD_TYPES}")
+            typed[key] = ftype
+        template = Template(template_id, kind, typed)
+        with self._lock:
+            self.templates[template_id] = template
+        return template
+
+    def grant(self, openid: str, template_id: str, count: int = 1) -> None:
+        """The user accepted this subscribe template `count` times (one message each)."""
+        with self._lock:
+            key = (openid, template_id)
+            self._allowances[key] = self._allowances.get(key, 0) + count
+
+    def allowance(self, openid: str, template_id: str) -> int:
+        with self._lock:
+            return self._allowances.get((openid, template_id), 0)
+
+    def follow(self, openid: str) -> None:
+        """The user follows the Official Account, so template messages reach them."""
+        with self._lock:
+            self._followers.add(openid)
+
+    def unfollow(self, openid: str) -> None:
+        with self._lock:
+            self._followers.discard(openid)
+
+    def script_send(self, openid: str, *scripts: Script) -> None:
+        """Queue answers for this openid's next sends, one per send; Script() = handle normally."""
+        with self._lock:
+            self._send_scripts.setdefault(openid, deque()).extend(scripts)
+
+    def sent_to(self, openid: str) -> list[Sent]:
+        with self._lock:
+            return [m for m in self.sent if m.openid == openid]
+
     # -- request handling --------------------------------------------------------------------
 
     def _track(self, conn: socket.socket, *, add: bool) -> None:
@@ -281,17 +551,31 @@ class FakeWeChat:
             else:
                 self._conns.discard(conn)
 
-    def _handle(self, handler: _Handler) -> None:
+    def _handle(self, handler: _Handler, raw: bytes | None = None) -> None:
         url = urlsplit(handler.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
+        body = _NOT_JSON
+        if raw:
+            with contextlib.suppress(ValueError):  # UnicodeDecodeError is a ValueError too
+                body = json.loads(raw)
         with self._lock:
             self.requests.append(
-                Recorded(handler.command, url.path, query, dict(handler.headers.items()))
+                Recorded(
+                    handler.command,
+                    url.path,
+                    query,
+                    dict(handler.headers.items()),
+                    None if body is _NOT_JSON else body,
+                )
             )
         if handler.command == "GET" and url.path == TOKEN_PATH:
             self._token(handler, query)
         elif handler.command == "GET" and url.path == LOGIN_PATH:
             self._login(handler, query)
+        elif url.path == SUBSCRIBE_SEND_PATH:
+            self._send(handler, "subscribe", query, raw, body)
+        elif url.path == TEMPLATE_SEND_PATH:
+            self._send(handler, "template", query, raw, body)
         else:
             page = b"<html><head><title>404 Not Found</title></head><body></body></html>"
             handler.reply(404, page, "text/html")
@@ -306,8 +590,7 @@ class FakeWeChat:
         if script.http_status is not None:
             status = script.http_status
             page = f"<html><head><title>{status} Error</title></head><body></body></html>"
-            handler.reply(status, page.encode(), "text/html")
-            handler.close_connection = True
+            handler.reply(status, page.encode(), "text/html", close=True)
             return True
         return False
 
@@ -341,8 +624,11 @@ class FakeWeChat:
         token = secrets.token_urlsafe(102)
         now = time.monotonic()
         with self._lock:
+            cut = now + self.token_grace_s
             for old, until in self._tokens.items():
-                self._tokens[old] = min(until, now + TOKEN_GRACE_S)
+                if until > cut:
+                    self._tokens[old] = cut
+                    self._replaced.add(old)
             self._tokens[token] = now + self.expires_in
             self._current_token = token
             self.token_fetches += 1
@@ -387,6 +673,122 @@ class FakeWeChat:
         if unionid:
             answer["unionid"] = unionid
         handler.reply_json(answer, content_type)
+
+    def _token_error(self, token: str) -> int | None:
+        if not token:
+            return 41001
+        with self._lock:
+            until = self._tokens.get(token)
+            replaced = token in self._replaced
+        if until is None:
+            return 40001
+        if time.monotonic() < until:
+            return None
+        return 40001 if replaced else 42001  # a replaced token is "not latest"
+
+    def _send(
+        self, handler: _Handler, kind: str, query: dict[str, str], raw: bytes | None, body: Any
+    ) -> None:
+        """subscribe/send or template/send: scripts, then WeChat's checks in order, then deliver."""
+        touser = body.get("touser") if isinstance(body, dict) else None
+        script = None
+        if isinstance(touser, str):
+            with self._lock:
+                queue = self._send_scripts.get(touser)
+                if queue:
+                    script = queue.popleft()
+        if script is not None:
+            if self._misbehave(handler, script):
+                return
+            if script.errcode is not None:
+                handler.reply_json(_error_body(script.errcode, script.errmsg), JSON_TYPE)
+                return
+        answer = self._check_send(handler.command, kind, query, raw, body)
+        if isinstance(answer, int):
+            handler.reply_json(_error_body(answer), JSON_TYPE)
+        elif isinstance(answer, str):
+            handler.reply_json(_error_body(47003, answer), JSON_TYPE)
+        else:
+            handler.reply_json(answer, JSON_TYPE)
+
+    def _check_send(
+        self, method: str, kind: str, query: dict[str, str], raw: bytes | None, body: Any
+    ) -> int | str | dict:
+        """An errcode, a 47003 errmsg, or the success answer (after delivering the message)."""
+        errcode = self._token_error(query.get("access_token", ""))
+        if errcode is not None:
+            return errcode
+        if method != "POST":
+            return 43002
+        if not raw:
+            return 44002
+        if not isinstance(body, dict):
+            return 47001
+        openid = body.get("touser")
+        if not isinstance(openid, str) or not self.openid_rule(openid):
+            return 40003
+        template_id = body.get("template_id")
+        with self._lock:
+            template = self.templates.get(template_id) if isinstance(template_id, str) else None
+        if template is None or template.kind != kind:
+            return 40037
+        page = body.get("page") if kind == "subscribe" else None
+        pages = self.pages
+        if page is not None and (
+            not isinstance(page, str) or (pages is not None and page.split("?")[0] not in pages)
+        ):
+            return 41030
+        if kind == "subscribe":
+            state, lang = body.get("miniprogram_state"), body.get("lang")
+            if state is not None and state not in ("developer", "trial", "formal"):
+                return f"{ERRMSG[47003]} miniprogram_state invalid"
+            if lang is not None and lang not in ("zh_CN", "en_US", "zh_HK", "zh_TW"):
+                return f"{ERRMSG[47003]} lang invalid"
+        data = body.get("data")
+        if not isinstance(data, dict):
+            return f"{ERRMSG[47003]} data is empty"
+        values: dict[str, str] = {}
+        for key, ftype in template.fields.items():
+            entry = data.get(key)
+            if not isinstance(entry, dict) or "value" not in entry:
+                return f"{ERRMSG[47003]} data.{key}.value is empty"
+            problem = field_problem(ftype, entry["value"])
+            if problem is not None:
+                return f"{ERRMSG[47003]} data.{key}.value {problem}"
+            values[key] = entry["value"]
+        with self._lock:
+            if kind == "subscribe":
+                left = self._allowances.get((openid, template.template_id), 0)
+                if left <= 0:
+                    return 43101
+                self._allowances[(openid, template.template_id)] = left - 1
+                msgid = None
+            else:
+                if openid not in self._followers:
+                    return 43004
+                msgid = self._next_msgid
+                self._next_msgid += 1
+            self.sent.append(
+                Sent(
+                    kind=kind,
+                    openid=openid,
+                    template_id=template.template_id,
+                    data=values,
+                    page=page,
+                    url=body.get("url") if kind == "template" else None,
+                    at=time.monotonic(),
+                    miniprogram=body.get("miniprogram") if kind == "template" else None,
+                    miniprogram_state=body.get("miniprogram_state")
+                    if kind == "subscribe"
+                    else None,
+                    lang=body.get("lang") if kind == "subscribe" else None,
+                    msgid=msgid,
+                )
+            )
+        answer: dict[str, Any] = {"errcode": 0, "errmsg": "ok"}
+        if msgid is not None:
+            answer["msgid"] = msgid
+        return answer
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,9 +8,21 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.auth import issue_token, require_user
 from backend.errors import ApiError
-from backend.services import coupons, events, privacy, subscriptions, tenants, users, wechat
+from backend.services import (
+    campaigns,
+    cards,
+    coupons,
+    delivery,
+    events,
+    privacy,
+    subscriptions,
+    tenants,
+    users,
+    wechat,
+)
 from backend.services.event_validation import MP_EVENT_SCHEMA, MP_MAX_AGE_MS
 from backend.spec import documented, read_json, validated
+from backend.store.models import Tenant
 
 bp = Blueprint("mp", __name__, url_prefix="/mp/v1")
 
@@ -129,7 +141,24 @@ def post_events():
         now_ms=now,
         user_id=g.user.id,
     )
+    if result.triggers:
+        # Trigger policies decide now; delivery runs on a thread so this answer is not held.
+        tenant = Tenant.get_by_id(g.tenant_id)
+        if campaigns.on_events(tenant, result.triggers, now):
+            delivery.kick(current_app._get_current_object(), g.tenant_id)
     return jsonify(result.as_dict())
+
+
+@bp.get("/reengagement")
+@documented(
+    "Welcome-back cards waiting for this user (shown once: fetching marks them opened)",
+    response=cards.CARD_SCHEMA,
+    auth="bearer",
+)
+@require_user
+def reengagement():
+    tenant = Tenant.get_by_id(g.tenant_id)
+    return jsonify({"cards": cards.take_cards(tenant, g.user.id, _now_ms())})
 
 
 @bp.get("/coupons")

@@ -225,7 +225,7 @@ def test_seed_demo_json_prints_a_working_key(app):
         merchants = client.get("/admin/v1/merchants", headers={"X-Api-Key": key}).get_json()
         assert len(merchants["merchants"]) == 4
     templates = client.get("/admin/v1/coupon-templates", headers={"X-Api-Key": out["api_key"]})
-    assert len(templates.get_json()["templates"]) == 3
+    assert len(templates.get_json()["templates"]) == 4
 
 
 def test_no_module_reads_the_wall_clock():

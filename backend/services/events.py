@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from backend.core.policy.spec import TRIGGER_EVENTS
 from backend.errors import ApiError
 from backend.services.event_validation import (
     CleanEvent,
@@ -19,11 +20,16 @@ from backend.store.models import Coupon, Event, Merchant, Order, User
 INSERT_CHUNK = 500
 
 
+TRIGGER_MAX_AGE_MS = 60 * 60 * 1000
+
+
 @dataclass
 class BatchResult:
     accepted: int = 0
     duplicates: int = 0
     rejected: list[dict] = field(default_factory=list)
+    # Trigger-policy events just received (type -> user ids): decided right away.
+    triggers: dict[str, set[int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected}
@@ -182,6 +188,10 @@ def store_batch(
         _touch_seen(rows)
     result.accepted = inserted
     result.duplicates = len(kept) - inserted
+    for uid, ev in rows:
+        # Only fresh events trigger: a phone's week-old offline queue is history, not a cue.
+        if ev.type in TRIGGER_EVENTS and ev.ts_ms >= now_ms - TRIGGER_MAX_AGE_MS:
+            result.triggers.setdefault(ev.type, set()).add(uid)
     return result
 
 

@@ -11,19 +11,24 @@ import peewee
 
 from backend.store.models import (
     ApiKey,
+    CampaignRun,
     ConsentLog,
     Coupon,
     CouponTemplate,
     Event,
+    JobLock,
     KeyValue,
     Merchant,
     ModelFit,
     Order,
+    Policy,
     SchemaVersion,
     ScoreSnapshot,
+    SmsMessage,
     SubscriptionAllowance,
     SubscriptionGrant,
     Tenant,
+    Touch,
     User,
 )
 
@@ -56,7 +61,26 @@ def _v2_scores(db: peewee.Database) -> None:
     db.create_tables([ScoreSnapshot, ModelFit], safe=False)
 
 
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1_initial, _v2_scores]
+def _v3_campaigns(db: peewee.Database) -> None:
+    from playhouse.migrate import PostgresqlMigrator, SqliteMigrator
+    from playhouse.migrate import migrate as run
+
+    migrator = (
+        PostgresqlMigrator(db) if isinstance(db, peewee.PostgresqlDatabase) else SqliteMigrator(db)
+    )
+    # v1 creates tables from today's models, so a fresh database has these columns already.
+    have = {c.name for c in db.get_columns("user")}
+    new = {
+        "phone": peewee.CharField(max_length=20, null=True),
+        "oa_openid": peewee.CharField(max_length=128, null=True),
+    }
+    ops = [migrator.add_column("user", name, f) for name, f in new.items() if name not in have]
+    if ops:
+        run(*ops)
+    db.create_tables([Policy, CampaignRun, Touch, SmsMessage, JobLock], safe=False)
+
+
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1_initial, _v2_scores, _v3_campaigns]
 LATEST = len(MIGRATIONS)
 
 

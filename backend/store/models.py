@@ -45,6 +45,8 @@ class User(BaseModel):
     created_ms = pw.BigIntegerField()
     last_seen_ms = pw.BigIntegerField(null=True)
     marketing_opt_out = pw.BooleanField(default=False)
+    phone = pw.CharField(max_length=20, null=True)  # for the SMS channel; set by the merchant
+    oa_openid = pw.CharField(max_length=128, null=True)  # Official Account follower id
 
     class Meta:
         indexes = ((("tenant", "openid"), True),)
@@ -219,6 +221,102 @@ class ModelFit(BaseModel):
         indexes = ((("tenant", "day"), True),)
 
 
+class Policy(BaseModel):
+    """A recall policy of a tenant: its YAML text as written, and whether it runs."""
+
+    tenant = pw.ForeignKeyField(Tenant, backref="policies", on_delete="CASCADE")
+    name = pw.CharField(max_length=64)
+    source = pw.TextField()  # the YAML (or JSON) text, exactly as submitted
+    active = pw.BooleanField(default=False)
+    version = pw.IntegerField(default=1)
+    uplift_model = pw.TextField(null=True)  # JSON of the fitted two-model learner
+    created_ms = pw.BigIntegerField()
+    updated_ms = pw.BigIntegerField()
+
+    class Meta:
+        indexes = ((("tenant", "name"), True),)
+
+
+class CampaignRun(BaseModel):
+    """One run of the campaign job for a tenant and day (dry runs are not stored)."""
+
+    tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")
+    day = pw.IntegerField()
+    started_ms = pw.BigIntegerField()
+    finished_ms = pw.BigIntegerField(null=True)
+    status = pw.CharField(max_length=16)  # running | done | failed
+    summary = pw.TextField(default="{}")  # JSON counts
+
+    class Meta:
+        indexes = ((("tenant", "day"), False),)
+
+
+class Touch(BaseModel):
+    """One decided touch: a message to send (the outbox), a holdout "would have sent", or a
+    guard rail that stopped it. Unique per (policy, user, day, step): deciding twice is a no-op.
+    """
+
+    tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")
+    policy = pw.ForeignKeyField(Policy, backref="touches", on_delete="CASCADE")
+    run = pw.ForeignKeyField(CampaignRun, null=True, on_delete="SET NULL")
+    user = pw.ForeignKeyField(User, backref="touches", on_delete="CASCADE")
+    day = pw.IntegerField()  # China day it was decided for
+    arm = pw.CharField(max_length=64)
+    step = pw.SmallIntegerField()
+    channel = pw.CharField(max_length=16)
+    message = pw.CharField(max_length=64)
+    coupon_template = pw.CharField(max_length=100, null=True)
+    tier = pw.CharField(max_length=16)
+    holdout = pw.BooleanField()
+    # queued | sending | sent | held_out | skipped | failed | expired
+    status = pw.CharField(max_length=16)
+    reason = pw.CharField(max_length=32, default="")  # why skipped / failed
+    send_after_ms = pw.BigIntegerField()
+    expires_ms = pw.BigIntegerField()  # not sent by then: expired, never sent late
+    attempts = pw.SmallIntegerField(default=0)
+    next_attempt_ms = pw.BigIntegerField(default=0)
+    lease_until_ms = pw.BigIntegerField(null=True)
+    sent_ms = pw.BigIntegerField(null=True)  # or when a holdout touch "would have" gone
+    wechat_errcode = pw.IntegerField(null=True)
+    provider_id = pw.CharField(max_length=64, null=True)  # WeChat msgid, SMS id
+    coupon = pw.ForeignKeyField(Coupon, null=True, on_delete="SET NULL")
+    message_cost_fen = pw.BigIntegerField(default=0)
+    value_fen = pw.BigIntegerField(default=0)  # the user's estimated value when decided
+    # Attribution, filled when the window closes or the user returns.
+    returned_ms = pw.BigIntegerField(null=True)
+    ordered_ms = pw.BigIntegerField(null=True)
+    revenue_fen = pw.BigIntegerField(default=0)
+    coupon_cost_fen = pw.BigIntegerField(default=0)
+    attributed = pw.BooleanField(default=False)  # window closed: the outcome is final
+    opened_ms = pw.BigIntegerField(null=True)  # in-app card shown / message opened
+
+    class Meta:
+        indexes = (
+            (("policy", "user", "day", "step"), True),
+            (("tenant", "status", "next_attempt_ms"), False),
+            (("user", "day"), False),
+            (("tenant", "day"), False),
+        )
+
+
+class SmsMessage(BaseModel):
+    """The development SMS provider's outbox: what a vendor would have been asked to send."""
+
+    tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")
+    touch = pw.ForeignKeyField(Touch, null=True, on_delete="SET NULL", unique=True)
+    phone = pw.CharField(max_length=20)
+    text = pw.TextField()
+    created_ms = pw.BigIntegerField()
+
+
+class JobLock(BaseModel):
+    """A named lock row: two campaign runs for one tenant cannot both hold it."""
+
+    name = pw.CharField(max_length=100, primary_key=True)
+    holder = pw.CharField(max_length=100)
+    expires_ms = pw.BigIntegerField()
+
+
 class KeyValue(BaseModel):
     """Small shared state across workers (the WeChat access token cache)."""
 
@@ -242,4 +340,9 @@ ALL_MODELS: list[type[BaseModel]] = [
     KeyValue,
     ScoreSnapshot,
     ModelFit,
+    Policy,
+    CampaignRun,
+    Touch,
+    SmsMessage,
+    JobLock,
 ]

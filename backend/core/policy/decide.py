@@ -58,7 +58,7 @@ class UserState:
     term_days_silent: np.ndarray  # term days since the last visit
     usual_hour: np.ndarray  # the user's most active China hour
     opted_out: np.ndarray  # bool
-    touches_done: np.ndarray  # this policy's touches in the current journey
+    last_step: np.ndarray  # highest step of this policy's current journey already done; -1
     journey_arm: np.ndarray  # arm of the current journey, -1 for none yet
     touches_30d: np.ndarray  # recall touches of any policy in the last 30 days
     channel_week: np.ndarray  # (users × CHANNELS) touches per channel in the last 7 days
@@ -234,14 +234,14 @@ def decide(
     jd = journey_day[live]
     a = arm[live].astype(np.int64)
     reached = (days[a] <= jd[:, None]).sum(axis=1) - 1
-    done = np.asarray(u.touches_done, dtype=np.int64)[live]
+    last = np.asarray(u.last_step, dtype=np.int64)[live]
     n_touches = (days[a] < (1 << 30)).sum(axis=1)
     # A journey already under way does not send a touch long after its day (a "day 1"
     # message on day 9 says the wrong thing); a new one starts at whatever step is reached.
     late = jd - days[a, np.maximum(reached, 0)] > policy.grace_days
-    stale = late & (done > 0) & (reached >= done)
-    finished = done >= n_touches
-    due = (reached >= done) & ~stale & ~finished
+    stale = late & (last >= 0) & (reached > last)
+    finished = last >= n_touches - 1
+    due = (reached > last) & ~stale & ~finished
     reason[live[finished]] = R["journey_done"]
     reason[live[stale & ~finished]] = R["missed"]
     reason[live[~finished & ~due & ~stale]] = R["waiting"]
@@ -254,7 +254,7 @@ def decide(
 
     # Targeting: new journeys below the top share are left alone; ongoing ones continue.
     priority = _priority(policy, u)
-    starting = due_idx[np.asarray(u.touches_done)[due_idx] == 0]
+    starting = due_idx[np.asarray(u.last_step)[due_idx] < 0]
     if policy.top_share < 1 and starting.size:
         keep = int(np.floor(policy.top_share * starting.size + 1e-9))
         ranked = starting[np.argsort(-priority[starting], kind="stable")]

@@ -1,0 +1,688 @@
+"""The campaign job: state from the database, core.policy.decide, touches into the outbox.
+
+Deciding and delivering are separate steps joined by the `touch` table (the outbox): all of a
+policy's decisions for a day are written in one transaction, and delivery only ever works
+from rows. A crash after deciding leaves queued rows that the next run delivers; deciding
+again the same day inserts nothing new (unique (policy, user, day, step)); and a lock row
+keeps two runs for one tenant from overlapping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import peewee as pw
+
+from backend.core.calendar import MS_PER_DAY, china_day, day_date, day_start_ms
+from backend.core.policy import (
+    CHANNELS,
+    HOLDOUT,
+    REASONS,
+    SEND,
+    SKIPPED,
+    Decisions,
+    Policy,
+    PolicyState,
+    UserState,
+    decide,
+)
+from backend.core.policy.guards import HOUR_MS, next_allowed_ms, stop_loss
+from backend.core.policy.guards import ignored_streaks as streaks_of
+from backend.core.rfm import SEGMENT_NAMES
+from backend.core.tiers import TIERS
+from backend.core.uplift import UpliftModel, predict_uplift, uplift_features
+from backend.services import policies
+from backend.services.attribution import attribute
+from backend.store.db import write_transaction
+from backend.store.models import (
+    CampaignRun,
+    JobLock,
+    ScoreSnapshot,
+    SubscriptionAllowance,
+    Tenant,
+    Touch,
+    User,
+)
+from backend.store.models import Policy as PolicyRow
+
+log = logging.getLogger(__name__)
+
+LOCK_TTL_MS = 30 * 60 * 1000  # a crashed run's lock is taken over after this
+HISTORY_DAYS = 60  # touch history that caps, journeys and streaks look at
+ACTIVE_STATUSES = ("queued", "sending", "sent", "held_out")  # count against caps
+JOURNEY_STATUSES = ("queued", "sending", "sent", "held_out", "failed", "expired")
+EXPIRY_MS = 24 * HOUR_MS  # a touch not sent within a day of its time is not sent at all
+
+
+class JobLocked(RuntimeError):
+    pass
+
+
+# -- the lock -------------------------------------------------------------------------------
+
+
+def acquire_lock(name: str, holder: str, now_ms: int, ttl_ms: int = LOCK_TTL_MS) -> bool:
+    """Take the named lock row, or a stale one; False if someone else holds it."""
+    try:
+        with write_transaction():
+            row = JobLock.get_or_none(JobLock.name == name)
+            if row is None:
+                JobLock.create(name=name, holder=holder, expires_ms=now_ms + ttl_ms)
+                return True
+            if row.expires_ms > now_ms:
+                return False
+            taken = (
+                JobLock.update(holder=holder, expires_ms=now_ms + ttl_ms)
+                .where((JobLock.name == name) & (JobLock.expires_ms == row.expires_ms))
+                .execute()
+            )
+            return taken == 1
+    except pw.IntegrityError:
+        return False
+
+
+def release_lock(name: str, holder: str) -> None:
+    with write_transaction():
+        JobLock.delete().where((JobLock.name == name) & (JobLock.holder == holder)).execute()
+
+
+# -- user state from the database -----------------------------------------------------------
+
+
+@dataclass
+class Population:
+    """The users a policy decides over, as columns aligned with `user_ids`."""
+
+    user_ids: np.ndarray
+    openids: list[str]
+    state: UserState
+    tier: np.ndarray
+    days_since_visit: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _snapshot(tenant_id: int, day: int, only: list[int] | None):
+    fields = (
+        ScoreSnapshot.user,
+        ScoreSnapshot.tier,
+        ScoreSnapshot.segment,
+        ScoreSnapshot.worth_recalling,
+        ScoreSnapshot.value_fen,
+        ScoreSnapshot.p_alive,
+        ScoreSnapshot.term_days_since_visit,
+        ScoreSnapshot.days_since_visit,
+        ScoreSnapshot.usual_hour,
+        ScoreSnapshot.visit_days_30,
+        ScoreSnapshot.orders_total,
+        ScoreSnapshot.spend_fen_total,
+        ScoreSnapshot.activity_index,
+    )
+    q = ScoreSnapshot.select(*fields).where(
+        (ScoreSnapshot.tenant == tenant_id) & (ScoreSnapshot.day == day)
+    )
+    if only is not None:
+        q = q.where(ScoreSnapshot.user.in_(only))
+    return list(q.order_by(ScoreSnapshot.user).tuples())
+
+
+def population(
+    tenant_id: int,
+    row: PolicyRow,
+    policy: Policy,
+    day: int,
+    snapshot_day: int,
+    *,
+    only: list[int] | None = None,
+    trigger_day: dict[int, int] | None = None,
+) -> Population:
+    """Every scored user's state for `policy` on `day` (or just the users in `only`)."""
+    snap = _snapshot(tenant_id, snapshot_day, only)
+    n = len(snap)
+    ids = np.array([s[0] for s in snap], dtype=np.int64)
+    col = {
+        name: [s[i] for s in snap]
+        for i, name in enumerate(
+            [
+                "user",
+                "tier",
+                "segment",
+                "worth",
+                "value",
+                "p_alive",
+                "term_silent",
+                "silent",
+                "hour",
+                "visit_days_30",
+                "orders",
+                "spend",
+                "activity",
+            ]
+        )
+    }
+    tier = np.array([TIERS.index(t) for t in col["tier"]], dtype=np.int8)
+    segment = np.array([SEGMENT_NAMES.index(s) for s in col["segment"]], dtype=np.int8)
+    lag = day - snapshot_day  # a trigger between nightly runs uses yesterday's scores
+    silent = np.array(col["silent"], dtype=np.int64) + lag
+    term_silent = np.array(col["term_silent"], dtype=np.int64) + lag
+    hour = np.array(col["hour"], dtype=np.int64)
+    hour = np.where(hour < 0, 12, hour)
+
+    users = {
+        u: (openid, opt, phone, oa)
+        for u, openid, opt, phone, oa in User.select(
+            User.id, User.openid, User.marketing_opt_out, User.phone, User.oa_openid
+        )
+        .where(User.tenant == tenant_id)
+        .tuples()
+    }
+    info = [users.get(int(u), ("", True, None, None)) for u in ids]
+    opted = np.array([i[1] for i in info], dtype=bool)
+    reachable = np.zeros((n, len(CHANNELS)), dtype=bool)
+    reachable[:, CHANNELS.index("sms")] = [i[2] is not None for i in info]
+    reachable[:, CHANNELS.index("oa_template")] = [i[3] is not None for i in info]
+    reachable[:, CHANNELS.index("in_app")] = True
+
+    history = _history(tenant_id, ids, day)
+    pos = {int(u): i for i, u in enumerate(ids)}
+    touches_30d = np.zeros(n, dtype=np.int64)
+    channel_week = np.zeros((n, len(CHANNELS)), dtype=np.int64)
+    last_step = np.full(n, -1, dtype=np.int64)
+    journey_arm = np.full(n, -1, dtype=np.int64)
+    journey_key = np.full(n, -1, dtype=np.int64)
+    arm_index = {a.name: i for i, a in enumerate(policy.arms)}
+    last_visit_day = day - silent
+    streak_user, streak_key, streak_ignored = [], [], []
+    for user, pol, tday, step, arm, channel, status, attributed, returned, sent in history:
+        i = pos[user]
+        if status in ACTIVE_STATUSES:
+            if tday >= day - 29:
+                touches_30d[i] += 1
+            if tday >= day - 6:
+                channel_week[i, CHANNELS.index(channel)] += 1
+        if attributed and status in ("sent", "held_out"):
+            streak_user.append(i)
+            streak_key.append(sent)
+            streak_ignored.append(returned is None)
+        if pol != row.id or status not in JOURNEY_STATUSES:
+            continue
+        start = trigger_day.get(user, day + 1) if trigger_day is not None else last_visit_day[i] + 1
+        if tday >= start and arm in arm_index:
+            last_step[i] = max(last_step[i], step)
+            key = tday * 10 + step
+            if key > journey_key[i]:
+                journey_key[i], journey_arm[i] = key, arm_index[arm]
+    ignored = streaks_of(
+        np.array(streak_user, dtype=np.int64),
+        np.array(streak_key, dtype=np.int64),
+        np.array(streak_ignored, dtype=bool),
+        n,
+    )
+    allowance = _allowances(tenant_id, policy, pos, n)
+    since_trigger = None
+    if trigger_day is not None:
+        since_trigger = np.array([day - trigger_day.get(int(u), day + 1) for u in ids])
+    uplift = None
+    if policy.rank_by == "uplift":
+        uplift = _uplift(row, col, term_silent)
+    state = UserState(
+        user_key=ids,
+        tier=tier,
+        segment=segment,
+        worth_recalling=np.array(col["worth"], dtype=bool),
+        value_fen=np.array(col["value"], dtype=np.int64),
+        p_alive=np.array([np.nan if p is None else p for p in col["p_alive"]], dtype=float),
+        term_days_silent=term_silent,
+        usual_hour=hour,
+        opted_out=opted,
+        last_step=last_step,
+        journey_arm=journey_arm,
+        touches_30d=touches_30d,
+        channel_week=channel_week,
+        reachable=reachable,
+        allowance=allowance,
+        ignored_streak=ignored,
+        days_since_trigger=since_trigger,
+        uplift=uplift,
+    )
+    return Population(
+        ids,
+        [i[0] for i in info],
+        state,
+        tier,
+        silent,
+        {"value_fen": np.array(col["value"], dtype=np.int64)},
+    )
+
+
+def _uplift(row: PolicyRow, col: dict, term_silent: np.ndarray) -> np.ndarray:
+    """Estimated uplift per user from the policy's fitted model.
+
+    Until a model is fitted (POST /admin/v1/policies/NAME/uplift-model) the policy ranks by
+    risk, 1 − P(alive), so it still runs; the preview says which ranking was used.
+    """
+    p_alive = np.array([np.nan if p is None else p for p in col["p_alive"]], dtype=float)
+    if not row.uplift_model:
+        return np.where(np.isnan(p_alive), 0.5, 1.0 - p_alive)
+    model = UpliftModel.from_dict(json.loads(row.uplift_model))
+    x = uplift_features(
+        term_silent,
+        col["visit_days_30"],
+        col["orders"],
+        col["spend"],
+        p_alive,
+        col["activity"],
+        col["worth"],
+        col["hour"],
+    )
+    return predict_uplift(model, x)
+
+
+def _history(tenant_id: int, ids: np.ndarray, day: int):
+    q = (
+        Touch.select(
+            Touch.user,
+            Touch.policy,
+            Touch.day,
+            Touch.step,
+            Touch.arm,
+            Touch.channel,
+            Touch.status,
+            Touch.attributed,
+            Touch.returned_ms,
+            Touch.sent_ms,
+        )
+        .where((Touch.tenant == tenant_id) & (Touch.day >= day - HISTORY_DAYS))
+        .tuples()
+    )
+    wanted = set(ids.tolist())
+    return [r for r in q if r[0] in wanted]
+
+
+def _allowances(tenant_id: int, policy: Policy, pos: dict[int, int], n: int):
+    templates = sorted(
+        {
+            policy.messages[t.message].template_id
+            for a in policy.arms
+            for t in a.touches
+            if CHANNELS[t.channel] == "subscribe"
+        }
+    )
+    out = {t: np.zeros(n, dtype=np.int64) for t in templates}
+    if not templates:
+        return out
+    rows = (
+        SubscriptionAllowance.select(
+            SubscriptionAllowance.user,
+            SubscriptionAllowance.template_id,
+            SubscriptionAllowance.remaining,
+        )
+        .where(
+            (SubscriptionAllowance.tenant == tenant_id)
+            & SubscriptionAllowance.template_id.in_(templates)
+        )
+        .tuples()
+    )
+    for user, template, remaining in rows:
+        i = pos.get(user)
+        if i is not None:
+            out[template][i] = remaining
+    return out
+
+
+def policy_state(tenant_id: int, row: PolicyRow, policy: Policy) -> PolicyState:
+    """Bandit posteriors per (arm, tier) and stop-loss, from the policy's finished touches."""
+    state = PolicyState.fresh(policy, policies.coupon_faces(tenant_id, policy))
+    arm_index = {a.name: i for i, a in enumerate(policy.arms)}
+    k = len(policy.arms)
+    cost = np.zeros(k)
+    value = np.zeros(k)
+    count = np.zeros(k, dtype=np.int64)
+    rows = (
+        Touch.select(
+            Touch.arm,
+            Touch.tier,
+            Touch.returned_ms.is_null(False),
+            Touch.message_cost_fen + Touch.coupon_cost_fen,
+            Touch.value_fen,
+        )
+        .where((Touch.policy == row.id) & (Touch.status == "sent") & Touch.attributed)
+        .tuples()
+    )
+    for arm, tier, returned, spent, val in rows:
+        a = arm_index.get(arm)
+        if a is None:
+            continue
+        t = TIERS.index(tier)
+        if returned:
+            state.successes[a, t] += 1
+            value[a] += val
+        else:
+            state.failures[a, t] += 1
+        cost[a] += spent
+        count[a] += 1
+    state.paused = stop_loss(
+        cost, value, count, policy.stop_loss_ratio, policy.stop_loss_min_touches
+    )
+    return state
+
+
+# -- writing decisions ------------------------------------------------------------------------
+
+
+def touch_rows(
+    tenant_id: int,
+    row: PolicyRow,
+    policy: Policy,
+    pop: Population,
+    d: Decisions,
+    day: int,
+    now_ms: int,
+    run_id: int | None,
+) -> list[dict]:
+    acting = np.flatnonzero((d.status == SEND) | (d.status == HOLDOUT) | (d.status == SKIPPED))
+    out = []
+    for i in acting:
+        arm = policy.arms[d.arm[i]]
+        touch = arm.touches[d.step[i]]
+        status = {SEND: "queued", HOLDOUT: "held_out", SKIPPED: "skipped"}[int(d.status[i])]
+        if policy.send_now:
+            at = next_allowed_ms(now_ms)
+        elif d.status[i] == SKIPPED:
+            at = now_ms
+        else:
+            at = day_start_ms(day + int(d.defer_days[i])) + int(d.send_hour[i]) * HOUR_MS
+        out.append(
+            {
+                "tenant": tenant_id,
+                "policy": row.id,
+                "run": run_id,
+                "user": int(pop.user_ids[i]),
+                "day": day,
+                "arm": arm.name,
+                "step": int(d.step[i]),
+                "channel": CHANNELS[touch.channel],
+                "message": touch.message,
+                "coupon_template": touch.coupon,
+                "tier": TIERS[int(pop.tier[i])],
+                "holdout": bool(d.status[i] == HOLDOUT),
+                "status": status,
+                "reason": REASONS[int(d.reason[i])],
+                "send_after_ms": at,
+                "expires_ms": at + EXPIRY_MS,
+                "sent_ms": at if status == "held_out" else None,
+                "message_cost_fen": policy.costs_fen[touch.channel] if status == "queued" else 0,
+                "value_fen": int(pop.extra["value_fen"][i]),
+            }
+        )
+    return out
+
+
+def write_touches(rows: list[dict]) -> Counter:
+    """Insert in one transaction; rows already decided (same policy, user, day, step) are
+    left as they are. Returns what was newly written, by status."""
+    written: Counter = Counter()
+    if not rows:
+        return written
+    with write_transaction():
+        for start in range(0, len(rows), 500):
+            chunk = rows[start : start + 500]
+            for r in chunk:
+                inserted = Touch.insert(**r).on_conflict_ignore().as_rowcount().execute()
+                if inserted:
+                    written[r["status"]] += 1
+    return written
+
+
+# -- the job ----------------------------------------------------------------------------------
+
+
+@dataclass
+class PolicyOutcome:
+    name: str
+    decisions: Decisions
+    population: Population
+    rows: list[dict]
+
+
+def decide_policy(tenant: Tenant, row: PolicyRow, policy: Policy, day: int, now_ms: int, seed: int):
+    snapshot_day = _snapshot_day(tenant.id, day)
+    trigger_day = None
+    if policy.trigger == "coupon_expiring":
+        trigger_day = _expiring_coupon_days(tenant.id, day, now_ms)
+    pop = population(tenant.id, row, policy, day, snapshot_day, trigger_day=trigger_day)
+    state = policy_state(tenant.id, row, policy)
+    d = decide(policy, pop.state, state, salt=tenant.appid, day=day, seed=seed)
+    return pop, d
+
+
+def _snapshot_day(tenant_id: int, day: int) -> int:
+    from backend.services.scoring import score_tenant
+
+    if (
+        not ScoreSnapshot.select()
+        .where((ScoreSnapshot.tenant == tenant_id) & (ScoreSnapshot.day == day))
+        .exists()
+    ):
+        score_tenant(Tenant.get_by_id(tenant_id), day)
+    return day
+
+
+def _expiring_coupon_days(tenant_id: int, day: int, now_ms: int) -> dict[int, int]:
+    """Users holding an unused coupon that expires within two days: triggered today."""
+    from backend.store.models import Coupon
+
+    rows = Coupon.select(Coupon.user).where(
+        (Coupon.tenant == tenant_id)
+        & (Coupon.status == "issued")
+        & (Coupon.expires_ms > now_ms)
+        & (Coupon.expires_ms <= now_ms + 2 * MS_PER_DAY)
+    )
+    return {c.user_id: day for c in rows}
+
+
+def run(
+    tenant: Tenant,
+    day: int,
+    now_ms: int,
+    *,
+    dry_run: bool = False,
+    seed: int = 0,
+    deliver=None,
+) -> dict:
+    """Decide every active nightly policy for `day`, write the outbox, then deliver.
+
+    `deliver(tenant, now_ms) -> Counter` is the delivery step (delivery.deliver_due bound to
+    the app's channels); dry runs neither write nor deliver.
+    """
+    holder = uuid.uuid4().hex
+    lock = f"campaigns:{tenant.id}"
+    if not dry_run and not acquire_lock(lock, holder, now_ms):
+        raise JobLocked(f"another run-campaigns holds the lock for tenant {tenant.appid}")
+    try:
+        return _run_locked(tenant, day, now_ms, dry_run=dry_run, seed=seed, deliver=deliver)
+    finally:
+        if not dry_run:
+            release_lock(lock, holder)
+
+
+def _run_locked(tenant, day, now_ms, *, dry_run, seed, deliver) -> dict:
+    started = now_ms
+    if not dry_run:
+        attribute(tenant.id, now_ms)
+    run_row = None
+    if not dry_run:
+        with write_transaction():
+            run_row = CampaignRun.create(
+                tenant=tenant.id, day=day, started_ms=started, status="running"
+            )
+    summary: dict = {
+        "tenant": tenant.appid,
+        "date": day_date(day).isoformat(),
+        "dry_run": dry_run,
+        "decided": 0,
+        "held_out": 0,
+        "queued": 0,
+        "sent": 0,
+        "deferred": 0,
+        "skipped": 0,
+        "failed": 0,
+        "expired": 0,
+        "quiet_hours_deferred": 0,
+        "skipped_by_reason": {},
+        "policies": {},
+    }
+    reasons: Counter = Counter()
+    try:
+        for row, policy in policies.active_rows(tenant.id):
+            if policy.trigger in ("payment_failed", "cart_abandoned"):
+                continue  # decided when the event arrives
+            pop, d = decide_policy(tenant, row, policy, day, now_ms, seed)
+            rows = touch_rows(
+                tenant.id, row, policy, pop, d, day, now_ms, run_row.id if run_row else None
+            )
+            per = _policy_summary(policy, pop, d)
+            if dry_run:
+                per["sample"] = _sample(rows, pop)
+                written = Counter(r["status"] for r in rows)
+            else:
+                written = write_touches(rows)
+                _maybe_crash("decide")
+            per["written"] = dict(written)
+            summary["policies"][policy.name] = per
+            summary["held_out"] += written["held_out"]
+            summary["queued"] += written["queued"]
+            summary["skipped"] += written["skipped"]
+            summary["decided"] += sum(written.values())
+            new_rows = rows if dry_run else None
+            for r in new_rows or []:
+                if r["status"] == "skipped":
+                    reasons[r["reason"]] += 1
+            if not dry_run:
+                reasons.update(_skip_reasons(row.id, day, run_row.id))
+            summary["quiet_hours_deferred"] += int(d.quiet_deferred.sum())
+        summary["skipped_by_reason"] = dict(reasons)
+        if not dry_run and deliver is not None:
+            delivered = deliver(tenant, now_ms)
+            for key in ("sent", "deferred", "failed", "expired"):
+                summary[key] = int(delivered.get(key, 0))
+        if run_row is not None:
+            with write_transaction():
+                CampaignRun.update(
+                    status="done", finished_ms=now_ms, summary=json.dumps(summary)
+                ).where(CampaignRun.id == run_row.id).execute()
+    except Exception:
+        if run_row is not None:
+            with write_transaction():
+                CampaignRun.update(status="failed", finished_ms=now_ms).where(
+                    CampaignRun.id == run_row.id
+                ).execute()
+        raise
+    return summary
+
+
+def _skip_reasons(policy_id: int, day: int, run_id: int) -> Counter:
+    rows = (
+        Touch.select(Touch.reason, pw.fn.COUNT(Touch.id))
+        .where((Touch.policy == policy_id) & (Touch.run == run_id) & (Touch.status == "skipped"))
+        .group_by(Touch.reason)
+        .tuples()
+    )
+    return Counter(dict(rows))
+
+
+def _policy_summary(policy: Policy, pop: Population, d: Decisions) -> dict:
+    """Counts by tier × arm of sends and holdouts (what --dry-run shows first)."""
+    table: dict[str, dict[str, dict[str, int]]] = {}
+    for status, label in ((SEND, "send"), (HOLDOUT, "holdout")):
+        for i in np.flatnonzero(d.status == status):
+            tier = TIERS[int(pop.tier[i])]
+            arm = policy.arms[int(d.arm[i])].name
+            cell = table.setdefault(tier, {}).setdefault(arm, {"send": 0, "holdout": 0})
+            cell[label] += 1
+    return {
+        "users": len(pop.user_ids),
+        "send": d.count(SEND),
+        "holdout": d.count(HOLDOUT),
+        "skipped": d.count(SKIPPED),
+        "by_tier_arm": table,
+        "reasons": d.reason_counts(),
+    }
+
+
+def _sample(rows: list[dict], pop: Population, k: int = 10) -> list[dict]:
+    openid = dict(zip(pop.user_ids.tolist(), pop.openids, strict=True))
+    from backend.clock import china_iso
+
+    picked = [r for r in rows if r["status"] != "skipped"][:k]
+    return [
+        {
+            "user": openid[r["user"]],
+            "tier": r["tier"],
+            "arm": r["arm"],
+            "holdout": r["holdout"],
+            "channel": r["channel"],
+            "step": r["step"],
+            "message": r["message"],
+            "coupon": r["coupon_template"],
+            "send_at": china_iso(r["send_after_ms"]),
+        }
+        for r in picked
+    ]
+
+
+def _maybe_crash(point: str) -> None:
+    """Fault injection for the crash-safety test: HUILIU_CRASH_AFTER=decide kills the process
+    right after the decisions are committed, before anything is delivered."""
+    if os.environ.get("HUILIU_CRASH_AFTER") == point:
+        log.error("HUILIU_CRASH_AFTER=%s: exiting without delivering", point)
+        os._exit(70)
+
+
+# -- event triggers -----------------------------------------------------------------------------
+
+
+def on_events(tenant: Tenant, triggers: dict[str, set[int]], now_ms: int, seed: int = 0) -> int:
+    """Decide trigger policies for users whose events just arrived; returns touches queued.
+
+    `triggers` maps an event type to the users who sent it. Decided within the request that
+    stored the event; delivery happens right after (see delivery.kick).
+    """
+    queued = 0
+    day = int(china_day(now_ms))
+    for row, policy in policies.active_rows(tenant.id, trigger=True):
+        users = sorted(triggers.get(policy.trigger or "", set()))
+        if not users:
+            continue
+        snapshot_day = _latest_snapshot_day(tenant.id, day)
+        if snapshot_day is None:
+            continue
+        pop = population(
+            tenant.id,
+            row,
+            policy,
+            day,
+            snapshot_day,
+            only=users,
+            trigger_day={u: day for u in users},
+        )
+        if not len(pop.user_ids):
+            continue
+        state = policy_state(tenant.id, row, policy)
+        d = decide(policy, pop.state, state, salt=tenant.appid, day=day, seed=seed)
+        rows = touch_rows(tenant.id, row, policy, pop, d, day, now_ms, None)
+        queued += write_touches(rows)["queued"]
+    return queued
+
+
+def _latest_snapshot_day(tenant_id: int, day: int) -> int | None:
+    return (
+        ScoreSnapshot.select(pw.fn.MAX(ScoreSnapshot.day))
+        .where((ScoreSnapshot.tenant == tenant_id) & (ScoreSnapshot.day <= day))
+        .scalar()
+    )

@@ -1,0 +1,180 @@
+"""A tenant's recall policies: stored as submitted, parsed by core.policy on every use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import peewee
+
+from backend.core.policy import Policy, PolicyError, parse_policy
+from backend.errors import ApiError
+from backend.store.db import write_transaction
+from backend.store.models import CouponTemplate
+from backend.store.models import Policy as PolicyRow
+
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "seeds" / "policies"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_source(name: str) -> str:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if name not in preset_names():
+        raise ApiError(404, "unknown_preset", f"no preset policy {name!r}; have {preset_names()}")
+    return path.read_text(encoding="utf-8")
+
+
+def parse(source: str | dict) -> Policy:
+    try:
+        return parse_policy(source)
+    except PolicyError as exc:
+        extra = {"field": exc.field}
+        if exc.line is not None:
+            extra["line"] = exc.line
+        raise ApiError(400, "invalid_policy", str(exc), **extra) from None
+
+
+def check_coupons(tenant_id: int, policy: Policy) -> None:
+    """Every coupon a touch hands out must be one of the tenant's coupon templates."""
+    names = {t.coupon for a in policy.arms for t in a.touches if t.coupon}
+    if not names:
+        return
+    have = {
+        t.name
+        for t in CouponTemplate.select(CouponTemplate.name).where(
+            (CouponTemplate.tenant == tenant_id) & CouponTemplate.name.in_(sorted(names))
+        )
+    }
+    missing = sorted(names - have)
+    if missing:
+        raise ApiError(
+            400,
+            "invalid_policy",
+            f"coupon templates not found for this tenant: {missing}",
+            field="arms[].touches[].coupon",
+        )
+
+
+def coupon_faces(tenant_id: int, policy: Policy) -> dict[str, int]:
+    names = sorted({t.coupon for a in policy.arms for t in a.touches if t.coupon})
+    if not names:
+        return {}
+    rows = CouponTemplate.select().where(
+        (CouponTemplate.tenant == tenant_id) & CouponTemplate.name.in_(names)
+    )
+    return {r.name: int(r.amount_off_fen) for r in rows}
+
+
+def loaded(row: PolicyRow) -> Policy:
+    """The stored source parsed again (it was valid when stored; the parser is the truth)."""
+    text = row.source
+    source: str | dict = json.loads(text) if text.lstrip().startswith("{") else text
+    return parse_policy(source)
+
+
+def as_dict(row: PolicyRow, with_source: bool = True) -> dict:
+    p = loaded(row)
+    out = {
+        "name": row.name,
+        "active": row.active,
+        "version": row.version,
+        "description": p.description,
+        "trigger": p.trigger,
+        "arms": [a.name for a in p.arms],
+        "holdout_share": p.holdout_share,
+        "allocation": p.allocation,
+        "rank_by": p.rank_by,
+        "uplift_model": row.uplift_model is not None,
+        "created_ms": row.created_ms,
+        "updated_ms": row.updated_ms,
+    }
+    if with_source:
+        out["source"] = row.source
+    return out
+
+
+def _source_text(body: dict) -> str:
+    if "preset" in body:
+        return preset_source(body["preset"])
+    if "source" in body:
+        return body["source"]
+    return json.dumps(body["policy"], ensure_ascii=False)
+
+
+def create(tenant_id: int, body: dict, now_ms: int) -> PolicyRow:
+    text = _source_text(body)
+    policy = parse(text)
+    check_coupons(tenant_id, policy)
+    try:
+        with write_transaction():
+            return PolicyRow.create(
+                tenant=tenant_id,
+                name=policy.name,
+                source=text,
+                active=bool(body.get("active", False)),
+                created_ms=now_ms,
+                updated_ms=now_ms,
+            )
+    except peewee.IntegrityError:
+        raise ApiError(
+            409, "policy_exists", f"a policy named {policy.name!r} exists; PUT to replace it"
+        ) from None
+
+
+def get(tenant_id: int, name: str) -> PolicyRow:
+    row = PolicyRow.get_or_none((PolicyRow.tenant == tenant_id) & (PolicyRow.name == name))
+    if row is None:
+        raise ApiError(404, "not_found", f"no policy named {name!r}")
+    return row
+
+
+def replace(tenant_id: int, name: str, body: dict, now_ms: int) -> PolicyRow:
+    row = get(tenant_id, name)
+    text = _source_text(body)
+    policy = parse(text)
+    if policy.name != name:
+        raise ApiError(400, "invalid_policy", "name: a policy cannot be renamed", field="name")
+    check_coupons(tenant_id, policy)
+    with write_transaction():
+        PolicyRow.update(
+            source=text,
+            version=PolicyRow.version + 1,
+            updated_ms=now_ms,
+            active=bool(body.get("active", row.active)),
+        ).where(PolicyRow.id == row.id).execute()
+    return get(tenant_id, name)
+
+
+def set_active(tenant_id: int, name: str, active: bool, now_ms: int) -> PolicyRow:
+    row = get(tenant_id, name)
+    if active:
+        check_coupons(tenant_id, loaded(row))
+    with write_transaction():
+        PolicyRow.update(active=active, updated_ms=now_ms).where(PolicyRow.id == row.id).execute()
+    return get(tenant_id, name)
+
+
+def delete(tenant_id: int, name: str) -> None:
+    """Policies with touches are kept for the reports: deactivate them instead."""
+    row = get(tenant_id, name)
+    if row.touches.exists():
+        raise ApiError(
+            409,
+            "policy_has_touches",
+            "this policy has sent or logged touches that reports need; deactivate it instead",
+        )
+    with write_transaction():
+        row.delete_instance()
+
+
+def active_rows(tenant_id: int, trigger: bool | None = None) -> list[tuple[PolicyRow, Policy]]:
+    rows = PolicyRow.select().where((PolicyRow.tenant == tenant_id) & PolicyRow.active)
+    out = []
+    for row in rows.order_by(PolicyRow.name):
+        p = loaded(row)
+        if trigger is None or (p.trigger is not None) == trigger:
+            out.append((row, p))
+    return out

@@ -1,0 +1,197 @@
+"""The campaign job end to end: events in, scores, decisions, the outbox, delivery, attribution."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from conftest import T0
+
+from backend.core.calendar import china_day
+from backend.services import campaigns, delivery
+from backend.services.channels import channels_for
+from backend.store.models import SmsMessage, SubscriptionAllowance, Touch, User
+
+DAY_MS = 86_400_000
+NOW = int(T0.timestamp() * 1000)
+TODAY = int(china_day(NOW))
+
+POLICY = textwrap.dedent(
+    """
+    name: comeback
+    eligibility:
+      tiers: [low_frequency, churn_risk, churned]
+      min_days_silent: 3
+      max_days_silent: 60
+    timing:
+      lapse_after_days: 3
+      send_hour: 10
+    holdout_share: 0.3
+    arms:
+      - name: care
+        touches:
+          - {day: 0, channel: subscribe, message: saved}
+          - {day: 7, channel: sms, message: sms_hi}
+    messages:
+      saved:
+        kind: reminder
+        template_id: tmpl_saved
+        page: pages/index/index
+        fields:
+          thing1: 你收藏的菜品还在
+          date2: "{today}"
+      sms_hi:
+        kind: caring
+        text: 【校园外卖】好久不见，常点的店铺都还在营业。
+    """
+)
+
+
+def import_history(client, tenant, users: int, silent_days: int, visits: int = 3) -> None:
+    """`users` users who visited on `visits` days, the last one `silent_days` ago."""
+    events = []
+    for u in range(users):
+        for k in range(visits):
+            ts = NOW - (silent_days + 3 * k) * DAY_MS
+            events.append({"user": f"u{u:03d}", "id": f"e{u}-{k}", "type": "app_open", "ts": ts})
+    resp = client.post("/admin/v1/events/import", json={"events": events}, headers=tenant.admin)
+    assert resp.status_code == 200 and resp.get_json()["accepted"] == len(events)
+
+
+def grant_all(app, tenant, template: str = "tmpl_saved", count: int = 1) -> None:
+    with app.app_context():
+        SubscriptionAllowance.delete().where(
+            SubscriptionAllowance.template_id == template
+        ).execute()
+        for user in User.select().where(User.tenant == tenant.id):
+            SubscriptionAllowance.insert(
+                tenant=tenant.id,
+                user=user.id,
+                template_id=template,
+                remaining=count,
+                last_result="accept",
+                updated_ms=NOW,
+            ).execute()
+
+
+def add_policy(client, tenant, source: str = POLICY, active: bool = True):
+    resp = client.post(
+        "/admin/v1/policies", json={"source": source, "active": active}, headers=tenant.admin
+    )
+    assert resp.status_code == 201, resp.get_json()
+    return resp.get_json()
+
+
+def run_job(app, tenant, *, dry_run=False, now=NOW, day=TODAY):
+    with app.app_context():
+        from backend.store.models import Tenant
+
+        t = Tenant.get_by_id(tenant.id)
+        channels = channels_for(app)
+
+        def deliver(tt, now_ms):
+            return delivery.deliver_due(tt, now_ms, channels, delivery.RetryPolicy(0, 3))
+
+        return campaigns.run(t, day, now, dry_run=dry_run, deliver=deliver)
+
+
+def statuses(app, tenant) -> dict[str, int]:
+    with app.app_context():
+        out: dict[str, int] = {}
+        for t in Touch.select().where(Touch.tenant == tenant.id):
+            out[t.status] = out.get(t.status, 0) + 1
+        return out
+
+
+def test_job_decides_queues_and_sends_once(app, client, tenant):
+    import_history(client, tenant, users=40, silent_days=5)
+    grant_all(app, tenant)
+    add_policy(client, tenant)
+    first = run_job(app, tenant)
+    assert first["decided"] == 40
+    assert first["held_out"] + first["queued"] == 40
+    assert first["sent"] == first["queued"] > 0
+    second = run_job(app, tenant)
+    assert second["queued"] == 0 and second["sent"] == 0 and second["held_out"] == 0
+    counts = statuses(app, tenant)
+    assert counts == {"sent": first["sent"], "held_out": first["held_out"]}
+    with app.app_context():
+        spent = SubscriptionAllowance.select().where(SubscriptionAllowance.remaining == 0).count()
+    assert spent == first["sent"]  # each send spent its user's one allowance
+
+
+def test_dry_run_writes_nothing_and_matches_the_real_run(app, client, tenant):
+    import_history(client, tenant, users=30, silent_days=6)
+    grant_all(app, tenant)
+    add_policy(client, tenant)
+    dry = run_job(app, tenant, dry_run=True)
+    assert statuses(app, tenant) == {}
+    real = run_job(app, tenant)
+    for key in ("decided", "held_out", "queued", "skipped"):
+        assert dry[key] == real[key], key
+    assert dry["policies"]["comeback"]["by_tier_arm"] == real["policies"]["comeback"]["by_tier_arm"]
+
+
+def test_users_without_allowance_are_skipped_with_the_reason(app, client, tenant):
+    import_history(client, tenant, users=10, silent_days=5)
+    add_policy(client, tenant)
+    out = run_job(app, tenant)
+    assert out["sent"] == 0 and out["skipped"] == 10
+    assert out["skipped_by_reason"] == {"no_permission": 10}
+
+
+def test_sms_step_goes_to_the_outbox_a_week_later(app, client, tenant):
+    import_history(client, tenant, users=20, silent_days=5)
+    grant_all(app, tenant)
+    add_policy(client, tenant)
+    with app.app_context():
+        User.update(phone="13800000000").where(User.tenant == tenant.id).execute()
+    run_job(app, tenant)
+    later = NOW + 7 * DAY_MS
+    with app.app_context():
+        from backend.services.scoring import score_tenant
+        from backend.store.models import Tenant
+
+        score_tenant(Tenant.get_by_id(tenant.id), TODAY + 7)
+    out = run_job(app, tenant, now=later, day=TODAY + 7)
+    with app.app_context():
+        sms = list(SmsMessage.select())
+    assert out["sent"] == len(sms) > 0
+    assert all(m.text.endswith("拒收请回复R") for m in sms)
+
+
+def test_returning_user_is_attributed(app, client, tenant, clock):
+    import_history(client, tenant, users=10, silent_days=5)
+    grant_all(app, tenant)
+    add_policy(client, tenant)
+    run_job(app, tenant)
+    clock.advance(days=8)
+    back = [
+        {"user": f"u{u:03d}", "id": f"back{u}", "type": "app_open", "ts": NOW + DAY_MS}
+        for u in range(10)
+    ]
+    resp = client.post("/admin/v1/events/import", json={"events": back}, headers=tenant.admin)
+    assert resp.get_json()["accepted"] == 10
+    with app.app_context():
+        from backend.services.attribution import attribute
+
+        attribute(tenant.id, NOW + 8 * DAY_MS)
+        rows = list(Touch.select().where(Touch.status.in_(("sent", "held_out"))))
+    assert rows and all(r.returned_ms == NOW + DAY_MS and r.attributed for r in rows)
+
+
+def test_policy_validation_names_the_line(client, tenant):
+    bad = POLICY.replace("holdout_share: 0.3", "holdout_share: 0.3\ncolour: red")
+    resp = client.post("/admin/v1/policies", json={"source": bad}, headers=tenant.admin)
+    assert resp.status_code == 400
+    err = resp.get_json()["error"]
+    assert err["code"] == "invalid_policy" and err["field"] == "colour"
+    assert err["line"] == bad.splitlines().index("colour: red") + 1
+
+
+@pytest.mark.parametrize("path", ["/admin/v1/policies", "/admin/v1/campaign-runs"])
+def test_admin_lists_answer(client, tenant, path):
+    resp = client.get(path, headers=tenant.admin)
+    assert resp.status_code == 200, resp.get_json()
+    json.dumps(resp.get_json())
