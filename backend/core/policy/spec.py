@@ -307,7 +307,9 @@ def load_yaml(text: str) -> tuple[Any, yaml.Node | None]:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        # The context mark is where the unfinished construct began (an unclosed bracket's
+        # line), nearer the mistake than where the parser noticed it.
+        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         line = mark.line + 1 if mark else None
         raise PolicyError(f"not valid YAML: {problem}", line=line) from None
@@ -316,17 +318,18 @@ def load_yaml(text: str) -> tuple[Any, yaml.Node | None]:
     return yaml.safe_load(text), root
 
 
-def _reject_duplicate_keys(node: yaml.Node) -> None:
+def _reject_duplicate_keys(node: yaml.Node, path: tuple = ()) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for k, v in node.value:
             if k.value in seen:
-                raise PolicyError("duplicate key", field=k.value, line=k.start_mark.line + 1)
+                where = _path([*path, k.value])
+                raise PolicyError("duplicate key", field=where, line=k.start_mark.line + 1)
             seen.add(k.value)
-            _reject_duplicate_keys(v)
+            _reject_duplicate_keys(v, (*path, k.value))
     elif isinstance(node, yaml.SequenceNode):
-        for v in node.value:
-            _reject_duplicate_keys(v)
+        for i, v in enumerate(node.value):
+            _reject_duplicate_keys(v, (*path, i))
 
 
 def parse_policy(source: str | dict) -> Policy:
@@ -398,6 +401,8 @@ def _build(d: dict, root: yaml.Node | None) -> Policy:
         arms.append(Arm(a["name"], arm_tiers, float(a.get("share", 1)), tuple(touches)))
     target = d.get("targeting", {})
     alloc = d.get("allocation", {})
+    if alloc.get("floor", 0.1) * len(d["arms"]) > 1:
+        raise fail("floor × number of arms must not exceed 1", "allocation", "floor")
     timing = d.get("timing", {})
     caps = d.get("caps", {})
     week = caps.get("per_channel_week", {})
