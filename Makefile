@@ -22,6 +22,8 @@ demo: $(VENV)/.installed
 	$(PY) app.py init-db
 	$(PY) app.py seed-demo
 	$(PY) app.py demo-session
+	$(PY) app.py run-campaigns --dry-run
+	$(PY) app.py run-campaigns
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -36,6 +38,7 @@ bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/ingest.py
 	$(PY) bench/scoring.py
+	$(PY) bench/decide.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

@@ -80,4 +80,12 @@ def run_session(app: Flask) -> None:
         f"\n== redeem it again: HTTP {again.status_code} {again.get_json()['error']['code']}"
     )
     _show("wallet", http.get("/mp/v1/coupons", headers=auth))
+
+    from backend.demo_campus import import_campus
+
+    students, accepted = import_campus(app, appid, api_key)
+    click.echo(
+        f"\n== imported a campus history: {students} students, {accepted} new events "
+        "(60 days; regulars, occasional users and students drifting away)"
+    )
     click.echo(f"\ndemo tenant appid {appid}; admin API key for this run: {api_key}")

@@ -134,7 +134,7 @@ class SubscribeChannel:
 
     def send(self, touch, to, message, template_id, now_ms) -> Outcome:
         if self.client is None:
-            log.info("dev subscribe message to %s: %s %s", to.openid, template_id, message.fields)
+            log.debug("dev subscribe message to %s: %s %s", to.openid, template_id, message.fields)
             return Outcome("sent", provider_id=f"dev-{touch.id}")
         client = self.client
         return wechat_call(
@@ -159,7 +159,7 @@ class OaTemplateChannel:
             return Outcome("failed", "not_follower")
         if self.client is None:
             if self.dev:
-                log.info("dev OA template to %s: %s %s", to.oa_openid, template_id, message.fields)
+                log.debug("dev OA template to %s: %s %s", to.oa_openid, template_id, message.fields)
                 return Outcome("sent", provider_id=f"dev-{touch.id}")
             return Outcome("failed", "oa_not_configured")
         client = self.client
