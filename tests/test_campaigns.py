@@ -195,3 +195,141 @@ def test_admin_lists_answer(client, tenant, path):
     resp = client.get(path, headers=tenant.admin)
     assert resp.status_code == 200, resp.get_json()
     json.dumps(resp.get_json())
+
+
+BANDIT = POLICY.replace(
+    """holdout_share: 0.3
+arms:
+  - name: care
+    touches:
+      - {day: 0, channel: subscribe, message: saved}
+      - {day: 7, channel: sms, message: sms_hi}""",
+    """holdout_share: 0.1
+allocation: {method: thompson, floor: 0.05, min_samples: 20}
+arms:
+  - name: care
+    touches:
+      - {day: 0, channel: subscribe, message: saved}
+  - name: other
+    touches:
+      - {day: 0, channel: subscribe, message: saved}""",
+)
+
+
+def seed_outcomes(app, tenant, policy_name, arm, tier, n, returned, *, cost=0, value=0):
+    """`n` finished touches of an arm long ago, `returned` of them answered."""
+    from backend.store.models import Policy as PolicyRow
+
+    with app.app_context():
+        policy = PolicyRow.get((PolicyRow.tenant == tenant.id) & (PolicyRow.name == policy_name))
+        for k in range(n):
+            user = User.create(tenant=tenant.id, openid=f"hist-{arm}-{tier}-{k}", created_ms=NOW)
+            sent = NOW - 30 * DAY_MS
+            Touch.create(
+                tenant=tenant.id,
+                policy=policy.id,
+                user=user.id,
+                day=TODAY - 30,
+                arm=arm,
+                step=0,
+                channel="subscribe",
+                message="saved",
+                tier=tier,
+                holdout=False,
+                status="sent",
+                send_after_ms=sent,
+                expires_ms=sent + DAY_MS,
+                sent_ms=sent,
+                message_cost_fen=cost,
+                value_fen=value,
+                returned_ms=sent + DAY_MS if k < returned else None,
+                attributed=True,
+            )
+
+
+def new_touches_by_arm(app, tenant) -> dict[str, int]:
+    with app.app_context():
+        rows = Touch.select().where((Touch.day == TODAY) & (Touch.status == "sent"))
+        out: dict[str, int] = {}
+        for t in rows:
+            out[t.arm] = out.get(t.arm, 0) + 1
+        return out
+
+
+def test_bandit_moves_traffic_to_the_arm_that_brings_users_back(app, client, tenant):
+    import_history(client, tenant, users=200, silent_days=20)  # churned tier
+    grant_all(app, tenant)
+    add_policy(client, tenant, BANDIT)
+    with app.app_context():
+        from backend.services.scoring import score_tenant
+        from backend.store.models import ScoreSnapshot, Tenant
+
+        score_tenant(Tenant.get_by_id(tenant.id), TODAY)
+        tier = ScoreSnapshot.select().where(ScoreSnapshot.day == TODAY).first().tier
+    seed_outcomes(app, tenant, "comeback", "care", tier, 100, 60)
+    seed_outcomes(app, tenant, "comeback", "other", tier, 100, 5)
+    run_job(app, tenant)
+    arms = new_touches_by_arm(app, tenant)
+    assert arms.get("care", 0) > 4 * arms.get("other", 0), arms
+    assert arms.get("other", 0) >= 1  # the floor keeps the loser in play
+
+
+def test_stop_loss_pauses_an_arm_that_costs_more_than_it_brings_back(app, client, tenant):
+    import_history(client, tenant, users=30, silent_days=5)
+    grant_all(app, tenant)
+    add_policy(client, tenant)
+    with app.app_context():
+        from backend.services.scoring import score_tenant
+        from backend.store.models import Tenant
+
+        score_tenant(Tenant.get_by_id(tenant.id), TODAY)
+    # 60 finished touches costing 10 yuan each brought back users worth 100 yuan in total:
+    # cost 600 yuan > 30% of 100 yuan.
+    seed_outcomes(app, tenant, "comeback", "care", "churn_risk", 60, 1, cost=1000, value=10000)
+    out = run_job(app, tenant)
+    assert out["sent"] == 0
+    assert out["skipped_by_reason"].get("stop_loss") == out["skipped"] > 0
+    preview = client.get("/admin/v1/policies/comeback/preview", headers=tenant.admin).get_json()
+    assert preview["paused_arms"] == ["care"]
+
+
+def test_user_touch_history_says_why(app, client, tenant):
+    import_history(client, tenant, users=3, silent_days=5)
+    add_policy(client, tenant)  # nobody has an allowance
+    run_job(app, tenant)
+    resp = client.get("/admin/v1/users/u000/touches", headers=tenant.admin)
+    assert resp.status_code == 200
+    touches = resp.get_json()["touches"]
+    assert [(t["status"], t["reason"]) for t in touches] == [("skipped", "no_permission")]
+
+
+def test_uplift_model_is_fitted_from_treated_and_holdout_touches(app, client, tenant, clock):
+    import_history(client, tenant, users=120, silent_days=5)
+    grant_all(app, tenant)
+    add_policy(client, tenant)
+    run_job(app, tenant)
+    # Treated users came back, holdout users did not: uplift learnt is positive.
+    with app.app_context():
+        back = [
+            {"user": u.openid, "id": f"b-{u.id}", "type": "app_open", "ts": NOW + DAY_MS}
+            for u in User.select().join(Touch).where(Touch.status == "sent")
+        ]
+    clock.advance(days=8)
+    client.post("/admin/v1/events/import", json={"events": back}, headers=tenant.admin)
+    with app.app_context():
+        from backend.services.attribution import attribute
+
+        attribute(tenant.id, NOW + 8 * DAY_MS)
+    resp = client.post("/admin/v1/policies/comeback/uplift-model", headers=tenant.admin)
+    assert resp.status_code == 200, resp.get_json()
+    model = resp.get_json()
+    assert model["n_treated"] > 10 and model["n_control"] > 10
+    # The treated model's intercept is far above the holdout's.
+    assert model["treated"][0] - model["control"][0] > 2
+
+
+def test_uplift_model_needs_outcomes(client, tenant):
+    add_policy(client, tenant)
+    resp = client.post("/admin/v1/policies/comeback/uplift-model", headers=tenant.admin)
+    assert resp.status_code == 409
+    assert resp.get_json()["error"]["code"] == "not_enough_outcomes"

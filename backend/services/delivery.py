@@ -135,7 +135,7 @@ def deliver_due(
 ) -> Counter:
     """Send every due touch of the tenant; returns counts (sent, failed, deferred, ...)."""
     counts = _housekeeping(tenant.id, now_ms)
-    cache: dict[int, Policy] = {}
+    cache: dict = {}
     # Loops until nothing is due: a touch that must wait (backoff, quiet hours, a halted
     # channel) is requeued for later and not claimable now, so this ends.
     while batch := _claim(tenant.id, clock.now_ms() if clock is not None else now_ms):
@@ -146,6 +146,17 @@ def deliver_due(
         Touch.select().where((Touch.tenant == tenant.id) & (Touch.status == "queued")).count()
     )
     return counts
+
+
+def _paused(cache: dict, policy_id: int, policy: Policy, tenant_id: int) -> dict[str, bool]:
+    """Arms the stop-loss has paused, worked out once per delivery run and policy."""
+    key = ("paused", policy_id)
+    if key not in cache:
+        from backend.services.campaigns import policy_state
+
+        state = policy_state(tenant_id, PolicyRow.get_by_id(policy_id), policy)
+        cache[key] = {a.name: bool(p) for a, p in zip(policy.arms, state.paused, strict=True)}
+    return cache[key]
 
 
 def _policy(cache: dict[int, Policy], policy_id: int) -> Policy:
@@ -169,6 +180,9 @@ def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
     if halt is not None:
         _requeue(touch, at_ms=halt, reason="channel_halted", attempts=Touch.attempts - 1)
         return "deferred"
+    if _paused(cache, touch.policy_id, policy, tenant.id).get(touch.arm):
+        _finish(touch, "skipped", reason="stop_loss")
+        return "skipped"
     cap = _cap_reason(touch, policy)
     if cap:
         _finish(touch, "skipped", reason=cap)
