@@ -221,6 +221,7 @@ def _record(tenant, touch, outcome: Outcome, now_ms, retry: RetryPolicy, templat
                 provider_id=outcome.provider_id,
                 lease_until_ms=None,
                 reason="",
+                wechat_errcode=None,  # an earlier attempt's error is not this touch's outcome
             ).where((Touch.id == touch.id) & (Touch.status == "sending")).execute()
         return "sent"
     if outcome.allowance_gone:
