@@ -45,6 +45,25 @@ def _campaign_text(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _day_and_tenants(on: str | None, appid: str | None, now_ms: int):
+    """The China day a command works on (today by default) and the tenants it covers."""
+    from backend.core.calendar import china_day
+    from backend.errors import ApiError
+    from backend.services.scoring import parse_day
+    from backend.store.models import Tenant
+
+    try:
+        day = parse_day(on, int(china_day(now_ms)))
+    except ApiError as exc:
+        raise click.ClickException(exc.message) from None
+    tenants = Tenant.select().order_by(Tenant.id)
+    if appid:
+        tenants = tenants.where(Tenant.appid == appid)
+        if not tenants.exists():
+            raise click.ClickException(f"no tenant with appid {appid}")
+    return day, list(tenants)
+
+
 def register(app: Flask) -> None:
     @app.cli.command("init-db")
     def init_db():
@@ -77,20 +96,9 @@ def register(app: Flask) -> None:
     @click.option("--json", "as_json", is_flag=True, help="print the summaries as JSON")
     def score(on: str | None, appid: str | None, as_json: bool):
         """Compute and store every user's scores and tier for a day (idempotent per day)."""
-        from backend.core.calendar import china_day
-        from backend.errors import ApiError
-        from backend.services.scoring import parse_day, score_tenant
-        from backend.store.models import Tenant
+        from backend.services.scoring import score_tenant
 
-        try:
-            day = parse_day(on, int(china_day(_now_ms())))
-        except ApiError as exc:
-            raise click.ClickException(exc.message) from None
-        tenants = Tenant.select().order_by(Tenant.id)
-        if appid:
-            tenants = tenants.where(Tenant.appid == appid)
-            if not tenants.exists():
-                raise click.ClickException(f"no tenant with appid {appid}")
+        day, tenants = _day_and_tenants(on, appid, _now_ms())
         results = [score_tenant(t, day) for t in tenants]
         if as_json:
             click.echo(json.dumps(results, ensure_ascii=False))
@@ -114,23 +122,11 @@ def register(app: Flask) -> None:
     @click.option("--seed", default=0, show_default=True, help="seed of the bandit's draws")
     def run_campaigns(on, appid, dry_run, as_json, seed):
         """The daily recall job: score if needed, decide, queue, deliver. Safe to run twice."""
-        from backend.core.calendar import china_day
-        from backend.errors import ApiError
         from backend.services import campaigns, delivery
         from backend.services.channels import channels_for
-        from backend.services.scoring import parse_day
-        from backend.store.models import Tenant
 
         now = _now_ms()
-        try:
-            day = parse_day(on, int(china_day(now)))
-        except ApiError as exc:
-            raise click.ClickException(exc.message) from None
-        tenants = Tenant.select().order_by(Tenant.id)
-        if appid:
-            tenants = tenants.where(Tenant.appid == appid)
-            if not tenants.exists():
-                raise click.ClickException(f"no tenant with appid {appid}")
+        day, tenants = _day_and_tenants(on, appid, now)
         channels = channels_for(current_app)
         retry = delivery.retry_policy(current_app)
         clock = current_app.config["CLOCK"]
