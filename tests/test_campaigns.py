@@ -333,3 +333,15 @@ def test_uplift_model_needs_outcomes(client, tenant):
     resp = client.post("/admin/v1/policies/comeback/uplift-model", headers=tenant.admin)
     assert resp.status_code == 409
     assert resp.get_json()["error"]["code"] == "not_enough_outcomes"
+
+
+def test_a_user_skipped_earlier_today_is_reached_by_a_later_run(app, client, tenant):
+    import_history(client, tenant, users=12, silent_days=5)
+    add_policy(client, tenant)
+    first = run_job(app, tenant)
+    assert first["skipped"] == 12 and first["sent"] == 0
+    grant_all(app, tenant)  # they accept a subscribe prompt an hour later
+    second = run_job(app, tenant, now=NOW + 3_600_000)
+    assert second["queued"] + second["held_out"] == 12
+    assert second["sent"] == second["queued"] > 0
+    assert statuses(app, tenant) == {"sent": second["sent"], "held_out": second["held_out"]}

@@ -423,9 +423,13 @@ def touch_rows(
     return out
 
 
+_KEY = ("tenant", "policy", "user", "day", "step")
+
+
 def write_touches(rows: list[dict]) -> Counter:
     """Insert in one transaction; rows already decided (same policy, user, day, step) are
-    left as they are. Returns what was newly written, by status."""
+    left as they are, except a skip that has become a send or holdout. Returns what was
+    newly written, by status."""
     written: Counter = Counter()
     if not rows:
         return written
@@ -433,8 +437,19 @@ def write_touches(rows: list[dict]) -> Counter:
         for start in range(0, len(rows), 500):
             chunk = rows[start : start + 500]
             for r in chunk:
-                inserted = Touch.insert(**r).on_conflict_ignore().as_rowcount().execute()
-                if inserted:
+                query = Touch.insert(**r)
+                if r["status"] == "skipped":
+                    query = query.on_conflict_ignore()
+                else:
+                    # A user skipped earlier today (no allowance yet, say) whom an hourly
+                    # rerun can now reach: the skipped row becomes the real decision.
+                    changes = {k: v for k, v in r.items() if k not in _KEY}
+                    query = query.on_conflict(
+                        conflict_target=[Touch.policy, Touch.user, Touch.day, Touch.step],
+                        update=changes,
+                        where=(Touch.status == "skipped"),
+                    )
+                if query.as_rowcount().execute():
                     written[r["status"]] += 1
     return written
 
