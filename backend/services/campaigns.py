@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import peewee as pw
 
+from backend.clock import china_iso
 from backend.core.calendar import MS_PER_DAY, china_day, day_date, day_start_ms
 from backend.core.policy import (
     CHANNELS,
@@ -107,6 +108,15 @@ class Population:
     extra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def _unscored(tenant_id: int, user_ids: set[int]) -> list[tuple]:
+    """Snapshot-shaped rows for users who joined after the last scoring (an event trigger
+    can fire on a first visit): a new user, seen today, with nothing known yet."""
+    if not user_ids:
+        return []
+    rows = User.select(User.id).where((User.tenant == tenant_id) & User.id.in_(sorted(user_ids)))
+    return [(u.id, "new", "promising", False, 0, None, 0, 0, -1, 1, 0, 0, 0.0) for u in rows]
+
+
 def _snapshot(tenant_id: int, day: int, only: list[int] | None):
     fields = (
         ScoreSnapshot.user,
@@ -143,6 +153,8 @@ def population(
 ) -> Population:
     """Every scored user's state for `policy` on `day` (or just the users in `only`)."""
     snap = _snapshot(tenant_id, snapshot_day, only)
+    if only is not None:
+        snap = sorted(snap + _unscored(tenant_id, set(only) - {r[0] for r in snap}))
     n = len(snap)
     ids = np.array([s[0] for s in snap], dtype=np.int64)
     col = {
@@ -392,7 +404,7 @@ def touch_rows(
         touch = arm.touches[d.step[i]]
         status = {SEND: "queued", HOLDOUT: "held_out", SKIPPED: "skipped"}[int(d.status[i])]
         if policy.send_now:
-            at = next_allowed_ms(now_ms)
+            at = now_ms if CHANNELS[touch.channel] == "in_app" else next_allowed_ms(now_ms)
         elif d.status[i] == SKIPPED:
             at = now_ms
         else:
@@ -518,7 +530,12 @@ def run(
     holder = uuid.uuid4().hex
     lock = f"campaigns:{tenant.id}"
     if not dry_run and not acquire_lock(lock, holder, now_ms):
-        raise JobLocked(f"another run-campaigns holds the lock for tenant {tenant.appid}")
+        row = JobLock.get_or_none(JobLock.name == lock)
+        until = china_iso(row.expires_ms) if row else "soon"
+        raise JobLocked(
+            f"another run-campaigns holds the lock for tenant {tenant.appid}; if that run "
+            f"crashed, the lock lapses at {until}"
+        )
     try:
         return _run_locked(tenant, day, now_ms, dry_run=dry_run, seed=seed, deliver=deliver)
     finally:
@@ -533,6 +550,10 @@ def _run_locked(tenant, day, now_ms, *, dry_run, seed, deliver) -> dict:
     run_row = None
     if not dry_run:
         with write_transaction():
+            # Holding the lock proves any run still marked running has died.
+            CampaignRun.update(status="abandoned", finished_ms=now_ms).where(
+                (CampaignRun.tenant == tenant.id) & (CampaignRun.status == "running")
+            ).execute()
             run_row = CampaignRun.create(
                 tenant=tenant.id, day=day, started_ms=started, status="running"
             )

@@ -169,7 +169,7 @@ def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
     policy = _policy(cache, touch.policy_id)
     user = User.get_or_none(User.id == touch.user_id)
     # Re-checked at the moment of sending: the world may have moved since the decision.
-    allowed = next_allowed_ms(now_ms)
+    allowed = now_ms if touch.channel == "in_app" else next_allowed_ms(now_ms)
     if allowed != now_ms:
         _requeue(touch, at_ms=allowed, reason="quiet_hours", attempts=Touch.attempts - 1)
         return "deferred"

@@ -296,6 +296,10 @@ def decide(
         else np.asarray(u.usual_hour, dtype=np.int16)
     )
     hour, defer = out_of_quiet_hours(planned)
+    # An in-app card waits silently for the next open: quiet hours are for pushes.
+    card = channel == IN_APP
+    hour = np.where(card, planned, hour)
+    defer = np.where(card, 0, defer)
     quiet = hour != planned
     acting = (status == SEND) | (status == HOLDOUT)
     sent_arm = np.where(acting | (status == SKIPPED) | (status == NOT_DUE), arm, -1)
