@@ -64,6 +64,19 @@ def _day_and_tenants(on: str | None, appid: str | None, now_ms: int):
     return day, list(tenants)
 
 
+def _day_or_none(text: str | None, now_ms: int) -> int | None:
+    from backend.core.calendar import china_day
+    from backend.errors import ApiError
+    from backend.services.scoring import parse_day
+
+    if text is None:
+        return None
+    try:
+        return parse_day(text, int(china_day(now_ms)))
+    except ApiError as exc:
+        raise click.ClickException(exc.message) from None
+
+
 def register(app: Flask) -> None:
     @app.cli.command("init-db")
     def init_db():
@@ -148,6 +161,35 @@ def register(app: Flask) -> None:
             return
         for r in results:
             click.echo(_campaign_text(r))
+
+    @app.cli.command("report")
+    @click.option("--policy", default=None, help="only this policy (default: all)")
+    @click.option("--from", "day_from", default=None, help="first decision day, YYYY-MM-DD")
+    @click.option("--to", "day_to", default=None, help="last decision day, YYYY-MM-DD")
+    @click.option("--tenant", "appid", default=None, help="only this appid (default: all)")
+    @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+    def report(policy, day_from, day_to, appid, as_json):
+        """Recall rate, retention, ROI and incremental effect against the holdout."""
+        from backend.report_text import render
+        from backend.services.reports import report as build
+
+        now = _now_ms()
+        start = _day_or_none(day_from, now)
+        end = _day_or_none(day_to, now)
+        if start is not None and end is not None and start > end:
+            raise click.ClickException("--from is after --to")
+        _, tenants = _day_and_tenants(None, appid, now)
+        results = []
+        for tenant in tenants:
+            r = build(tenant.id, policy, start, end)
+            r["tenant"] = tenant.appid
+            results.append(r)
+        if as_json:
+            out = results[0] if len(results) == 1 else {"tenants": results}
+            click.echo(json.dumps(out, ensure_ascii=False))
+            return
+        for r in results:
+            click.echo(f"{r['tenant']}: " + render(r))
 
     @app.cli.command("demo-session")
     def demo_session():

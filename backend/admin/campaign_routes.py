@@ -279,3 +279,58 @@ def set_contact(openid: str):
         User.update(**body).where(User.id == user.id).execute()
     user = User.get_by_id(user.id)
     return jsonify({"user": openid, "phone": user.phone, "oa_openid": user.oa_openid})
+
+
+REPORT_QUERY = {
+    "policy": {"type": "string", "description": "only this policy"},
+    "from": {"type": "string", "description": "first decision day, YYYY-MM-DD"},
+    "to": {"type": "string", "description": "last decision day, YYYY-MM-DD"},
+}
+
+
+def _report_span() -> tuple[str | None, int | None, int | None]:
+    today = _today()
+    start = request.args.get("from")
+    end = request.args.get("to")
+    day_from = scoring.parse_day(start, today) if start else None
+    day_to = scoring.parse_day(end, today) if end else None
+    if day_from is not None and day_to is not None and day_from > day_to:
+        raise ApiError(400, "invalid_date", "from is after to")
+    policy = request.args.get("policy")
+    if policy is not None:
+        policies.get(g.tenant_id, policy)  # 404 for an unknown policy, not an empty report
+    return policy, day_from, day_to
+
+
+@bp.get("/reports")
+@documented(
+    "Recall rate, retention, ROI and incremental effect against the holdout, by policy, arm, "
+    "tier and channel (the numbers `python app.py report --json` prints)",
+    response={"type": "object"},
+    auth="api_key",
+    query=REPORT_QUERY,
+    errors=(400, 404),
+)
+@require_api_key
+def get_report():
+    from backend.services.reports import report
+
+    policy, day_from, day_to = _report_span()
+    return jsonify(report(g.tenant_id, policy, day_from, day_to))
+
+
+@bp.get("/reports/ledger")
+@documented(
+    "The guard-rail ledger: per policy and day, sends, holdouts, quiet-hour deferrals and "
+    "every reason a user was skipped or a send failed",
+    response={"type": "object"},
+    auth="api_key",
+    query=REPORT_QUERY,
+    errors=(400, 404),
+)
+@require_api_key
+def get_ledger():
+    from backend.services.reports import ledger
+
+    policy, day_from, day_to = _report_span()
+    return jsonify({"ledger": ledger(g.tenant_id, policy, day_from, day_to)})

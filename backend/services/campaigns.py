@@ -430,6 +430,7 @@ def touch_rows(
                 "sent_ms": at if status == "held_out" else None,
                 "message_cost_fen": policy.costs_fen[touch.channel] if status == "queued" else 0,
                 "value_fen": int(pop.extra["value_fen"][i]),
+                "quiet_deferred": bool(d.quiet_deferred[i]),
             }
         )
     return out

@@ -171,7 +171,13 @@ def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
     # Re-checked at the moment of sending: the world may have moved since the decision.
     allowed = now_ms if touch.channel == "in_app" else next_allowed_ms(now_ms)
     if allowed != now_ms:
-        _requeue(touch, at_ms=allowed, reason="quiet_hours", attempts=Touch.attempts - 1)
+        _requeue(
+            touch,
+            at_ms=allowed,
+            reason="quiet_hours",
+            attempts=Touch.attempts - 1,
+            quiet_deferred=True,
+        )
         return "deferred"
     if user is None or user.marketing_opt_out:
         _finish(touch, "skipped", reason="opted_out")

@@ -74,3 +74,21 @@ def bind(db: peewee.Database) -> None:
 
 def is_sqlite() -> bool:
     return isinstance(database.obj, peewee.SqliteDatabase)
+
+
+def execute_many(sql: str, rows: list[tuple]) -> None:
+    """One statement over many parameter rows, in the caller's transaction.
+
+    peewee would build one query per row; the drivers' own batching is an order of
+    magnitude faster for the nightly attribution of a large tenant. `sql` uses `?`
+    placeholders (rewritten to `%s` for PostgreSQL).
+    """
+    if not rows:
+        return
+    if is_sqlite():
+        database.connection().executemany(sql, rows)
+        return
+    from psycopg2.extras import execute_batch
+
+    with database.connection().cursor() as cur:
+        execute_batch(cur, sql.replace("?", "%s"), rows, page_size=1000)

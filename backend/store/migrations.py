@@ -61,26 +61,51 @@ def _v2_scores(db: peewee.Database) -> None:
     db.create_tables([ScoreSnapshot, ModelFit], safe=False)
 
 
-def _v3_campaigns(db: peewee.Database) -> None:
+def _add_missing_columns(db: peewee.Database, table: str, columns: dict) -> None:
+    """Add columns an older database lacks. Earlier migrations create tables from today's
+    models, so a fresh database has them already and nothing is added twice."""
     from playhouse.migrate import PostgresqlMigrator, SqliteMigrator
     from playhouse.migrate import migrate as run
 
     migrator = (
         PostgresqlMigrator(db) if isinstance(db, peewee.PostgresqlDatabase) else SqliteMigrator(db)
     )
-    # v1 creates tables from today's models, so a fresh database has these columns already.
-    have = {c.name for c in db.get_columns("user")}
-    new = {
-        "phone": peewee.CharField(max_length=20, null=True),
-        "oa_openid": peewee.CharField(max_length=128, null=True),
-    }
-    ops = [migrator.add_column("user", name, f) for name, f in new.items() if name not in have]
+    have = {c.name for c in db.get_columns(table)}
+    ops = [migrator.add_column(table, name, f) for name, f in columns.items() if name not in have]
     if ops:
         run(*ops)
+
+
+def _v3_campaigns(db: peewee.Database) -> None:
+    _add_missing_columns(
+        db,
+        "user",
+        {
+            "phone": peewee.CharField(max_length=20, null=True),
+            "oa_openid": peewee.CharField(max_length=128, null=True),
+        },
+    )
     db.create_tables([Policy, CampaignRun, Touch, SmsMessage, JobLock], safe=False)
 
 
-MIGRATIONS: list[Callable[[peewee.Database], None]] = [_v1_initial, _v2_scores, _v3_campaigns]
+def _v4_touch_outcomes(db: peewee.Database) -> None:
+    _add_missing_columns(
+        db,
+        "touch",
+        {
+            "quiet_deferred": peewee.BooleanField(default=False),
+            "retained_d7": peewee.BooleanField(null=True),
+            "retained_d30": peewee.BooleanField(null=True),
+        },
+    )
+
+
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [
+    _v1_initial,
+    _v2_scores,
+    _v3_campaigns,
+    _v4_touch_outcomes,
+]
 LATEST = len(MIGRATIONS)
 
 

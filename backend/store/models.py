@@ -289,6 +289,10 @@ class Touch(BaseModel):
     coupon_cost_fen = pw.BigIntegerField(default=0)
     attributed = pw.BooleanField(default=False)  # window closed: the outcome is final
     opened_ms = pw.BigIntegerField(null=True)  # in-app card shown / message opened
+    quiet_deferred = pw.BooleanField(default=False)  # quiet hours moved it to 08:00
+    # Retention after the return (docs/metrics.md): NULL until the week has passed.
+    retained_d7 = pw.BooleanField(null=True)
+    retained_d30 = pw.BooleanField(null=True)
 
     class Meta:
         indexes = (

@@ -1,0 +1,85 @@
+"""The report as a terminal table (the JSON form is the report dict itself)."""
+
+from __future__ import annotations
+
+
+def _pct(x) -> str:
+    return "    –" if x is None else f"{100 * x:5.1f}%"
+
+
+def _pp(d: dict) -> str:
+    if d["diff"] is None:
+        return "–"
+    return f"{100 * d['diff']:+.1f} pp [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+
+
+def _yuan(fen) -> str:
+    return "–" if fen is None else f"¥{fen / 100:.2f}"
+
+
+def _ratio(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def _row(label: str, g: dict) -> str:
+    roi = g["money"]["roi"]
+    return (
+        f"  {label[:30]:<30} {g['treated_users']:>7} {g['recall_rate']['k']:>8} "
+        f"{_pct(g['recall_rate']['rate'])} {g['holdout_users']:>7} "
+        f"{_pct(g['holdout_recall_rate']['rate'])}  {_pp(g['incremental_recall']):<26} "
+        f"{_yuan(g['revenue_per_user_fen']):>9} {('–' if roi is None else f'{roi:.2f}'):>6}"
+    )
+
+
+def render(report: dict) -> str:
+    span = f"{report['from'] or 'start'} … {report['to'] or 'now'}"
+    lines = [f"Recall report ({span}); only touches whose attribution window has closed"]
+    if not report["policies"]:
+        lines.append("  no finished touches yet")
+    notes = []
+    for p in report["policies"]:
+        lines.append(f"\npolicy {p['policy']}")
+        lines.append(
+            f"  {'group':<30} {'treated':>7} {'recalled':>8} {'rate':>6} {'holdout':>7} "
+            f"{'rate':>6}  {'incremental recall [95%]':<26} {'rev/user':>9} {'ROI':>6}"
+        )
+        lines.append(_row("all", p))
+        for dim in ("arm", "tier"):
+            for g in p[f"by_{dim}"]:
+                lines.append(_row(f"{dim} {g[dim]}", g))
+                note = g["incremental_recall"]["note"]
+                if note:
+                    notes.append(f"  {p['policy']} {dim} {g[dim]}: {note}")
+        money = p["money"]
+        lines.append(
+            f"  money: revenue {_yuan(money['revenue_fen'])}, "
+            f"coupons {_yuan(money['coupon_cost_fen'])}, "
+            f"messages {_yuan(money['message_cost_fen'])}; revenue/cost "
+            f"{_ratio(money['revenue_per_cost'])}"
+        )
+        d7, d30 = p["retention_d7"], p["retention_d30"]
+        lines.append(
+            f"  retention after recall: D7 {_pct(d7['rate'])} of {d7['n']}, "
+            f"D30 {_pct(d30['rate'])} of {d30['n']}"
+        )
+        if p["funnel"]:
+            lines.append("  funnel   channel       sent delivered opened returned ordered")
+            for f in p["funnel"]:
+                lines.append(
+                    f"           {f['channel']:<12} {f['sent']:>5} {f['delivered']:>9} "
+                    f"{f['opened']:>6} {f['returned']:>8} {f['ordered']:>7}"
+                )
+    if notes:
+        lines.append("\nintervals that mean nothing yet:")
+        lines.extend(notes)
+    if report["ledger"]:
+        lines.append("\nguard-rail ledger (why users were not messaged)")
+        for r in report["ledger"][-30:]:
+            skipped = ", ".join(f"{k} {v}" for k, v in sorted(r["skipped"].items())) or "none"
+            failed = ", ".join(f"{k} {v}" for k, v in sorted(r["failed"].items()))
+            lines.append(
+                f"  {r['date']} {r['policy']:<16} sent {r['sent']:>5}, holdout {r['held_out']:>4}, "
+                f"quiet-hours deferred {r['quiet_hours_deferred']:>4}; skipped: {skipped}"
+                + (f"; failed: {failed}" if failed else "")
+            )
+    return "\n".join(lines)
