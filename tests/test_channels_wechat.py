@@ -227,9 +227,11 @@ def test_a_sent_message_arrives_with_its_data_and_spends_the_allowance(live, fak
     out = run_job(live)
     assert (out["queued"], out["sent"], out["failed"]) == (1, 1, 0)
     (sent,) = fake.sent_to(alice)
-    assert (sent.kind, sent.template_id, sent.page) == ("subscribe", SAVED, PAGE)
-    assert sent.data == {"thing1": "你收藏的菜品还在", "date2": "2026-03-10"}
     touch = touch_of(live, alice)
+    # The page carries the touch id, so the mini-program can report the tap (message_open).
+    page = f"{PAGE}?touch_id={touch.id}"
+    assert (sent.kind, sent.template_id, sent.page) == ("subscribe", SAVED, page)
+    assert sent.data == {"thing1": "你收藏的菜品还在", "date2": "2026-03-10"}
     assert (touch.status, touch.reason, touch.wechat_errcode) == ("sent", "", None)
     assert (touch.attempts, touch.sent_ms) == (1, NOW)
     # subscribe/send answers no msgid (template/send does); the touch keeps what WeChat gave.
@@ -493,8 +495,8 @@ def test_an_oa_template_reaches_a_follower(live, fake):
     (sent,) = fake.sent_to("oa_alice")
     assert (sent.kind, sent.template_id) == ("template", OA_ORDER)
     assert sent.data == {"thing1": "你收藏的菜品还在", "date2": "2026-03-10"}
-    assert sent.miniprogram == {"appid": APPID, "pagepath": PAGE}
     touch = touch_of(live, alice)
+    assert sent.miniprogram == {"appid": APPID, "pagepath": f"{PAGE}?touch_id={touch.id}"}
     assert (touch.status, touch.channel, touch.provider_id) == (
         "sent",
         "oa_template",

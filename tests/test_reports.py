@@ -119,3 +119,31 @@ def test_ledger_counts_why_users_were_not_messaged(app, client, tenant):
             "failed": {},
         }
     ]
+
+
+def test_a_tap_on_the_message_counts_as_opened(app, client, tenant, clock):
+    import_history(client, tenant, users=40, silent_days=5)
+    grant_all(app, tenant)
+    add_policy(client, tenant, POLICY)
+    run_job(app, tenant)
+    with app.app_context():
+        touch = Touch.select(Touch, User).join(User).where(Touch.status == "sent").first()
+        openid, touch_id = touch.user.openid, touch.id
+    clock.advance(days=1)
+    tap = {
+        "user": openid,
+        "id": "tap-1",
+        "type": "message_open",
+        "ts": NOW + DAY_MS,
+        "props": {"touch_id": str(touch_id), "page": "pages/index/index"},
+    }
+    resp = client.post("/admin/v1/events/import", json={"events": [tap]}, headers=tenant.admin)
+    assert resp.get_json()["accepted"] == 1
+    clock.advance(days=7)
+    with app.app_context():
+        from backend.services.attribution import attribute
+
+        attribute(tenant.id, NOW + 8 * DAY_MS)
+    (p,) = client.get("/admin/v1/reports", headers=tenant.admin).get_json()["policies"]
+    (funnel,) = p["funnel"]
+    assert funnel["opened"] == 1 and funnel["returned"] == 1

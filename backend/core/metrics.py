@@ -105,7 +105,7 @@ def mean_diff(
 
     Percentile bootstrap, resampling each group with replacement (seeded: the same data gives
     the same interval); Welch's normal interval when both groups together exceed
-    BOOTSTRAP_MAX_N users.
+    BOOTSTRAP_MAX_N users; no interval when a group has a single user (no spread to go on).
     """
     x1 = np.asarray(treated, dtype=np.float64)
     x0 = np.asarray(holdout, dtype=np.float64)
@@ -113,13 +113,20 @@ def mean_diff(
         return Diff(None, None, None, False, "bootstrap", "no users in one of the groups")
     d = float(x1.mean() - x0.mean())
     note = _small(x1.size, x0.size)
+    if min(x1.size, x0.size) < 2:  # one user has no spread: no interval at all
+        return Diff(d, None, None, False, "none", note)
     if x1.size + x0.size > BOOTSTRAP_MAX_N:
         se = math.sqrt(x1.var(ddof=1) / x1.size + x0.var(ddof=1) / x0.size)
         return Diff(d, d - Z95 * se, d + Z95 * se, not note, "welch", note)
     rng = np.random.default_rng(seed)
-    m1 = x1[rng.integers(0, x1.size, (reps, x1.size))].mean(axis=1)
-    m0 = x0[rng.integers(0, x0.size, (reps, x0.size))].mean(axis=1)
-    lo, hi = np.quantile(m1 - m0, [0.025, 0.975])
+    diffs = np.empty(reps)
+    step = max(1, 2_000_000 // (x1.size + x0.size))  # resamples per chunk: bounded memory
+    for start in range(0, reps, step):
+        k = min(step, reps - start)
+        m1 = x1[rng.integers(0, x1.size, (k, x1.size))].mean(axis=1)
+        m0 = x0[rng.integers(0, x0.size, (k, x0.size))].mean(axis=1)
+        diffs[start : start + k] = m1 - m0
+    lo, hi = np.quantile(diffs, [0.025, 0.975])
     return Diff(d, float(lo), float(hi), not note, "bootstrap", note)
 
 

@@ -46,7 +46,36 @@ def attribute(tenant_id: int, now_ms: int) -> int:
     """Update every open touch of the tenant; returns how many became final."""
     final = _returns(tenant_id, now_ms)
     _retention(tenant_id, now_ms)
+    _clicks(tenant_id, now_ms)
     return final
+
+
+def _clicks(tenant_id: int, now_ms: int, lookback_days: int = 14) -> None:
+    """A `message_open` event naming a touch (props.touch_id) means the user tapped that
+    message: the funnel's "opened". WeChat does not report subscribe-message opens itself."""
+    import json
+
+    rows = (
+        Event.select(Event.user, Event.ts_ms, Event.props)
+        .where(
+            (Event.tenant == tenant_id)
+            & (Event.type == "message_open")
+            & (Event.ts_ms > now_ms - lookback_days * MS_PER_DAY)
+            & (Event.ts_ms <= now_ms)
+        )
+        .tuples()
+    )
+    params = []
+    for user, ts, props in rows:
+        touch_id = json.loads(props or "{}").get("touch_id")
+        if isinstance(touch_id, int) or (isinstance(touch_id, str) and touch_id.isdigit()):
+            params.append((int(ts), int(touch_id), int(user), tenant_id, int(ts)))
+    with write_transaction():
+        execute_many(
+            "UPDATE touch SET opened_ms = ? WHERE id = ? AND user_id = ? AND tenant_id = ? "
+            "AND opened_ms IS NULL AND (sent_ms IS NULL OR sent_ms <= ?)",
+            params,
+        )
 
 
 def _returns(tenant_id: int, now_ms: int) -> int:

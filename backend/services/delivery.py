@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from backend.clock import china_iso
 from backend.core.calendar import MS_PER_DAY
@@ -207,6 +207,11 @@ def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
         log.error("touch %s not sent, message defect: %s", touch.id, exc)
         _finish(touch, "failed", reason="bad_template_data")
         return "failed"
+    if rendered.page:
+        # The page the message opens carries the touch's id, so the mini-program can post a
+        # message_open event naming it: the funnel's "opened", which WeChat never reports.
+        glue = "&" if "?" in rendered.page else "?"
+        rendered = replace(rendered, page=f"{rendered.page}{glue}touch_id={touch.id}")
     to = Recipient(user.openid, user.oa_openid, user.phone)
     outcome = channels[touch.channel].send(touch, to, rendered, message.template_id, now_ms)
     return _record(tenant, touch, outcome, now_ms, retry, message.template_id)
