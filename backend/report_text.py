@@ -44,7 +44,7 @@ def render(report: dict) -> str:
             f"{'rate':>6}  {'incremental recall [95%]':<26} {'rev/user':>9} {'ROI':>6}"
         )
         lines.append(_row("all", p))
-        for dim in ("arm", "tier"):
+        for dim in ("arm", "tier", "channel"):
             for g in p[f"by_{dim}"]:
                 lines.append(_row(f"{dim} {g[dim]}", g))
                 note = g["incremental_recall"]["note"]

@@ -20,7 +20,7 @@ from backend.core.calendar import day_date
 from backend.store.models import Policy, Touch
 
 TREATED = ("sent", "failed", "expired")
-DIMENSIONS = ("arm", "tier")
+DIMENSIONS = ("arm", "tier", "channel")
 
 
 @dataclass
