@@ -147,3 +147,46 @@ def test_a_tap_on_the_message_counts_as_opened(app, client, tenant, clock):
     (p,) = client.get("/admin/v1/reports", headers=tenant.admin).get_json()["policies"]
     (funnel,) = p["funnel"]
     assert funnel["opened"] == 1 and funnel["returned"] == 1
+
+
+def test_retention_after_recall_is_filled_in_when_the_weeks_have_passed(app, client, tenant, clock):
+    import_history(client, tenant, users=40, silent_days=5)
+    grant_all(app, tenant)
+    add_policy(client, tenant, POLICY)
+    run_job(app, tenant)
+    with app.app_context():
+        sent = [
+            u.openid
+            for u in User.select().join(Touch).where(Touch.status == "sent").order_by(User.id)
+        ]
+    a, b, c = sent[:3]
+    day = DAY_MS
+    plan = [
+        (a, 1), (a, 9), (a, 33),  # back on day 1, active in D7 week and D30 week
+        (b, 1), (b, 9),  # back, active in the D7 week only
+        (c, 1),  # back and gone
+    ]  # fmt: skip
+    clock.advance(days=40)
+    events = [
+        {"user": o, "id": f"r-{o}-{d}", "type": "app_open", "ts": NOW + d * day} for o, d in plan
+    ]
+    assert client.post(
+        "/admin/v1/events/import", json={"events": events}, headers=tenant.admin
+    ).get_json()["accepted"] == len(events)
+    with app.app_context():
+        from backend.services.attribution import attribute
+
+        attribute(tenant.id, NOW + 40 * day)
+        flags = {
+            u.openid: (t.retained_d7, t.retained_d30)
+            for t, u in (
+                (t, t.user)
+                for t in Touch.select(Touch, User).join(User).where(User.openid.in_([a, b, c]))
+            )
+        }
+    assert flags == {a: (True, True), b: (True, False), c: (False, False)}
+    (p,) = client.get("/admin/v1/reports", headers=tenant.admin).get_json()["policies"]
+    assert (p["retention_d7"]["k"], p["retention_d7"]["n"]) == (2, 3)
+    assert (p["retention_d30"]["k"], p["retention_d30"]["n"]) == (1, 3)
+    (cohort,) = p["cohorts"]
+    assert cohort["recalled"] == 3 and cohort["d7"]["k"] == 2 and cohort["d30"]["k"] == 1

@@ -17,15 +17,17 @@ import peewee as pw
 
 from backend.core import metrics
 from backend.core.calendar import day_date
+from backend.store.db import database
 from backend.store.models import Policy, Touch
 
-TREATED = ("sent", "failed", "expired")
 DIMENSIONS = ("arm", "tier", "channel")
 
 
 @dataclass
 class TouchColumns:
-    policy: np.ndarray  # policy names
+    """Finished touches as columns. Text columns are integer codes into `names[column]`."""
+
+    policy: np.ndarray
     arm: np.ndarray
     tier: np.ndarray
     channel: np.ndarray
@@ -43,12 +45,38 @@ class TouchColumns:
     value: np.ndarray
     retained_d7: np.ndarray  # 1 yes, 0 no, -1 not yet known
     retained_d30: np.ndarray
+    names: dict[str, list[str]]
 
     def __len__(self) -> int:
         return int(self.user.size)
 
-    def take(self, mask: np.ndarray) -> TouchColumns:
-        return TouchColumns(**{k: v[mask] for k, v in self.__dict__.items()})
+    def take(self, rows: np.ndarray) -> TouchColumns:
+        """The touches at `rows` (a boolean mask or indices); names are shared."""
+        parts = {k: v[rows] for k, v in self.__dict__.items() if k != "names"}
+        return TouchColumns(**parts, names=self.names)
+
+    def code(self, column: str, name: str) -> int:
+        values = self.names[column]
+        return values.index(name) if name in values else -1
+
+
+_TEXT = ("policy", "arm", "tier", "channel", "status")
+_SQL = """
+SELECT p.name, t.arm, t.tier, t.channel, t.status, t.holdout, t.user_id, t.day,
+       t.returned_ms IS NOT NULL, t.ordered_ms IS NOT NULL, t.opened_ms IS NOT NULL,
+       t.attempts > 0, t.revenue_fen, t.coupon_cost_fen, t.message_cost_fen, t.value_fen,
+       CASE WHEN t.retained_d7 IS NULL THEN -1 WHEN t.retained_d7 THEN 1 ELSE 0 END,
+       CASE WHEN t.retained_d30 IS NULL THEN -1 WHEN t.retained_d30 THEN 1 ELSE 0 END
+FROM touch t JOIN policy p ON p.id = t.policy_id
+WHERE t.tenant_id = {p} AND t.attributed AND t.status IN ('sent', 'failed', 'expired', 'held_out')
+"""
+
+
+def _codes(values) -> tuple[np.ndarray, list[str]]:
+    """Integer codes for a column of strings, and the strings in code order."""
+    seen: dict[str, int] = {}
+    codes = np.fromiter((seen.setdefault(v, len(seen)) for v in values), dtype=np.int32)
+    return codes, list(seen)
 
 
 def load(
@@ -57,69 +85,49 @@ def load(
     day_from: int | None = None,
     day_to: int | None = None,
 ) -> TouchColumns:
-    """Finished touches (window closed) decided as sends or holdouts, in one query."""
-    q = (
-        Touch.select(
-            Policy.name,
-            Touch.arm,
-            Touch.tier,
-            Touch.channel,
-            Touch.status,
-            Touch.holdout,
-            Touch.user,
-            Touch.day,
-            Touch.returned_ms.is_null(False),
-            Touch.ordered_ms.is_null(False),
-            Touch.opened_ms.is_null(False),
-            Touch.attempts > 0,
-            Touch.revenue_fen,
-            Touch.coupon_cost_fen,
-            Touch.message_cost_fen,
-            Touch.value_fen,
-            Touch.retained_d7,
-            Touch.retained_d30,
-        )
-        .join(Policy)
-        .where(
-            (Touch.tenant == tenant_id)
-            & Touch.attributed
-            & Touch.status.in_((*TREATED, "held_out"))
-        )
-    )
+    """Finished touches (window closed) decided as sends or holdouts, in one query.
+
+    Through the driver's cursor rather than peewee's row objects: a tenant's report reads
+    every finished touch, and building a Python object per row would cost most of its time.
+    """
+    ph = database.param
+    sql = _SQL.format(p=ph)
+    params: list = [tenant_id]
     if policy is not None:
-        q = q.where(Policy.name == policy)
+        sql += f" AND p.name = {ph}"
+        params.append(policy)
     if day_from is not None:
-        q = q.where(Touch.day >= day_from)
+        sql += f" AND t.day >= {ph}"
+        params.append(day_from)
     if day_to is not None:
-        q = q.where(Touch.day <= day_to)
-    rows = list(q.tuples())
+        sql += f" AND t.day <= {ph}"
+        params.append(day_to)
+    rows = database.execute_sql(sql, params).fetchall()
     cols = list(zip(*rows, strict=True)) if rows else [()] * 18
+    names = {}
+    coded = {}
+    for i, key in enumerate(_TEXT):
+        coded[key], names[key] = _codes(cols[i])
 
-    def arr(i, dtype=None):
-        return np.array(cols[i], dtype=dtype) if rows else np.array([], dtype=dtype)
-
-    def tri(i):
-        return np.array([-1 if v is None else int(v) for v in cols[i]], dtype=np.int8)
+    def num(i, dtype):
+        return np.array(cols[i], dtype=dtype) if rows else np.zeros(0, dtype=dtype)
 
     return TouchColumns(
-        policy=arr(0, object),
-        arm=arr(1, object),
-        tier=arr(2, object),
-        channel=arr(3, object),
-        status=arr(4, object),
-        holdout=arr(5, bool),
-        user=arr(6, np.int64),
-        day=arr(7, np.int64),
-        returned=arr(8, bool),
-        ordered=arr(9, bool),
-        opened=arr(10, bool),
-        attempted=arr(11, bool),
-        revenue=arr(12, np.int64),
-        coupon_cost=arr(13, np.int64),
-        message_cost=arr(14, np.int64),
-        value=arr(15, np.int64),
-        retained_d7=tri(16) if rows else np.array([], np.int8),
-        retained_d30=tri(17) if rows else np.array([], np.int8),
+        **coded,
+        holdout=num(5, bool),
+        user=num(6, np.int64),
+        day=num(7, np.int64),
+        returned=num(8, bool),
+        ordered=num(9, bool),
+        opened=num(10, bool),
+        attempted=num(11, bool),
+        revenue=num(12, np.int64),
+        coupon_cost=num(13, np.int64),
+        message_cost=num(14, np.int64),
+        value=num(15, np.int64),
+        retained_d7=num(16, np.int8),
+        retained_d30=num(17, np.int8),
+        names=names,
     )
 
 
@@ -176,23 +184,23 @@ def _retention(t: TouchColumns, flag: np.ndarray) -> dict:
 
 def funnel(t: TouchColumns) -> list[dict]:
     treated = t.take(~t.holdout)
-    names = sorted(set(treated.channel.tolist()))
-    if not names:
+    if not len(treated):
         return []
-    code = np.array([names.index(c) for c in treated.channel], dtype=np.int64)
+    names = t.names["channel"]
     table = metrics.funnel(
-        code,
+        treated.channel,
         treated.attempted,
-        treated.status == "sent",
+        treated.status == t.code("status", "sent"),
         treated.opened,
         treated.returned,
         treated.ordered,
         len(names),
     )
     keys = ("sent", "delivered", "opened", "returned", "ordered")
+    present = np.bincount(treated.channel, minlength=len(names)) > 0
     return [
-        dict(channel=n, **dict(zip(keys, map(int, row), strict=True)))
-        for n, row in zip(names, table, strict=True)
+        dict(channel=names[c], **dict(zip(keys, map(int, table[c]), strict=True)))
+        for c in sorted(np.flatnonzero(present), key=lambda c: names[c])
     ]
 
 
@@ -232,21 +240,22 @@ def report(
         "policies": [],
         "ledger": ledger(tenant_id, policy, day_from, day_to),
     }
-    for name in sorted(set(t.policy.tolist())):
-        p = t.take(t.policy == name)
-        entry = {"policy": name, **compare(p, seed)}
+    for code in sorted(np.unique(t.policy), key=lambda c: t.names["policy"][c]):
+        p = t.take(np.flatnonzero(t.policy == code))
+        entry = {"policy": t.names["policy"][code], **compare(p, seed)}
         for dim in DIMENSIONS:
             values = getattr(p, dim)
+            labels = t.names[dim]
             entry[f"by_{dim}"] = [
-                {dim: v, **compare(p.take(values == v), seed)} for v in sorted(set(values.tolist()))
+                {dim: labels[c], **compare(p.take(np.flatnonzero(values == c)), seed)}
+                for c in sorted(np.unique(values), key=lambda c: labels[c])
             ]
         entry["funnel"] = funnel(p)
         entry["cohorts"] = cohorts(p)
-        treated = p.take(~p.holdout)
         users = _qini_users(p)
         entry["qini_by_value"] = (
             metrics.qini(users["score"], users["treated"], users["returned"]).as_dict()
-            if treated.user.size
+            if np.any(~p.holdout)
             else None
         )
         out["policies"].append(entry)
