@@ -33,7 +33,7 @@ from backend.core.policy import (
     UserState,
     decide,
 )
-from backend.core.policy.guards import HOUR_MS, next_allowed_ms, stop_loss
+from backend.core.policy.guards import HOUR_MS, next_send_ms, stop_loss
 from backend.core.policy.guards import ignored_streaks as streaks_of
 from backend.core.rfm import SEGMENT_NAMES
 from backend.core.tiers import TIERS
@@ -404,7 +404,7 @@ def touch_rows(
         touch = arm.touches[d.step[i]]
         status = {SEND: "queued", HOLDOUT: "held_out", SKIPPED: "skipped"}[int(d.status[i])]
         if policy.send_now:
-            at = now_ms if CHANNELS[touch.channel] == "in_app" else next_allowed_ms(now_ms)
+            at = next_send_ms(now_ms, CHANNELS[touch.channel])
         elif d.status[i] == SKIPPED:
             at = now_ms
         else:

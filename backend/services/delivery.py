@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from backend.clock import china_iso
 from backend.core.calendar import MS_PER_DAY
 from backend.core.policy import CHANNELS, Policy
-from backend.core.policy.guards import next_allowed_ms
+from backend.core.policy.guards import next_send_ms
 from backend.errors import ApiError
 from backend.services import coupons, policies
 from backend.services.channels import Channel, Outcome, Recipient
@@ -169,7 +169,7 @@ def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
     policy = _policy(cache, touch.policy_id)
     user = User.get_or_none(User.id == touch.user_id)
     # Re-checked at the moment of sending: the world may have moved since the decision.
-    allowed = now_ms if touch.channel == "in_app" else next_allowed_ms(now_ms)
+    allowed = next_send_ms(now_ms, touch.channel)
     if allowed != now_ms:
         _requeue(
             touch,

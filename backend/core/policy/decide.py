@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from backend.core.policy.allocation import pick_by_weight, salt_of, stable_unit, thompson
-from backend.core.policy.guards import out_of_quiet_hours
+from backend.core.policy.guards import QUIET_EXEMPT_CHANNELS, out_of_quiet_hours
 from backend.core.policy.spec import CHANNELS, IN_APP, SUBSCRIBE, Policy
 from backend.core.tiers import CHURNED, RISK, TIERS
 
@@ -296,8 +296,7 @@ def decide(
         else np.asarray(u.usual_hour, dtype=np.int16)
     )
     hour, defer = out_of_quiet_hours(planned)
-    # An in-app card waits silently for the next open: quiet hours are for pushes.
-    card = channel == IN_APP
+    card = np.isin(channel, [CHANNELS.index(c) for c in QUIET_EXEMPT_CHANNELS])
     hour = np.where(card, planned, hour)
     defer = np.where(card, 0, defer)
     quiet = hour != planned

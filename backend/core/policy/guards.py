@@ -29,6 +29,15 @@ def out_of_quiet_hours(hour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return moved, late.astype(np.int8)
 
 
+# An in-app card waits silently for the user's next open: quiet hours are for pushes.
+QUIET_EXEMPT_CHANNELS = ("in_app",)
+
+
+def next_send_ms(now_ms: int, channel: str) -> int:
+    """When a touch on `channel` may go out, asked at `now_ms`."""
+    return now_ms if channel in QUIET_EXEMPT_CHANNELS else next_allowed_ms(now_ms)
+
+
 def next_allowed_ms(now_ms: int) -> int:
     """`now_ms` if it is outside quiet hours, else the next 08:00 China time."""
     local = now_ms + CHINA_OFFSET_MS
