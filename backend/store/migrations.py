@@ -100,11 +100,24 @@ def _v4_touch_outcomes(db: peewee.Database) -> None:
     )
 
 
+def _v5_drop_redundant_indexes(db: peewee.Database) -> None:
+    """Single-column foreign-key indexes that a compound index already leads with."""
+    for name in (
+        "event_tenant_id",
+        "event_user_id",
+        "touch_tenant_id",
+        "touch_policy_id",
+        "touch_user_id",
+    ):
+        db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
+
+
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _v1_initial,
     _v2_scores,
     _v3_campaigns,
     _v4_touch_outcomes,
+    _v5_drop_redundant_indexes,
 ]
 LATEST = len(MIGRATIONS)
 
