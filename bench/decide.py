@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from timing import timed
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -226,16 +226,6 @@ def baseline(policy: Policy, u: UserState, template: str) -> np.ndarray:
     rank = u.uplift if u.uplift is not None else 1.0 - u.p_alive
     mask &= ~(rank < -1)
     return mask
-
-
-def timed(fn, repeats: int):
-    """(median seconds, all seconds, last result) of `repeats` calls."""
-    times, result = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, result
 
 
 def main() -> None:

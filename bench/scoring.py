@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 import warnings
@@ -67,6 +66,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from timing import timed
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -230,16 +230,6 @@ def generate(n: int, as_of: int, calendar: TermCalendar, rng: np.random.Generato
         "continuous": (x, t_x, big_t),  # BG/NBD's draws before the daily grid
     }
     return events, orders, first_seen, last_seen, truth
-
-
-def timed(fn, repeats: int):
-    """(median seconds, all seconds, last result) of `repeats` calls."""
-    times, result = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, result
 
 
 def dedup_rows(x: np.ndarray, t_x: np.ndarray, big_t: np.ndarray):
