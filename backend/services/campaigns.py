@@ -40,7 +40,7 @@ from backend.core.tiers import TIERS
 from backend.core.uplift import UpliftModel, predict_uplift, uplift_features
 from backend.services import policies
 from backend.services.attribution import attribute
-from backend.store.db import write_transaction
+from backend.store.db import database, write_transaction
 from backend.store.models import (
     CampaignRun,
     JobLock,
@@ -185,60 +185,50 @@ def population(
     hour = np.array(col["hour"], dtype=np.int64)
     hour = np.where(hour < 0, 12, hour)
 
-    users = {
-        u: (openid, opt, phone, oa)
-        for u, openid, opt, phone, oa in User.select(
-            User.id, User.openid, User.marketing_opt_out, User.phone, User.oa_openid
-        )
-        .where(User.tenant == tenant_id)
-        .tuples()
-    }
-    info = [users.get(int(u), ("", True, None, None)) for u in ids]
-    opted = np.array([i[1] for i in info], dtype=bool)
+    uid, openid, opted_all, has_phone, has_oa = _users(tenant_id)
+    at, known = _positions(uid, ids)
+    opted = ~known | opted_all[at]  # a user gone since scoring is never messaged
     reachable = np.zeros((n, len(CHANNELS)), dtype=bool)
-    reachable[:, CHANNELS.index("sms")] = [i[2] is not None for i in info]
-    reachable[:, CHANNELS.index("oa_template")] = [i[3] is not None for i in info]
+    reachable[:, CHANNELS.index("sms")] = known & has_phone[at]
+    reachable[:, CHANNELS.index("oa_template")] = known & has_oa[at]
     reachable[:, CHANNELS.index("in_app")] = True
+    openids = [openid[j] if k else "" for j, k in zip(at.tolist(), known.tolist(), strict=True)]
 
-    history = _history(tenant_id, ids, day)
-    pos = {int(u): i for i, u in enumerate(ids)}
-    touches_30d = np.zeros(n, dtype=np.int64)
+    if trigger_day is not None:
+        start = np.full(n, day + 1, dtype=np.int64)
+        for user, tday in trigger_day.items():
+            j = int(np.searchsorted(ids, user))
+            if j < n and ids[j] == user:
+                start[j] = tday
+    else:
+        start = day - silent + 1  # the current lapse began the day after the last visit
+    h = _history(tenant_id, ids, day)
+    touches_30d = np.bincount(h.user[h.active & (h.day >= day - 29)], minlength=n)
     channel_week = np.zeros((n, len(CHANNELS)), dtype=np.int64)
+    week = h.active & (h.day >= day - 6)
+    np.add.at(channel_week, (h.user[week], h.channel[week]), 1)
+    streaks = h.measured & h.attributed
+    ignored = streaks_of(h.user[streaks], h.sent[streaks], ~h.returned[streaks], n)
+    arm_code = np.array([policy_arm for policy_arm in (a.name for a in policy.arms)], dtype=object)
+    ours = (h.policy == row.id) & h.journey & (h.day >= start[h.user])
+    arm_of = np.full(len(h.arm), -1, dtype=np.int64)
+    for k, name in enumerate(arm_code):
+        arm_of[h.arm == name] = k
+    ours &= arm_of >= 0
     last_step = np.full(n, -1, dtype=np.int64)
+    np.maximum.at(last_step, h.user[ours], h.step[ours])
     journey_arm = np.full(n, -1, dtype=np.int64)
-    journey_key = np.full(n, -1, dtype=np.int64)
-    arm_index = {a.name: i for i, a in enumerate(policy.arms)}
-    last_visit_day = day - silent
-    streak_user, streak_key, streak_ignored = [], [], []
-    for user, pol, tday, step, arm, channel, status, attributed, returned, sent in history:
-        i = pos[user]
-        if status in ACTIVE_STATUSES:
-            if tday >= day - 29:
-                touches_30d[i] += 1
-            if tday >= day - 6:
-                channel_week[i, CHANNELS.index(channel)] += 1
-        if attributed and status in ("sent", "held_out"):
-            streak_user.append(i)
-            streak_key.append(sent)
-            streak_ignored.append(returned is None)
-        if pol != row.id or status not in JOURNEY_STATUSES:
-            continue
-        start = trigger_day.get(user, day + 1) if trigger_day is not None else last_visit_day[i] + 1
-        if tday >= start and arm in arm_index:
-            last_step[i] = max(last_step[i], step)
-            key = tday * 10 + step
-            if key > journey_key[i]:
-                journey_key[i], journey_arm[i] = key, arm_index[arm]
-    ignored = streaks_of(
-        np.array(streak_user, dtype=np.int64),
-        np.array(streak_key, dtype=np.int64),
-        np.array(streak_ignored, dtype=bool),
-        n,
-    )
+    if ours.any():
+        # The arm of each user's latest touch in the journey (by day, then step).
+        u, key, a = h.user[ours], h.day[ours] * 10 + h.step[ours], arm_of[ours]
+        order = np.lexsort((key, u))
+        last = np.flatnonzero(np.diff(u[order], append=-1))
+        journey_arm[u[order][last]] = a[order][last]
+    pos = {int(u): i for i, u in enumerate(ids)}
     allowance = _allowances(tenant_id, policy, pos, n)
     since_trigger = None
     if trigger_day is not None:
-        since_trigger = np.array([day - trigger_day.get(int(u), day + 1) for u in ids])
+        since_trigger = day - start  # -1 for users without a trigger
     uplift = None
     if policy.rank_by == "uplift":
         uplift = _uplift(row, col, term_silent)
@@ -264,7 +254,7 @@ def population(
     )
     return Population(
         ids,
-        [i[0] for i in info],
+        openids,
         state,
         tier,
         silent,
@@ -295,25 +285,84 @@ def _uplift(row: PolicyRow, col: dict, term_silent: np.ndarray) -> np.ndarray:
     return predict_uplift(model, x)
 
 
-def _history(tenant_id: int, ids: np.ndarray, day: int):
-    q = (
-        Touch.select(
-            Touch.user,
-            Touch.policy,
-            Touch.day,
-            Touch.step,
-            Touch.arm,
-            Touch.channel,
-            Touch.status,
-            Touch.attributed,
-            Touch.returned_ms,
-            Touch.sent_ms,
-        )
-        .where((Touch.tenant == tenant_id) & (Touch.day >= day - HISTORY_DAYS))
-        .tuples()
+def _positions(table: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each value in the sorted `table` (0 when absent), and whether it is there."""
+    if len(table) == 0:
+        return np.zeros(len(values), dtype=np.int64), np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(table, values), len(table) - 1)
+    return at, table[at] == values
+
+
+@dataclass
+class _History:
+    """The touches of the last HISTORY_DAYS for the users decided, as columns."""
+
+    user: np.ndarray  # index into the population
+    policy: np.ndarray
+    day: np.ndarray
+    step: np.ndarray
+    arm: np.ndarray  # names
+    channel: np.ndarray  # index into CHANNELS
+    active: np.ndarray  # counts against the caps
+    journey: np.ndarray  # counts as a step done in a journey
+    measured: np.ndarray  # sent or held out
+    attributed: np.ndarray
+    returned: np.ndarray
+    sent: np.ndarray
+
+
+def _history(tenant_id: int, ids: np.ndarray, day: int) -> _History:
+    ph = database.param
+    rows = database.execute_sql(
+        "SELECT user_id, policy_id, day, step, arm, channel, status, attributed, "
+        "returned_ms IS NOT NULL, COALESCE(sent_ms, 0) FROM touch "
+        f"WHERE tenant_id = {ph} AND day >= {ph}",
+        [tenant_id, day - HISTORY_DAYS],
+    ).fetchall()
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 10
+    user = np.array(cols[0], dtype=np.int64)
+    at = np.searchsorted(ids, user)
+    keep = (
+        (at < len(ids)) & (ids[np.minimum(at, max(len(ids) - 1, 0))] == user)
+        if len(ids)
+        else at < 0
     )
-    wanted = set(ids.tolist())
-    return [r for r in q if r[0] in wanted]
+    status = np.array(cols[6], dtype=object)[keep]
+    channel = np.array(cols[5], dtype=object)[keep]
+    channel_code = np.zeros(len(channel), dtype=np.int64)
+    for k, name in enumerate(CHANNELS):
+        channel_code[channel == name] = k
+    return _History(
+        user=at[keep],
+        policy=np.array(cols[1], dtype=np.int64)[keep],
+        day=np.array(cols[2], dtype=np.int64)[keep],
+        step=np.array(cols[3], dtype=np.int64)[keep],
+        arm=np.array(cols[4], dtype=object)[keep],
+        channel=channel_code,
+        active=np.isin(status, ACTIVE_STATUSES),
+        journey=np.isin(status, JOURNEY_STATUSES),
+        measured=np.isin(status, ("sent", "held_out")),
+        attributed=np.array(cols[7], dtype=bool)[keep],
+        returned=np.array(cols[8], dtype=bool)[keep],
+        sent=np.array(cols[9], dtype=np.int64)[keep],
+    )
+
+
+def _users(tenant_id: int):
+    """(ids sorted, openids, opted out, has phone, follows the OA) of the tenant's users."""
+    rows = database.execute_sql(
+        "SELECT id, openid, marketing_opt_out, phone IS NOT NULL, oa_openid IS NOT NULL "
+        f'FROM "user" WHERE tenant_id = {database.param} ORDER BY id',
+        [tenant_id],
+    ).fetchall()
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 5
+    return (
+        np.array(cols[0], dtype=np.int64),
+        list(cols[1]),
+        np.array(cols[2], dtype=bool),
+        np.array(cols[3], dtype=bool),
+        np.array(cols[4], dtype=bool),
+    )
 
 
 def _allowances(tenant_id: int, policy: Policy, pos: dict[int, int], n: int):
