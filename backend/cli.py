@@ -20,16 +20,19 @@ def _campaign_text(r: dict) -> str:
     """The job's summary for a terminal: totals, then per policy who gets what."""
     head = "DRY RUN — nothing written or sent\n" if r["dry_run"] else ""
     lines = [
-        f"{head}{r['tenant']} {r['date']}: decided {r['decided']}, queued {r['queued']}, "
-        f"held out {r['held_out']}, skipped {r['skipped']}, sent {r['sent']}, "
-        f"deferred {r['deferred']}, failed {r['failed']}"
+        f"{head}{r['tenant']} {r['date']}: new decisions {r['decided']} (queued {r['queued']}, "
+        f"held out {r['held_out']}, skipped {r['skipped']}); delivered now: sent {r['sent']}, "
+        f"waiting {r['deferred']}, failed {r['failed']}"
     ]
+    if r.get("quiet_hours_now") and not r["dry_run"]:
+        lines.append("  it is quiet hours in China (22:00–08:00): messages wait until 08:00")
     if r["skipped_by_reason"]:
         why = ", ".join(f"{k} {v}" for k, v in sorted(r["skipped_by_reason"].items()))
         lines.append(f"  skipped because: {why}")
     for name, p in r["policies"].items():
         lines.append(
-            f"  policy {name}: {p['send']} send, {p['holdout']} holdout, {p['skipped']} skipped"
+            f"  policy {name} decides: {p['send']} send, {p['holdout']} holdout, "
+            f"{p['skipped']} skipped (what is already written for today stays as it is)"
         )
         for tier, arms in p["by_tier_arm"].items():
             for arm, c in arms.items():

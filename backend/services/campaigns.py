@@ -33,7 +33,7 @@ from backend.core.policy import (
     UserState,
     decide,
 )
-from backend.core.policy.guards import HOUR_MS, next_send_ms, stop_loss
+from backend.core.policy.guards import HOUR_MS, next_allowed_ms, next_send_ms, stop_loss
 from backend.core.policy.guards import ignored_streaks as streaks_of
 from backend.core.rfm import SEGMENT_NAMES
 from backend.core.tiers import TIERS
@@ -620,6 +620,7 @@ def _run_locked(tenant, day, now_ms, *, dry_run, seed, deliver) -> dict:
         "failed": 0,
         "expired": 0,
         "quiet_hours_deferred": 0,
+        "quiet_hours_now": next_allowed_ms(now_ms) != now_ms,
         "skipped_by_reason": {},
         "policies": {},
     }
