@@ -241,6 +241,60 @@ def test_the_access_token_is_fetched_once_and_shared_by_workers(make_live_app, f
     assert fake.token_valid(token)
 
 
+def _in_threads(app, calls):
+    """Run each call on its own thread in an app context with its own connection."""
+    import threading
+
+    from backend.store import db as store_db
+
+    results, errors = [None] * len(calls), []
+    start = threading.Barrier(len(calls))
+
+    def run(i, call):
+        with app.app_context():
+            store_db.database.connect(reuse_if_open=True)
+            try:
+                start.wait()
+                results[i] = call()
+            except Exception as exc:  # reported below, so a failure is not swallowed
+                errors.append(exc)
+            finally:
+                store_db.database.close()
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert not errors, errors
+    return results
+
+
+def test_workers_needing_a_token_at_once_fetch_it_once(make_live_app, fake, clock):
+    # Every fetch invalidates the previous token: four workers starting together must not
+    # each fetch one, or three of them would hold a token about to die.
+    app = make_live_app(fake.base_url)
+    with app.app_context():
+        clients = [make_client(APPID, SECRET, fake.base_url, clock) for _ in range(4)]
+    tokens = _in_threads(app, [lambda c=c: c.access_token for c in clients])
+    assert fake.token_fetches == 1
+    assert len(set(tokens)) == 1 and fake.token_valid(tokens[0])
+
+
+def test_a_rejected_token_is_replaced_once_for_all_workers(make_live_app, fake, clock):
+    app = make_live_app(fake.base_url)
+    with app.app_context():
+        clients = [make_client(APPID, SECRET, fake.base_url, clock) for _ in range(3)]
+        rejected = clients[0].access_token
+    assert fake.token_fetches == 1
+    # All three were refused with the same token (40001) and refresh at once.
+    _in_threads(app, [lambda c=c: c.fetch_access_token(replacing=rejected) for c in clients])
+    assert fake.token_fetches == 2
+    with app.app_context():
+        fresh = {c.access_token for c in clients}
+    assert len(fresh) == 1 and rejected not in fresh
+
+
 def test_an_appid_without_a_tenant_is_404_and_wechat_is_not_asked(live, fake):
     client, _ = live
     resp = _login(client, "ok_kim", appid="wxnotregistered01")

@@ -40,6 +40,7 @@ from backend.core.tiers import TIERS
 from backend.core.uplift import UpliftModel, predict_uplift, uplift_features
 from backend.services import policies
 from backend.services.attribution import attribute
+from backend.services.locks import DEFAULT_TTL_MS, acquire_lock, release_lock
 from backend.store.db import database, write_transaction
 from backend.store.models import (
     CampaignRun,
@@ -54,7 +55,7 @@ from backend.store.models import Policy as PolicyRow
 
 log = logging.getLogger(__name__)
 
-LOCK_TTL_MS = 30 * 60 * 1000  # a crashed run's lock is taken over after this
+LOCK_TTL_MS = DEFAULT_TTL_MS  # a crashed run's lock is taken over after this
 HISTORY_DAYS = 60  # touch history that caps, journeys and streaks look at
 ACTIVE_STATUSES = ("queued", "sending", "sent", "held_out")  # count against caps
 JOURNEY_STATUSES = ("queued", "sending", "sent", "held_out", "failed", "expired")
@@ -63,34 +64,6 @@ EXPIRY_MS = 24 * HOUR_MS  # a touch not sent within a day of its time is not sen
 
 class JobLocked(RuntimeError):
     pass
-
-
-# -- the lock -------------------------------------------------------------------------------
-
-
-def acquire_lock(name: str, holder: str, now_ms: int, ttl_ms: int = LOCK_TTL_MS) -> bool:
-    """Take the named lock row, or a stale one; False if someone else holds it."""
-    try:
-        with write_transaction():
-            row = JobLock.get_or_none(JobLock.name == name)
-            if row is None:
-                JobLock.create(name=name, holder=holder, expires_ms=now_ms + ttl_ms)
-                return True
-            if row.expires_ms > now_ms:
-                return False
-            taken = (
-                JobLock.update(holder=holder, expires_ms=now_ms + ttl_ms)
-                .where((JobLock.name == name) & (JobLock.expires_ms == row.expires_ms))
-                .execute()
-            )
-            return taken == 1
-    except pw.IntegrityError:
-        return False
-
-
-def release_lock(name: str, holder: str) -> None:
-    with write_transaction():
-        JobLock.delete().where((JobLock.name == name) & (JobLock.holder == holder)).execute()
 
 
 # -- user state from the database -----------------------------------------------------------
@@ -579,7 +552,7 @@ def run(
     """
     holder = uuid.uuid4().hex
     lock = f"campaigns:{tenant.id}"
-    if not dry_run and not acquire_lock(lock, holder, now_ms):
+    if not dry_run and not acquire_lock(lock, holder, now_ms, LOCK_TTL_MS):
         row = JobLock.get_or_none(JobLock.name == lock)
         until = china_iso(row.expires_ms) if row else "soon"
         raise JobLocked(

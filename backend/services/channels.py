@@ -22,6 +22,7 @@ from wechatpy.exceptions import WeChatClientException
 
 from backend.core.calendar import MS_PER_DAY, china_day, day_start_ms
 from backend.services.messages import Rendered
+from backend.services.wechat import SharedTokenClient
 from backend.store.models import SmsMessage, Touch
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,10 @@ def _tomorrow_ms(now_ms: int) -> int:
     return day_start_ms(int(china_day(now_ms)) + 1)
 
 
-def wechat_call(client: WeChatClient, call, now_ms: int) -> Outcome:
+def wechat_call(client: SharedTokenClient, call, now_ms: int) -> Outcome:
     """Run one WeChat API call with the error table applied (client has auto_retry=False)."""
     for attempt in range(2):
+        used = client.session.get(client.access_token_key)
         try:
             answer = call()
         except WeChatClientException as exc:
@@ -81,7 +83,8 @@ def wechat_call(client: WeChatClient, call, now_ms: int) -> Outcome:
             if code in TOKEN_ERRORS and attempt == 0:
                 log.warning("WeChat access token rejected (errcode %s); refreshing once", code)
                 try:
-                    client.fetch_access_token()
+                    # Unless another process already replaced the rejected token.
+                    client.fetch_access_token(replacing=used)
                 except (WeChatClientException, requests.RequestException) as fetch_exc:
                     return Outcome(
                         "retry", "token_refresh_failed", getattr(fetch_exc, "errcode", None)

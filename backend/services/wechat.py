@@ -7,6 +7,8 @@ is dropped here: it is never stored, returned or logged.
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from dataclasses import dataclass
 
 import requests
@@ -67,11 +69,68 @@ class DatabaseStorage(SessionStorage):
         KeyValue.delete().where(KeyValue.key == key).execute()
 
 
+_ALWAYS = object()  # fetch_access_token() without an argument fetches, as in wechatpy
+
+
+class SharedTokenClient(WeChatClient):
+    """wechatpy's client, with access-token refreshes serialised across processes.
+
+    Every fetch of cgi-bin/token invalidates the previous token (after a 5-minute grace), so
+    workers refreshing on their own knock each other's tokens out. A refresh here takes a
+    lock row first, and skips the fetch when another process stored a different token
+    meanwhile.
+    """
+
+    LOCK_TTL_MS = 30_000
+    WAIT_S = 10.0  # how long to wait for another process's refresh
+    POLL_S = 0.05
+
+    def __init__(self, *args, clock: SystemClock, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.clock = clock
+
+    @property
+    def access_token(self):
+        """The stored token (DatabaseStorage drops it 5 minutes before WeChat would), or a
+        new one — fetched by one process only, the others waiting for it."""
+        token = self.session.get(self.access_token_key)
+        if token:
+            return token
+        self.fetch_access_token(replacing=None)
+        return self.session.get(self.access_token_key)
+
+    def fetch_access_token(self, replacing: str | None | object = _ALWAYS):
+        """Fetch a token under the lock. Given the token a call was refused with
+        (`replacing`), skip the fetch when another process has stored a different one."""
+        from backend.services.locks import acquire_lock, release_lock
+
+        name = f"wechat_token:{self.appid}"
+        holder = uuid.uuid4().hex
+        waits = 0
+        while not acquire_lock(name, holder, self.clock.now_ms(), self.LOCK_TTL_MS):
+            waits += 1
+            if waits * self.POLL_S > self.WAIT_S:
+                raise WeChatClientException(-1, "timed out waiting for another token refresh")
+            time.sleep(self.POLL_S)
+        try:
+            stored = self.session.get(self.access_token_key)
+            if replacing is not _ALWAYS and stored and stored != replacing:
+                return {"access_token": stored}
+            return super().fetch_access_token()
+        finally:
+            release_lock(name, holder)
+
+
 def make_client(
     appid: str, secret: str, api_base: str, clock: SystemClock, timeout: float = 5
 ) -> WeChatClient:
-    client = WeChatClient(
-        appid, secret, session=DatabaseStorage(clock), timeout=timeout, auto_retry=False
+    client = SharedTokenClient(
+        appid,
+        secret,
+        session=DatabaseStorage(clock),
+        timeout=timeout,
+        auto_retry=False,
+        clock=clock,
     )
     client._http.mount(DEFAULT_API_BASE, WeChatAdapter(api_base, timeout))
     return client

@@ -1,0 +1,39 @@
+"""Named lock rows in the database: one holder across every process sharing it.
+
+Used where two processes must not do the same thing at once: two campaign runs for a tenant,
+two workers refreshing one WeChat access token (each fetch invalidates the previous token).
+"""
+
+from __future__ import annotations
+
+import peewee as pw
+
+from backend.store.db import write_transaction
+from backend.store.models import JobLock
+
+DEFAULT_TTL_MS = 30 * 60 * 1000  # a crashed holder's lock is taken over after this
+
+
+def acquire_lock(name: str, holder: str, now_ms: int, ttl_ms: int = DEFAULT_TTL_MS) -> bool:
+    """Take the named lock row, or a stale one; False if someone else holds it."""
+    try:
+        with write_transaction():
+            row = JobLock.get_or_none(JobLock.name == name)
+            if row is None:
+                JobLock.create(name=name, holder=holder, expires_ms=now_ms + ttl_ms)
+                return True
+            if row.expires_ms > now_ms:
+                return False
+            taken = (
+                JobLock.update(holder=holder, expires_ms=now_ms + ttl_ms)
+                .where((JobLock.name == name) & (JobLock.expires_ms == row.expires_ms))
+                .execute()
+            )
+            return taken == 1
+    except pw.IntegrityError:
+        return False
+
+
+def release_lock(name: str, holder: str) -> None:
+    with write_transaction():
+        JobLock.delete().where((JobLock.name == name) & (JobLock.holder == holder)).execute()
