@@ -66,3 +66,25 @@ class TermCalendar:
     def term_days_between(self, earlier, later) -> np.ndarray:
         """Term days in (earlier, later]: 0 when the whole gap was a break."""
         return self.term_day_count(later) - self.term_day_count(earlier)
+
+
+def _ranges(items: list, key: str) -> tuple[tuple[int, int], ...]:
+    out = []
+    for item in items:
+        first, last = item["from"], item["to"]
+        first = first if isinstance(first, date) else date.fromisoformat(first)
+        last = last if isinstance(last, date) else date.fromisoformat(last)
+        if last < first:
+            raise ValueError(f"calendar {key} {item} ends before it starts")
+        out.append((day_number(first), day_number(last)))
+    return tuple(sorted(out))
+
+
+def calendar_from_spec(spec: dict) -> TermCalendar:
+    """The breaks of a calendar document (seeds/campus_calendar.yaml's shape)."""
+    return TermCalendar(_ranges(spec.get("breaks", []), "break"))
+
+
+def exam_ranges(spec: dict) -> tuple[tuple[int, int], ...]:
+    """The exam weeks of a calendar document: term days with unusual activity."""
+    return _ranges(spec.get("exams", []), "exam")

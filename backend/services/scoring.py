@@ -16,6 +16,7 @@ import yaml
 
 from backend.core.calendar import (
     TermCalendar,
+    calendar_from_spec,
     china_day,
     china_hour,
     day_date,
@@ -49,17 +50,9 @@ def load_calendar(settings: dict) -> TermCalendar:
             if SEEDS_DIR.resolve() not in path.parents:
                 raise ValueError(f"calendar {spec!r} must be a file in seeds/")
             spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-        ranges = []
-        for item in spec.get("breaks", []):
-            first, last = item["from"], item["to"]
-            first = first if isinstance(first, date) else date.fromisoformat(first)
-            last = last if isinstance(last, date) else date.fromisoformat(last)
-            if last < first:
-                raise ValueError(f"calendar break {item} ends before it starts")
-            ranges.append((first, last))
+        return calendar_from_spec(spec)
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"calendar {settings.get('calendar')!r} cannot be read: {exc}") from None
-    return TermCalendar.from_dates(ranges)
 
 
 def tenant_setup(tenant: Tenant) -> tuple[TermCalendar, TierConfig]:
