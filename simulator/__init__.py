@@ -1,1 +1,1 @@
-"""The simulated campus (Mesa); built in its own issue."""
+"""The simulated campus (Mesa): synthetic students whose engagement decays (docs/simulator.md)."""

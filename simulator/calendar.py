@@ -1,0 +1,35 @@
+"""The campus calendar as the simulator lives it: how busy each day is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from backend.core.calendar import TermCalendar, calendar_from_spec, exam_ranges
+from simulator.params import SimParams
+
+SEEDS = Path(__file__).resolve().parent.parent / "seeds"
+
+
+@dataclass(frozen=True)
+class CampusCalendar:
+    terms: TermCalendar  # the breaks, exactly as the scoring layer counts them
+    exams: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def load(cls, name: str) -> CampusCalendar:
+        spec = yaml.safe_load((SEEDS / name).read_text(encoding="utf-8"))
+        return cls(calendar_from_spec(spec), exam_ranges(spec))
+
+    def factor(self, day: int, params: SimParams) -> tuple[float, bool]:
+        """(visit factor, is a break) for a day number."""
+        if bool(self.terms.is_break(day)):
+            return params.break_factor, True
+        factor = 1.0
+        if (day + 3) % 7 >= 5:  # day 0 (1970-01-01) was a Thursday: Saturday and Sunday
+            factor *= params.weekend_factor
+        if any(first <= day <= last for first, last in self.exams):
+            factor *= params.exam_factor
+        return factor, False

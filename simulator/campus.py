@@ -1,0 +1,154 @@
+"""Organic life on the simulated campus: every user at once, one day at a time, in numpy.
+
+No Python loop over users: a day is a handful of array operations over the whole population.
+The day's randomness is drawn up front (`DayDraws`) so that a treated campus and its untreated
+twin can live the same day with the same coin flips (common random numbers): whatever differs
+between them was caused by the treatment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+
+from simulator.params import SimParams
+
+NEVER = -(10**6)  # "last visit" of a user who has not visited yet
+
+
+@dataclass
+class CampusState:
+    """One row per user."""
+
+    persona: np.ndarray  # int8 index into params.personas
+    engagement: np.ndarray  # 0..1: how much of their persona's visit rate they still have
+    churned: np.ndarray  # bool: gone; returns only rarely by themselves
+    last_visit: np.ndarray  # day number, NEVER if none
+    visits: np.ndarray  # visit days so far
+    orders: np.ndarray
+    spend_fen: np.ndarray
+    usual_hour: np.ndarray  # China hour they usually open the mini-program
+
+    def copy(self) -> CampusState:
+        return replace(self, **{f.name: getattr(self, f.name).copy() for f in fields(self)})
+
+    def __len__(self) -> int:
+        return int(self.persona.size)
+
+
+@dataclass(frozen=True)
+class PersonaColumns:
+    """Each persona parameter spread to one value per user (gathered once, used daily)."""
+
+    visit_p: np.ndarray
+    decay: np.ndarray  # daily engagement multiplier, 2^(−1/half-life)
+    order_p: np.ndarray
+    log_aov: np.ndarray
+    aov_sigma: np.ndarray
+    boost: np.ndarray
+    churn_base: np.ndarray
+    churn_slope: np.ndarray
+    revive_p: np.ndarray
+
+    @classmethod
+    def of(cls, params: SimParams, persona: np.ndarray) -> PersonaColumns:
+        def col(values) -> np.ndarray:
+            return np.asarray(values, dtype=np.float64)[persona]
+
+        ps = params.personas
+        return cls(
+            visit_p=col([p.visit_p for p in ps]),
+            decay=col([2.0 ** (-1.0 / p.half_life_days) for p in ps]),
+            order_p=col([p.order_p for p in ps]),
+            log_aov=col([np.log(p.aov_fen) for p in ps]),
+            aov_sigma=col([p.aov_sigma for p in ps]),
+            boost=col([p.boost for p in ps]),
+            churn_base=col([p.churn_base for p in ps]),
+            churn_slope=col([p.churn_slope for p in ps]),
+            revive_p=col([p.revive_p for p in ps]),
+        )
+
+
+@dataclass(frozen=True)
+class DayDraws:
+    """One day's organic randomness for every user."""
+
+    visit: np.ndarray
+    order: np.ndarray
+    amount: np.ndarray  # standard normal, for the lognormal order value
+    churn: np.ndarray
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, n: int) -> DayDraws:
+        return cls(rng.random(n), rng.random(n), rng.standard_normal(n), rng.random(n))
+
+
+@dataclass(frozen=True)
+class DayActivity:
+    visited: np.ndarray
+    ordered: np.ndarray
+    amount_fen: np.ndarray  # 0 where no order
+    revived: np.ndarray  # came back by themselves after churning
+    left: np.ndarray  # churned today
+
+
+def new_campus(params: SimParams, n: int, rng: np.random.Generator) -> CampusState:
+    """A population in the persona mix, at varied engagement, all still around."""
+    params.check()
+    shares = np.array([p.share for p in params.personas])
+    persona = rng.choice(len(shares), size=n, p=shares / shares.sum()).astype(np.int8)
+    lo, hi = params.start_engagement
+    hours = np.array([8, 11, 12, 12, 17, 18, 18, 21, 22, 23])  # meal times and late snacks
+    return CampusState(
+        persona=persona,
+        engagement=rng.uniform(lo, hi, n),
+        churned=np.zeros(n, dtype=bool),
+        last_visit=np.full(n, NEVER, dtype=np.int64),
+        visits=np.zeros(n, dtype=np.int32),
+        orders=np.zeros(n, dtype=np.int32),
+        spend_fen=np.zeros(n, dtype=np.int64),
+        usual_hour=rng.choice(hours, size=n).astype(np.int8),
+    )
+
+
+def organic_day(
+    state: CampusState,
+    cols: PersonaColumns,
+    params: SimParams,
+    day: int,
+    factor: float,
+    in_break: bool,
+    draws: DayDraws,
+    visit_lift: np.ndarray | None = None,
+) -> DayActivity:
+    """Live one day: visits, orders, engagement and departures. Mutates `state`.
+
+    `factor` scales visiting for the calendar (weekends, exams, breaks). `visit_lift` is an
+    extra visit probability per user (a message's pull, added by the treatment); the untreated
+    twin passes None. During breaks nobody leaves: silence over a vacation is not churn.
+    """
+    alive = ~state.churned
+    p = np.where(alive, cols.visit_p * state.engagement * factor, cols.revive_p * factor)
+    if visit_lift is not None:
+        p = p + (1.0 - p) * visit_lift
+    visited = draws.visit < p
+    revived = visited & state.churned
+    state.churned &= ~revived
+    state.engagement = np.where(revived, params.revive_engagement, state.engagement)
+    ordered = visited & (draws.order < cols.order_p)
+    amount = np.where(
+        ordered, np.exp(cols.log_aov + cols.aov_sigma * draws.amount).round(), 0
+    ).astype(np.int64)
+    state.last_visit = np.where(visited, day, state.last_visit)
+    state.visits += visited
+    state.orders += ordered
+    state.spend_fen += amount
+    # Engagement fades by the persona's half-life; a good experience (an order) restores some.
+    state.engagement = np.minimum(1.0, state.engagement * cols.decay + cols.boost * ordered)
+    left = np.zeros(len(state), dtype=bool)
+    if not in_break:
+        hazard = cols.churn_base + cols.churn_slope * (1.0 - state.engagement) ** 2
+        left = ~state.churned & ~visited & (draws.churn < hazard)
+        state.churned |= left
+    return DayActivity(visited, ordered, amount, revived, left)

@@ -1,0 +1,138 @@
+"""The organic campus: reproducible, persona mix, decaying engagement, vacations, twins."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from datetime import date
+
+import numpy as np
+import pytest
+
+from backend.core.calendar import day_number
+from simulator.campus import DayDraws, PersonaColumns, new_campus, organic_day
+from simulator.model import CampusModel
+from simulator.params import PERSONAS, Persona, SimParams
+
+
+def frame(model: CampusModel, days: int):
+    for _ in range(days):
+        model.step()
+    return model.datacollector.get_model_vars_dataframe()
+
+
+def test_same_seed_same_campus_other_seed_another():
+    a = frame(CampusModel(users=3000, seed=7), 40)
+    b = frame(CampusModel(users=3000, seed=7), 40)
+    c = frame(CampusModel(users=3000, seed=8), 40)
+    assert a.equals(b)
+    assert not a.equals(c)
+
+
+def test_persona_mix_follows_the_shares():
+    n = 50_000
+    state = new_campus(SimParams(), n, np.random.default_rng(1))
+    counts = np.bincount(state.persona, minlength=len(PERSONAS))
+    for persona, count in zip(PERSONAS, counts, strict=True):
+        sd = math.sqrt(n * persona.share * (1 - persona.share))
+        assert abs(count - n * persona.share) < 4 * sd, persona.name
+
+
+def one_persona(**changes) -> SimParams:
+    base = replace(PERSONAS[0], share=1.0, **changes)
+    return SimParams(personas=(base,), start_engagement=(0.8, 0.8))
+
+
+def test_engagement_halves_every_half_life_without_good_experiences():
+    # No orders, so no boosts: after 2 half-lives of 10 days engagement is 0.8 / 4 = 0.2.
+    params = one_persona(half_life_days=10, order_p=0.0, churn_base=0.0, churn_slope=0.0)
+    model = CampusModel(users=200, seed=3, params=params)
+    frame(model, 20)
+    assert np.allclose(model.state.engagement, 0.2)
+
+
+def test_fading_users_visit_less_and_some_leave():
+    params = one_persona(half_life_days=10, order_p=0.0)
+    df = frame(CampusModel(users=5000, seed=4, params=params), 42)
+    first, last = df["active"].iloc[:7].mean(), df["active"].iloc[-7:].mean()
+    assert last < 0.3 * first
+    assert df["churned"].iloc[-1] > 0
+
+
+def test_nobody_leaves_during_a_vacation_and_almost_nobody_visits():
+    # Winter break 2026-01-17 .. 2026-03-01 (seeds/campus_calendar.yaml).
+    model = CampusModel(users=5000, seed=5, start=date(2026, 1, 12))
+    df = frame(model, 20)
+    term = df.iloc[:5]  # Mon 12 .. Fri 16 January: exam week, still term
+    vacation = df.iloc[5:]
+    assert (vacation["left"] == 0).all()
+    assert vacation["active"].mean() < 0.15 * term["active"].mean()
+
+
+def test_weekends_are_quieter():
+    df = frame(CampusModel(users=20_000, seed=6), 28)  # four weeks from Monday 2 March
+    weekday = df["active"][[i for i in range(28) if i % 7 < 5]].mean()
+    weekend = df["active"][[i for i in range(28) if i % 7 >= 5]].mean()
+    assert weekend < 0.9 * weekday
+
+
+def test_a_departed_user_rarely_comes_back_alone():
+    # Everybody has left; each day about revive_p (1%) of them come back on their own,
+    # at the engagement of someone starting over.
+    params = one_persona(revive_p=0.01, churn_base=0.0, churn_slope=0.0)
+    rng = np.random.default_rng(9)
+    n = 50_000
+    state = new_campus(params, n, rng)
+    state.churned[:] = True
+    cols = PersonaColumns.of(params, state.persona)
+    day = day_number(date(2026, 3, 3))
+    today = organic_day(state, cols, params, day, 1.0, False, DayDraws.draw(rng, n))
+    back = today.revived
+    assert abs(back.sum() - 0.01 * n) < 4 * math.sqrt(n * 0.01 * 0.99)
+    # They restart at revive_engagement, then live the day: decay, and a boost if they order.
+    start = params.revive_engagement * cols.decay + cols.boost * today.ordered
+    assert np.allclose(state.engagement[back], start[back])
+    assert np.all(~state.churned[back]) and state.churned.sum() == n - back.sum()
+
+
+def test_twins_with_the_same_draws_live_the_same_day():
+    params = SimParams()
+    rng = np.random.default_rng(11)
+    state = new_campus(params, 4000, rng)
+    twin = state.copy()
+    cols = PersonaColumns.of(params, state.persona)
+    day = day_number(date(2026, 3, 3))
+    for d in range(10):
+        draws = DayDraws.draw(rng, len(state))
+        a = organic_day(state, cols, params, day + d, 1.0, False, draws)
+        b = organic_day(twin, cols, params, day + d, 1.0, False, draws)
+        assert np.array_equal(a.visited, b.visited) and np.array_equal(a.amount_fen, b.amount_fen)
+    assert np.array_equal(state.engagement, twin.engagement)
+    # A lift on one twin's visits changes that twin only.
+    lift = np.full(len(state), 0.5)
+    draws = DayDraws.draw(rng, len(state))
+    lifted = organic_day(state, cols, params, day + 10, 1.0, False, draws, visit_lift=lift)
+    plain = organic_day(twin, cols, params, day + 10, 1.0, False, draws)
+    assert lifted.visited.sum() > plain.visited.sum()
+    assert np.all(lifted.visited | ~plain.visited)  # everyone who came anyway still came
+
+
+def test_params_round_trip_and_refuse_nonsense(tmp_path):
+    params = SimParams()
+    path = tmp_path / "params.json"
+    path.write_text(params.to_json(), encoding="utf-8")
+    assert SimParams.load(path) == params
+    bad = SimParams(personas=(replace(PERSONAS[0], share=0.5),))
+    with pytest.raises(ValueError, match="add up"):
+        bad.check()
+    worse = SimParams(personas=(Persona("x", 1.0, 1.5, 10, 0.3, 2000, 0.3, 0.1, 0, 0, 0),))
+    with pytest.raises(ValueError, match="probability"):
+        worse.check()
+
+
+def test_agents_are_views_of_the_arrays():
+    model = CampusModel(users=50, seed=2, with_agents=True)
+    frame(model, 5)
+    agent = next(iter(model.agents))
+    assert agent.engagement == model.state.engagement[agent.row]
+    assert agent.persona in {p.name for p in PERSONAS}
