@@ -34,7 +34,7 @@ from backend.core.policy import (
     decide,
 )
 from backend.core.policy.guards import HOUR_MS, next_allowed_ms, next_send_ms, stop_loss
-from backend.core.policy.guards import ignored_streaks as streaks_of
+from backend.core.policy.history import TouchHistory, history_state
 from backend.core.rfm import SEGMENT_NAMES
 from backend.core.tiers import TIERS
 from backend.core.uplift import UpliftModel, predict_uplift, uplift_features
@@ -175,28 +175,7 @@ def population(
                 start[j] = tday
     else:
         start = day - silent + 1  # the current lapse began the day after the last visit
-    h = _history(tenant_id, ids, day)
-    touches_30d = np.bincount(h.user[h.active & (h.day >= day - 29)], minlength=n)
-    channel_week = np.zeros((n, len(CHANNELS)), dtype=np.int64)
-    week = h.active & (h.day >= day - 6)
-    np.add.at(channel_week, (h.user[week], h.channel[week]), 1)
-    streaks = h.measured & h.attributed
-    ignored = streaks_of(h.user[streaks], h.sent[streaks], ~h.returned[streaks], n)
-    arm_code = np.array([policy_arm for policy_arm in (a.name for a in policy.arms)], dtype=object)
-    ours = (h.policy == row.id) & h.journey & (h.day >= start[h.user])
-    arm_of = np.full(len(h.arm), -1, dtype=np.int64)
-    for k, name in enumerate(arm_code):
-        arm_of[h.arm == name] = k
-    ours &= arm_of >= 0
-    last_step = np.full(n, -1, dtype=np.int64)
-    np.maximum.at(last_step, h.user[ours], h.step[ours])
-    journey_arm = np.full(n, -1, dtype=np.int64)
-    if ours.any():
-        # The arm of each user's latest touch in the journey (by day, then step).
-        u, key, a = h.user[ours], h.day[ours] * 10 + h.step[ours], arm_of[ours]
-        order = np.lexsort((key, u))
-        last = np.flatnonzero(np.diff(u[order], append=-1))
-        journey_arm[u[order][last]] = a[order][last]
+    past = history_state(_history(tenant_id, ids, day, row.id, policy), n, day, start)
     pos = {int(u): i for i, u in enumerate(ids)}
     allowance = _allowances(tenant_id, policy, pos, n)
     since_trigger = None
@@ -215,13 +194,13 @@ def population(
         term_days_silent=term_silent,
         usual_hour=hour,
         opted_out=opted,
-        last_step=last_step,
-        journey_arm=journey_arm,
-        touches_30d=touches_30d,
-        channel_week=channel_week,
+        last_step=past.last_step,
+        journey_arm=past.journey_arm,
+        touches_30d=past.touches_30d,
+        channel_week=past.channel_week,
         reachable=reachable,
         allowance=allowance,
-        ignored_streak=ignored,
+        ignored_streak=past.ignored_streak,
         days_since_trigger=since_trigger,
         uplift=uplift,
     )
@@ -266,25 +245,10 @@ def _positions(table: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.nd
     return at, table[at] == values
 
 
-@dataclass
-class _History:
-    """The touches of the last HISTORY_DAYS for the users decided, as columns."""
-
-    user: np.ndarray  # index into the population
-    policy: np.ndarray
-    day: np.ndarray
-    step: np.ndarray
-    arm: np.ndarray  # names
-    channel: np.ndarray  # index into CHANNELS
-    active: np.ndarray  # counts against the caps
-    journey: np.ndarray  # counts as a step done in a journey
-    measured: np.ndarray  # sent or held out
-    attributed: np.ndarray
-    returned: np.ndarray
-    sent: np.ndarray
-
-
-def _history(tenant_id: int, ids: np.ndarray, day: int) -> _History:
+def _history(
+    tenant_id: int, ids: np.ndarray, day: int, policy_id: int, policy: Policy
+) -> TouchHistory:
+    """The touches of the last HISTORY_DAYS for the users decided, for history_state."""
     ph = database.param
     rows = database.execute_sql(
         "SELECT user_id, policy_id, day, step, arm, channel, status, attributed, "
@@ -293,25 +257,23 @@ def _history(tenant_id: int, ids: np.ndarray, day: int) -> _History:
         [tenant_id, day - HISTORY_DAYS],
     ).fetchall()
     cols = list(zip(*rows, strict=True)) if rows else [()] * 10
-    user = np.array(cols[0], dtype=np.int64)
-    at = np.searchsorted(ids, user)
-    keep = (
-        (at < len(ids)) & (ids[np.minimum(at, max(len(ids) - 1, 0))] == user)
-        if len(ids)
-        else at < 0
-    )
+    at, keep = _positions(ids, np.array(cols[0], dtype=np.int64))
     status = np.array(cols[6], dtype=object)[keep]
     channel = np.array(cols[5], dtype=object)[keep]
     channel_code = np.zeros(len(channel), dtype=np.int64)
     for k, name in enumerate(CHANNELS):
         channel_code[channel == name] = k
-    return _History(
+    arm_name = np.array(cols[4], dtype=object)[keep]
+    mine = np.array(cols[1], dtype=np.int64)[keep] == policy_id
+    arm = np.full(len(arm_name), -1, dtype=np.int64)
+    for k, a in enumerate(policy.arms):
+        arm[mine & (arm_name == a.name)] = k
+    return TouchHistory(
         user=at[keep],
-        policy=np.array(cols[1], dtype=np.int64)[keep],
         day=np.array(cols[2], dtype=np.int64)[keep],
         step=np.array(cols[3], dtype=np.int64)[keep],
-        arm=np.array(cols[4], dtype=object)[keep],
         channel=channel_code,
+        arm=arm,
         active=np.isin(status, ACTIVE_STATUSES),
         journey=np.isin(status, JOURNEY_STATUSES),
         measured=np.isin(status, ("sent", "held_out")),

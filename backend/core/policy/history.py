@@ -1,0 +1,62 @@
+"""What past touches mean for today's decision: caps used, journey progress, ignored streaks.
+
+The campaign job reads touches from the database and the simulator from its own log; both
+fold them here, so a cap or a journey step is counted one way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from backend.core.policy.guards import ignored_streaks
+from backend.core.policy.spec import CHANNELS
+
+
+@dataclass
+class TouchHistory:
+    """Past touches (of every policy) as columns; users are indices into the population."""
+
+    user: np.ndarray
+    day: np.ndarray
+    step: np.ndarray
+    channel: np.ndarray  # index into CHANNELS
+    arm: np.ndarray  # index into the deciding policy's arms; -1 for other policies' touches
+    active: np.ndarray  # queued, sending, sent or held out: counts against the caps
+    journey: np.ndarray  # a step taken (also failed or expired ones): not repeated
+    measured: np.ndarray  # sent or held out: its outcome is observed
+    attributed: np.ndarray  # its window has closed
+    returned: np.ndarray
+    sent: np.ndarray  # when it went (orders a user's touches in time)
+
+
+@dataclass
+class HistoryState:
+    touches_30d: np.ndarray
+    channel_week: np.ndarray  # users × CHANNELS
+    last_step: np.ndarray  # -1: no step of the current journey taken yet
+    journey_arm: np.ndarray  # -1: no journey under way
+    ignored_streak: np.ndarray
+
+
+def history_state(h: TouchHistory, n: int, today: int, journey_start: np.ndarray) -> HistoryState:
+    """Fold the history for a decision on `today`. `journey_start[u]` is the first day of
+    user u's current journey (the day after their last visit, or their trigger's day)."""
+    touches_30d = np.bincount(h.user[h.active & (h.day >= today - 29)], minlength=n)
+    channel_week = np.zeros((n, len(CHANNELS)), dtype=np.int64)
+    week = h.active & (h.day >= today - 6)
+    np.add.at(channel_week, (h.user[week], h.channel[week]), 1)
+    done = h.measured & h.attributed
+    ignored = ignored_streaks(h.user[done], h.sent[done], ~h.returned[done], n)
+    ours = (h.arm >= 0) & h.journey & (h.day >= journey_start[h.user])
+    last_step = np.full(n, -1, dtype=np.int64)
+    np.maximum.at(last_step, h.user[ours], h.step[ours])
+    journey_arm = np.full(n, -1, dtype=np.int64)
+    if ours.any():
+        # The arm of each user's latest touch in the journey (by day, then step).
+        u, key, arm = h.user[ours], h.day[ours] * 10 + h.step[ours], h.arm[ours]
+        order = np.lexsort((key, u))
+        last = np.flatnonzero(np.diff(u[order], append=-1))
+        journey_arm[u[order][last]] = arm[order][last]
+    return HistoryState(touches_30d, channel_week, last_step, journey_arm, ignored)
