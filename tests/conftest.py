@@ -49,9 +49,9 @@ def clock() -> FixedClock:
     return FixedClock(T0)
 
 
-@pytest.fixture
-def app(db_url, clock):
-    if db_url.startswith("postgres"):
+def build_app(db_url: str, clock: FixedClock, *, fresh_db: bool = True, **config):
+    """An app on the test's database, migrated; `config` overrides the dev-mode defaults."""
+    if fresh_db and db_url.startswith("postgres"):
         _reset_postgres(db_url)
     app = create_app(
         {
@@ -61,16 +61,27 @@ def app(db_url, clock):
             "WECHAT_MODE": "dev",
             "WECHAT_APPID": "",
             "TESTING": True,
+            **config,
         }
     )
     with app.app_context():
         migrate(store_db.database, clock.now_ms())
-    yield app
+    return app
+
+
+def close_app(app) -> None:
     db = app.extensions["database"]
     if hasattr(db, "close_all"):
         db.close_all()
     elif not db.is_closed():
         db.close()
+
+
+@pytest.fixture
+def app(db_url, clock):
+    app = build_app(db_url, clock)
+    yield app
+    close_app(app)
 
 
 @pytest.fixture

@@ -16,14 +16,11 @@ import textwrap
 from dataclasses import dataclass
 
 import pytest
-from conftest import T0, TenantInfo, _reset_postgres, make_tenant
+from conftest import T0, TenantInfo, build_app, close_app, make_tenant
 
-from backend import create_app
 from backend.core.calendar import MS_PER_DAY, china_day, day_start_ms
 from backend.services import campaigns, delivery
 from backend.services.channels import channels_for
-from backend.store import db as store_db
-from backend.store.migrations import migrate
 from backend.store.models import SubscriptionAllowance, Tenant, Touch, User
 from fake_wechat.server import SUBSCRIBE_SEND_PATH, TEMPLATE_SEND_PATH, FakeWeChat, Script
 
@@ -92,34 +89,22 @@ def fake():
 @pytest.fixture
 def live(db_url, clock, fake):
     """A live-mode app whose WeChat is the fake; its tenant is the fake's mini-program."""
-    if db_url.startswith("postgres"):
-        _reset_postgres(db_url)
-    app = create_app(
-        {
-            "DATABASE_URL": db_url,
-            "CLOCK": clock,
-            "SECRET_KEY": "test-secret",
-            "WECHAT_MODE": "live",
-            "WECHAT_APPID": fake.appid,
-            "WECHAT_SECRET": fake.secret,
-            "WECHAT_API_BASE": fake.base_url,
-            # The Official Account shares the mini-program's appid and secret. Both clients
-            # use the one WECHAT_API_BASE, so a second FakeWeChat could never be reached, and
-            # a FakeWeChat issues tokens only for its own appid/secret (40013/40125 otherwise).
-            # Sharing the appid also shares the cached access token, which is fine here.
-            "WECHAT_OA_APPID": fake.appid,
-            "WECHAT_OA_SECRET": fake.secret,
-            "TESTING": True,
-        }
+    app = build_app(
+        db_url,
+        clock,
+        WECHAT_MODE="live",
+        WECHAT_APPID=fake.appid,
+        WECHAT_SECRET=fake.secret,
+        WECHAT_API_BASE=fake.base_url,
+        # The Official Account shares the mini-program's appid and secret. Both clients use
+        # the one WECHAT_API_BASE, so a second FakeWeChat could never be reached, and a
+        # FakeWeChat issues tokens only for its own appid/secret (40013/40125 otherwise).
+        # Sharing the appid also shares the cached access token, which is fine here.
+        WECHAT_OA_APPID=fake.appid,
+        WECHAT_OA_SECRET=fake.secret,
     )
-    with app.app_context():
-        migrate(store_db.database, clock.now_ms())
     yield Live(app, app.test_client(), make_tenant(app, APPID))
-    db = app.extensions["database"]
-    if hasattr(db, "close_all"):
-        db.close_all()
-    elif not db.is_closed():
-        db.close()
+    close_app(app)
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -10,12 +10,10 @@ import logging
 import socket
 
 import pytest
-from conftest import _reset_postgres, make_tenant
+from conftest import build_app, close_app, make_tenant
 
-from backend import create_app
 from backend.services.wechat import make_client
 from backend.store import db as store_db
-from backend.store.migrations import migrate
 from fake_wechat.server import LOGIN_PATH, FakeWeChat
 
 APPID = "wxtest00000000001"
@@ -34,32 +32,21 @@ def make_live_app(db_url, clock):
     apps = []
 
     def make(api_base: str, secret: str = SECRET, *, fresh_db: bool = True):
-        if fresh_db and db_url.startswith("postgres"):
-            _reset_postgres(db_url)
-        app = create_app(
-            {
-                "DATABASE_URL": db_url,
-                "CLOCK": clock,
-                "SECRET_KEY": "test-secret",
-                "WECHAT_MODE": "live",
-                "WECHAT_APPID": APPID,
-                "WECHAT_SECRET": secret,
-                "WECHAT_API_BASE": api_base,
-                "TESTING": True,
-            }
+        app = build_app(
+            db_url,
+            clock,
+            fresh_db=fresh_db,
+            WECHAT_MODE="live",
+            WECHAT_APPID=APPID,
+            WECHAT_SECRET=secret,
+            WECHAT_API_BASE=api_base,
         )
-        with app.app_context():
-            migrate(store_db.database, clock.now_ms())
         apps.append(app)
         return app
 
     yield make
     for app in apps:
-        db = app.extensions["database"]
-        if hasattr(db, "close_all"):
-            db.close_all()
-        elif not db.is_closed():
-            db.close()
+        close_app(app)
 
 
 @pytest.fixture
@@ -244,8 +231,6 @@ def test_the_access_token_is_fetched_once_and_shared_by_workers(make_live_app, f
 def _in_threads(app, calls):
     """Run each call on its own thread in an app context with its own connection."""
     import threading
-
-    from backend.store import db as store_db
 
     results, errors = [None] * len(calls), []
     start = threading.Barrier(len(calls))
