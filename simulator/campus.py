@@ -78,10 +78,21 @@ class DayDraws:
     order: np.ndarray
     amount: np.ndarray  # standard normal, for the lognormal order value
     churn: np.ndarray
+    session: np.ndarray  # standard normal, for the lognormal session length
 
     @classmethod
     def draw(cls, rng: np.random.Generator, n: int) -> DayDraws:
-        return cls(rng.random(n), rng.random(n), rng.standard_normal(n), rng.random(n))
+        return cls(
+            rng.random(n),
+            rng.random(n),
+            rng.standard_normal(n),
+            rng.random(n),
+            rng.standard_normal(n),
+        )
+
+    def session_s(self) -> np.ndarray:
+        """Session lengths in seconds: lognormal around five minutes."""
+        return np.exp(np.log(300.0) + 0.6 * self.session)
 
 
 @dataclass(frozen=True)

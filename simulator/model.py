@@ -5,8 +5,9 @@ its daily measures; unlike them, users are not stepped one by one: a day is one 
 update (simulator/campus.py). `Student` agents, when asked for, are thin read-only views onto
 the arrays for inspection — never a Python loop in the daily step.
 
-This is the organic campus: users whose engagement decays and who drift away. The nightly
-campaign job (backend.core scoring and decide) and the untreated twin are built on it next.
+Each day the users live (organic), their events go to a log shaped like the backend's event
+table, and at night the scoring layer scores them with production's own function. The
+campaign job (backend.core decide) and the untreated twin are built on it next.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from datetime import date
 import mesa
 import numpy as np
 
+from backend.core.bgnbd import BgNbdParams
 from backend.core.calendar import day_date, day_number
+from backend.core.scoring import Scores, score_users
+from backend.core.tiers import TIERS, TierConfig
 from simulator.calendar import CampusCalendar
 from simulator.campus import DayActivity, DayDraws, PersonaColumns, new_campus, organic_day
+from simulator.eventlog import EventLog
 from simulator.params import SimParams
 
 DEFAULT_START = date(2026, 3, 2)  # a Monday early in the spring term
@@ -74,8 +79,13 @@ class CampusModel(mesa.Model):
         self.organic_rng = np.random.default_rng(streams[1])
         self.state = new_campus(self.params, users, np.random.default_rng(streams[0]))
         self.cols = PersonaColumns.of(self.params, self.state.persona)
-        self.day = day_number(start)
+        self.day = self.start_day = day_number(start)
         self.today: DayActivity | None = None
+        self.log = EventLog()
+        self.first_seen = np.full(users, self.day, dtype=np.int64)
+        self.tier_config = TierConfig()
+        self.bgnbd: BgNbdParams | None = None
+        self.scores: Scores | None = None
         self.datacollector = mesa.DataCollector(
             model_reporters={
                 "date": lambda m: day_date(m.day - 1).isoformat(),
@@ -85,6 +95,10 @@ class CampusModel(mesa.Model):
                 "left": lambda m: int(m.today.left.sum()),
                 "churned": lambda m: int(m.state.churned.sum()),
                 "mean_engagement": lambda m: float(m.state.engagement.mean()),
+                **{
+                    f"tier_{name}": (lambda m, i=i: int((m.scores.tier == i).sum()))
+                    for i, name in enumerate(TIERS)
+                },
             }
         )
         if with_agents:
@@ -98,5 +112,27 @@ class CampusModel(mesa.Model):
         self.today = organic_day(
             self.state, self.cols, self.params, self.day, factor, in_break, draws
         )
+        self.log.add_day(self.day, self.today, self.state.usual_hour, draws.session_s())
+        self.nightly()
         self.day += 1
         self.datacollector.collect(self)
+
+    def nightly(self) -> None:
+        """Score every user as of tonight with the production scoring function. BG/NBD is
+        refitted weekly (its parameters move slowly), as `score_users` allows."""
+        events, orders = self.log.columns()
+        refit = self.bgnbd is None or (self.day - self.start_day) % 7 == 0
+        self.scores = score_users(
+            events,
+            orders,
+            len(self.state),
+            self.day,
+            self.calendar.terms,
+            self.tier_config,
+            first_seen=self.first_seen,
+            last_seen=np.where(self.state.last_visit < 0, self.first_seen, self.state.last_visit),
+            params=None if refit else self.bgnbd,
+            fit=True,
+        )
+        if self.scores.params is not None:
+            self.bgnbd = self.scores.params

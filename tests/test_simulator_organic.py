@@ -136,3 +136,45 @@ def test_agents_are_views_of_the_arrays():
     agent = next(iter(model.agents))
     assert agent.engagement == model.state.engagement[agent.row]
     assert agent.persona in {p.name for p in PERSONAS}
+
+
+def test_the_event_log_holds_what_happened_in_the_backends_shape():
+    from backend.core.features import KIND_CODES
+
+    model = CampusModel(users=2000, seed=12)
+    df = frame(model, 30)
+    events, orders = model.log.columns()
+    assert (events.kind == KIND_CODES["app_open"]).sum() == df["active"].sum()
+    assert (events.kind == KIND_CODES["order_paid"]).sum() == df["orders"].sum()
+    assert orders.amount_fen.sum() == model.state.spend_fen.sum() == df["revenue_fen"].sum()
+    sessions = events.duration_s[events.kind == KIND_CODES["session_end"]]
+    assert sessions.size == df["active"].sum() and np.all(sessions > 0)
+
+
+def test_nightly_scores_come_from_the_production_scoring_function():
+    from backend.core.scoring import score_users
+    from backend.core.tiers import TIERS
+
+    model = CampusModel(users=1500, seed=13)
+    df = frame(model, 45)
+    events, orders = model.log.columns()
+    again = score_users(
+        events,
+        orders,
+        1500,
+        model.day - 1,
+        model.calendar.terms,
+        model.tier_config,
+        first_seen=model.first_seen,
+        last_seen=np.where(model.state.last_visit < 0, model.first_seen, model.state.last_visit),
+        params=model.bgnbd,
+    )
+    assert np.array_equal(again.tier, model.scores.tier)
+    seen = model.state.last_visit >= 0
+    silent = (model.day - 1) - model.state.last_visit
+    assert np.array_equal(model.scores.features.days_since_visit[seen], silent[seen])
+    # The DataCollector's tier counts are tonight's scores.
+    last = df.iloc[-1]
+    assert [last[f"tier_{t}"] for t in TIERS] == np.bincount(
+        model.scores.tier, minlength=len(TIERS)
+    ).tolist()

@@ -23,6 +23,7 @@ from scipy.special import digamma, expit, gammaln, hyp2f1
 
 ArrayLike = np.ndarray | list | float | int
 MAX_PARAM = 1e6  # beyond this a parameter has run off: the data cannot identify the model
+LOG_BOUND = 30.0  # the optimiser's box on log-parameters (e^30 ≈ 1e13, far past MAX_PARAM)
 _DENSE_TABLE_MAX = 1 << 22  # value tables up to this size are indexed directly, unsorted
 
 
@@ -215,6 +216,9 @@ def fit_bgnbd(frequency, recency, T, *, penalizer: float = 0.0) -> BgNbdParams:
         args=(data, penalizer),
         jac=True,
         method="L-BFGS-B",
+        # Log-parameters within ±LOG_BOUND: a long first line-search step would otherwise
+        # overflow exp() into NaN. A fit that ends beyond MAX_PARAM is marked unconverged.
+        bounds=[(-LOG_BOUND, LOG_BOUND)] * 4,
         options={"maxiter": 2000, "gtol": 1e-9, "ftol": 1e-13},
     )
     p = np.exp(result.x)

@@ -40,6 +40,7 @@ IS_CONTENT = _lookup(CONTENT, 128)
 IS_NIGHT = _lookup(NIGHT_HOURS, 24)
 NEVER = 100_000  # "days since" for something that never happened
 WINDOWS = (7, 14, 30, 90)
+LOOKBACK_DAYS = 120  # events older than this change no feature (90-day windows + 28 for baselines)
 
 
 @dataclass

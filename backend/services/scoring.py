@@ -23,7 +23,7 @@ from backend.core.calendar import (
     day_number,
     day_start_ms,
 )
-from backend.core.features import KIND_CODES, EventColumns, OrderColumns
+from backend.core.features import KIND_CODES, LOOKBACK_DAYS, EventColumns, OrderColumns
 from backend.core.rfm import SEGMENT_NAMES
 from backend.core.scoring import Scores, score_users
 from backend.core.tiers import REASONS, TIERS, TierConfig
@@ -33,7 +33,6 @@ from backend.store.models import Event, ModelFit, Order, ScoreSnapshot, Tenant, 
 
 SEEDS_DIR = Path(__file__).resolve().parent.parent.parent / "seeds"
 DEFAULT_CALENDAR = "campus_calendar.yaml"
-LOOKBACK_DAYS = 120  # every windowed feature looks back at most 90 days (+ 28 for baselines)
 CHUNK = 500
 
 
