@@ -19,14 +19,21 @@ import numpy as np
 
 from backend.core.bgnbd import BgNbdParams
 from backend.core.calendar import day_date, day_number
+from backend.core.policy import HOLDOUT, SEND, SKIPPED, Decisions, Policy
 from backend.core.scoring import Scores, score_users
 from backend.core.tiers import TIERS, TierConfig
 from simulator.calendar import CampusCalendar
+from simulator.campaign import Campaign
 from simulator.campus import DayActivity, DayDraws, PersonaColumns, new_campus, organic_day
 from simulator.eventlog import EventLog
 from simulator.params import SimParams
 
-DEFAULT_START = date(2026, 3, 2)  # a Monday early in the spring term
+DEFAULT_START = date(2026, 3, 2)
+DECISION_COUNTS = (
+    ("sent", SEND),
+    ("held_out", HOLDOUT),
+    ("skipped", SKIPPED),
+)  # a Monday early in the spring term
 
 
 class Student(mesa.Agent):
@@ -69,13 +76,15 @@ class CampusModel(mesa.Model):
         params: SimParams | None = None,
         start: date = DEFAULT_START,
         with_agents: bool = False,
+        policy: Policy | None = None,
+        coupon_face_fen: dict[str, int] | None = None,
     ) -> None:
         super().__init__(rng=seed)
         self.seed = seed
         self.params = params or SimParams()
         self.params.check()
         self.calendar = CampusCalendar.load(self.params.calendar)
-        streams = np.random.SeedSequence(seed).spawn(2)
+        streams = np.random.SeedSequence(seed).spawn(3)
         self.organic_rng = np.random.default_rng(streams[1])
         self.state = new_campus(self.params, users, np.random.default_rng(streams[0]))
         self.cols = PersonaColumns.of(self.params, self.state.persona)
@@ -86,6 +95,18 @@ class CampusModel(mesa.Model):
         self.tier_config = TierConfig()
         self.bgnbd: BgNbdParams | None = None
         self.scores: Scores | None = None
+        self.campaign = (
+            Campaign(
+                policy,
+                users,
+                np.random.default_rng(streams[2]),
+                coupon_face_fen,
+                seed=seed,
+            )
+            if policy is not None
+            else None
+        )
+        self.decisions: Decisions | None = None
         self.datacollector = mesa.DataCollector(
             model_reporters={
                 "date": lambda m: day_date(m.day - 1).isoformat(),
@@ -98,6 +119,14 @@ class CampusModel(mesa.Model):
                 **{
                     f"tier_{name}": (lambda m, i=i: int((m.scores.tier == i).sum()))
                     for i, name in enumerate(TIERS)
+                },
+                **{
+                    label: (lambda m, s=status: m._count(s))
+                    for label, status in (
+                        ("sent", SEND),
+                        ("held_out", HOLDOUT),
+                        ("skipped", SKIPPED),
+                    )
                 },
             }
         )
@@ -113,9 +142,16 @@ class CampusModel(mesa.Model):
             self.state, self.cols, self.params, self.day, factor, in_break, draws
         )
         self.log.add_day(self.day, self.today, self.state.usual_hour, draws.session_s())
+        if self.campaign is not None:
+            self.campaign.after_day(self.day, self.today.visited)
         self.nightly()
+        if self.campaign is not None:
+            self.decisions = self.campaign.night(self.day, self.scores, self.state.usual_hour)
         self.day += 1
         self.datacollector.collect(self)
+
+    def _count(self, status: int) -> int:
+        return 0 if self.decisions is None else self.decisions.count(status)
 
     def nightly(self) -> None:
         """Score every user as of tonight with the production scoring function. BG/NBD is
