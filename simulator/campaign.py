@@ -17,7 +17,7 @@ from backend.core.calendar import MS_PER_DAY
 from backend.core.policy import HOLDOUT, SEND, SKIPPED, Decisions, Policy, PolicyState, UserState
 from backend.core.policy import decide as core_decide
 from backend.core.policy.history import TouchHistory, history_state
-from backend.core.policy.spec import CHANNELS, SUBSCRIBE
+from backend.core.policy.spec import CHANNELS, MESSAGE_KINDS, SUBSCRIBE
 from backend.core.scoring import Scores
 
 SENT, HELD_OUT, SKIP = 0, 1, 2
@@ -53,6 +53,8 @@ class TouchLog:
     arm: list[np.ndarray] = field(default_factory=list)
     status: list[np.ndarray] = field(default_factory=list)
     returned: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    # Whether the same user returned in the untreated twin over the same window: the truth.
+    returned_twin: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def add(self, day: int, users, step, channel, arm, status) -> None:
         self.user.append(users)
@@ -62,18 +64,24 @@ class TouchLog:
         self.arm.append(arm.astype(np.int64))
         self.status.append(status)
         self.returned = np.concatenate([self.returned, np.zeros(users.size, dtype=bool)])
+        self.returned_twin = np.concatenate([self.returned_twin, np.zeros(users.size, bool)])
 
     def column(self, name: str) -> np.ndarray:
         parts = getattr(self, name)
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
-    def mark_returns(self, today: int, visited: np.ndarray, window_days: int) -> None:
-        """A touch returned if its user visits after its day and within the window."""
+    def mark_returns(
+        self, today: int, visited: np.ndarray, twin_visited: np.ndarray | None, window_days: int
+    ) -> None:
+        """A touch returned if its user visits after its day and within the window (in the
+        treated campus, and separately in its untreated twin)."""
         if not self.user:
             return
         user, day = self.column("user"), self.column("day")
-        open_ = (~self.returned) & (day < today) & (today <= day + window_days)
+        open_ = (day < today) & (today <= day + window_days)
         self.returned |= open_ & visited[user]
+        if twin_visited is not None:
+            self.returned_twin |= open_ & twin_visited[user]
 
     def history(self, today: int, window_days: int) -> TouchHistory:
         status = self.column("status")
@@ -126,9 +134,20 @@ class Campaign:
         self.log = TouchLog()
         self.user_key = np.arange(1, n + 1, dtype=np.int64)  # as database ids would be
 
-    def after_day(self, today: int, visited: np.ndarray) -> None:
+    def kind_of(self, arm: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """The message kind (index into MESSAGE_KINDS) of each (arm, step) touch."""
+        table = np.full((len(self.policy.arms), self.policy.max_steps), -1, dtype=np.int64)
+        for a, spec in enumerate(self.policy.arms):
+            for s, touch in enumerate(spec.touches):
+                table[a, s] = MESSAGE_KINDS.index(self.policy.messages[touch.message].kind)
+        return table[arm.astype(np.int64), step.astype(np.int64)]
+
+    def after_day(
+        self, today: int, visited: np.ndarray, twin_visited: np.ndarray | None = None
+    ) -> None:
         """Books after a day of visits: returns are attributed, prompts granted."""
-        self.log.mark_returns(today, visited, self.policy.attribution_window_days)
+        window = self.policy.attribution_window_days
+        self.log.mark_returns(today, visited, twin_visited, window)
         for template in self.templates:
             accept = visited & (self.rng.random(self.n) < self.grant_p)
             self.permissions.allowance[template] += accept
@@ -166,6 +185,7 @@ class Campaign:
     def night(self, today: int, scores: Scores, usual_hour: np.ndarray) -> Decisions:
         """Decide tonight and keep the books: touches logged, allowances spent."""
         users = self.user_state(today, scores, usual_hour)
+        self.last_users = users
         d = core_decide(self.policy, users, self.state, salt=self.salt, day=today, seed=self.seed)
         acting = np.flatnonzero((d.status == SEND) | (d.status == HOLDOUT) | (d.status == SKIPPED))
         status = np.select(

@@ -20,6 +20,7 @@ import numpy as np
 from backend.core.bgnbd import BgNbdParams
 from backend.core.calendar import day_date, day_number
 from backend.core.policy import HOLDOUT, SEND, SKIPPED, Decisions, Policy
+from backend.core.policy.spec import MESSAGE_KINDS
 from backend.core.scoring import Scores, score_users
 from backend.core.tiers import TIERS, TierConfig
 from simulator.calendar import CampusCalendar
@@ -27,6 +28,7 @@ from simulator.campaign import Campaign
 from simulator.campus import DayActivity, DayDraws, PersonaColumns, new_campus, organic_day
 from simulator.eventlog import EventLog
 from simulator.params import SimParams
+from simulator.response import ResponseParams, respond
 
 DEFAULT_START = date(2026, 3, 2)
 DECISION_COUNTS = (
@@ -78,13 +80,14 @@ class CampusModel(mesa.Model):
         with_agents: bool = False,
         policy: Policy | None = None,
         coupon_face_fen: dict[str, int] | None = None,
+        response_params: ResponseParams | None = None,
     ) -> None:
         super().__init__(rng=seed)
         self.seed = seed
         self.params = params or SimParams()
         self.params.check()
         self.calendar = CampusCalendar.load(self.params.calendar)
-        streams = np.random.SeedSequence(seed).spawn(3)
+        streams = np.random.SeedSequence(seed).spawn(4)
         self.organic_rng = np.random.default_rng(streams[1])
         self.state = new_campus(self.params, users, np.random.default_rng(streams[0]))
         self.cols = PersonaColumns.of(self.params, self.state.persona)
@@ -107,6 +110,15 @@ class CampusModel(mesa.Model):
             else None
         )
         self.decisions: Decisions | None = None
+        # The untreated twin: the same users living the same days with the same dice, never
+        # messaged. Only a simulation has it; it is what the holdout estimate is checked by.
+        self.twin = self.state.copy() if policy is not None else None
+        self.twin_today: DayActivity | None = None
+        self.response_rng = np.random.default_rng(streams[3])
+        self.response_params = response_params or ResponseParams()
+        self.lift = np.zeros(users)  # tomorrow's extra visit probability from messages
+        self.boost = np.zeros(users)  # engagement regained if they do come back
+        self.farmer_back = np.zeros(users, dtype=bool)  # came for a coupon; leave after it
         self.datacollector = mesa.DataCollector(
             model_reporters={
                 "date": lambda m: day_date(m.day - 1).isoformat(),
@@ -120,14 +132,7 @@ class CampusModel(mesa.Model):
                     f"tier_{name}": (lambda m, i=i: int((m.scores.tier == i).sum()))
                     for i, name in enumerate(TIERS)
                 },
-                **{
-                    label: (lambda m, s=status: m._count(s))
-                    for label, status in (
-                        ("sent", SEND),
-                        ("held_out", HOLDOUT),
-                        ("skipped", SKIPPED),
-                    )
-                },
+                **{label: (lambda m, s=status: m._count(s)) for label, status in DECISION_COUNTS},
             }
         )
         if with_agents:
@@ -138,17 +143,64 @@ class CampusModel(mesa.Model):
         """One day of organic campus life."""
         factor, in_break = self.calendar.factor(self.day, self.params)
         draws = DayDraws.draw(self.organic_rng, len(self.state))
+        lift = self.lift if self.campaign is not None else None
         self.today = organic_day(
-            self.state, self.cols, self.params, self.day, factor, in_break, draws
+            self.state, self.cols, self.params, self.day, factor, in_break, draws, lift
         )
+        if self.campaign is not None:
+            self._after_messages()
+            self.twin_today = organic_day(
+                self.twin, self.cols, self.params, self.day, factor, in_break, draws
+            )
         self.log.add_day(self.day, self.today, self.state.usual_hour, draws.session_s())
         if self.campaign is not None:
-            self.campaign.after_day(self.day, self.today.visited)
+            twin_visits = self.twin_today.visited
+            self.campaign.after_day(self.day, self.today.visited, twin_visits)
         self.nightly()
         if self.campaign is not None:
             self.decisions = self.campaign.night(self.day, self.scores, self.state.usual_hour)
+            self._answer(self.decisions)
         self.day += 1
         self.datacollector.collect(self)
+
+    def _after_messages(self) -> None:
+        """Yesterday's messages played out: those who came back regain engagement; coupon
+        farmers who came for the coupon go again."""
+        came = self.today.visited & (self.lift > 0)
+        self.state.engagement = np.minimum(1.0, self.state.engagement + self.boost * came)
+        gone = came & self.farmer_back
+        gone &= self.response_rng.random(len(self.state)) < self.response_params.farmer_leave
+        self.state.churned |= gone
+        self.lift[:] = 0.0
+        self.boost[:] = 0.0
+        self.farmer_back[:] = False
+
+    def _answer(self, d: Decisions) -> None:
+        """Tonight's sends meet their users (responses drawn from their own stream)."""
+        sent = np.flatnonzero(d.status == SEND)
+        if sent.size == 0:
+            return
+        kind = self.campaign.kind_of(d.arm[sent], d.step[sent])
+        persona = self.state.persona[sent]
+        names = np.array([p.name for p in self.params.personas])
+        r = respond(
+            sent,
+            d.channel[sent].astype(np.int64),
+            kind,
+            names[persona],
+            self.scores.features.term_days_since_visit[sent],
+            self.campaign.last_users.touches_30d[sent],
+            self.response_params,
+            self.response_rng,
+        )
+        self.lift[r.back] = 1.0
+        self.boost[r.back] = r.boost
+        # Coupon farmers brought back by a coupon take it and go (SEED_DIGEST §2).
+        came_for_coupon = (names[persona] == "coupon_farmer") & (
+            kind == MESSAGE_KINDS.index("coupon")
+        )
+        self.farmer_back[np.intersect1d(r.back, sent[came_for_coupon])] = True
+        self.state.churned[r.leave] = True
 
     def _count(self, status: int) -> int:
         return 0 if self.decisions is None else self.decisions.count(status)
