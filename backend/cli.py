@@ -194,6 +194,30 @@ def register(app: Flask) -> None:
         for r in results:
             click.echo(f"{r['tenant']}: " + render(r))
 
+    @app.cli.command("simulate")
+    @click.option("--policy", "policy_ref", required=True, help="preset name or policy file")
+    @click.option("--users", default=2000, show_default=True, type=click.IntRange(10, 10**7))
+    @click.option("--days", default=90, show_default=True, type=click.IntRange(1, 3650))
+    @click.option("--seed", default=0, show_default=True, type=int)
+    @click.option("--warmup", default=28, show_default=True, help="days of history first")
+    @click.option("--json", "json_path", default=None, help="write the results to this file")
+    def simulate(policy_ref, users, days, seed, warmup, json_path):
+        """One policy against its holdout on a simulated campus (docs/simulator.md)."""
+        from backend.core.policy import PolicyError
+        from simulator.run import load_policy, run_simulation, summary_table
+
+        try:
+            policy = load_policy(policy_ref)
+        except (ValueError, PolicyError) as exc:
+            raise click.ClickException(str(exc)) from None
+        with click.progressbar(length=warmup + days, label="simulating", file=None) as bar:
+            result = run_simulation(policy, users, days, seed, warmup, progress=bar.update)
+        click.echo(summary_table(result))
+        if json_path:
+            with open(json_path, "w", encoding="utf-8") as fh:
+                json.dump(result, fh, ensure_ascii=False, indent=2)
+            click.echo(f"results written to {json_path}")
+
     @app.cli.command("demo-session")
     def demo_session():
         """A scripted mini-program session against the demo tenant (what `make demo` shows)."""

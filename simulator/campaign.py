@@ -10,6 +10,7 @@ database would keep (touches, allowances) for the simulated users.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -52,9 +53,32 @@ class TouchLog:
     channel: list[np.ndarray] = field(default_factory=list)
     arm: list[np.ndarray] = field(default_factory=list)
     status: list[np.ndarray] = field(default_factory=list)
-    returned: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    # Whether the same user returned in the untreated twin over the same window: the truth.
-    returned_twin: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    # Outcomes, one per touch, filled in day by day (docs/metrics.md defines each).
+    outcome: dict[str, np.ndarray] = field(default_factory=dict)
+
+    OUTCOMES: ClassVar[dict] = {
+        "returned": bool,
+        "return_day": np.int64,  # -1 until the user returns
+        "ordered": bool,
+        "revenue_fen": np.int64,  # orders in the window
+        "retained_d7": bool,  # a visit in [return + 7, return + 14)
+        "retained_d30": bool,  # a visit in [return + 30, return + 37)
+        # The same touch in the untreated twin: what would have happened anyway.
+        "returned_twin": bool,
+        "revenue_fen_twin": np.int64,
+    }
+
+    def __post_init__(self) -> None:
+        for name, dtype in self.OUTCOMES.items():
+            self.outcome.setdefault(name, np.zeros(0, dtype=dtype))
+
+    @property
+    def returned(self) -> np.ndarray:
+        return self.outcome["returned"]
+
+    @property
+    def returned_twin(self) -> np.ndarray:
+        return self.outcome["returned_twin"]
 
     def add(self, day: int, users, step, channel, arm, status) -> None:
         self.user.append(users)
@@ -63,25 +87,35 @@ class TouchLog:
         self.channel.append(channel.astype(np.int64))
         self.arm.append(arm.astype(np.int64))
         self.status.append(status)
-        self.returned = np.concatenate([self.returned, np.zeros(users.size, dtype=bool)])
-        self.returned_twin = np.concatenate([self.returned_twin, np.zeros(users.size, bool)])
+        for name, dtype in self.OUTCOMES.items():
+            fill = -1 if name == "return_day" else 0
+            grown = np.full(users.size, fill, dtype=dtype)
+            self.outcome[name] = np.concatenate([self.outcome[name], grown])
 
     def column(self, name: str) -> np.ndarray:
         parts = getattr(self, name)
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
-    def mark_returns(
-        self, today: int, visited: np.ndarray, twin_visited: np.ndarray | None, window_days: int
-    ) -> None:
-        """A touch returned if its user visits after its day and within the window (in the
-        treated campus, and separately in its untreated twin)."""
+    def record_day(self, today: int, window_days: int, campus, twin=None) -> None:
+        """Attribute one day to the touches: `campus`/`twin` are that day's DayActivity."""
         if not self.user:
             return
+        o = self.outcome
         user, day = self.column("user"), self.column("day")
         open_ = (day < today) & (today <= day + window_days)
-        self.returned |= open_ & visited[user]
-        if twin_visited is not None:
-            self.returned_twin |= open_ & twin_visited[user]
+        came = open_ & campus.visited[user]
+        first = came & (o["return_day"] < 0)
+        o["return_day"][first] = today
+        o["returned"] |= came
+        o["ordered"] |= open_ & campus.ordered[user]
+        o["revenue_fen"] += np.where(open_, campus.amount_fen[user], 0)
+        r = o["return_day"]
+        back = (r >= 0) & campus.visited[user]
+        o["retained_d7"] |= back & (today >= r + 7) & (today < r + 14)
+        o["retained_d30"] |= back & (today >= r + 30) & (today < r + 37)
+        if twin is not None:
+            o["returned_twin"] |= open_ & twin.visited[user]
+            o["revenue_fen_twin"] += np.where(open_, twin.amount_fen[user], 0)
 
     def history(self, today: int, window_days: int) -> TouchHistory:
         status = self.column("status")
@@ -97,7 +131,7 @@ class TouchLog:
             journey=measured,
             measured=measured,
             attributed=today > day + window_days,
-            returned=self.returned.copy(),
+            returned=self.outcome["returned"].copy(),
             sent=day * MS_PER_DAY,
         )
 
@@ -142,14 +176,12 @@ class Campaign:
                 table[a, s] = MESSAGE_KINDS.index(self.policy.messages[touch.message].kind)
         return table[arm.astype(np.int64), step.astype(np.int64)]
 
-    def after_day(
-        self, today: int, visited: np.ndarray, twin_visited: np.ndarray | None = None
-    ) -> None:
-        """Books after a day of visits: returns are attributed, prompts granted."""
-        window = self.policy.attribution_window_days
-        self.log.mark_returns(today, visited, twin_visited, window)
+    def after_day(self, today: int, campus, twin=None) -> None:
+        """Books after a day (`campus`, `twin`: its DayActivity): returns attributed, prompts
+        granted."""
+        self.log.record_day(today, self.policy.attribution_window_days, campus, twin)
         for template in self.templates:
-            accept = visited & (self.rng.random(self.n) < self.grant_p)
+            accept = campus.visited & (self.rng.random(self.n) < self.grant_p)
             self.permissions.allowance[template] += accept
 
     def user_state(self, today: int, scores: Scores, usual_hour: np.ndarray) -> UserState:

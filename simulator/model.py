@@ -81,6 +81,7 @@ class CampusModel(mesa.Model):
         policy: Policy | None = None,
         coupon_face_fen: dict[str, int] | None = None,
         response_params: ResponseParams | None = None,
+        warmup_days: int = 0,
     ) -> None:
         super().__init__(rng=seed)
         self.seed = seed
@@ -92,6 +93,7 @@ class CampusModel(mesa.Model):
         self.state = new_campus(self.params, users, np.random.default_rng(streams[0]))
         self.cols = PersonaColumns.of(self.params, self.state.persona)
         self.day = self.start_day = day_number(start)
+        self.policy_from = self.start_day + warmup_days  # history builds up before any message
         self.today: DayActivity | None = None
         self.log = EventLog()
         self.first_seen = np.full(users, self.day, dtype=np.int64)
@@ -154,10 +156,9 @@ class CampusModel(mesa.Model):
             )
         self.log.add_day(self.day, self.today, self.state.usual_hour, draws.session_s())
         if self.campaign is not None:
-            twin_visits = self.twin_today.visited
-            self.campaign.after_day(self.day, self.today.visited, twin_visits)
+            self.campaign.after_day(self.day, self.today, self.twin_today)
         self.nightly()
-        if self.campaign is not None:
+        if self.campaign is not None and self.day >= self.policy_from:
             self.decisions = self.campaign.night(self.day, self.scores, self.state.usual_hour)
             self._answer(self.decisions)
         self.day += 1

@@ -87,3 +87,69 @@ def test_messages_bring_users_back_compared_with_their_twins():
     mask = messaged & (model.state.persona == dogs)
     assert mask.sum() > 20
     assert model.state.churned[mask].mean() > model.twin.churned[mask].mean()
+
+
+def test_simulate_command_writes_the_contract_json_and_is_reproducible(tmp_path):
+    import json
+
+    from backend import create_app
+
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})
+    outputs = []
+    for name in ("a.json", "b.json"):
+        path = tmp_path / name
+        result = app.test_cli_runner().invoke(
+            args=[
+                "simulate",
+                "--policy",
+                "coupon_blast",
+                "--users",
+                "1500",
+                "--days",
+                "30",
+                "--seed",
+                "5",
+                "--json",
+                str(path),
+            ]
+        )
+        assert result.exit_code == 0, result.output
+        assert "effect on recall rate" in result.output
+        outputs.append(path.read_text(encoding="utf-8"))
+    assert outputs[0] == outputs[1]  # same seed, same numbers
+    data = json.loads(outputs[0])
+    assert data["config"] == {
+        "policy": "coupon_blast",
+        "users": 1500,
+        "days": 30,
+        "seed": 5,
+        "warmup_days": 28,
+    }
+    keys = {
+        "users",
+        "targeted",
+        "recalled",
+        "recall_rate",
+        "retention_d7",
+        "retention_d30",
+        "messages",
+        "coupon_cost",
+        "message_cost",
+        "revenue",
+        "roi",
+    }
+    assert set(data["arms"]) == {"holdout", "same_coupon"}
+    for arm in data["arms"].values():
+        assert keys <= set(arm)
+    up = data["uplift"]["same_coupon"]
+    assert {"diff", "lo", "hi"} <= set(up["recall_rate"]) and "true_uplift" in up
+    assert up["recall_rate"]["lo"] <= up["recall_rate"]["diff"] <= up["recall_rate"]["hi"]
+
+
+def test_an_unknown_policy_is_a_clear_error(tmp_path):
+    from backend import create_app
+
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})
+    result = app.test_cli_runner().invoke(args=["simulate", "--policy", "nope"])
+    assert result.exit_code != 0
+    assert "presets" in result.output
