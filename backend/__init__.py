@@ -32,6 +32,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     # At DEBUG these log full URLs and SQL parameters: app secret, login codes, access tokens.
     for chatty in ("urllib3", "peewee"):
         logging.getLogger(chatty).setLevel(logging.INFO)
+    logging.getLogger("MESA").setLevel(logging.WARNING)  # one INFO line per simulated day
 
     database = store_db.open_database(app.config["DATABASE_URL"])
     store_db.bind(database)

@@ -210,13 +210,37 @@ def register(app: Flask) -> None:
             policy = load_policy(policy_ref)
         except (ValueError, PolicyError) as exc:
             raise click.ClickException(str(exc)) from None
-        with click.progressbar(length=warmup + days, label="simulating", file=None) as bar:
+        with click.progressbar(length=warmup + days, label="simulating") as bar:
             result = run_simulation(policy, users, days, seed, warmup, progress=bar.update)
         click.echo(summary_table(result))
         if json_path:
             with open(json_path, "w", encoding="utf-8") as fh:
                 json.dump(result, fh, ensure_ascii=False, indent=2)
             click.echo(f"results written to {json_path}")
+
+    @app.cli.command("compare")
+    @click.option("--policy", "policy_refs", multiple=True, required=True, help="repeat: 2 or more")
+    @click.option("--users", default=2000, show_default=True, type=click.IntRange(10, 10**7))
+    @click.option("--days", default=90, show_default=True, type=click.IntRange(1, 3650))
+    @click.option("--seed", default=0, show_default=True, type=int)
+    @click.option("--warmup", default=28, show_default=True, help="days of history first")
+    @click.option("--json", "json_path", default=None, help="write the comparison to this file")
+    def compare_command(policy_refs, users, days, seed, warmup, json_path):
+        """Several policies on the same simulated population and dice, ranked."""
+        from simulator.run import compare, compare_table, load_policy
+
+        try:
+            policies = [load_policy(ref) for ref in policy_refs]
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        total = (warmup + days) * len(policies)
+        with click.progressbar(length=total, label="simulating") as bar:
+            out = compare(policies, users, days, seed, warmup, progress=bar.update)
+        click.echo(compare_table(out))
+        if json_path:
+            with open(json_path, "w", encoding="utf-8") as fh:
+                json.dump(out, fh, ensure_ascii=False, indent=2)
+            click.echo(f"comparison written to {json_path}")
 
     @app.cli.command("demo-session")
     def demo_session():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from backend.core import metrics
 from backend.core.policy import Policy, parse_policy
 from simulator.model import CampusModel
 from simulator.results import summarise
@@ -87,4 +88,108 @@ def summary_table(result: dict) -> str:
         true_text = "–" if truth is None else f"{100 * truth:+.1f} pp"
         note = f"  ({est['note']})" if est["note"] else ""
         lines.append(f"  {name:<28} estimate {shown}; true {true_text}{note}")
+    return "\n".join(lines)
+
+
+def pooled(result: dict) -> dict:
+    """All arms of a policy together: treated users and recalled, against the holdout."""
+    arms = [g for name, g in result["arms"].items() if name != "holdout"]
+    treated = sum(g["users"] for g in arms)
+    recalled = sum(g["recalled"] for g in arms)
+    held = result["arms"]["holdout"]
+    true = [
+        (u["true_uplift"]["recall_rate"], result["arms"][name]["users"])
+        for name, u in result["uplift"].items()
+        if u["true_uplift"]["recall_rate"] is not None
+    ]
+    weight = sum(n for _, n in true)
+    return {
+        "treated": treated,
+        "recalled": recalled,
+        "incremental": metrics.newcombe_diff(
+            recalled, treated, held["recalled"], held["users"]
+        ).as_dict(),
+        "true_incremental": sum(t * n for t, n in true) / weight if weight else None,
+        "messages": sum(g["messages"] for g in arms),
+        "cost": sum(g["coupon_cost"] + g["message_cost"] for g in arms),
+        "revenue": sum(g["revenue"] for g in arms),
+    }
+
+
+def compare(
+    policies: list[Policy],
+    users: int,
+    days: int,
+    seed: int,
+    warmup: int = 28,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Every policy on the same population and the same organic dice (same seed), ranked by
+    incremental recall against its own holdout; pairs whose difference is not significant
+    are said so."""
+    results = [run_simulation(p, users, days, seed, warmup, progress) for p in policies]
+    rows = [{"policy": r["config"]["policy"], **pooled(r)} for r in results]
+    rows.sort(key=lambda r: -(r["incremental"]["diff"] or float("-inf")))
+    verdicts = []
+    for a, b in zip(rows, rows[1:], strict=False):
+        da, db = a["incremental"], b["incremental"]
+        if da["diff"] is None or db["diff"] is None:
+            continue
+        # Two independent holdout estimates: their difference's interval (Newcombe-style
+        # square-root combination of each side's half-widths).
+        d = da["diff"] - db["diff"]
+        lo = d - ((da["diff"] - da["lo"]) ** 2 + (db["hi"] - db["diff"]) ** 2) ** 0.5
+        hi = d + ((da["hi"] - da["diff"]) ** 2 + (db["diff"] - db["lo"]) ** 2) ** 0.5
+        verdicts.append(
+            {
+                "better": a["policy"],
+                "than": b["policy"],
+                "difference": d,
+                "lo": lo,
+                "hi": hi,
+                "significant": lo > 0,
+            }
+        )
+    return {
+        "config": {
+            "policies": [p.name for p in policies],
+            "users": users,
+            "days": days,
+            "seed": seed,
+            "warmup_days": warmup,
+        },
+        "ranking": rows,
+        "verdicts": verdicts,
+        "results": results,
+    }
+
+
+def compare_table(out: dict) -> str:
+    c = out["config"]
+    lines = [
+        f"{len(c['policies'])} policies on the same {c['users']} simulated users and dice, "
+        f"{c['days']} days after {c['warmup_days']} of history, seed {c['seed']}",
+        f"  {'rank':<4} {'policy':<16} {'treated':>7} {'recall':>7} "
+        f"{'incremental recall [95%]':<28} {'true':>8} {'messages':>8} {'cost ¥':>8} "
+        f"{'revenue ¥':>10}",
+    ]
+    for i, r in enumerate(out["ranking"], 1):
+        inc = r["incremental"]
+        est = (
+            "–"
+            if inc["diff"] is None
+            else f"{100 * inc['diff']:+.1f} pp [{100 * inc['lo']:+.1f}, {100 * inc['hi']:+.1f}]"
+        )
+        true = "–" if r["true_incremental"] is None else f"{100 * r['true_incremental']:+.1f} pp"
+        rate = r["recalled"] / r["treated"] if r["treated"] else None
+        lines.append(
+            f"  {i:<4} {r['policy']:<16} {r['treated']:>7} {_pct(rate):>7} {est:<28} "
+            f"{true:>8} {r['messages']:>8} {r['cost'] / 100:>8.2f} {r['revenue'] / 100:>10.2f}"
+        )
+    for v in out["verdicts"]:
+        verdict = "better" if v["significant"] else "not significantly better"
+        lines.append(
+            f"  {v['better']} is {verdict} than {v['than']}: {100 * v['difference']:+.1f} pp "
+            f"[{100 * v['lo']:+.1f}, {100 * v['hi']:+.1f}]"
+        )
     return "\n".join(lines)

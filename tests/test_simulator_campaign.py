@@ -153,3 +153,24 @@ def test_an_unknown_policy_is_a_clear_error(tmp_path):
     result = app.test_cli_runner().invoke(args=["simulate", "--policy", "nope"])
     assert result.exit_code != 0
     assert "presets" in result.output
+
+
+def test_compare_ranks_policies_on_the_same_campus(tmp_path):
+    import json
+
+    from backend import create_app
+
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})
+    path = tmp_path / "cmp.json"
+    args = ["compare", "--policy", "coupon_blast", "--policy", "golden_window"]
+    args += ["--users", "1200", "--days", "30", "--seed", "2", "--json", str(path)]
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(path.read_text(encoding="utf-8"))
+    ranked = [r["incremental"]["diff"] for r in out["ranking"]]
+    assert ranked == sorted(ranked, reverse=True)
+    (verdict,) = out["verdicts"]
+    assert verdict["significant"] == (verdict["lo"] > 0)
+    assert "significantly better" in result.output or " is better than " in result.output
+    assert {r["policy"] for r in out["ranking"]} == {"coupon_blast", "golden_window"}
+    assert all(r["true_incremental"] is not None for r in out["ranking"])
