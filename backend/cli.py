@@ -201,7 +201,8 @@ def register(app: Flask) -> None:
     @click.option("--seed", default=0, show_default=True, type=int)
     @click.option("--warmup", default=28, show_default=True, help="days of history first")
     @click.option("--json", "json_path", default=None, help="write the results to this file")
-    def simulate(policy_ref, users, days, seed, warmup, json_path):
+    @click.option("--html", "html_path", default=None, help="write a self-contained HTML report")
+    def simulate(policy_ref, users, days, seed, warmup, json_path, html_path):
         """One policy against its holdout on a simulated campus (docs/simulator.md)."""
         from backend.core.policy import PolicyError
         from simulator.run import load_policy, run_simulation, summary_table
@@ -217,6 +218,12 @@ def register(app: Flask) -> None:
             with open(json_path, "w", encoding="utf-8") as fh:
                 json.dump(result, fh, ensure_ascii=False, indent=2)
             click.echo(f"results written to {json_path}")
+        if html_path:
+            from simulator.html import render
+
+            with open(html_path, "w", encoding="utf-8") as fh:
+                fh.write(render([result]))
+            click.echo(f"report written to {html_path}")
 
     @app.cli.command("compare")
     @click.option("--policy", "policy_refs", multiple=True, required=True, help="repeat: 2 or more")
@@ -225,7 +232,8 @@ def register(app: Flask) -> None:
     @click.option("--seed", default=0, show_default=True, type=int)
     @click.option("--warmup", default=28, show_default=True, help="days of history first")
     @click.option("--json", "json_path", default=None, help="write the comparison to this file")
-    def compare_command(policy_refs, users, days, seed, warmup, json_path):
+    @click.option("--html", "html_path", default=None, help="write a self-contained HTML report")
+    def compare_command(policy_refs, users, days, seed, warmup, json_path, html_path):
         """Several policies on the same simulated population and dice, ranked."""
         from simulator.run import compare, compare_table, load_policy
 
@@ -241,6 +249,12 @@ def register(app: Flask) -> None:
             with open(json_path, "w", encoding="utf-8") as fh:
                 json.dump(out, fh, ensure_ascii=False, indent=2)
             click.echo(f"comparison written to {json_path}")
+        if html_path:
+            from simulator.html import ranking_html, render
+
+            with open(html_path, "w", encoding="utf-8") as fh:
+                fh.write(render(out["results"], ranking=ranking_html(out)))
+            click.echo(f"report written to {html_path}")
 
     @app.cli.command("demo-session")
     def demo_session():

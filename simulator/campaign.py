@@ -167,6 +167,8 @@ class Campaign:
         self.state = PolicyState.fresh(policy, coupon_face_fen or {})
         self.log = TouchLog()
         self.user_key = np.arange(1, n + 1, dtype=np.int64)  # as database ids would be
+        # Each user's latest group: -2 never decided, -1 holdout, else the arm sent.
+        self.group = np.full(n, -2, dtype=np.int64)
 
     def kind_of(self, arm: np.ndarray, step: np.ndarray) -> np.ndarray:
         """The message kind (index into MESSAGE_KINDS) of each (arm, step) touch."""
@@ -225,6 +227,8 @@ class Campaign:
         ).astype(np.int8)
         self.log.add(today, acting, d.step[acting], d.channel[acting], d.arm[acting], status)
         sent = acting[status == SENT]
+        self.group[acting[status == HELD_OUT]] = -1
+        self.group[sent] = d.arm[sent]
         for a, arm in enumerate(self.policy.arms):
             for s, touch in enumerate(arm.touches):
                 if touch.channel != SUBSCRIBE:

@@ -31,11 +31,15 @@ from simulator.params import SimParams
 from simulator.response import ResponseParams, respond
 
 DEFAULT_START = date(2026, 3, 2)
-DECISION_COUNTS = (
-    ("sent", SEND),
-    ("held_out", HOLDOUT),
-    ("skipped", SKIPPED),
-)  # a Monday early in the spring term
+DECISION_COUNTS = (("sent", SEND), ("held_out", HOLDOUT), ("skipped", SKIPPED))
+GUARD_REASONS = (
+    "capped_30d",
+    "capped_channel",
+    "suppressed",
+    "no_permission",
+    "stop_loss",
+    "budget",
+)
 
 
 class Student(mesa.Agent):
@@ -135,6 +139,15 @@ class CampusModel(mesa.Model):
                     for i, name in enumerate(TIERS)
                 },
                 **{label: (lambda m, s=status: m._count(s)) for label, status in DECISION_COUNTS},
+                **{f"guard_{r}": (lambda m, r=r: m._reason(r)) for r in GUARD_REASONS},
+                "quiet_deferred": lambda m: m._quiet(),
+                "group_active": lambda m: m._group_active(),
+                "committed_cost_fen": lambda m: m._committed_cost(),
+                "incremental_revenue_fen": lambda m: (
+                    0
+                    if m.twin_today is None
+                    else int(m.today.amount_fen.sum() - m.twin_today.amount_fen.sum())
+                ),
             }
         )
         if with_agents:
@@ -205,6 +218,25 @@ class CampusModel(mesa.Model):
 
     def _count(self, status: int) -> int:
         return 0 if self.decisions is None else self.decisions.count(status)
+
+    def _committed_cost(self) -> int:
+        """Tonight's spend as decided: message costs plus coupon face values."""
+        return 0 if self.decisions is None else int(self.decisions.cost_fen.sum())
+
+    def _quiet(self) -> int:
+        return 0 if self.decisions is None else int(self.decisions.quiet_deferred.sum())
+
+    def _reason(self, name: str) -> int:
+        return 0 if self.decisions is None else self.decisions.reason_counts().get(name, 0)
+
+    def _group_active(self) -> dict[str, int]:
+        """Today's visitors by the group each user was last decided into."""
+        if self.campaign is None:
+            return {}
+        names = ["never messaged", "holdout", *[a.name for a in self.campaign.policy.arms]]
+        visitors = self.campaign.group[self.today.visited] + 2  # -2 never, -1 holdout, arms
+        counts = np.bincount(visitors, minlength=len(names))
+        return dict(zip(names, map(int, counts), strict=True))
 
     def nightly(self) -> None:
         """Score every user as of tonight with the production scoring function. BG/NBD is

@@ -194,3 +194,23 @@ def test_the_holdout_interval_covers_the_true_effect_about_95_percent_of_the_tim
         widths.append(est["hi"] - est["lo"])
     assert sum(covered) >= 34, sum(covered)
     assert np.mean(widths) < 0.4  # informative intervals, not trivially wide
+
+
+def test_html_report_is_one_offline_file_with_the_charts(tmp_path):
+    import re
+
+    from backend import create_app
+
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})
+    path = tmp_path / "report.html"
+    args = ["simulate", "--policy", "golden_window", "--users", "1000", "--days", "20"]
+    result = app.test_cli_runner().invoke(args=[*args, "--html", str(path)])
+    assert result.exit_code == 0, result.output
+    page = path.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    for title in ("各组每日活跃用户", "各组召回率", "召回后留存", "累计成本", "护栏"):
+        assert title in page
+    assert len(re.findall("<svg", page)) == 5
+    # Nothing to fetch: no scripts, stylesheets or images from elsewhere.
+    assert not re.search(r"<script|<link|<img|src=|href=", page)
+    assert "golden_window" in page and "multi_touch" in page
