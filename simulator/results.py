@@ -15,15 +15,10 @@ from backend.core import metrics
 from simulator.campaign import HELD_OUT, SENT, Campaign
 
 
-def _users(user: np.ndarray, rows: np.ndarray, flag: np.ndarray) -> tuple[int, int]:
-    """(users, users with the flag on any of their rows)."""
-    users, idx = np.unique(user[rows], return_inverse=True)
-    return users.size, int(metrics.group_any(idx, flag[rows], users.size).sum())
-
-
-def _per_user_sum(user: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
-    users, idx = np.unique(user[rows], return_inverse=True)
-    return np.bincount(idx, weights=values[rows], minlength=users.size)
+def _first(user: np.ndarray, order: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Indices of each user's first touch among `rows` (docs/metrics.md, "the unit")."""
+    idx = np.flatnonzero(rows)
+    return idx[metrics.first_per_user(user[idx], order[idx])]
 
 
 def summarise(campaign: Campaign, last_day: int, coupon_face_fen: dict[str, int], seed: int):
@@ -40,9 +35,11 @@ def summarise(campaign: Campaign, last_day: int, coupon_face_fen: dict[str, int]
     coupon_cost = np.where(o["ordered"] & (status == SENT), face[arm, step], 0)
     message_cost = np.where(status == SENT, np.asarray(policy.costs_fen)[channel], 0)
     r = o["return_day"]
+    order = log.column("day") * 10 + step
 
     def group(rows: np.ndarray) -> dict:
-        n, recalled = _users(user, rows, o["returned"])
+        first = _first(user, order, rows)
+        n, recalled = first.size, int(o["returned"][first].sum())
         known7 = rows & (r >= 0) & (last_day >= r + 14)
         known30 = rows & (r >= 0) & (last_day >= r + 37)
         money = metrics.roi(
@@ -79,12 +76,13 @@ def summarise(campaign: Campaign, last_day: int, coupon_face_fen: dict[str, int]
         treated = (status == SENT) & (arm == a)
         control = held & (arm == a)  # the holdout users this arm would have touched
         arms[spec.name] = group(treated)
-        nt, kt = _users(user, treated, o["returned"])
-        nc, kc = _users(user, control, o["returned"])
-        _, kt_twin = _users(user, treated, o["returned_twin"])
-        rev_t = _per_user_sum(user, treated, o["revenue_fen"])
-        rev_c = _per_user_sum(user, control, o["revenue_fen"])
-        rev_twin = _per_user_sum(user, treated, o["revenue_fen_twin"])
+        ft, fc = _first(user, order, treated), _first(user, order, control)
+        nt, kt = ft.size, int(o["returned"][ft].sum())
+        nc, kc = fc.size, int(o["returned"][fc].sum())
+        kt_twin = int(o["returned_twin"][ft].sum())
+        rev_t = o["revenue_fen"][ft].astype(np.float64)
+        rev_c = o["revenue_fen"][fc].astype(np.float64)
+        rev_twin = o["revenue_fen_twin"][ft].astype(np.float64)
         uplift[spec.name] = {
             "recall_rate": metrics.newcombe_diff(kt, nt, kc, nc).as_dict(),
             "revenue_per_user_fen": metrics.mean_diff(rev_t, rev_c, seed=seed).as_dict(),

@@ -150,6 +150,21 @@ def roi(revenue_fen: int, coupon_cost_fen: int, message_cost_fen: int) -> Money:
     return Money(rev, int(coupon_cost_fen), int(message_cost_fen), (rev - cost) / cost, rev / cost)
 
 
+def first_per_user(user: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Row index of each user's first row by `order` (ties: the earlier row).
+
+    Recall is compared on each user's first decision in the period: assignment to treatment
+    or holdout is random there, while later touches depend on what the first one did (a
+    recalled user lapses later, so is touched less often and has fewer windows to return in).
+    """
+    user = np.asarray(user)
+    if user.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    rows = np.lexsort((np.arange(user.size), np.asarray(order), user))
+    first = np.flatnonzero(np.diff(user[rows], prepend=user[rows][0] - 1) != 0)
+    return rows[first]
+
+
 def group_any(group: np.ndarray, flag: np.ndarray, size: int) -> np.ndarray:
     """Per group id 0..size-1: whether any row of the group has the flag (users from touches)."""
     out = np.zeros(size, dtype=bool)

@@ -35,6 +35,7 @@ class TouchColumns:
     holdout: np.ndarray
     user: np.ndarray
     day: np.ndarray
+    step: np.ndarray
     returned: np.ndarray
     ordered: np.ndarray
     opened: np.ndarray
@@ -62,7 +63,7 @@ class TouchColumns:
 
 _TEXT = ("policy", "arm", "tier", "channel", "status")
 _SQL = """
-SELECT p.name, t.arm, t.tier, t.channel, t.status, t.holdout, t.user_id, t.day,
+SELECT p.name, t.arm, t.tier, t.channel, t.status, t.holdout, t.user_id, t.day, t.step,
        t.returned_ms IS NOT NULL, t.ordered_ms IS NOT NULL, t.opened_ms IS NOT NULL,
        t.attempts > 0, t.revenue_fen, t.coupon_cost_fen, t.message_cost_fen, t.value_fen,
        CASE WHEN t.retained_d7 IS NULL THEN -1 WHEN t.retained_d7 THEN 1 ELSE 0 END,
@@ -103,7 +104,7 @@ def load(
         sql += f" AND t.day <= {ph}"
         params.append(day_to)
     rows = database.execute_sql(sql, params).fetchall()
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 18
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 19
     names = {}
     coded = {}
     for i, key in enumerate(_TEXT):
@@ -117,29 +118,29 @@ def load(
         holdout=num(5, bool),
         user=num(6, np.int64),
         day=num(7, np.int64),
-        returned=num(8, bool),
-        ordered=num(9, bool),
-        opened=num(10, bool),
-        attempted=num(11, bool),
-        revenue=num(12, np.int64),
-        coupon_cost=num(13, np.int64),
-        message_cost=num(14, np.int64),
-        value=num(15, np.int64),
-        retained_d7=num(16, np.int8),
-        retained_d30=num(17, np.int8),
+        step=num(8, np.int64),
+        returned=num(9, bool),
+        ordered=num(10, bool),
+        opened=num(11, bool),
+        attempted=num(12, bool),
+        revenue=num(13, np.int64),
+        coupon_cost=num(14, np.int64),
+        message_cost=num(15, np.int64),
+        value=num(16, np.int64),
+        retained_d7=num(17, np.int8),
+        retained_d30=num(18, np.int8),
         names=names,
     )
 
 
 def _per_user(t: TouchColumns):
-    """Collapse touches to users: any returned / ordered, summed revenue and costs."""
-    users, idx = np.unique(t.user, return_inverse=True)
-    n = users.size
+    """One row per user: their first touch in the group (docs/metrics.md, "the unit")."""
+    first = metrics.first_per_user(t.user, t.day * 10 + t.step)
     return {
-        "returned": metrics.group_any(idx, t.returned, n),
-        "ordered": metrics.group_any(idx, t.ordered, n),
-        "revenue": np.bincount(idx, weights=t.revenue, minlength=n),
-        "n": n,
+        "returned": t.returned[first],
+        "ordered": t.ordered[first],
+        "revenue": t.revenue[first].astype(np.float64),
+        "n": int(first.size),
     }
 
 
