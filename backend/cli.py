@@ -67,6 +67,12 @@ def _day_and_tenants(on: str | None, appid: str | None, now_ms: int):
     return day, list(tenants)
 
 
+def _write(path: str, text: str, what: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    click.echo(f"{what} written to {path}")
+
+
 def _day_or_none(text: str | None, now_ms: int) -> int | None:
     from backend.core.calendar import china_day
     from backend.errors import ApiError
@@ -204,26 +210,21 @@ def register(app: Flask) -> None:
     @click.option("--html", "html_path", default=None, help="write a self-contained HTML report")
     def simulate(policy_ref, users, days, seed, warmup, json_path, html_path):
         """One policy against its holdout on a simulated campus (docs/simulator.md)."""
-        from backend.core.policy import PolicyError
         from simulator.run import load_policy, run_simulation, summary_table
 
         try:
             policy = load_policy(policy_ref)
-        except (ValueError, PolicyError) as exc:
+        except ValueError as exc:  # PolicyError is a ValueError
             raise click.ClickException(str(exc)) from None
         with click.progressbar(length=warmup + days, label="simulating") as bar:
             result = run_simulation(policy, users, days, seed, warmup, progress=bar.update)
         click.echo(summary_table(result))
         if json_path:
-            with open(json_path, "w", encoding="utf-8") as fh:
-                json.dump(result, fh, ensure_ascii=False, indent=2)
-            click.echo(f"results written to {json_path}")
+            _write(json_path, json.dumps(result, ensure_ascii=False, indent=2), "results")
         if html_path:
             from simulator.html import render
 
-            with open(html_path, "w", encoding="utf-8") as fh:
-                fh.write(render([result]))
-            click.echo(f"report written to {html_path}")
+            _write(html_path, render([result]), "report")
 
     @app.cli.command("compare")
     @click.option("--policy", "policy_refs", multiple=True, required=True, help="repeat: 2 or more")
@@ -237,6 +238,8 @@ def register(app: Flask) -> None:
         """Several policies on the same simulated population and dice, ranked."""
         from simulator.run import compare, compare_table, load_policy
 
+        if len(policy_refs) < 2:
+            raise click.ClickException("compare needs at least two --policy options")
         try:
             policies = [load_policy(ref) for ref in policy_refs]
         except ValueError as exc:
@@ -246,15 +249,11 @@ def register(app: Flask) -> None:
             out = compare(policies, users, days, seed, warmup, progress=bar.update)
         click.echo(compare_table(out))
         if json_path:
-            with open(json_path, "w", encoding="utf-8") as fh:
-                json.dump(out, fh, ensure_ascii=False, indent=2)
-            click.echo(f"comparison written to {json_path}")
+            _write(json_path, json.dumps(out, ensure_ascii=False, indent=2), "comparison")
         if html_path:
             from simulator.html import ranking_html, render
 
-            with open(html_path, "w", encoding="utf-8") as fh:
-                fh.write(render(out["results"], ranking=ranking_html(out)))
-            click.echo(f"report written to {html_path}")
+            _write(html_path, render(out["results"], ranking=ranking_html(out)), "report")
 
     @app.cli.command("demo-session")
     def demo_session():

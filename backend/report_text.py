@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-
-def _pct(x) -> str:
-    return "    –" if x is None else f"{100 * x:5.1f}%"
-
-
-def _pp(d: dict) -> str:
-    if d["diff"] is None:
-        return "–"
-    return f"{100 * d['diff']:+.1f} pp [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
-
-
-def _yuan(fen) -> str:
-    return "–" if fen is None else f"¥{fen / 100:.2f}"
-
-
-def _ratio(x) -> str:
-    return "–" if x is None else f"{x:.2f}"
+from backend.core.display import pct as _pct
+from backend.core.display import pp_interval as _pp
+from backend.core.display import ratio as _ratio
+from backend.core.display import yuan as _yuan
 
 
 def _row(label: str, g: dict) -> str:
@@ -27,7 +14,7 @@ def _row(label: str, g: dict) -> str:
         f"  {label[:30]:<30} {g['treated_users']:>7} {g['recall_rate']['k']:>8} "
         f"{_pct(g['recall_rate']['rate'])} {g['holdout_users']:>7} "
         f"{_pct(g['holdout_recall_rate']['rate'])}  {_pp(g['incremental_recall']):<26} "
-        f"{_yuan(g['revenue_per_user_fen']):>9} {('–' if roi is None else f'{roi:.2f}'):>6}"
+        f"{_yuan(g['revenue_per_user_fen']):>9} {_ratio(roi):>6}"
     )
 
 

@@ -20,6 +20,7 @@ from backend.core.policy import decide as core_decide
 from backend.core.policy.history import TouchHistory, history_state
 from backend.core.policy.spec import CHANNELS, MESSAGE_KINDS, SUBSCRIBE
 from backend.core.scoring import Scores
+from backend.core.uplift import risk_instead_of_uplift
 
 SENT, HELD_OUT, SKIP = 0, 1, 2
 
@@ -195,7 +196,6 @@ class Campaign:
         reachable[:, CHANNELS.index("oa_template")] = self.permissions.follows_oa
         reachable[:, CHANNELS.index("sms")] = self.permissions.has_phone
         reachable[:, CHANNELS.index("in_app")] = True
-        risk = np.where(np.isnan(scores.p_alive), 0.5, 1.0 - scores.p_alive)
         return UserState(
             user_key=self.user_key,
             tier=scores.tier,
@@ -213,7 +213,10 @@ class Campaign:
             reachable=reachable,
             allowance=self.permissions.allowance,
             ignored_streak=past.ignored_streak,
-            uplift=risk if self.policy.rank_by == "uplift" else None,
+            # No fitted uplift model in the simulator yet: rank as production does without one.
+            uplift=(
+                risk_instead_of_uplift(scores.p_alive) if self.policy.rank_by == "uplift" else None
+            ),
         )
 
     def night(self, today: int, scores: Scores, usual_hour: np.ndarray) -> Decisions:

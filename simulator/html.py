@@ -6,6 +6,11 @@ from __future__ import annotations
 import html
 from itertools import accumulate
 
+from backend.core.display import pct as _pct
+from backend.core.display import pp as _pp_true
+from backend.core.display import pp_interval as _pp
+from backend.core.display import ratio as _ratio
+
 PALETTE = ("#2f6fde", "#e4572e", "#17a673", "#f3a712", "#8e44ad", "#555555", "#c0392b")
 W, H, PAD = 640, 240, 44
 
@@ -101,8 +106,8 @@ def policy_section(result: dict) -> str:
     gain = list(accumulate(v / 100 for v in daily.get("incremental_revenue_fen", [])))
     rows = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{a['users']}</td><td>{a['recalled']}</td>"
-        f"<td>{_p(a['recall_rate'])}</td><td>{_p(a['retention_d7'])}</td>"
-        f"<td>{_p(a['retention_d30'])}</td><td>{a['messages']}</td>"
+        f"<td>{_pct(a['recall_rate'], 0)}</td><td>{_pct(a['retention_d7'], 0)}</td>"
+        f"<td>{_pct(a['retention_d30'], 0)}</td><td>{a['messages']}</td>"
         f"<td>{a['coupon_cost'] / 100:.2f}</td><td>{a['revenue'] / 100:.2f}</td>"
         f"<td>{_ratio(a['roi'])}</td></tr>"
         for n, a in arms.items()
@@ -138,24 +143,6 @@ def policy_section(result: dict) -> str:
         + line_chart("累计成本与真实增量收入（¥）", {"成本": cost, "增量收入": gain}, "¥")
         + line_chart("护栏每日拦截与延后", guard, "次")
     )
-
-
-def _ratio(x) -> str:
-    return "–" if x is None else f"{x:.2f}"
-
-
-def _p(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
-
-
-def _pp(d: dict) -> str:
-    if d["diff"] is None:
-        return "–"
-    return f"{100 * d['diff']:+.1f} pp [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
-
-
-def _pp_true(x) -> str:
-    return "–" if x is None else f"{100 * x:+.1f} pp"
 
 
 STYLE = (

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from backend.core import metrics
+from backend.core.display import pct as _pct
+from backend.core.display import pp, pp_interval, ratio
 from backend.core.policy import Policy, parse_policy
 from simulator.model import CampusModel
 from simulator.results import summarise
@@ -59,10 +61,6 @@ def run_simulation(
     }
 
 
-def _pct(x) -> str:
-    return "     –" if x is None else f"{100 * x:5.1f}%"
-
-
 def summary_table(result: dict) -> str:
     c = result["config"]
     lines = [
@@ -72,7 +70,7 @@ def summary_table(result: dict) -> str:
         f"{'messages':>8} {'ROI':>6}",
     ]
     for name, g in result["arms"].items():
-        roi = "–" if g["roi"] is None else f"{g['roi']:.2f}"
+        roi = ratio(g["roi"])
         lines.append(
             f"  {name:<28} {g['users']:>6} {g['recalled']:>8} {_pct(g['recall_rate'])} "
             f"{_pct(g['retention_d7'])} {_pct(g['retention_d30'])} {g['messages']:>8} {roi:>6}"
@@ -80,12 +78,7 @@ def summary_table(result: dict) -> str:
     lines.append("  effect on recall rate against the holdout (95% interval) vs the truth:")
     for name, u in result["uplift"].items():
         est, truth = u["recall_rate"], u["true_uplift"]["recall_rate"]
-        shown = (
-            "–"
-            if est["diff"] is None
-            else f"{100 * est['diff']:+.1f} pp [{100 * est['lo']:+.1f}, {100 * est['hi']:+.1f}]"
-        )
-        true_text = "–" if truth is None else f"{100 * truth:+.1f} pp"
+        shown, true_text = pp_interval(est), pp(truth)
         note = f"  ({est['note']})" if est["note"] else ""
         lines.append(f"  {name:<28} estimate {shown}; true {true_text}{note}")
     return "\n".join(lines)
@@ -174,13 +167,7 @@ def compare_table(out: dict) -> str:
         f"{'revenue ¥':>10}",
     ]
     for i, r in enumerate(out["ranking"], 1):
-        inc = r["incremental"]
-        est = (
-            "–"
-            if inc["diff"] is None
-            else f"{100 * inc['diff']:+.1f} pp [{100 * inc['lo']:+.1f}, {100 * inc['hi']:+.1f}]"
-        )
-        true = "–" if r["true_incremental"] is None else f"{100 * r['true_incremental']:+.1f} pp"
+        est, true = pp_interval(r["incremental"]), pp(r["true_incremental"])
         rate = r["recalled"] / r["treated"] if r["treated"] else None
         lines.append(
             f"  {i:<4} {r['policy']:<16} {r['treated']:>7} {_pct(rate):>7} {est:<28} "

@@ -214,3 +214,11 @@ def test_html_report_is_one_offline_file_with_the_charts(tmp_path):
     # Nothing to fetch: no scripts, stylesheets or images from elsewhere.
     assert not re.search(r"<script|<link|<img|src=|href=", page)
     assert "golden_window" in page and "multi_touch" in page
+
+
+def test_compare_needs_two_policies(tmp_path):
+    from backend import create_app
+
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})
+    result = app.test_cli_runner().invoke(args=["compare", "--policy", "tiered"])
+    assert result.exit_code != 0 and "at least two" in result.output

@@ -135,3 +135,10 @@ def predict_uplift(model: UpliftModel, x: np.ndarray) -> np.ndarray:
         [np.ones(len(x)), (np.asarray(x, dtype=np.float64) - model.mean) / model.scale]
     )
     return expit(design @ model.treated) - expit(design @ model.control)
+
+
+def risk_instead_of_uplift(p_alive: np.ndarray) -> np.ndarray:
+    """What an uplift policy ranks by before it has a model: risk, 1 − P(alive) (0.5 where
+    the churn model could not say), so it still runs — and can be compared — from day one."""
+    p = np.asarray(p_alive, dtype=np.float64)
+    return np.where(np.isnan(p), 0.5, 1.0 - p)

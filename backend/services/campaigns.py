@@ -37,7 +37,12 @@ from backend.core.policy.guards import HOUR_MS, next_allowed_ms, next_send_ms, s
 from backend.core.policy.history import TouchHistory, history_state
 from backend.core.rfm import SEGMENT_NAMES
 from backend.core.tiers import TIERS
-from backend.core.uplift import UpliftModel, predict_uplift, uplift_features
+from backend.core.uplift import (
+    UpliftModel,
+    predict_uplift,
+    risk_instead_of_uplift,
+    uplift_features,
+)
 from backend.services import policies
 from backend.services.attribution import attribute
 from backend.services.locks import DEFAULT_TTL_MS, acquire_lock, release_lock
@@ -222,7 +227,7 @@ def _uplift(row: PolicyRow, col: dict, term_silent: np.ndarray) -> np.ndarray:
     """
     p_alive = np.array([np.nan if p is None else p for p in col["p_alive"]], dtype=float)
     if not row.uplift_model:
-        return np.where(np.isnan(p_alive), 0.5, 1.0 - p_alive)
+        return risk_instead_of_uplift(p_alive)
     model = UpliftModel.from_dict(json.loads(row.uplift_model))
     x = uplift_features(
         term_silent,
