@@ -20,7 +20,7 @@ import numpy as np
 import peewee as pw
 
 from backend.clock import china_iso
-from backend.core.calendar import MS_PER_DAY, china_day, day_date, day_start_ms
+from backend.core.calendar import MS_PER_DAY, china_day, day_date
 from backend.core.policy import (
     CHANNELS,
     HOLDOUT,
@@ -33,8 +33,15 @@ from backend.core.policy import (
     UserState,
     decide,
 )
-from backend.core.policy.guards import HOUR_MS, next_allowed_ms, next_send_ms, stop_loss
+from backend.core.policy.guards import (
+    HOUR_MS,
+    contact_hour,
+    next_allowed_ms,
+    next_send_ms,
+    planned_send_ms,
+)
 from backend.core.policy.history import TouchHistory, history_state
+from backend.core.policy.learning import learnt_state
 from backend.core.rfm import SEGMENT_NAMES
 from backend.core.tiers import TIERS
 from backend.core.uplift import (
@@ -160,8 +167,7 @@ def population(
     lag = day - snapshot_day  # a trigger between nightly runs uses yesterday's scores
     silent = np.array(col["silent"], dtype=np.int64) + lag
     term_silent = np.array(col["term_silent"], dtype=np.int64) + lag
-    hour = np.array(col["hour"], dtype=np.int64)
-    hour = np.where(hour < 0, 12, hour)
+    hour = contact_hour(np.array(col["hour"], dtype=np.int64))
 
     uid, openid, opted_all, has_phone, has_oa = _users(tenant_id)
     at, known = _positions(uid, ids)
@@ -338,12 +344,6 @@ def _allowances(tenant_id: int, policy: Policy, pos: dict[int, int], n: int):
 
 def policy_state(tenant_id: int, row: PolicyRow, policy: Policy) -> PolicyState:
     """Bandit posteriors per (arm, tier) and stop-loss, from the policy's finished touches."""
-    state = PolicyState.fresh(policy, policies.coupon_faces(tenant_id, policy))
-    arm_index = {a.name: i for i, a in enumerate(policy.arms)}
-    k = len(policy.arms)
-    cost = np.zeros(k)
-    value = np.zeros(k)
-    count = np.zeros(k, dtype=np.int64)
     rows = (
         Touch.select(
             Touch.arm,
@@ -355,22 +355,17 @@ def policy_state(tenant_id: int, row: PolicyRow, policy: Policy) -> PolicyState:
         .where((Touch.policy == row.id) & (Touch.status == "sent") & Touch.attributed)
         .tuples()
     )
-    for arm, tier, returned, spent, val in rows:
-        a = arm_index.get(arm)
-        if a is None:
-            continue
-        t = TIERS.index(tier)
-        if returned:
-            state.successes[a, t] += 1
-            value[a] += val
-        else:
-            state.failures[a, t] += 1
-        cost[a] += spent
-        count[a] += 1
-    state.paused = stop_loss(
-        cost, value, count, policy.stop_loss_ratio, policy.stop_loss_min_touches
+    arm_index = {a.name: i for i, a in enumerate(policy.arms)}
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 5
+    return learnt_state(
+        policy,
+        policies.coupon_faces(tenant_id, policy),
+        np.array([arm_index.get(a, -1) for a in cols[0]], dtype=np.int64),
+        np.array([TIERS.index(t) for t in cols[1]], dtype=np.int64),
+        np.array(cols[2], dtype=bool),
+        np.array(cols[3], dtype=np.int64),
+        np.array(cols[4], dtype=np.int64),
     )
-    return state
 
 
 # -- writing decisions ------------------------------------------------------------------------
@@ -387,6 +382,7 @@ def touch_rows(
     run_id: int | None,
 ) -> list[dict]:
     acting = np.flatnonzero((d.status == SEND) | (d.status == HOLDOUT) | (d.status == SKIPPED))
+    planned = planned_send_ms(day, d.defer_days, d.send_hour)
     out = []
     for i in acting:
         arm = policy.arms[d.arm[i]]
@@ -397,7 +393,7 @@ def touch_rows(
         elif d.status[i] == SKIPPED:
             at = now_ms
         else:
-            at = day_start_ms(day + int(d.defer_days[i])) + int(d.send_hour[i]) * HOUR_MS
+            at = int(planned[i])
         out.append(
             {
                 "tenant": tenant_id,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backend.core.calendar import CHINA_OFFSET_MS, MS_PER_DAY
+from backend.core.calendar import CHINA_OFFSET_MS, MS_PER_DAY, day_start_ms
 
 QUIET_START_HOUR = 22  # China time; nothing is sent from 22:00 ...
 QUIET_END_HOUR = 8  # ... until 08:00
@@ -27,6 +27,21 @@ def out_of_quiet_hours(hour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     early = hour < QUIET_END_HOUR
     moved = np.where(late | early, QUIET_END_HOUR, hour).astype(np.int8)
     return moved, late.astype(np.int8)
+
+
+UNKNOWN_HOUR_SENDS_AT = 12  # a user with no activity hour yet is written to at noon
+
+
+def contact_hour(usual_hour: np.ndarray) -> np.ndarray:
+    """The hour to write to each user: their usual hour, or noon when none is known (-1)."""
+    hour = np.asarray(usual_hour, dtype=np.int64)
+    return np.where(hour < 0, UNKNOWN_HOUR_SENDS_AT, hour)
+
+
+def planned_send_ms(day: int, defer_days: np.ndarray, send_hour: np.ndarray) -> np.ndarray:
+    """When each touch decided for `day` is due: its hour that day, or the next morning."""
+    start = day_start_ms(day) + np.asarray(defer_days, dtype=np.int64) * MS_PER_DAY
+    return start + np.asarray(send_hour, dtype=np.int64) * HOUR_MS
 
 
 # An in-app card waits silently for the user's next open: quiet hours are for pushes.
