@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
@@ -84,6 +85,23 @@ def _day_or_none(text: str | None, now_ms: int) -> int | None:
         return parse_day(text, int(china_day(now_ms)))
     except ApiError as exc:
         raise click.ClickException(exc.message) from None
+
+
+def _load_params(path: str | None):
+    """A simulator parameter file (`calibrate --out`), or None for the defaults."""
+    if path is None:
+        return None
+    from simulator.params import SimParams
+
+    try:
+        return SimParams.load(path)
+    except FileNotFoundError:
+        raise click.ClickException(f"no parameter file {path}") from None
+    except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+        raise click.ClickException(f"{path} is not a simulator parameter file: {exc}") from None
+
+
+PARAMS_HELP = "campus parameters from `calibrate --out` (default: the built-in personas)"
 
 
 def register(app: Flask) -> None:
@@ -208,17 +226,43 @@ def register(app: Flask) -> None:
     @click.option("--warmup", default=28, show_default=True, help="days of history first")
     @click.option("--json", "json_path", default=None, help="write the results to this file")
     @click.option("--html", "html_path", default=None, help="write a self-contained HTML report")
-    def simulate(policy_ref, users, days, seed, warmup, json_path, html_path):
+    @click.option("--params", "params_path", default=None, help=PARAMS_HELP)
+    @click.option(
+        "--e2e",
+        is_flag=True,
+        help="end to end: users act through the API, the backend's own jobs decide (small N)",
+    )
+    @click.option("--e2e-dir", default=None, help="where --e2e keeps its database (instance/e2e)")
+    def simulate(
+        policy_ref, users, days, seed, warmup, json_path, html_path, params_path, e2e, e2e_dir
+    ):
         """One policy against its holdout on a simulated campus (docs/simulator.md)."""
-        from simulator.run import load_policy, run_simulation, summary_table
+        from simulator.run import load_policy, policy_path, run_simulation, summary_table
 
         try:
             policy = load_policy(policy_ref)
         except ValueError as exc:  # PolicyError is a ValueError
             raise click.ClickException(str(exc)) from None
+        params = _load_params(params_path)
         with click.progressbar(length=warmup + days, label="simulating") as bar:
-            result = run_simulation(policy, users, days, seed, warmup, progress=bar.update)
+            if e2e:
+                from simulator.e2e import run_end_to_end
+
+                source = policy_path(policy_ref).read_text(encoding="utf-8")
+                folder = Path(e2e_dir or Path(current_app.instance_path) / "e2e")
+                try:
+                    result = run_end_to_end(
+                        policy, source, users, days, seed, warmup, folder, bar.update, params
+                    )
+                except ValueError as exc:
+                    raise click.ClickException(str(exc)) from None
+            else:
+                result = run_simulation(
+                    policy, users, days, seed, warmup, progress=bar.update, params=params
+                )
         click.echo(summary_table(result))
+        if e2e:
+            click.echo(f"end-to-end database: {result['config']['database']}")
         if json_path:
             _write(json_path, json.dumps(result, ensure_ascii=False, indent=2), "results")
         if html_path:
@@ -234,7 +278,8 @@ def register(app: Flask) -> None:
     @click.option("--warmup", default=28, show_default=True, help="days of history first")
     @click.option("--json", "json_path", default=None, help="write the comparison to this file")
     @click.option("--html", "html_path", default=None, help="write a self-contained HTML report")
-    def compare_command(policy_refs, users, days, seed, warmup, json_path, html_path):
+    @click.option("--params", "params_path", default=None, help=PARAMS_HELP)
+    def compare_command(policy_refs, users, days, seed, warmup, json_path, html_path, params_path):
         """Several policies on the same simulated population and dice, ranked."""
         from simulator.run import compare, compare_table, load_policy
 
@@ -244,9 +289,10 @@ def register(app: Flask) -> None:
             policies = [load_policy(ref) for ref in policy_refs]
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
+        params = _load_params(params_path)
         total = (warmup + days) * len(policies)
         with click.progressbar(length=total, label="simulating") as bar:
-            out = compare(policies, users, days, seed, warmup, progress=bar.update)
+            out = compare(policies, users, days, seed, warmup, progress=bar.update, params=params)
         click.echo(compare_table(out))
         if json_path:
             _write(json_path, json.dumps(out, ensure_ascii=False, indent=2), "comparison")
@@ -254,6 +300,46 @@ def register(app: Flask) -> None:
             from simulator.html import ranking_html, render
 
             _write(html_path, render(out["results"], ranking=ranking_html(out)), "report")
+
+    @app.cli.command("calibrate")
+    @click.option(
+        "--out",
+        "out_path",
+        default=None,
+        help="parameter file to write (default: instance/calibrated_params.json)",
+    )
+    @click.option("--tenant", "appid", default=None, help="the tenant's appid (if several)")
+    @click.option(
+        "--on",
+        "--date",
+        "on",
+        default=None,
+        help="last day of the log, YYYY-MM-DD China date (default: yesterday, the last whole day)",
+    )
+    @click.option("--seed", default=0, show_default=True, help="seed of the fit's simulations")
+    def calibrate(out_path, appid, on, seed):
+        """Fit the simulator's parameters to this tenant's own event log (docs/simulator.md)."""
+        from simulator.calibrate import NotEnoughHistory, calibrate_tenant, describe
+
+        now = _now_ms()
+        day, tenants = _day_and_tenants(on, appid, now)
+        if on is None:
+            day -= 1
+        if not tenants:
+            raise click.ClickException("no tenants: nothing to calibrate")
+        if len(tenants) > 1:
+            names = ", ".join(t.appid for t in tenants)
+            raise click.ClickException(f"{len(tenants)} tenants ({names}): name one with --tenant")
+        (tenant,) = tenants
+        try:
+            params = calibrate_tenant(tenant, day, seed=seed)
+        except NotEnoughHistory as exc:
+            raise click.ClickException(f"{tenant.appid}: {exc}") from None
+        path = out_path or os.path.join(current_app.instance_path, "calibrated_params.json")
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        click.echo(describe(params))
+        _write(path, params.to_json(), "parameters")
 
     @app.cli.command("demo-session")
     def demo_session():

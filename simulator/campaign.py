@@ -1,10 +1,17 @@
-"""The campaign job on the simulated campus: production's decision, night after night.
+"""The campaign job on the simulated campus: production's decision, morning after morning.
 
-Each night the model hands tonight's scores to `Campaign.night`, which builds the same
+Each simulated day starts with the job, as a production deployment runs `run-campaigns` in the
+small hours (JOB_HOUR, China time) before the day's activity: `Campaign.job` builds the same
 `UserState` the backend builds from its database — the touch history folded by
-`backend.core.policy.history`, permissions, caps — and calls `backend.core.policy.decide`
-with the policy file. Nothing here decides anything itself: it only keeps the books a
-database would keep (touches, allowances) for the simulated users.
+`backend.core.policy.history`, permissions, caps, what the policy has learnt
+(`backend.core.policy.learning`) — and calls `backend.core.policy.decide` with the policy file.
+Nothing here decides anything itself: it keeps the books a database would keep (touches with
+their send times, outcomes attributed by `backend.core.attribution`, allowances, consent).
+
+Times follow production exactly, so the end-to-end mode (simulator/e2e.py) must make the same
+decisions: a touch is due at `planned_send_ms`; a simulated user's events of a day happen at
+their usual hour and VISIT_MINUTE; a touch's window is (sent, sent + window] in milliseconds;
+it is final once the job's clock has passed its window.
 """
 
 from __future__ import annotations
@@ -14,15 +21,31 @@ from typing import ClassVar
 
 import numpy as np
 
-from backend.core.calendar import MS_PER_DAY
+from backend.core.attribution import first_after
+from backend.core.calendar import MS_PER_DAY, day_start_ms
 from backend.core.policy import HOLDOUT, SEND, SKIPPED, Decisions, Policy, PolicyState, UserState
 from backend.core.policy import decide as core_decide
+from backend.core.policy.guards import HOUR_MS, contact_hour, planned_send_ms
 from backend.core.policy.history import TouchHistory, history_state
+from backend.core.policy.learning import LearningTotals
 from backend.core.policy.spec import CHANNELS, MESSAGE_KINDS, SUBSCRIBE
 from backend.core.scoring import Scores
 from backend.core.uplift import risk_instead_of_uplift
 
 SENT, HELD_OUT, SKIP = 0, 1, 2
+JOB_HOUR = 2  # China time the daily job runs, before anyone is up
+VISIT_MINUTE = 30  # a simulated visit happens at the user's usual hour and this minute
+HISTORY_DAYS = 60  # as the backend's campaign job: caps, journeys and streaks look this far
+RETENTION_TAIL_DAYS = 37  # D30 retention is known 37 days after the return
+
+
+def job_ms(day: int) -> int:
+    return day_start_ms(day) + JOB_HOUR * HOUR_MS
+
+
+def visit_ms(day: int, usual_hour: np.ndarray) -> np.ndarray:
+    """When each user's events of `day` happen (all of a visit's events share it)."""
+    return day_start_ms(day) + usual_hour.astype(np.int64) * HOUR_MS + VISIT_MINUTE * 60_000
 
 
 @dataclass(frozen=True)
@@ -45,25 +68,33 @@ class Permissions:
 
 
 @dataclass
-class TouchLog:
-    """Every decided touch (sent, held out or skipped), as growing columns."""
+class DayTouches:
+    """The touches decided one morning (sent, held out or skipped) and their outcomes."""
 
-    user: list[np.ndarray] = field(default_factory=list)
-    day: list[np.ndarray] = field(default_factory=list)
-    step: list[np.ndarray] = field(default_factory=list)
-    channel: list[np.ndarray] = field(default_factory=list)
-    arm: list[np.ndarray] = field(default_factory=list)
-    status: list[np.ndarray] = field(default_factory=list)
-    # Outcomes, one per touch, filled in day by day (docs/metrics.md defines each).
+    day: int
+    user: np.ndarray
+    step: np.ndarray
+    channel: np.ndarray
+    arm: np.ndarray
+    status: np.ndarray
+    sent_ms: np.ndarray  # when due (sent touches) or would have been (held out)
+    tier: np.ndarray
+    value_fen: np.ndarray  # the user's value when decided
+    message_cost_fen: np.ndarray
+    coupon_face_fen: np.ndarray  # 0: no coupon
+    coupon_min_fen: np.ndarray
     outcome: dict[str, np.ndarray] = field(default_factory=dict)
+    learnt: np.ndarray | None = None  # folded into the policy's learning (once final)
 
     OUTCOMES: ClassVar[dict] = {
         "returned": bool,
-        "return_day": np.int64,  # -1 until the user returns
+        "return_ms": np.int64,  # -1 until the user returns
+        "return_day": np.int64,
         "ordered": bool,
         "revenue_fen": np.int64,  # orders in the window
-        "retained_d7": bool,  # a visit in [return + 7, return + 14)
-        "retained_d30": bool,  # a visit in [return + 30, return + 37)
+        "redeemed": bool,  # its coupon was used on an order in the window
+        "retained_d7": bool,  # a visit in [return + 7, return + 14) days
+        "retained_d30": bool,  # a visit in [return + 30, return + 37) days
         # The same touch in the untreated twin: what would have happened anyway.
         "returned_twin": bool,
         "revenue_fen_twin": np.int64,
@@ -71,70 +102,95 @@ class TouchLog:
 
     def __post_init__(self) -> None:
         for name, dtype in self.OUTCOMES.items():
-            self.outcome.setdefault(name, np.zeros(0, dtype=dtype))
+            fill = -1 if name in ("return_ms", "return_day") else 0
+            self.outcome.setdefault(name, np.full(self.user.size, fill, dtype=dtype))
+        if self.learnt is None:
+            self.learnt = self.status != SENT  # only sent touches teach the policy
+
+    @property
+    def measured(self) -> np.ndarray:
+        return self.status != SKIP
+
+
+class TouchLog:
+    """Every decided touch, as one block of columns per day."""
+
+    def __init__(self) -> None:
+        self.days: list[DayTouches] = []
+        self.redeemed_today: dict[int, tuple[int, int]] = {}  # user -> (touch day, step)
+
+    def add(self, block: DayTouches) -> None:
+        self.days.append(block)
+
+    def column(self, name: str) -> np.ndarray:
+        if not self.days:
+            return np.zeros(0, dtype=np.int64)
+        if name == "day":
+            return np.concatenate([np.full(b.user.size, b.day, np.int64) for b in self.days])
+        if name in DayTouches.OUTCOMES:
+            return np.concatenate([b.outcome[name] for b in self.days])
+        return np.concatenate([getattr(b, name) for b in self.days])
 
     @property
     def returned(self) -> np.ndarray:
-        return self.outcome["returned"]
+        return self.column("returned")
 
     @property
     def returned_twin(self) -> np.ndarray:
-        return self.outcome["returned_twin"]
+        return self.column("returned_twin")
 
-    def add(self, day: int, users, step, channel, arm, status) -> None:
-        self.user.append(users)
-        self.day.append(np.full(users.size, day, dtype=np.int64))
-        self.step.append(step.astype(np.int64))
-        self.channel.append(channel.astype(np.int64))
-        self.arm.append(arm.astype(np.int64))
-        self.status.append(status)
-        for name, dtype in self.OUTCOMES.items():
-            fill = -1 if name == "return_day" else 0
-            grown = np.full(users.size, fill, dtype=dtype)
-            self.outcome[name] = np.concatenate([self.outcome[name], grown])
+    def recent(self, since_day: int) -> list[DayTouches]:
+        return [b for b in self.days if b.day >= since_day]
 
-    def column(self, name: str) -> np.ndarray:
-        parts = getattr(self, name)
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    def record_day(self, today: int, window_days: int, campus, twin, usual_hour) -> np.ndarray:
+        """Attribute one day (`campus`/`twin`: its DayActivity) to the open touches, with the
+        backend's attribution functions. Returns which of today's orders used a coupon."""
+        window = window_days * MS_PER_DAY
+        at = visit_ms(today, usual_hour)
+        used_coupon = np.zeros(campus.visited.size, dtype=bool)
+        self.redeemed_today = {}
+        visitors, buyers = np.flatnonzero(campus.visited), np.flatnonzero(campus.ordered)
+        for b in self.recent(today - window_days - RETENTION_TAIL_DAYS - 1):
+            o, u = b.outcome, b.user
+            came = first_after(u, b.sent_ms, visitors, at[visitors], window) >= 0
+            came &= b.measured
+            first = came & (o["return_ms"] < 0)
+            o["return_ms"][first] = at[u[first]]
+            o["return_day"][first] = today
+            o["returned"] |= came
+            bought = first_after(u, b.sent_ms, buyers, at[buyers], window) >= 0
+            bought &= b.measured
+            o["ordered"] |= bought
+            o["revenue_fen"] += np.where(bought, campus.amount_fen[u], 0)
+            self._redeem(b, bought, campus, used_coupon)
+            r = o["return_day"]
+            back = (r >= 0) & campus.visited[u]
+            o["retained_d7"] |= back & (today >= r + 7) & (today < r + 14)
+            o["retained_d30"] |= back & (today >= r + 30) & (today < r + 37)
+            if twin is not None:
+                tv = np.flatnonzero(twin.visited)
+                tb = np.flatnonzero(twin.ordered)
+                o["returned_twin"] |= b.measured & (
+                    first_after(u, b.sent_ms, tv, at[tv], window) >= 0
+                )
+                twin_bought = b.measured & (first_after(u, b.sent_ms, tb, at[tb], window) >= 0)
+                o["revenue_fen_twin"] += np.where(twin_bought, twin.amount_fen[u], 0)
+        return used_coupon
 
-    def record_day(self, today: int, window_days: int, campus, twin=None) -> None:
-        """Attribute one day to the touches: `campus`/`twin` are that day's DayActivity."""
-        if not self.user:
-            return
-        o = self.outcome
-        user, day = self.column("user"), self.column("day")
-        open_ = (day < today) & (today <= day + window_days)
-        came = open_ & campus.visited[user]
-        first = came & (o["return_day"] < 0)
-        o["return_day"][first] = today
-        o["returned"] |= came
-        o["ordered"] |= open_ & campus.ordered[user]
-        o["revenue_fen"] += np.where(open_, campus.amount_fen[user], 0)
-        r = o["return_day"]
-        back = (r >= 0) & campus.visited[user]
-        o["retained_d7"] |= back & (today >= r + 7) & (today < r + 14)
-        o["retained_d30"] |= back & (today >= r + 30) & (today < r + 37)
-        if twin is not None:
-            o["returned_twin"] |= open_ & twin.visited[user]
-            o["revenue_fen_twin"] += np.where(open_, twin.amount_fen[user], 0)
-
-    def history(self, today: int, window_days: int) -> TouchHistory:
-        status = self.column("status")
-        day = self.column("day")
-        measured = status != SKIP
-        return TouchHistory(
-            user=self.column("user"),
-            day=day,
-            step=self.column("step"),
-            channel=self.column("channel"),
-            arm=self.column("arm"),
-            active=measured,
-            journey=measured,
-            measured=measured,
-            attributed=today > day + window_days,
-            returned=self.outcome["returned"].copy(),
-            sent=day * MS_PER_DAY,
-        )
+    def _redeem(self, b: DayTouches, bought, campus, used_coupon: np.ndarray) -> None:
+        """A sent coupon is redeemed on its user's first order in the window that meets the
+        coupon's minimum spend; one coupon per order (the earliest decided)."""
+        u = b.user
+        ok = bought & (b.status == SENT) & (b.coupon_face_fen > 0) & ~b.outcome["redeemed"]
+        ok &= campus.amount_fen[u] >= b.coupon_min_fen
+        ok &= ~used_coupon[u]
+        idx = np.flatnonzero(ok)
+        _, first = np.unique(u[idx], return_index=True)
+        idx = idx[first]
+        b.outcome["redeemed"][idx] = True
+        used_coupon[u[idx]] = True
+        for i in idx.tolist():
+            self.redeemed_today[int(u[i])] = (b.day, int(b.step[i]))
 
 
 class Campaign:
@@ -145,17 +201,20 @@ class Campaign:
         policy: Policy,
         n: int,
         rng: np.random.Generator,
-        coupon_face_fen: dict[str, int] | None = None,
-        salt: str = "simulated-campus",
+        coupons: dict[str, tuple[int, int]] | None = None,
+        salt: str = "wxsimulatedcampus",
         seed: int = 0,
         grant_p: float = 0.3,
     ) -> None:
+        """`coupons`: coupon template name -> (face value, minimum spend) in fen. `salt` plays
+        the tenant's appid in the stable holdout hash."""
         self.policy = policy
         self.n = n
         self.rng = rng
         self.salt = salt
         self.seed = seed
         self.grant_p = grant_p
+        self.coupons = dict(coupons or {})
         self.templates = sorted(
             {
                 policy.messages[t.message].template_id
@@ -165,33 +224,97 @@ class Campaign:
             }
         )
         self.permissions = Permissions.draw(n, self.templates, rng)
-        self.state = PolicyState.fresh(policy, coupon_face_fen or {})
+        self.faces = {name: face for name, (face, _) in self.coupons.items()}
+        self.learning = LearningTotals.empty(len(policy.arms))
         self.log = TouchLog()
         self.user_key = np.arange(1, n + 1, dtype=np.int64)  # as database ids would be
         # Each user's latest group: -2 never decided, -1 holdout, else the arm sent.
         self.group = np.full(n, -2, dtype=np.int64)
+        self.last_users: UserState | None = None
+        self.last_grants: dict[str, np.ndarray] = {}  # template -> accepted on today's visit
+        self._coupon_table()
+
+    def _coupon_table(self) -> None:
+        """Per (arm, step): message kind, coupon face and minimum spend."""
+        p = self.policy
+        shape = (len(p.arms), p.max_steps)
+        self.kind_table = np.full(shape, -1, dtype=np.int64)
+        self.face_table = np.zeros(shape, dtype=np.int64)
+        self.min_table = np.zeros(shape, dtype=np.int64)
+        for a, spec in enumerate(p.arms):
+            for s, touch in enumerate(spec.touches):
+                self.kind_table[a, s] = MESSAGE_KINDS.index(p.messages[touch.message].kind)
+                if touch.coupon:
+                    face, least = self.coupons.get(touch.coupon, (0, 0))
+                    self.face_table[a, s], self.min_table[a, s] = face, least
 
     def kind_of(self, arm: np.ndarray, step: np.ndarray) -> np.ndarray:
         """The message kind (index into MESSAGE_KINDS) of each (arm, step) touch."""
-        table = np.full((len(self.policy.arms), self.policy.max_steps), -1, dtype=np.int64)
-        for a, spec in enumerate(self.policy.arms):
-            for s, touch in enumerate(spec.touches):
-                table[a, s] = MESSAGE_KINDS.index(self.policy.messages[touch.message].kind)
-        return table[arm.astype(np.int64), step.astype(np.int64)]
+        return self.kind_table[arm.astype(np.int64), step.astype(np.int64)]
 
-    def after_day(self, today: int, campus, twin=None) -> None:
+    def after_day(self, today: int, campus, twin, usual_hour: np.ndarray) -> np.ndarray:
         """Books after a day (`campus`, `twin`: its DayActivity): returns attributed, prompts
-        granted."""
-        self.log.record_day(today, self.policy.attribution_window_days, campus, twin)
+        granted on visits. Returns which of the day's orders used a coupon."""
+        used = self.log.record_day(
+            today, self.policy.attribution_window_days, campus, twin, usual_hour
+        )
+        self.last_grants = {}
         for template in self.templates:
             accept = campus.visited & (self.rng.random(self.n) < self.grant_p)
             self.permissions.allowance[template] += accept
+            self.last_grants[template] = accept
+        return used
 
-    def user_state(self, today: int, scores: Scores, usual_hour: np.ndarray) -> UserState:
+    def history(self, today: int) -> TouchHistory:
+        """The touches of the last HISTORY_DAYS, as the backend reads them from its table."""
+        blocks = self.log.recent(today - HISTORY_DAYS)
+        now = job_ms(today)
+        window = self.policy.attribution_window_days * MS_PER_DAY
+
+        def cat(get, dtype=np.int64):
+            if not blocks:
+                return np.zeros(0, dtype=dtype)
+            return np.concatenate([get(b) for b in blocks]).astype(dtype)
+
+        measured = cat(lambda b: b.measured, bool)
+        return TouchHistory(
+            user=cat(lambda b: b.user),
+            day=cat(lambda b: np.full(b.user.size, b.day)),
+            step=cat(lambda b: b.step),
+            channel=cat(lambda b: b.channel),
+            arm=cat(lambda b: b.arm),
+            active=measured,
+            journey=measured,
+            measured=measured,
+            attributed=cat(lambda b: now >= b.sent_ms + window, bool),
+            returned=cat(lambda b: b.outcome["returned"], bool),
+            sent=cat(lambda b: b.sent_ms),
+        )
+
+    def _learn(self, today: int) -> PolicyState:
+        """Fold in the sent touches whose windows closed by this morning's job (the backend's
+        attribution marks them final at the same moment)."""
+        now = job_ms(today)
+        window = self.policy.attribution_window_days * MS_PER_DAY
+        for b in self.log.recent(today - self.policy.attribution_window_days - 2):
+            final = ~b.learnt & (now >= b.sent_ms + window)
+            if not final.any():
+                continue
+            spent = b.message_cost_fen + np.where(b.outcome["redeemed"], b.coupon_face_fen, 0)
+            self.learning.add(
+                b.arm[final],
+                b.tier[final],
+                b.outcome["returned"][final],
+                spent[final],
+                b.value_fen[final],
+            )
+            b.learnt |= final
+        return self.learning.state(self.policy, self.faces)
+
+    def user_state(self, today: int, scores: Scores) -> UserState:
         f = scores.features
-        window = self.policy.attribution_window_days
         start = today - f.days_since_visit + 1  # the current lapse began after the last visit
-        past = history_state(self.log.history(today, window), self.n, today, start)
+        past = history_state(self.history(today), self.n, today, start)
         reachable = np.zeros((self.n, len(CHANNELS)), dtype=bool)
         reachable[:, CHANNELS.index("oa_template")] = self.permissions.follows_oa
         reachable[:, CHANNELS.index("sms")] = self.permissions.has_phone
@@ -204,7 +327,7 @@ class Campaign:
             value_fen=scores.value_fen,
             p_alive=scores.p_alive,
             term_days_silent=f.term_days_since_visit,
-            usual_hour=usual_hour.astype(np.int64),
+            usual_hour=contact_hour(f.usual_hour),
             opted_out=self.permissions.opted_out,
             last_step=past.last_step,
             journey_arm=past.journey_arm,
@@ -219,24 +342,47 @@ class Campaign:
             ),
         )
 
-    def night(self, today: int, scores: Scores, usual_hour: np.ndarray) -> Decisions:
-        """Decide tonight and keep the books: touches logged, allowances spent."""
-        users = self.user_state(today, scores, usual_hour)
+    def job(self, today: int, scores: Scores) -> Decisions:
+        """Decide this morning with production's function."""
+        users = self.user_state(today, scores)
         self.last_users = users
-        d = core_decide(self.policy, users, self.state, salt=self.salt, day=today, seed=self.seed)
+        state = self._learn(today)
+        d = core_decide(self.policy, users, state, salt=self.salt, day=today, seed=self.seed)
+        self.book(today, d, scores)
+        return d
+
+    def book(self, today: int, d: Decisions, scores: Scores) -> None:
+        """Keep the books of a morning's decisions: touches logged, allowances spent."""
         acting = np.flatnonzero((d.status == SEND) | (d.status == HOLDOUT) | (d.status == SKIPPED))
         status = np.select(
             [d.status[acting] == SEND, d.status[acting] == HOLDOUT], [SENT, HELD_OUT], SKIP
         ).astype(np.int8)
-        self.log.add(today, acting, d.step[acting], d.channel[acting], d.arm[acting], status)
+        arm, step = d.arm[acting].astype(np.int64), d.step[acting].astype(np.int64)
+        channel = d.channel[acting].astype(np.int64)
+        costs = np.asarray(self.policy.costs_fen, dtype=np.int64)
+        self.log.add(
+            DayTouches(
+                day=today,
+                user=acting,
+                step=step,
+                channel=channel,
+                arm=arm,
+                status=status,
+                sent_ms=planned_send_ms(today, d.defer_days[acting], d.send_hour[acting]),
+                tier=scores.tier[acting].astype(np.int64),
+                value_fen=scores.value_fen[acting].astype(np.int64),
+                message_cost_fen=np.where(status == SENT, costs[channel], 0),
+                coupon_face_fen=self.face_table[arm, step],
+                coupon_min_fen=self.min_table[arm, step],
+            )
+        )
         sent = acting[status == SENT]
         self.group[acting[status == HELD_OUT]] = -1
         self.group[sent] = d.arm[sent]
-        for a, arm in enumerate(self.policy.arms):
-            for s, touch in enumerate(arm.touches):
+        for a, arm_spec in enumerate(self.policy.arms):
+            for s, touch in enumerate(arm_spec.touches):
                 if touch.channel != SUBSCRIBE:
                     continue
                 template = self.policy.messages[touch.message].template_id
                 spend = sent[(d.arm[sent] == a) & (d.step[sent] == s)]
                 self.permissions.allowance[template][spend] -= 1
-        return d

@@ -20,6 +20,9 @@ APP_OPEN, SESSION_END, ORDER_PAID = (
 )
 
 
+EMPTY = {"kind": np.int8, "duration_s": np.float64, "used_coupon": bool}
+
+
 class EventLog:
     """The last `lookback` days of simulated events, and every order (all-time totals and
     the repeat-purchase model need them all, as production loads them all)."""
@@ -71,8 +74,8 @@ class EventLog:
 
     def columns(self) -> tuple[EventColumns, OrderColumns]:
         def join(blocks, cls, names):
-            if not blocks:
-                return cls(*(np.zeros(0) for _ in names))
+            if not blocks:  # typed like real columns: the scoring layer indexes with them
+                return cls(*(np.zeros(0, dtype=EMPTY.get(n, np.int64)) for n in names))
             return cls(*(np.concatenate([getattr(b, n) for b in blocks]) for n in names))
 
         events = join(self._events, EventColumns, ("user", "day", "hour", "kind", "duration_s"))

@@ -16,6 +16,7 @@ from datetime import date
 
 import mesa
 import numpy as np
+from mesa.time import Priority, Schedule
 
 from backend.core.bgnbd import BgNbdParams
 from backend.core.calendar import day_date, day_number
@@ -24,7 +25,7 @@ from backend.core.policy.spec import MESSAGE_KINDS
 from backend.core.scoring import Scores, score_users
 from backend.core.tiers import TIERS, TierConfig
 from simulator.calendar import CampusCalendar
-from simulator.campaign import Campaign
+from simulator.campaign import JOB_HOUR, VISIT_MINUTE, Campaign
 from simulator.campus import DayActivity, DayDraws, PersonaColumns, new_campus, organic_day
 from simulator.eventlog import EventLog
 from simulator.params import SimParams
@@ -83,10 +84,16 @@ class CampusModel(mesa.Model):
         start: date = DEFAULT_START,
         with_agents: bool = False,
         policy: Policy | None = None,
-        coupon_face_fen: dict[str, int] | None = None,
+        coupon_face_fen: dict[str, int | tuple[int, int]] | None = None,
         response_params: ResponseParams | None = None,
         warmup_days: int = 0,
+        salt: str = "wxsimulatedcampus",
+        run_days: int | None = None,
     ) -> None:
+        """`coupon_face_fen`: coupon template name -> face value, or (face value, minimum
+        spend), in fen. `salt` plays the tenant's appid in the stable holdout hash. With
+        `run_days` the model stops (`running` false) after that many days, and the last
+        collected row carries the results (`result`), as Mesa's batch_run expects."""
         super().__init__(rng=seed)
         self.seed = seed
         self.params = params or SimParams()
@@ -97,6 +104,8 @@ class CampusModel(mesa.Model):
         self.state = new_campus(self.params, users, np.random.default_rng(streams[0]))
         self.cols = PersonaColumns.of(self.params, self.state.persona)
         self.day = self.start_day = day_number(start)
+        self.run_days = run_days
+        self.coupon_terms = coupon_face_fen
         self.policy_from = self.start_day + warmup_days  # history builds up before any message
         self.today: DayActivity | None = None
         self.log = EventLog()
@@ -109,7 +118,11 @@ class CampusModel(mesa.Model):
                 policy,
                 users,
                 np.random.default_rng(streams[2]),
-                coupon_face_fen,
+                {
+                    name: terms if isinstance(terms, tuple) else (int(terms), 0)
+                    for name, terms in (coupon_face_fen or {}).items()
+                },
+                salt=salt,
                 seed=seed,
             )
             if policy is not None
@@ -121,10 +134,15 @@ class CampusModel(mesa.Model):
         self.twin = self.state.copy() if policy is not None else None
         self.twin_today: DayActivity | None = None
         self.response_rng = np.random.default_rng(streams[3])
-        self.response_params = response_params or ResponseParams()
-        self.lift = np.zeros(users)  # tomorrow's extra visit probability from messages
+        self.response_params = response_params or self.params.response_params()
+        # Answers to messages, waiting for the day the message lands (-1: none).
+        self.pull_day = np.full(users, -1, dtype=np.int64)  # comes back that day
         self.boost = np.zeros(users)  # engagement regained if they do come back
         self.farmer_back = np.zeros(users, dtype=bool)  # came for a coupon; leave after it
+        self.leave_day = np.full(users, -1, dtype=np.int64)  # a sleeping dog woken
+        self.opt_out_day = np.full(users, -1, dtype=np.int64)
+        self.session_s: np.ndarray | None = None
+        self.used_coupon: np.ndarray | None = None
         self.datacollector = mesa.DataCollector(
             model_reporters={
                 "date": lambda m: day_date(m.day - 1).isoformat(),
@@ -143,6 +161,7 @@ class CampusModel(mesa.Model):
                 "quiet_deferred": lambda m: m._quiet(),
                 "group_active": lambda m: m._group_active(),
                 "committed_cost_fen": lambda m: m._committed_cost(),
+                "result": lambda m: None if m.running else m.result(),
                 "incremental_revenue_fen": lambda m: (
                     0
                     if m.twin_today is None
@@ -153,44 +172,85 @@ class CampusModel(mesa.Model):
         if with_agents:
             for row in range(users):
                 Student(self, row)
+        # One time unit is a day: the job at JOB_HOUR, the campus at midday, `step` at its end.
+        self.schedule_recurring(
+            self.morning, Schedule(interval=1.0, start=self.time + JOB_HOUR / 24), Priority.HIGH
+        )
+        self.schedule_recurring(self.campus_day, Schedule(interval=1.0, start=self.time + 0.5))
+
+    def morning(self) -> None:
+        """Scheduled at JOB_HOUR each day: the scores and the campaign job, before anyone is
+        up (scores as of today from the log of the days before)."""
+        day = self.day
+        self.nightly(day)
+        self.decisions = None
+        if self.campaign is not None and day >= self.policy_from:
+            self.decisions = self.run_job(day)
+            self._answer(self.decisions, day)
+
+    def campus_day(self) -> None:
+        """Scheduled at midday: the whole day's campus life at once, and its books."""
+        day = self.day
+        factor, in_break = self.calendar.factor(day, self.params)
+        draws = DayDraws.draw(self.organic_rng, len(self.state))
+        pulled = self.pull_day == day
+        lift = pulled.astype(np.float64) if self.campaign is not None else None
+        self.today = organic_day(
+            self.state, self.cols, self.params, day, factor, in_break, draws, lift
+        )
+        used_coupon = None
+        if self.campaign is not None:
+            self._after_messages(day, pulled)
+            self.twin_today = organic_day(
+                self.twin, self.cols, self.params, day, factor, in_break, draws
+            )
+            used_coupon = self.campaign.after_day(
+                day, self.today, self.twin_today, self.state.usual_hour
+            )
+        self.session_s = draws.session_s()
+        self.used_coupon = used_coupon
+        self.log.add_day(day, self.today, self.state.usual_hour, self.session_s, used_coupon)
+        self.after_day(day)
 
     def step(self) -> None:
-        """One day of organic campus life."""
-        factor, in_break = self.calendar.factor(self.day, self.params)
-        draws = DayDraws.draw(self.organic_rng, len(self.state))
-        lift = self.lift if self.campaign is not None else None
-        self.today = organic_day(
-            self.state, self.cols, self.params, self.day, factor, in_break, draws, lift
-        )
-        if self.campaign is not None:
-            self._after_messages()
-            self.twin_today = organic_day(
-                self.twin, self.cols, self.params, self.day, factor, in_break, draws
-            )
-        self.log.add_day(self.day, self.today, self.state.usual_hour, draws.session_s())
-        if self.campaign is not None:
-            self.campaign.after_day(self.day, self.today, self.twin_today)
-        self.nightly()
-        if self.campaign is not None and self.day >= self.policy_from:
-            self.decisions = self.campaign.night(self.day, self.scores, self.state.usual_hour)
-            self._answer(self.decisions)
+        """Mesa's step closes the day (one time unit = one day): the morning job and the day
+        ran as scheduled events before it; the day's measures are collected."""
         self.day += 1
+        if self.run_days is not None and self.day - self.start_day >= self.run_days:
+            self.running = False
         self.datacollector.collect(self)
 
-    def _after_messages(self) -> None:
-        """Yesterday's messages played out: those who came back regain engagement; coupon
-        farmers who came for the coupon go again."""
-        came = self.today.visited & (self.lift > 0)
+    def result(self) -> dict | None:
+        """The policy's results against its holdout, with the truth (simulator/results.py)."""
+        if self.campaign is None:
+            return None
+        from simulator.results import summarise
+
+        arms, uplift = summarise(self.campaign, self.day - 1, self.seed)
+        return {"arms": arms, "uplift": uplift}
+
+    def run_job(self, day: int) -> Decisions:
+        """The morning campaign job: production's decision over the model's books (the
+        end-to-end model runs the backend's job instead)."""
+        return self.campaign.job(day, self.scores)
+
+    def after_day(self, day: int) -> None:
+        """Hook for the end-to-end model: the day's activity is known."""
+
+    def _after_messages(self, day: int, pulled: np.ndarray) -> None:
+        """Messages landing today played out: those who came back regain engagement; coupon
+        farmers who came for the coupon go again; the annoyed opt out or leave."""
+        came = self.today.visited & pulled
         self.state.engagement = np.minimum(1.0, self.state.engagement + self.boost * came)
         gone = came & self.farmer_back
         gone &= self.response_rng.random(len(self.state)) < self.response_params.farmer_leave
         self.state.churned |= gone
-        self.lift[:] = 0.0
-        self.boost[:] = 0.0
-        self.farmer_back[:] = False
+        self.state.churned |= self.leave_day == day
+        self.campaign.permissions.opted_out[self.opt_out_day == day] = True
 
-    def _answer(self, d: Decisions) -> None:
-        """Tonight's sends meet their users (responses drawn from their own stream)."""
+    def _answer(self, d: Decisions, day: int) -> None:
+        """This morning's sends meet their users (responses drawn from their own stream) on
+        the day they land: the send's day, or the next if it comes after the user's visit."""
         sent = np.flatnonzero(d.status == SEND)
         if sent.size == 0:
             return
@@ -207,14 +267,20 @@ class CampusModel(mesa.Model):
             self.response_params,
             self.response_rng,
         )
-        self.lift[r.back] = 1.0
+        send_minute = d.send_hour[sent].astype(np.int64) * 60
+        visit_minute = self.state.usual_hour[sent].astype(np.int64) * 60 + VISIT_MINUTE
+        land = np.zeros(len(self.state), dtype=np.int64)
+        land[sent] = day + d.defer_days[sent].astype(np.int64) + (visit_minute < send_minute)
+        self.pull_day[r.back] = land[r.back]
         self.boost[r.back] = r.boost
+        self.leave_day[r.leave] = land[r.leave]
+        self.opt_out_day[r.opt_out] = land[r.opt_out]
         # Coupon farmers brought back by a coupon take it and go (SEED_DIGEST §2).
         came_for_coupon = (names[persona] == "coupon_farmer") & (
             kind == MESSAGE_KINDS.index("coupon")
         )
+        self.farmer_back[r.back] = False
         self.farmer_back[np.intersect1d(r.back, sent[came_for_coupon])] = True
-        self.state.churned[r.leave] = True
 
     def _count(self, status: int) -> int:
         return 0 if self.decisions is None else self.decisions.count(status)
@@ -238,16 +304,17 @@ class CampusModel(mesa.Model):
         counts = np.bincount(visitors, minlength=len(names))
         return dict(zip(names, map(int, counts), strict=True))
 
-    def nightly(self) -> None:
-        """Score every user as of tonight with the production scoring function. BG/NBD is
-        refitted weekly (its parameters move slowly), as `score_users` allows."""
+    def nightly(self, as_of: int) -> None:
+        """Score every user as of `as_of` with the production scoring function, as the
+        morning job does (the log holds the days before). BG/NBD is refitted weekly (its
+        parameters move slowly), as `score_users` allows."""
         events, orders = self.log.columns()
-        refit = self.bgnbd is None or (self.day - self.start_day) % 7 == 0
+        refit = self.bgnbd is None or (as_of - self.start_day) % 7 == 0
         self.scores = score_users(
             events,
             orders,
             len(self.state),
-            self.day,
+            as_of,
             self.calendar.terms,
             self.tier_config,
             first_seen=self.first_seen,

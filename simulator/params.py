@@ -13,6 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from simulator.response import ResponseParams
+
 
 @dataclass(frozen=True)
 class Persona:
@@ -54,6 +56,9 @@ class SimParams:
     break_factor: float = 0.05  # vacations: almost nobody; and nobody churns
     revive_engagement: float = 0.3  # engagement of a user who came back on their own
     calendar: str = "campus_calendar.yaml"  # in seeds/
+    # Overrides of simulator.response.ResponseParams fields (calibrated response rates);
+    # empty: the defaults. A file without it loads with the defaults.
+    response: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # calibration notes, kept with the file
 
     def with_personas(self, **changes) -> SimParams:
@@ -69,6 +74,18 @@ class SimParams:
                     raise ValueError(f"persona {p.name}: {name} must be a probability")
             if p.half_life_days <= 0 or p.aov_fen <= 0:
                 raise ValueError(f"persona {p.name}: half-life and order value must be positive")
+        self.response_params()
+
+    def response_params(self) -> ResponseParams:
+        """The response model's parameters: the defaults with this file's overrides."""
+        known = ResponseParams.__dataclass_fields__
+        unknown = sorted(set(self.response) - set(known))
+        if unknown:
+            raise ValueError(f"response: unknown parameters {unknown}")
+        changes = dict(self.response)
+        if "response" in changes:  # persona -> rates per message kind (lists in JSON)
+            changes["response"] = {p: tuple(v) for p, v in changes["response"].items()}
+        return replace(ResponseParams(), **changes)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)

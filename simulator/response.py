@@ -43,12 +43,15 @@ class ResponseParams:
     )
     sleeping_dog_leave: float = 0.2  # an opened message makes a sleeping dog leave
     farmer_leave: float = 0.8  # a coupon farmer who came back for a coupon then leaves
+    opt_out: float = 0.01  # an opened message makes the user opt out of marketing ...
+    opt_out_per_touch: float = 1.0  # ... more so with each touch of the last 30 days (× 1 + k)
 
 
 @dataclass(frozen=True)
 class Responses:
     back: np.ndarray  # users (indices) who come back tomorrow because of the message
     leave: np.ndarray  # users the message drove away
+    opt_out: np.ndarray  # users who turned marketing messages off
     boost: np.ndarray  # engagement gained by those who come back
 
 
@@ -76,7 +79,9 @@ def respond(
     dog = persona_name == "sleeping_dog"
     leave = opened & dog & (u < params.sleeping_dog_leave)
     back = opened & ~leave & (rng.random(n) < p_back)
+    tired = params.opt_out * (1.0 + params.opt_out_per_touch * np.maximum(touches_30d - 1, 0))
+    opt_out = opened & ~back & (rng.random(n) < tired)
     boost = np.array([params.boost[MESSAGE_KINDS[k]] for k in kind], dtype=float)
     farmer_coupon = (persona_name == "coupon_farmer") & (kind == MESSAGE_KINDS.index("coupon"))
     boost = np.where(farmer_coupon, 0.0, boost)
-    return Responses(users[back], users[leave], boost[back])
+    return Responses(users[back], users[leave], users[opt_out], boost[back])

@@ -21,19 +21,17 @@ def _first(user: np.ndarray, order: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return idx[metrics.first_per_user(user[idx], order[idx])]
 
 
-def summarise(campaign: Campaign, last_day: int, coupon_face_fen: dict[str, int], seed: int):
+def summarise(campaign: Campaign, last_day: int, seed: int):
     """The `arms` and `uplift` parts of the simulation output."""
     policy = campaign.policy
     log = campaign.log
-    o = log.outcome
+    o = {name: log.column(name) for name in ("returned", "return_day", "revenue_fen")}
+    o |= {name: log.column(name) for name in ("retained_d7", "retained_d30", "redeemed")}
+    o |= {name: log.column(name) for name in ("returned_twin", "revenue_fen_twin")}
     user, arm, status = log.column("user"), log.column("arm"), log.column("status")
-    step, channel = log.column("step"), log.column("channel")
-    face = np.zeros((len(policy.arms), policy.max_steps), dtype=np.int64)
-    for a, spec in enumerate(policy.arms):
-        for s, touch in enumerate(spec.touches):
-            face[a, s] = coupon_face_fen.get(touch.coupon, 0) if touch.coupon else 0
-    coupon_cost = np.where(o["ordered"] & (status == SENT), face[arm, step], 0)
-    message_cost = np.where(status == SENT, np.asarray(policy.costs_fen)[channel], 0)
+    step = log.column("step")
+    coupon_cost = np.where(o["redeemed"], log.column("coupon_face_fen"), 0)
+    message_cost = log.column("message_cost_fen")
     r = o["return_day"]
     order = log.column("day") * 10 + step
 

@@ -10,14 +10,15 @@ from backend.core.display import pct as _pct
 from backend.core.display import pp, pp_interval, ratio
 from backend.core.policy import Policy, parse_policy
 from simulator.model import CampusModel
+from simulator.params import SimParams
 from simulator.results import summarise
 
 PRESETS = Path(__file__).resolve().parent.parent / "seeds" / "policies"
 # The preset policies hand out this coupon; its face value is what a redemption costs.
-DEFAULT_COUPONS = {"专属回归券满15减5": 500}
+DEFAULT_COUPONS = {"专属回归券满15减5": (500, 1500)}  # face value, minimum spend
 
 
-def load_policy(ref: str) -> Policy:
+def policy_path(ref: str) -> Path:
     """A preset name (seeds/policies/NAME.yaml) or a path to a policy file."""
     path = Path(ref)
     if not path.exists():
@@ -25,7 +26,11 @@ def load_policy(ref: str) -> Policy:
     if not path.exists():
         names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
         raise ValueError(f"no policy file {ref!r} and no preset of that name; presets: {names}")
-    return parse_policy(path.read_text(encoding="utf-8"))
+    return path
+
+
+def load_policy(ref: str) -> Policy:
+    return parse_policy(policy_path(ref).read_text(encoding="utf-8"))
 
 
 def run_simulation(
@@ -36,25 +41,36 @@ def run_simulation(
     warmup: int = 28,
     progress: Callable[[int], None] | None = None,
     coupons: dict[str, int] | None = None,
+    params: SimParams | None = None,
 ) -> dict:
+    """`params`: the campus's parameters (a calibrated file, `SimParams.load`); None for the
+    defaults. Its response overrides, if any, drive the answers to messages."""
     faces = dict(DEFAULT_COUPONS if coupons is None else coupons)
     model = CampusModel(
-        users=users, seed=seed, policy=policy, coupon_face_fen=faces, warmup_days=warmup
+        users=users,
+        seed=seed,
+        policy=policy,
+        coupon_face_fen=faces,
+        warmup_days=warmup,
+        params=params,
     )
     for _ in range(warmup + days):
         model.step()
         if progress is not None:
             progress(1)
-    arms, uplift = summarise(model.campaign, model.day - 1, faces, seed)
-    daily = model.datacollector.get_model_vars_dataframe()
+    arms, uplift = summarise(model.campaign, model.day - 1, seed)
+    daily = model.datacollector.get_model_vars_dataframe().drop(columns=["result"])
+    config = {
+        "policy": policy.name,
+        "users": users,
+        "days": days,
+        "seed": seed,
+        "warmup_days": warmup,
+    }
+    if params is not None:
+        config["params"] = params.extra.get("summary", "custom parameters")
     return {
-        "config": {
-            "policy": policy.name,
-            "users": users,
-            "days": days,
-            "seed": seed,
-            "warmup_days": warmup,
-        },
+        "config": config,
         "arms": arms,
         "uplift": uplift,
         "daily": daily.iloc[warmup:].to_dict(orient="list"),
@@ -69,6 +85,8 @@ def summary_table(result: dict) -> str:
         f"  {'group':<28} {'users':>6} {'recalled':>8} {'rate':>6} {'D7':>6} {'D30':>6} "
         f"{'messages':>8} {'ROI':>6}",
     ]
+    if "params" in c:
+        lines.insert(1, f"  campus parameters: {c['params']}")
     for name, g in result["arms"].items():
         roi = ratio(g["roi"])
         lines.append(
@@ -116,11 +134,14 @@ def compare(
     seed: int,
     warmup: int = 28,
     progress: Callable[[int], None] | None = None,
+    params: SimParams | None = None,
 ) -> dict:
     """Every policy on the same population and the same organic dice (same seed), ranked by
     incremental recall against its own holdout; pairs whose difference is not significant
     are said so."""
-    results = [run_simulation(p, users, days, seed, warmup, progress) for p in policies]
+    results = [
+        run_simulation(p, users, days, seed, warmup, progress, params=params) for p in policies
+    ]
     rows = [{"policy": r["config"]["policy"], **pooled(r)} for r in results]
     rows.sort(key=lambda r: -(r["incremental"]["diff"] or float("-inf")))
     verdicts = []
@@ -143,14 +164,17 @@ def compare(
                 "significant": lo > 0,
             }
         )
+    config = {
+        "policies": [p.name for p in policies],
+        "users": users,
+        "days": days,
+        "seed": seed,
+        "warmup_days": warmup,
+    }
+    if params is not None:
+        config["params"] = results[0]["config"]["params"]
     return {
-        "config": {
-            "policies": [p.name for p in policies],
-            "users": users,
-            "days": days,
-            "seed": seed,
-            "warmup_days": warmup,
-        },
+        "config": config,
         "ranking": rows,
         "verdicts": verdicts,
         "results": results,
@@ -166,6 +190,8 @@ def compare_table(out: dict) -> str:
         f"{'incremental recall [95%]':<28} {'true':>8} {'messages':>8} {'cost ¥':>8} "
         f"{'revenue ¥':>10}",
     ]
+    if "params" in c:
+        lines.insert(1, f"  campus parameters: {c['params']}")
     for i, r in enumerate(out["ranking"], 1):
         est, true = pp_interval(r["incremental"]), pp(r["true_incremental"])
         rate = r["recalled"] / r["treated"] if r["treated"] else None

@@ -182,13 +182,15 @@ def test_the_holdout_interval_covers_the_true_effect_about_95_percent_of_the_tim
     # 34 (85%) would happen by chance less than 1% of the time if coverage were really 95%.
     from dataclasses import replace
 
-    from simulator.run import load_policy, run_simulation
+    from simulator.replicates import replicates
+    from simulator.run import load_policy
 
     policy = replace(load_policy("coupon_blast"), holdout_share=0.5)
     covered, widths = [], []
-    for seed in range(40):
-        result = run_simulation(policy, 800, 25, seed, warmup=14)
-        up = result["uplift"]["same_coupon"]
+    runs = replicates(policy, 800, 25, range(40), warmup=14)
+    assert [r["seed"] for r in runs] == list(range(40))
+    for run in runs:
+        up = run["result"]["uplift"]["same_coupon"]
         est, truth = up["recall_rate"], up["true_uplift"]["recall_rate"]
         covered.append(est["lo"] <= truth <= est["hi"])
         widths.append(est["hi"] - est["lo"])

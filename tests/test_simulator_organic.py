@@ -157,12 +157,19 @@ def test_nightly_scores_come_from_the_production_scoring_function():
 
     model = CampusModel(users=1500, seed=13)
     df = frame(model, 45)
+    # The DataCollector's tier counts are the last morning's scores.
+    last = df.iloc[-1]
+    assert [last[f"tier_{t}"] for t in TIERS] == np.bincount(
+        model.scores.tier, minlength=len(TIERS)
+    ).tolist()
+    # Tomorrow morning's job scores the log of every day so far, as production would.
+    model.nightly(model.day)
     events, orders = model.log.columns()
     again = score_users(
         events,
         orders,
         1500,
-        model.day - 1,
+        model.day,
         model.calendar.terms,
         model.tier_config,
         first_seen=model.first_seen,
@@ -171,10 +178,5 @@ def test_nightly_scores_come_from_the_production_scoring_function():
     )
     assert np.array_equal(again.tier, model.scores.tier)
     seen = model.state.last_visit >= 0
-    silent = (model.day - 1) - model.state.last_visit
+    silent = model.day - model.state.last_visit
     assert np.array_equal(model.scores.features.days_since_visit[seen], silent[seen])
-    # The DataCollector's tier counts are tonight's scores.
-    last = df.iloc[-1]
-    assert [last[f"tier_{t}"] for t in TIERS] == np.bincount(
-        model.scores.tier, minlength=len(TIERS)
-    ).tolist()

@@ -1,0 +1,674 @@
+"""Calibration: the simulator's parameters fitted to a tenant's own event log.
+
+What a log shows and what it hides. A log records visit days, orders and their amounts; the
+personas behind them are latent, and two users with the same visits may be a regular who
+drifted or a price-sensitive user on their usual rhythm. So the persona *structure* is kept —
+the shares and the ratios between personas of each parameter (regulars visit more, price-
+sensitive users fade faster, ...) — and each organic parameter is fitted as one factor that
+scales every persona jointly, by the method of simulated moments: statistics of the tenant's
+log are matched by the same statistics of a simulated campus living the same calendar days,
+whose parameters are adjusted until they agree. Both sides go through one function
+(`moments`), so any selection in a statistic (e.g. "after a user's first visit") is made the
+same way on both and cancels.
+
+Fitted, each from:
+- `visit_p` (one factor): visit-days per user-day in each user's first 14 days after their
+  first visit;
+- `half_life_days` (one factor): how that rate falls — the rate from day 15 on over it;
+- `order_p` (one factor): paid orders per visit-day;
+- `aov_fen` (one factor): the mean log amount of the orders, against the persona mix of the
+  orders in the fitted simulation (for one lognormal this is the exact MLE of the median);
+- `aov_sigma` (one factor): the pooled within-user variance of log amounts (a user has one
+  persona, so this is σ² without the spread between personas' medians);
+- `weekend_factor`: weekend over weekday visitors per day in term time; `exam_factor`: exam
+  weekdays over other term weekdays, when the log has exam weekdays; `break_factor`: break
+  days over term weekdays, when the log has a week of break;
+- response rates (`fit_response`): the treated-minus-holdout return rate per message kind,
+  when the tenant has attributed touches with a holdout.
+
+Kept at their defaults, and why: persona shares (six overlapping personas are not separable
+from visit rates alone: they differ most in how they answer messages, which an organic log
+does not show); `start_engagement` (only visit_p × engagement is seen); `boost` (engagement
+regained by an order is confounded with order_p and the half-life); churn hazards
+(`churn_base`, `churn_slope`) and `revive_p` (a few months of log cannot tell a churned user
+from one whose engagement decayed: both are silent; the decline is attributed to the
+half-life, the hazard keeps its default share of it). The model has no arrivals: the
+simulated population is present from the log's first day, and a user first seen late in the
+log is read as a quiet one, not a newcomer.
+
+Everything here is over whole columns (no Python loop over users); the simulated campus
+steps one day at a time as the simulator does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from backend.core.calendar import day_date
+from backend.core.features import EventColumns, OrderColumns, active_days
+from backend.core.policy.spec import MESSAGE_KINDS
+from simulator.calendar import CampusCalendar
+from simulator.campus import DayDraws, PersonaColumns, new_campus, organic_day
+from simulator.params import SimParams
+
+MIN_DAYS = 28  # a month: two cycles of the early window, four weekends
+MIN_USERS = 100
+MIN_ORDERS_FOR_VALUES = 30
+MIN_REPEAT_BUYERS = 20  # users with two or more orders, for the within-user spread
+EARLY_DAYS = 14
+MAX_ITERATIONS = 25
+TOLERANCE = 0.002  # |log(simulated / observed)| of every moment
+FIT_SEED = 0
+
+
+class NotEnoughHistory(ValueError):
+    """The log is too short or too small to fit from."""
+
+
+@dataclass(frozen=True)
+class Log:
+    """An organic history as columns: distinct visit days and paid orders, inside a window."""
+
+    first_day: int
+    last_day: int
+    n_users: int
+    visit_user: np.ndarray  # distinct (user, day) pairs, sorted by user then day
+    visit_day: np.ndarray
+    order_user: np.ndarray
+    order_day: np.ndarray
+    amount_fen: np.ndarray
+
+    @classmethod
+    def of(
+        cls,
+        events: EventColumns,
+        orders: OrderColumns,
+        n_users: int,
+        first_day: int,
+        last_day: int,
+    ) -> Log:
+        """A visit is a day with any event, as the scoring layer counts it."""
+        keep = (events.day >= first_day) & (events.day <= last_day)
+        vu, vd = active_days(
+            EventColumns(*(getattr(events, f)[keep] for f in EventColumns.__dataclass_fields__))
+        )
+        ok = (orders.day >= first_day) & (orders.day <= last_day)
+        return cls(
+            first_day,
+            last_day,
+            n_users,
+            vu.astype(np.int64),
+            vd.astype(np.int64),
+            orders.user[ok].astype(np.int64),
+            orders.day[ok].astype(np.int64),
+            orders.amount_fen[ok].astype(np.int64),
+        )
+
+    @property
+    def days(self) -> int:
+        return self.last_day - self.first_day + 1
+
+    def visitors(self) -> int:
+        return int(np.unique(self.visit_user).size)
+
+
+@dataclass(frozen=True)
+class Moments:
+    """The statistics matched between the tenant's log and the simulated campus."""
+
+    early_rate: float  # visit-days per user-day, days 1..14 after each user's first visit
+    late_ratio: float  # the rate from day 15 on, over early_rate (nan if the log is short)
+    order_share: float  # paid orders per visit-day
+    weekend_ratio: float  # visitors per weekend day over per weekday, term time
+    exam_ratio: float  # exam weekdays over other term weekdays (nan without exam days)
+    break_ratio: float  # break days over term weekdays (nan without a week of break)
+
+
+def _day_kinds(cal: CampusCalendar, first_day: int, last_day: int):
+    days = np.arange(first_day, last_day + 1)
+    brk = cal.terms.is_break(days)
+    exam = np.zeros(days.size, dtype=bool)
+    for a, b in cal.exams:
+        exam |= (days >= a) & (days <= b)
+    weekend = (days + 3) % 7 >= 5  # day 0 (1970-01-01) was a Thursday
+    return brk, exam, weekend
+
+
+def moments(log: Log, cal: CampusCalendar) -> Moments:
+    vu, vd = log.visit_user, log.visit_day
+    seen, first_at = np.unique(vu, return_index=True)
+    first = np.zeros(log.n_users, dtype=np.int64)
+    first[seen] = vd[first_at]
+    age = vd - first[vu]
+    span = log.last_day - first[seen]  # days observed after each user's first visit
+    early = np.sum((age >= 1) & (age <= EARLY_DAYS)) / max(np.clip(span, 0, EARLY_DAYS).sum(), 1)
+    late_risk = np.clip(span - EARLY_DAYS, 0, None).sum()
+    late = np.sum(age > EARLY_DAYS) / late_risk if late_risk else np.nan
+
+    per_day = np.bincount(vd - log.first_day, minlength=log.days)[: log.days].astype(float)
+    brk, exam, weekend = _day_kinds(cal, log.first_day, log.last_day)
+    term_weekday = ~brk & ~exam & ~weekend
+    base = per_day[term_weekday].mean() if term_weekday.any() else np.nan
+
+    def ratio(mask: np.ndarray, least: int) -> float:
+        if mask.sum() < least or not base:
+            return np.nan
+        return float(per_day[mask].mean() / base)
+
+    return Moments(
+        early_rate=float(early),
+        late_ratio=float(late / early) if early else np.nan,
+        order_share=log.order_user.size / max(vd.size, 1),
+        weekend_ratio=ratio(~brk & ~exam & weekend, 2),
+        exam_ratio=ratio(~brk & exam & ~weekend, 3),
+        break_ratio=ratio(brk, 7),
+    )
+
+
+@dataclass(frozen=True)
+class Simulated:
+    log: Log
+    persona: np.ndarray  # each simulated user's persona index
+
+
+def simulate_log(params: SimParams, n: int, first_day: int, last_day: int, seed: int) -> Simulated:
+    """A campus of `n` users living the days of the window, organic only, as columns.
+
+    The same seed gives the same coin flips whatever the parameters (common random
+    numbers), so the fit's moments move smoothly with the parameters.
+    """
+    pop, days = np.random.SeedSequence(seed).spawn(2)
+    state = new_campus(params, n, np.random.default_rng(pop))
+    cols = PersonaColumns.of(params, state.persona)
+    cal = CampusCalendar.load(params.calendar)
+    rng = np.random.default_rng(days)
+    vu, vd, ou, od, oa = [], [], [], [], []
+    for day in range(first_day, last_day + 1):
+        factor, in_break = cal.factor(day, params)
+        act = organic_day(state, cols, params, day, factor, in_break, DayDraws.draw(rng, n))
+        v = np.flatnonzero(act.visited)
+        o = np.flatnonzero(act.ordered)
+        vu.append(v)
+        vd.append(np.full(v.size, day))
+        ou.append(o)
+        od.append(np.full(o.size, day))
+        oa.append(act.amount_fen[o])
+    vu, vd = np.concatenate(vu), np.concatenate(vd)
+    order = np.lexsort((vd, vu))
+    log = Log(
+        first_day,
+        last_day,
+        n,
+        vu[order].astype(np.int64),
+        vd[order].astype(np.int64),
+        np.concatenate(ou).astype(np.int64),
+        np.concatenate(od).astype(np.int64),
+        np.concatenate(oa).astype(np.int64),
+    )
+    return Simulated(log, state.persona)
+
+
+@dataclass(frozen=True)
+class Factors:
+    """Joint multipliers of the personas' defaults, and the calendar factors."""
+
+    visit: float = 1.0
+    half_life: float = 1.0
+    order: float = 1.0
+    aov: float = 1.0
+    sigma: float = 1.0
+    weekend: float | None = None  # None: keep the base parameters' value
+    exam: float | None = None
+    brk: float | None = None
+
+    def apply(self, base: SimParams) -> SimParams:
+        personas = tuple(
+            replace(
+                p,
+                visit_p=float(min(1.0, p.visit_p * self.visit)),
+                half_life_days=float(p.half_life_days * self.half_life),
+                order_p=float(min(1.0, p.order_p * self.order)),
+                aov_fen=max(1, int(round(p.aov_fen * self.aov))),
+                aov_sigma=float(p.aov_sigma * self.sigma),
+            )
+            for p in base.personas
+        )
+        return replace(
+            base,
+            personas=personas,
+            weekend_factor=base.weekend_factor if self.weekend is None else float(self.weekend),
+            exam_factor=base.exam_factor if self.exam is None else float(self.exam),
+            break_factor=base.break_factor if self.brk is None else float(self.brk),
+        )
+
+
+def _log_gap(observed: float, simulated: float) -> float:
+    if not (np.isfinite(observed) and np.isfinite(simulated)) or observed <= 0 or simulated <= 0:
+        return 0.0
+    return float(np.log(observed / simulated))
+
+
+def fit_organic(
+    log: Log,
+    base: SimParams | None = None,
+    seed: int = FIT_SEED,
+    n_sim: int | None = None,
+) -> tuple[SimParams, dict]:
+    """Fit visit rates, decay, order share, order values and calendar factors to `log`.
+
+    Returns the parameters and a report (observed and simulated moments, factors,
+    iterations). Raises NotEnoughHistory when the log cannot support a fit.
+    """
+    base = base or SimParams()
+    check_history(log)
+    cal = CampusCalendar.load(base.calendar)
+    target = moments(log, cal)
+    n_sim = n_sim or int(np.clip(4 * log.visitors(), 8000, 40000))
+    f = Factors(
+        weekend=base.weekend_factor,
+        exam=base.exam_factor if np.isfinite(target.exam_ratio) else None,
+        brk=base.break_factor if np.isfinite(target.break_ratio) else None,
+    )
+    slope, last = 0.3, None  # d log(late ratio) / d log(half-life): a first guess, then secant
+    rounds = 0
+    while True:
+        rounds += 1
+        sim = simulate_log(f.apply(base), n_sim, log.first_day, log.last_day, seed)
+        got = moments(sim.log, cal)
+        gaps = {
+            "early_rate": _log_gap(target.early_rate, got.early_rate),
+            "late_ratio": _log_gap(target.late_ratio, got.late_ratio),
+            "order_share": _log_gap(target.order_share, got.order_share),
+            "weekend_ratio": _log_gap(target.weekend_ratio, got.weekend_ratio),
+            "exam_ratio": _log_gap(target.exam_ratio, got.exam_ratio),
+            "break_ratio": _log_gap(target.break_ratio, got.break_ratio),
+        }
+        converged = max(abs(g) for g in gaps.values()) < TOLERANCE
+        if converged or rounds == MAX_ITERATIONS:
+            break
+        h = np.log(f.half_life)
+        if last is not None and abs(h - last[0]) > 1e-6:
+            measured = (np.log(got.late_ratio) - last[1]) / (h - last[0])
+            if np.isfinite(measured):
+                slope = float(np.clip(measured, 0.05, 2.0))
+        last = (h, np.log(got.late_ratio)) if np.isfinite(got.late_ratio) else None
+        step = float(np.clip(gaps["late_ratio"] / slope, -1.0, 1.0))
+        order = 0.0 if target.order_share == 0 else f.order * np.exp(gaps["order_share"])
+        f = replace(
+            f,
+            visit=f.visit * np.exp(gaps["early_rate"]),
+            half_life=float(np.clip(f.half_life * np.exp(step), 0.02, 50.0)),
+            order=order,
+            weekend=f.weekend * np.exp(gaps["weekend_ratio"]),
+            exam=None if f.exam is None else f.exam * np.exp(gaps["exam_ratio"]),
+            brk=None if f.brk is None else min(1.0, f.brk * np.exp(gaps["break_ratio"])),
+        )
+    f, value_notes = _fit_values(log, sim, base, f)
+    params = f.apply(base)
+    params.check()
+    report = {
+        "observed": _clean(asdict(target)),
+        "simulated": _clean(asdict(got)),
+        "iterations": rounds,
+        "converged": bool(converged),
+        "factors": _clean(asdict(f)),
+        "simulated_users": n_sim,
+        **value_notes,
+    }
+    return params, report
+
+
+def _fit_values(log: Log, sim: Simulated, base: SimParams, f: Factors) -> tuple[Factors, dict]:
+    """Order values: the median scale from the mean log amount, sigma from the within-user
+    spread; each persona's share of orders (and of repeat orders) comes from the fitted
+    simulation, since personas are not seen in the log."""
+    x = np.log(np.maximum(log.amount_fen, 1).astype(float))
+    notes: dict = {"orders": int(x.size)}
+    if x.size < MIN_ORDERS_FOR_VALUES:
+        notes["order_values"] = (
+            f"kept at defaults: {x.size} orders (fitting needs {MIN_ORDERS_FOR_VALUES})"
+        )
+        return f, notes
+    k = len(base.personas)
+    log_aov = np.log([p.aov_fen for p in base.personas])
+    sigma = np.array([p.aov_sigma for p in base.personas])
+    by_persona = np.bincount(sim.persona[sim.log.order_user], minlength=k)[:k].astype(float)
+    w = by_persona / max(by_persona.sum(), 1)
+    notes["log_amount_mean"] = float(x.mean())
+    notes["log_amount_sd"] = float(x.std())  # a single lognormal's MLE, for the record
+    aov = float(np.exp(x.mean() - w @ log_aov))
+
+    per_user = np.bincount(log.order_user, minlength=log.n_users)
+    sums = np.bincount(log.order_user, weights=x, minlength=log.n_users)
+    mean = sums / np.maximum(per_user, 1)
+    within = np.sum((x - mean[log.order_user]) ** 2)
+    dof = np.sum(np.maximum(per_user - 1, 0))
+    repeat = int(np.sum(per_user >= 2))
+    notes["repeat_buyers"] = repeat
+    if repeat < MIN_REPEAT_BUYERS:
+        notes["aov_sigma"] = f"kept at defaults: {repeat} repeat buyers (need {MIN_REPEAT_BUYERS})"
+        return replace(f, aov=aov), notes
+    sim_counts = np.bincount(sim.log.order_user, minlength=sim.log.n_users)
+    repeats = np.bincount(sim.persona, weights=np.maximum(sim_counts - 1, 0), minlength=k)[:k]
+    w2 = repeats / max(repeats.sum(), 1)
+    notes["within_user_log_sd"] = float(np.sqrt(within / dof))
+    scale = float(np.sqrt((within / dof) / (w2 @ sigma**2)))
+    return replace(f, aov=aov, sigma=scale), notes
+
+
+def _clean(d: dict) -> dict:
+    """JSON-safe: nan becomes None, numpy floats plain floats."""
+    out = {}
+    for key, v in d.items():
+        if isinstance(v, float | np.floating):
+            out[key] = None if not np.isfinite(v) else round(float(v), 6)
+        else:
+            out[key] = v
+    return out
+
+
+def check_history(log: Log) -> None:
+    if log.visit_day.size == 0:
+        raise NotEnoughHistory("no events in the log: nothing to calibrate from")
+    span = int(log.visit_day.max() - log.visit_day.min()) + 1
+    if span < MIN_DAYS:
+        raise NotEnoughHistory(
+            f"only {span} days of event history "
+            f"({day_date(log.visit_day.min())} to {day_date(log.visit_day.max())}); "
+            f"calibration needs at least {MIN_DAYS}"
+        )
+    users = log.visitors()
+    if users < MIN_USERS:
+        raise NotEnoughHistory(
+            f"only {users} users visited in the log; calibration needs at least {MIN_USERS}"
+        )
+
+
+# --- response rates -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TouchColumns:
+    """Attributed touches, one row each, sent and held out alike (intention to treat)."""
+
+    user: np.ndarray  # index into the log's users
+    day: np.ndarray
+    channel: np.ndarray  # str, CHANNELS
+    kind: np.ndarray  # str, MESSAGE_KINDS
+    holdout: np.ndarray  # bool
+    returned: np.ndarray  # bool: came back inside the attribution window
+
+
+MIN_TOUCHES = 50  # per side (treated, holdout) of a message kind
+FATIGUE_DAYS = 30
+
+
+def _touch_context(touches: TouchColumns, log: Log, cal: CampusCalendar):
+    """Term days since the user's last visit before each touch, and the user's touches in
+    the 30 days up to it (itself included): the golden window and fatigue of the response
+    model."""
+    big = np.int64(1_000_000)
+    vkey = log.visit_user * big + log.visit_day  # sorted: visits are by user, then day
+    at = np.searchsorted(vkey, touches.user * big + touches.day) - 1
+    ok = at >= 0
+    ok[ok] = log.visit_user[at[ok]] == touches.user[ok]
+    last = np.where(ok, log.visit_day[np.maximum(at, 0)], log.first_day - 1)
+    silent = cal.terms.term_days_between(last, touches.day)
+    tkey = np.sort(touches.user * big + touches.day)
+    here = touches.user * big + touches.day
+    recent = np.searchsorted(tkey, here, "right") - np.searchsorted(
+        tkey, here - (FATIGUE_DAYS - 1), "left"
+    )
+    return silent, recent
+
+
+def fit_response(touches: TouchColumns, log: Log, base: SimParams) -> tuple[dict, dict[str, dict]]:
+    """Scale the response table per message kind to its treated-minus-holdout return rate.
+
+    In the simulator a message brings a user back with probability open rate (channel) ×
+    response[persona][kind] × golden window × fatigue, and that counts as an effect only for
+    users who would not have come back anyway (1 − the holdout's return rate). So with the
+    current table, the effect of a kind's touches should be about the mean over its treated
+    touches of open × (share-weighted response) × golden × fatigue, times (1 − holdout rate);
+    each kind's column of the table is scaled by observed / expected. Open rates, the golden
+    window's shape and fatigue stay as they are (a return rate alone cannot separate them
+    from the response). A kind with fewer than MIN_TOUCHES on either side, or sent only
+    in-app (no message to open), keeps its defaults.
+
+    Returns (the `SimParams.response` overrides, a per-kind table for the record).
+    """
+    rp = base.response_params()
+    cal = CampusCalendar.load(base.calendar)
+    silent, recent = _touch_context(touches, log, cal)
+    golden = np.maximum(rp.golden_floor, np.exp(-np.maximum(silent - 3, 0) / rp.golden_days))
+    fatigue = rp.fatigue ** np.maximum(recent - 1, 0)
+    channels, which = np.unique(touches.channel.astype(str), return_inverse=True)
+    opened = np.array([rp.open_rate.get(c, 0.0) for c in channels])[which]
+    shares = {p.name: p.share for p in base.personas}
+    table: dict[str, dict] = {}
+    response = {p: list(v) for p, v in rp.response.items()}
+    changed = False
+    for k, kind in enumerate(MESSAGE_KINDS):
+        mine = touches.kind == kind
+        treated, held = mine & ~touches.holdout, mine & touches.holdout
+        nt, nh = int(treated.sum()), int(held.sum())
+        row: dict = {"treated": nt, "holdout": nh, "fitted": False}
+        table[kind] = row
+        if nt < MIN_TOUCHES or nh < MIN_TOUCHES:
+            row["why_not"] = f"fewer than {MIN_TOUCHES} touches on a side"
+            continue
+        rt = float(touches.returned[treated].mean())
+        rh = float(touches.returned[held].mean())
+        mean_response = sum(shares.get(p, 0.0) * v[k] for p, v in rp.response.items())
+        reach = float(np.mean(opened[treated] * golden[treated] * fatigue[treated]))
+        expected = reach * mean_response * (1.0 - rh)
+        se = float(np.sqrt(rt * (1 - rt) / nt + rh * (1 - rh) / nh))
+        row.update(
+            {
+                "treated_rate": round(rt, 4),
+                "holdout_rate": round(rh, 4),
+                "effect": round(rt - rh, 4),
+                "effect_se": round(se, 4),
+                "expected_effect": round(expected, 4),
+            }
+        )
+        if expected <= 0:
+            row["why_not"] = "no message to open (in-app only)"
+            continue
+        factor = max(rt - rh, 0.0) / expected
+        for p in response:
+            response[p][k] = round(float(min(1.0, response[p][k] * factor)), 4)
+        row.update({"factor": round(factor, 4), "fitted": True})
+        changed = True
+    overrides = dict(base.response)
+    if changed:
+        overrides["response"] = response
+    return overrides, table
+
+
+# --- from the database ----------------------------------------------------------------------
+
+
+def load_log(tenant_id: int, as_of: int) -> tuple[Log, np.ndarray]:
+    """The tenant's log up to the end of `as_of`, as production's scoring loads it (the
+    scoring lookback, LOOKBACK_DAYS), and the database ids of its users (by index)."""
+    from backend.services.scoring import load_columns
+
+    cols = load_columns(tenant_id, as_of)
+    if cols.events.day.size == 0:
+        raise NotEnoughHistory(f"no events up to {day_date(as_of)}: nothing to calibrate from")
+    first = int(cols.events.day.min())
+    return Log.of(cols.events, cols.orders, len(cols.user_ids), first, as_of), cols.user_ids
+
+
+def load_touches(tenant_id: int, as_of: int, user_ids: np.ndarray) -> TouchColumns:
+    """Attributed touches decided up to `as_of` (sent, failed, expired and held out: the
+    intention-to-treat set the report measures), with their message kind."""
+    from backend.services.attribution import MEASURED
+    from backend.services.policies import parse
+    from backend.store.models import Policy, Touch
+
+    rows = list(
+        Touch.select(
+            Touch.user,
+            Touch.day,
+            Touch.channel,
+            Touch.message,
+            Touch.holdout,
+            Touch.returned_ms.is_null(False),
+            Touch.policy,
+        )
+        .where(
+            (Touch.tenant == tenant_id)
+            & Touch.attributed
+            & Touch.status.in_(list(MEASURED))
+            & (Touch.day <= as_of)
+        )
+        .tuples()
+    )
+    kinds: dict[int, dict[str, str]] = {}
+    for pid, source in (
+        Policy.select(Policy.id, Policy.source)
+        .where(Policy.id.in_(sorted({r[6] for r in rows}) or [0]))
+        .tuples()
+    ):
+        kinds[pid] = {name: m.kind for name, m in parse(source).messages.items()}
+    uid = np.array([r[0] for r in rows], dtype=np.int64)
+    at = np.searchsorted(user_ids, uid)
+    known = (at < user_ids.size) & (user_ids[np.minimum(at, user_ids.size - 1)] == uid)
+    kind = np.array([kinds.get(r[6], {}).get(r[3], "") for r in rows], dtype=object)
+    keep = known & (kind != "")
+    return TouchColumns(
+        user=at[keep],
+        day=np.array([r[1] for r in rows], dtype=np.int64)[keep],
+        channel=np.array([r[2] for r in rows], dtype=object)[keep],
+        kind=kind[keep],
+        holdout=np.array([bool(r[4]) for r in rows], dtype=bool)[keep],
+        returned=np.array([bool(r[5]) for r in rows], dtype=bool)[keep],
+    )
+
+
+def tenant_calendar(settings: dict) -> tuple[str, str | None]:
+    """The seeds/ calendar file the simulator should live, and a note if it is not the
+    tenant's own (the simulator reads calendars from files; inline ones are not used)."""
+    spec = settings.get("calendar", SimParams().calendar)
+    if isinstance(spec, str):
+        return spec, None
+    return SimParams().calendar, (
+        "the tenant's calendar is written inline in its settings; the simulator uses "
+        f"seeds/{SimParams().calendar}"
+    )
+
+
+def calibrate_tenant(tenant, as_of: int, base: SimParams | None = None, seed: int = FIT_SEED):
+    """Fit a tenant's simulator parameters from its log up to `as_of` (a day number)."""
+    base = base or SimParams()
+    calendar, calendar_note = tenant_calendar(json.loads(tenant.settings or "{}"))
+    base = replace(base, calendar=calendar)
+    log, user_ids = load_log(tenant.id, as_of)
+    params, report = fit_organic(log, base, seed=seed)
+    touches = load_touches(tenant.id, as_of, user_ids)
+    if touches.holdout.any() and (~touches.holdout).any():
+        overrides, table = fit_response(touches, log, params)
+        response_note: dict | str = table
+        if not any(row["fitted"] for row in table.values()):
+            response_note = {"kept_at_defaults": "too few touches per kind", **table}
+    else:
+        overrides = dict(params.response)
+        response_note = (
+            "kept at defaults: no attributed touches with a holdout in the tenant's log"
+            if touches.user.size == 0
+            else "kept at defaults: the touches have no holdout to compare with"
+        )
+    first, last = day_date(log.first_day), day_date(log.last_day)
+    summary = (
+        f"calibrated on {tenant.appid}'s log {first} to {last} "
+        f"({log.days} days, {log.visitors()} users)"
+    )
+    kept = dict(KEPT_AT_DEFAULTS)
+    for name, note in report.items():
+        if isinstance(note, str):  # order values or sigma kept, and why
+            kept[name] = note
+    if report["observed"]["exam_ratio"] is None:
+        kept["exam_factor"] = "no exam weekdays in the log"
+    if report["observed"]["break_ratio"] is None:
+        kept["break_factor"] = "no week of break in the log"
+    if calendar_note:
+        kept["calendar"] = calendar_note
+    extra = {
+        "summary": summary,
+        "calibrated_from": {
+            "tenant": tenant.appid,
+            "from": first.isoformat(),
+            "to": last.isoformat(),
+            "days": log.days,
+            "users": log.visitors(),
+            "visit_days": int(log.visit_day.size),
+            "orders": int(log.order_user.size),
+            "touches": int(touches.user.size),
+            "seed": seed,
+        },
+        "fit": {k: v for k, v in report.items() if not isinstance(v, str)},
+        "kept_at_defaults": kept,
+        "response": response_note,
+    }
+    out = replace(params, response=overrides, extra=extra)
+    out.check()
+    return out
+
+
+KEPT_AT_DEFAULTS = {
+    "share": "persona shares: six overlapping personas are not separable from visit rates "
+    "alone (they differ most in how they answer messages)",
+    "start_engagement": "only visit_p × engagement is seen",
+    "boost": "confounded with order_p and the half-life",
+    "churn_base, churn_slope, revive_p": "a churned user and one whose engagement decayed are "
+    "both silent; the decline is fitted as the half-life",
+    "persona ratios": "each parameter is one factor over all personas (visit_p, half-life, "
+    "order_p, aov, sigma): the ratios between personas are the defaults'",
+}
+
+
+def describe(params: SimParams) -> str:
+    """The fitted parameters for a terminal."""
+    e = params.extra
+    lines = [e.get("summary", "simulator parameters")]
+    fit = e.get("fit", {})
+    if fit:
+        f = fit["factors"]
+        lines.append(
+            f"  × defaults: visit rate {f['visit']:.3f}, half-life {f['half_life']:.3f}, "
+            f"order share {f['order']:.3f}, order value {f['aov']:.3f}, spread {f['sigma']:.3f}"
+        )
+        kept = {k: " (default)" if f[k] is None else "" for k in ("exam", "brk")}
+        lines.append(
+            f"  calendar: weekend {params.weekend_factor:.3f}, "
+            f"exams {params.exam_factor:.3f}{kept['exam']}, "
+            f"breaks {params.break_factor:.3f}{kept['brk']}; "
+            + ("converged" if fit["converged"] else "NOT converged")
+            + f" after {fit['iterations']} rounds"
+        )
+    lines.append(
+        f"  {'persona':<16} {'share':>6} {'visit_p':>8} {'half-life':>9} {'order_p':>8} "
+        f"{'median ¥':>8} {'sigma':>6}"
+    )
+    for p in params.personas:
+        lines.append(
+            f"  {p.name:<16} {p.share:>6.2f} {p.visit_p:>8.3f} {p.half_life_days:>9.1f} "
+            f"{p.order_p:>8.3f} {p.aov_fen / 100:>8.2f} {p.aov_sigma:>6.3f}"
+        )
+    response = e.get("response")
+    if isinstance(response, str):
+        lines.append(f"  response rates: {response}")
+    elif isinstance(response, dict):
+        for kind, row in response.items():
+            if isinstance(row, dict) and row.get("fitted"):
+                lines.append(
+                    f"  response to {kind}: effect {100 * row['effect']:+.1f} pp "
+                    f"(± {196 * row['effect_se']:.1f}) over {row['treated']} touches, "
+                    f"× {row['factor']:.2f} of the defaults"
+                )
+    return "\n".join(lines)

@@ -1,0 +1,421 @@
+"""End-to-end mode: the simulated campus living through the real backend.
+
+The same model as the fast mode (its organic days, responses and books), but:
+
+* its users log in through the mini-program API (`POST /mp/v1/login`; database user id =
+  row + 1, the user key the fast mode hashes), and every visit, order, subscribe grant, coupon
+  redemption and opt-out goes through the API at its simulated time, on the app's clock;
+* each morning the backend's own `score` and `run-campaigns` jobs run (`services.scoring`,
+  `services.campaigns.run`) on the database, and their decisions are read back from the touch
+  table; delivery runs hour by hour through the channel layer, into a sink that hands each
+  message to its simulated user;
+* results are read from the database by the production report (`services.reports`).
+
+For the same seed the two modes must make the same decisions for the same users on the same
+days (tests/test_simulator_e2e.py): that is what lets a merchant trust the fast mode.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from backend.clock import FixedClock, from_ms
+from backend.core.calendar import china_day, china_hour, day_start_ms
+from backend.core.policy import HOLDOUT, NOT_ELIGIBLE, REASONS, SEND, SKIPPED, Decisions, Policy
+from backend.core.policy.guards import HOUR_MS
+from backend.core.policy.spec import CHANNELS
+from simulator.campaign import VISIT_MINUTE, job_ms
+from simulator.model import CampusModel
+
+SEEDS = Path(__file__).resolve().parent.parent / "seeds"
+STATUS = {"queued": SEND, "sending": SEND, "sent": SEND, "failed": SEND, "expired": SEND}
+STATUS |= {"held_out": HOLDOUT, "skipped": SKIPPED}
+
+
+class DeliverySink:
+    """Wraps the real channels: each message they accept is recorded for its simulated user."""
+
+    def __init__(self, channels: dict) -> None:
+        self.channels = {name: self._wrap(name, ch) for name, ch in channels.items()}
+        self.delivered: list[tuple[int, int, str, int]] = []  # (touch, user id, channel, ms)
+
+    def _wrap(self, name: str, inner):
+        sink = self
+
+        class Recorded:
+            def send(self, touch, to, message, template_id, now_ms):
+                out = inner.send(touch, to, message, template_id, now_ms)
+                if out.kind == "sent":
+                    sink.delivered.append((touch.id, touch.user_id, name, now_ms))
+                return out
+
+        return Recorded()
+
+
+class ApiCampus:
+    """The simulated users' phones: the mini-program API through the app's WSGI stack."""
+
+    def __init__(self, app, appid: str, api_key: str) -> None:
+        self.app = app
+        self.client = app.test_client()
+        self.appid = appid
+        self.admin = {"X-Api-Key": api_key}
+        self.tokens: list[str] = []
+        self.openids: list[str] = []
+
+    def _ok(self, resp, what: str) -> dict:
+        if resp.status_code >= 400:
+            raise RuntimeError(f"{what}: HTTP {resp.status_code} {resp.get_json()}")
+        return resp.get_json()
+
+    def _login(self, row: int) -> str:
+        body = self._ok(
+            self.client.post(
+                "/mp/v1/login",
+                json={"code": f"sim{row + 1:07d}"},
+                headers={"X-Huiliu-Appid": self.appid},
+            ),
+            "login",
+        )
+        return f"Bearer {body['token']}"
+
+    def login_all(self, n: int) -> None:
+        """Users in row order, so the database gives row r the id r + 1."""
+        for row in range(n):
+            self.tokens.append(self._login(row))
+            self.openids.append(f"dev_sim{row + 1:07d}")
+
+    def _as_user(self, row: int, method: str, url: str, **kwargs):
+        """A request with the user's token; an expired token means logging in again, as the
+        mini-program does."""
+        for _ in range(2):
+            headers = {"Authorization": self.tokens[row]}
+            resp = getattr(self.client, method)(url, headers=headers, **kwargs)
+            if resp.status_code != 401:
+                return resp
+            self.tokens[row] = self._login(row)
+        return resp
+
+    def contact(self, row: int, phone: bool, follows_oa: bool) -> None:
+        body = {}
+        if phone:
+            body["phone"] = f"+86138{row:08d}"
+        if follows_oa:
+            body["oa_openid"] = f"oa_sim{row + 1:07d}"
+        if body:
+            self._ok(
+                self.client.patch(
+                    f"/admin/v1/users/{self.openids[row]}/contact", json=body, headers=self.admin
+                ),
+                "contact",
+            )
+
+    def events(self, row: int, events: list[dict]) -> None:
+        body = self._ok(
+            self._as_user(row, "post", "/mp/v1/events", json={"events": events}),
+            "events",
+        )
+        if body.get("rejected"):
+            raise RuntimeError(f"events of user {row + 1} refused: {body}")
+
+    def grant(self, row: int, templates: list[str]) -> None:
+        results = {t: "accept" for t in templates}
+        self._ok(
+            self._as_user(row, "post", "/mp/v1/subscriptions", json={"results": results}),
+            "subscriptions",
+        )
+
+    def redeem(self, row: int, coupon_id: int, order_id: str, amount_fen: int) -> None:
+        self._ok(
+            self._as_user(
+                row,
+                "post",
+                f"/mp/v1/coupons/{coupon_id}/redeem",
+                json={"order_id": order_id, "order_amount_fen": int(amount_fen)},
+            ),
+            "redeem",
+        )
+
+    def opt_out(self, row: int) -> None:
+        self._ok(self._as_user(row, "post", "/mp/v1/me/opt-out"), "opt-out")
+
+
+def new_backend(db_path: Path, appid: str, policy: Policy, policy_source: str, start_day: int):
+    """A fresh app and database with one campus tenant, the demo coupons and `policy` live."""
+    from backend import create_app
+    from backend.services import coupons, policies, tenants
+    from backend.store import db as store_db
+    from backend.store.migrations import migrate
+
+    clock = FixedClock(from_ms(day_start_ms(start_day)))
+    app = create_app(
+        {
+            "DATABASE_URL": f"sqlite:///{db_path}",
+            "CLOCK": clock,
+            "SECRET_KEY": "simulated-campus",
+            "WECHAT_MODE": "dev",
+            "WECHAT_APPID": "",
+            "TESTING": True,
+        }
+    )
+    spec = yaml.safe_load((SEEDS / "demo_tenant.yaml").read_text(encoding="utf-8"))
+    with app.app_context():
+        now = clock.now_ms()
+        migrate(store_db.database, now)
+        tenant, key = tenants.create(appid, "simulated campus", now)
+        for m in spec["merchants"]:
+            tenants.add_merchant(tenant.id, m["code"], m["name"])
+        for t in spec["coupon_templates"]:
+            coupons.create_template(tenant.id, t, now)
+        policies.create(tenant.id, {"source": policy_source, "active": True}, now)
+    return app, clock, tenant.id, key
+
+
+class EndToEndModel(CampusModel):
+    """The campus model whose users act through the API and whose job is the backend's."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        policy_source: str,
+        db_path: Path,
+        users: int = 300,
+        seed: int = 0,
+        warmup_days: int = 0,
+        appid: str = "wxsimulatedcampus",
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            users=users,
+            seed=seed,
+            policy=policy,
+            warmup_days=warmup_days,
+            salt=appid,
+            coupon_face_fen=kwargs.pop("coupon_face_fen", None) or coupon_terms(),
+            **kwargs,
+        )
+        self.app, self.clock, self.tenant_id, key = new_backend(
+            db_path, appid, policy, policy_source, self.day
+        )
+        self.api = ApiCampus(self.app, appid, key)
+        self.clock.set(from_ms(day_start_ms(self.day) + 5 * 60_000))
+        self.api.login_all(users)
+        p = self.campaign.permissions
+        for row in np.flatnonzero(p.has_phone | p.follows_oa):
+            self.api.contact(int(row), bool(p.has_phone[row]), bool(p.follows_oa[row]))
+        with self.app.app_context():
+            from backend.services.channels import channels_for
+
+            self.sink = DeliverySink(channels_for(self.app))
+        self.job_summaries: list[dict] = []
+
+    # -- the morning -----------------------------------------------------------------------
+
+    def nightly(self, as_of: int) -> None:
+        """The backend scores the database every morning too (its `score` job)."""
+        super().nightly(as_of)
+        from backend.services.scoring import score_tenant
+        from backend.store.models import Tenant
+
+        self.clock.set(from_ms(job_ms(as_of) - 60_000))
+        with self.app.app_context():
+            score_tenant(Tenant.get_by_id(self.tenant_id), as_of)
+
+    def run_job(self, day: int) -> Decisions:
+        from backend.services import campaigns
+        from backend.store.models import Tenant
+
+        self.clock.set(from_ms(job_ms(day)))
+        with self.app.app_context():
+            tenant = Tenant.get_by_id(self.tenant_id)
+            summary = campaigns.run(tenant, day, job_ms(day), seed=self.seed, deliver=None)
+            self.job_summaries.append(summary)
+            d = self.decisions_from_database(day)
+        # The model's books follow the backend's decisions (its responses and ground truth).
+        self.campaign.last_users = self.campaign.user_state(day, self.scores)
+        self.campaign.book(day, d, self.scores)
+        return d
+
+    def decisions_from_database(self, day: int) -> Decisions:
+        """The job's decisions for `day`, read back from the touch table, per user row."""
+        from backend.store.models import Touch
+
+        n = len(self.state)
+        d = Decisions(
+            status=np.full(n, NOT_ELIGIBLE, dtype=np.int8),
+            reason=np.zeros(n, dtype=np.int8),
+            arm=np.full(n, -1, dtype=np.int16),
+            step=np.full(n, -1, dtype=np.int8),
+            channel=np.full(n, -1, dtype=np.int8),
+            send_hour=np.full(n, -1, dtype=np.int8),
+            defer_days=np.zeros(n, dtype=np.int8),
+            quiet_deferred=np.zeros(n, dtype=bool),
+            cost_fen=np.zeros(n, dtype=np.int64),
+        )
+        arms = {a.name: i for i, a in enumerate(self.campaign.policy.arms)}
+        rows = Touch.select().where((Touch.tenant == self.tenant_id) & (Touch.day == day))
+        for t in rows:
+            i = t.user_id - 1
+            d.status[i] = STATUS[t.status]
+            d.reason[i] = REASONS.index(t.reason) if t.status == "skipped" else 0
+            d.arm[i] = arms[t.arm]
+            d.step[i] = t.step
+            d.channel[i] = CHANNELS.index(t.channel)
+            if t.status != "skipped":
+                d.send_hour[i] = int(china_hour(t.send_after_ms))
+                d.defer_days[i] = int(china_day(t.send_after_ms)) - day
+                d.quiet_deferred[i] = t.quiet_deferred
+        return d
+
+    # -- the day -----------------------------------------------------------------------------
+
+    def after_day(self, day: int) -> None:
+        """Replay the day through the API, hour by hour: due messages are delivered on the
+        hour, the users whose usual hour it is act at VISIT_MINUTE past it."""
+        from backend.services import delivery
+        from backend.store.models import Tenant, Touch
+
+        today, hour_of = self.today, self.state.usual_hour.astype(np.int64)
+        grants = self.campaign.last_grants
+        redeemed = self.campaign.log.redeemed_today
+        start = day_start_ms(day)
+        with self.app.app_context():
+            tenant = Tenant.get_by_id(self.tenant_id)
+            for hour in range(24):
+                self.clock.set(from_ms(start + hour * HOUR_MS))
+                delivery.deliver_due(tenant, start + hour * HOUR_MS, self.sink.channels)
+                at = start + hour * HOUR_MS + VISIT_MINUTE * 60_000
+                self.clock.set(from_ms(at))
+                for row in np.flatnonzero(today.visited & (hour_of == hour)).tolist():
+                    coupon = redeemed.get(row)
+                    if coupon is not None:
+                        touch = Touch.get(
+                            (Touch.tenant == self.tenant_id)
+                            & (Touch.user == row + 1)
+                            & (Touch.day == coupon[0])
+                            & (Touch.step == coupon[1])
+                        )
+                        self.api.redeem(
+                            row, touch.coupon_id, f"sim-{day}-{row}", today.amount_fen[row]
+                        )
+                    self.api.events(row, self._visit_events(day, row, at))
+                    accepted = [t for t, ok in grants.items() if ok[row]]
+                    if accepted:
+                        self.api.grant(row, accepted)
+            self.clock.set(from_ms(start + 23 * HOUR_MS + 50 * 60_000))
+            for row in np.flatnonzero(self.opt_out_day == day).tolist():
+                self.api.opt_out(row)
+
+    def _visit_events(self, day: int, row: int, at: int) -> list[dict]:
+        key = f"{day}-{row}"
+        events = [
+            {"id": f"o-{key}", "type": "app_open", "ts": at},
+            {
+                "id": f"s-{key}",
+                "type": "session_end",
+                "ts": at,
+                "props": {"duration_s": float(self.session_s[row])},
+            },
+        ]
+        if self.today.ordered[row]:
+            events.append(
+                {
+                    "id": f"p-{key}",
+                    "type": "order_paid",
+                    "ts": at,
+                    "props": {
+                        "order_id": f"sim-{day}-{row}",
+                        "amount_fen": int(self.today.amount_fen[row]),
+                    },
+                }
+            )
+        return events
+
+    # -- results -----------------------------------------------------------------------------
+
+    def report(self) -> dict:
+        """The production report over the database, as `python app.py report --json` gives."""
+        from backend.services.reports import report
+
+        self.clock.set(from_ms(job_ms(self.day)))
+        with self.app.app_context():
+            return report(self.tenant_id, None, None, None)
+
+    def delivered_by_channel(self) -> dict[str, int]:
+        return dict(Counter(ch for _, _, ch, _ in self.sink.delivered))
+
+    def close(self) -> None:
+        db = self.app.extensions["database"]
+        if hasattr(db, "close_all"):
+            db.close_all()
+        elif not db.is_closed():
+            db.close()
+
+
+def coupon_terms() -> dict[str, tuple[int, int]]:
+    """(face value, minimum spend) of the demo tenant's coupons: what the e2e tenant issues."""
+    spec = yaml.safe_load((SEEDS / "demo_tenant.yaml").read_text(encoding="utf-8"))
+    return {t["name"]: (t["amount_off_fen"], t["min_spend_fen"]) for t in spec["coupon_templates"]}
+
+
+__all__ = ["ApiCampus", "DeliverySink", "EndToEndModel", "coupon_terms"]
+
+
+MAX_E2E_USERS = 2000  # every visit is an HTTP request: this mode is for small campuses
+
+
+def run_end_to_end(
+    policy: Policy,
+    policy_source: str,
+    users: int,
+    days: int,
+    seed: int,
+    warmup: int,
+    folder: Path,
+    progress=None,
+    params=None,
+) -> dict:
+    """`simulate --e2e`: the contract's output from the model's books, plus the production
+    report read from the end-to-end database (`backend_report`) and what was delivered."""
+    from simulator.results import summarise
+
+    if users > MAX_E2E_USERS:
+        raise ValueError(
+            f"end-to-end mode drives every visit through the API; use at most "
+            f"{MAX_E2E_USERS} users (got {users}), or the fast mode for more"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    db_path = folder / f"e2e-{policy.name}-{seed}.db"
+    db_path.unlink(missing_ok=True)
+    model = EndToEndModel(
+        policy, policy_source, db_path, users=users, seed=seed, warmup_days=warmup, params=params
+    )
+    try:
+        for _ in range(warmup + days):
+            model.step()
+            if progress is not None:
+                progress(1)
+        arms, uplift = summarise(model.campaign, model.day - 1, seed)
+        daily = model.datacollector.get_model_vars_dataframe().drop(columns=["result"])
+        return {
+            "config": {
+                "policy": policy.name,
+                "users": users,
+                "days": days,
+                "seed": seed,
+                "warmup_days": warmup,
+                "mode": "end-to-end",
+                "database": str(db_path),
+            },
+            "arms": arms,
+            "uplift": uplift,
+            "daily": daily.iloc[warmup:].to_dict(orient="list"),
+            "backend_report": model.report(),
+            "delivered": model.delivered_by_channel(),
+        }
+    finally:
+        model.close()
