@@ -215,6 +215,61 @@ def test_expected_purchases_integral_check_when_a_above_1():
     )
 
 
+def general_path(monkeypatch, fn, *args):
+    """`fn` with the daily-grid tables switched off: the elementwise expressions."""
+    with monkeypatch.context() as patch:
+        patch.setattr(bgnbd, "_grid", lambda *a: None)
+        return fn(*args)
+
+
+def random_grid(rng, n):
+    big_t = rng.integers(0, 400, n)
+    x = rng.integers(0, 80, n) * (rng.random(n) < 0.6)
+    t_x = np.where(x > 0, np.minimum((rng.random(n) * (big_t + 1)).astype(np.int64), big_t), 0)
+    return x, t_x, big_t
+
+
+@pytest.mark.parametrize("params", [CDNOW, OTHER, BgNbdParams(2.0, 90.0, 1.0, 6.0)])
+def test_daily_grid_tables_equal_the_general_path(params, monkeypatch):
+    # Whole-number (x, t_x, T) take logs and ₂F₁ from tables over distinct values; the
+    # numbers must be those of the elementwise path (a = 1 exercises the nudge).
+    rng = np.random.default_rng(8)
+    x, t_x, big_t = random_grid(rng, 50_000)
+    for cols in ((x, t_x, big_t), (x.astype(float), t_x.astype(float), big_t.astype(float))):
+        alive = bgnbd.p_alive(params, *cols)
+        expected = bgnbd.expected_purchases(params, 30, *cols)
+        both = bgnbd.alive_and_expected(params, 30, *cols)
+        want_alive = general_path(monkeypatch, bgnbd.p_alive, params, *cols)
+        want_expected = general_path(monkeypatch, bgnbd.expected_purchases, params, 30, *cols)
+        np.testing.assert_allclose(alive, want_alive, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(expected, want_expected, rtol=1e-12, atol=0)
+        np.testing.assert_array_equal(both[0], alive)
+        np.testing.assert_array_equal(both[1], expected)
+        assert (alive[x == 0] == 1.0).all()
+    # Non-integer inputs stay on the general path and agree with the closed form.
+    frac = (x + 0.25, np.where(x > 0, t_x + 0.25, 0.0), big_t + 0.5)
+    got = bgnbd.p_alive(params, *frac)
+    for i in range(0, 50_000, 4999):
+        assert got[i] == pytest.approx(
+            paper_p_alive(params, *(float(c[i]) for c in frac)), rel=1e-12
+        )
+    np.testing.assert_array_equal(got, general_path(monkeypatch, bgnbd.p_alive, params, *frac))
+
+
+def test_daily_grid_rejects_invalid_inputs_too():
+    rng = np.random.default_rng(9)
+    x, t_x, big_t = random_grid(rng, 1000)
+    for bad in (
+        (x, np.where(x > 0, big_t + 1, 0), big_t),  # recency > T
+        (x, np.where(x == 0, 1, t_x), np.maximum(big_t, 1)),  # recency without repeats
+        (x - 1, t_x, big_t),  # negative frequency
+    ):
+        with pytest.raises(ValueError):
+            bgnbd.p_alive(CDNOW, *bad)
+        with pytest.raises(ValueError):
+            bgnbd.expected_purchases(CDNOW, 30, *bad)
+
+
 # ---------------------------------------------------------------- extremes, validation
 
 

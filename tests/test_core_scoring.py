@@ -15,8 +15,10 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pytest
+from scipy.stats import rankdata
 
 from backend.core import bgnbd, scoring
+from backend.core import rfm as rfm_module
 from backend.core.activity import activity_index, compute_activity, early_warning
 from backend.core.calendar import (
     TermCalendar,
@@ -446,6 +448,69 @@ def test_segments_table():
     r, f, m = (np.array(c, dtype=np.int8) for c in zip(*[c for c, _ in cases], strict=True))
     got = [SEGMENT_NAMES[i] for i in segments(r, f, m)]
     assert got == [name for _, name in cases]
+
+
+def reference_quintiles(values, higher_is_better=True) -> np.ndarray:
+    """The definition, by ranking: ceil(5 · (rank − 0.5) / n), ties at their lowest rank."""
+    v = np.asarray(values, dtype=np.float64)
+    ranks = rankdata(v if higher_is_better else -v, method="min")
+    return np.clip(np.ceil(5 * (ranks - 0.5) / v.size), 1, 5).astype(np.int8)
+
+
+@pytest.mark.parametrize("higher_is_better", [True, False])
+def test_quintiles_without_a_sort_equal_the_ranking(higher_is_better):
+    # Whole numbers go through a bincount, wide or fractional ones through np.partition;
+    # both must give the ranking's scores exactly, ties (lots of them) included.
+    rng = np.random.default_rng(4)
+    for n in [*range(1, 40), 97, 1000, 5003, 20_000]:
+        for spread in (1, 3, 10, 1000):
+            v = rng.integers(-spread, spread + 1, n) * rng.integers(1, 3)
+            want = reference_quintiles(v, higher_is_better)
+            for values in (v, v * 10**9, v + 0.5, v.astype(np.float32), v.tolist()):
+                got = quintile_scores(values, higher_is_better)
+                assert got.dtype == np.int8
+                np.testing.assert_array_equal(got, want, err_msg=f"n={n} spread={spread}")
+
+
+def test_rfm_scores_equal_the_ranking_with_the_no_order_floor():
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 7, 300, 10_000):
+        days = rng.integers(0, 40, n)
+        orders = rng.poisson(0.7, n)
+        spend = orders * rng.integers(0, 3000, n)  # some free orders: spend 0, orders > 0
+        r, f, m = rfm_scores(days, orders, spend)
+        np.testing.assert_array_equal(r, reference_quintiles(days, higher_is_better=False))
+        np.testing.assert_array_equal(f, np.where(orders == 0, 1, reference_quintiles(orders)))
+        np.testing.assert_array_equal(m, np.where(spend == 0, 1, reference_quintiles(spend)))
+        for score in (r, f, m):
+            assert score.dtype == np.int8
+
+
+def test_segments_by_table_equal_the_rules():
+    # Every (R, F, M) in 0..5 (0 is not a score, but the table must not care), many users.
+    r, f, m = (g.ravel().astype(np.int8) for g in np.meshgrid(*[np.arange(6)] * 3))
+    r, f, m = (np.tile(c, 5) for c in (r, f, m))
+    np.testing.assert_array_equal(segments(r, f, m), rfm_module._segment_rules(r, f, m))
+    # Out-of-range values fall back to the rules.
+    odd = np.full(100, 7, dtype=np.int64)
+    np.testing.assert_array_equal(segments(odd, odd, odd), rfm_module._segment_rules(odd, odd, odd))
+
+
+def test_activity_index_tables_equal_the_formula():
+    # Whole-number columns go through tables of the part; floats through the formula.
+    rng = np.random.default_rng(6)
+    n = 10_000
+    v, o, i = rng.integers(-1, 9, n), rng.poisson(1.0, n), rng.poisson(0.5, n)
+    m = rng.exponential(30.0, n)
+    by_table = activity_index(v, m, o, i)
+    by_formula = activity_index(v.astype(float), m, o.astype(float), i.astype(float))
+    np.testing.assert_array_equal(by_table, by_formula)
+    # A column of one value, and all zeros.
+    np.testing.assert_array_equal(
+        activity_index(v, m, np.zeros(n, dtype=np.int64), np.full(n, 2)),
+        activity_index(v.astype(float), m, np.zeros(n), np.full(n, 2.0)),
+    )
+    assert activity_index(*(np.zeros(n, dtype=np.int64),) * 4).tolist() == [0.0] * n
 
 
 # ---------------------------------------------------------------- tiers

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.core.calendar import TermCalendar
-from backend.core.features import EventColumns, OrderColumns, active_days, window_activity
+from backend.core.features import (
+    EventColumns,
+    OrderColumns,
+    active_days,
+    session_minutes,
+    session_ms,
+    window_sums,
+)
 
 WEIGHTS = {"visit_days": 0.40, "session_min": 0.20, "orders": 0.25, "interactions": 0.15}
 SATURATION = {"session_min": 60.0, "orders": 2.0, "interactions": 3.0}
@@ -29,20 +36,84 @@ WARNING_SHARE = 0.20
 WARNING_DAYS = 3
 MIN_BASELINE = 10.0
 BASELINE_OFFSETS = (7, 14, 21, 28)
+HISTORY_DAYS = max(BASELINE_OFFSETS) + 1  # daily indices the activity of one day reads
+_TABLE_SPAN = 1 << 12  # whole-number inputs spanning at most this go through a table
+
+
+def _visit_part(x: np.ndarray, inplace: bool = False) -> np.ndarray:
+    return WEIGHTS["visit_days"] * np.clip(x / 7.0, 0, 1)
+
+
+def _saturating(name: str):
+    weight, scale = WEIGHTS[name], SATURATION[name]
+
+    def part(x: np.ndarray, inplace: bool = False) -> np.ndarray:
+        """weight · (1 − e^(−max(x, 0)/scale)), step by step in one buffer."""
+        y = x if inplace else np.array(x, dtype=np.float64)
+        if y.size and y.min() < 0:  # max(x, 0) changes nothing on x ≥ 0
+            np.maximum(y, 0, out=y)
+        np.negative(y, out=y)
+        np.divide(y, scale, out=y)
+        np.exp(y, out=y)
+        np.subtract(1, y, out=y)
+        np.multiply(weight, y, out=y)
+        return y
+
+    return part
+
+
+_PARTS = {
+    "visit_days": _visit_part,
+    **{name: _saturating(name) for name in ("session_min", "orders", "interactions")},
+}
+
+
+def _part(name: str, value, inplace: bool = False) -> np.ndarray:
+    """One weighted part of the index. Whole-number columns (visit days, orders,
+    interactions) go through a table of the part over their range: the same numbers, one
+    exp per distinct value instead of one per user (a column of one value gives that value
+    as a scalar). `inplace`: `value` is a float64 buffer the caller gives up."""
+    v = np.asarray(value)
+    fn = _PARTS[name]
+    if v.dtype.kind in "iu" and v.size > 64:
+        lo, hi = int(v.min()), int(v.max())
+        if hi - lo <= _TABLE_SPAN:
+            table = fn(np.arange(lo, hi + 1, dtype=np.float64))
+            if hi == lo:
+                return table[0]
+            return table[v - lo] if lo else table[v]
+    if inplace and v.dtype == np.float64:
+        return fn(v, inplace=True)
+    return fn(np.asarray(v, dtype=np.float64))
+
+
+def _index(visit_days, session_min, orders, interactions, own_minutes: bool) -> np.ndarray:
+    parts = [
+        _part("visit_days", visit_days),
+        _part("session_min", session_min, inplace=own_minutes),
+        _part("orders", orders),
+        _part("interactions", interactions),
+    ]
+    total = parts[0]
+    for part in parts[1:]:
+        if np.ndim(part) or part != 0:  # adding 0.0 to parts ≥ 0 changes no bit
+            total = total + part
+    shape = np.broadcast_shapes(
+        *(np.shape(v) for v in (visit_days, session_min, orders, interactions))
+    )
+    if np.shape(total) != shape:  # every part was one value for everyone
+        total = np.full(shape, total)
+    return 100.0 * total
 
 
 def activity_index(visit_days, session_min, orders, interactions) -> np.ndarray:
     """The index from 7-day counts (see module docstring), as float64 in [0, 100]."""
-    v = np.clip(np.asarray(visit_days, dtype=np.float64) / 7.0, 0, 1)
-    parts = WEIGHTS["visit_days"] * v
-    for name, value in (
-        ("session_min", session_min),
-        ("orders", orders),
-        ("interactions", interactions),
-    ):
-        x = np.maximum(np.asarray(value, dtype=np.float64), 0)
-        parts = parts + WEIGHTS[name] * (1 - np.exp(-x / SATURATION[name]))
-    return 100.0 * parts
+    return _index(visit_days, session_min, orders, interactions, own_minutes=False)
+
+
+def index_from_sums(visit_days, session_ms, orders, interactions) -> np.ndarray:
+    """The index from 7-day integer sums (core.features.window_sums; the rolling fold)."""
+    return _index(visit_days, session_minutes(session_ms), orders, interactions, own_minutes=True)
 
 
 @dataclass
@@ -55,8 +126,31 @@ class Activity:
 
 def early_warning(recent: np.ndarray, baseline: np.ndarray, in_break: bool) -> np.ndarray:
     """True where every recent day's index is below 20% of a meaningful baseline."""
-    below = np.all(recent < WARNING_SHARE * baseline, axis=0)
-    return below & (baseline >= MIN_BASELINE) & (not in_break)
+    if in_break:
+        return np.zeros(np.shape(baseline), dtype=bool)
+    highest = recent[0]
+    for day in recent[1:]:
+        highest = np.maximum(highest, day)  # below on every day = the highest day is below
+    return (highest < WARNING_SHARE * baseline) & (baseline >= MIN_BASELINE)
+
+
+def warning_held_back(calendar: TermCalendar, as_of: int) -> bool:
+    """Whether any of the warning's last days is a break."""
+    return bool(calendar.is_break(np.arange(as_of - WARNING_DAYS + 1, as_of + 1)).any())
+
+
+def activity_from(
+    recent: list[np.ndarray], past: list[np.ndarray], calendar: TermCalendar, as_of: int
+) -> Activity:
+    """Activity from the daily indices: `recent` on as_of, as_of − 1, ... (WARNING_DAYS of
+    them), `past` on as_of − BASELINE_OFFSETS. Shared by the batch and rolling paths."""
+    stacked = np.stack(recent)
+    baseline = past[0]
+    for index in past[1:]:
+        baseline = baseline + index  # in order, as np.mean over the stacked days would add
+    baseline = baseline / len(past)
+    warning = early_warning(stacked, baseline, warning_held_back(calendar, as_of))
+    return Activity(stacked[0], stacked, baseline, warning)
 
 
 def compute_activity(
@@ -69,11 +163,11 @@ def compute_activity(
 ) -> Activity:
     """Index, baseline and warning on `as_of`; rows after it must already be cut (`until`)."""
     vu, vd = visits if visits is not None else active_days(events)
+    ms = session_ms(events.duration_s)
 
     def index_on(day: int) -> np.ndarray:
-        return activity_index(**window_activity(events, orders, vu, vd, n, day, 7))
+        return index_from_sums(**window_sums(events, orders, vu, vd, n, day, 7, ms))
 
-    recent = np.stack([index_on(as_of - k) for k in range(WARNING_DAYS)])
-    baseline = np.mean([index_on(as_of - k) for k in BASELINE_OFFSETS], axis=0)
-    in_break = bool(calendar.is_break(np.arange(as_of - WARNING_DAYS + 1, as_of + 1)).any())
-    return Activity(recent[0], recent, baseline, early_warning(recent, baseline, in_break))
+    recent = [index_on(as_of - k) for k in range(WARNING_DAYS)]
+    past = [index_on(as_of - k) for k in BASELINE_OFFSETS]
+    return activity_from(recent, past, calendar, as_of)

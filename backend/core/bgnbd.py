@@ -15,7 +15,7 @@ gammaln, digamma and log are taken once per distinct x, t_x or T rather than onc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import minimize
@@ -232,13 +232,89 @@ def fit_bgnbd(frequency, recency, T, *, penalizer: float = 0.0) -> BgNbdParams:
     return BgNbdParams(r, alpha, a, b, total, int(data.n), converged)
 
 
+def _whole(column) -> np.ndarray | None:
+    """The column as int64 if it holds only whole numbers, else None."""
+    a = np.asarray(column)
+    if a.dtype.kind in "iu":
+        return a.astype(np.int64, copy=False)
+    if a.dtype.kind != "f" or not np.isfinite(a).all():
+        return None
+    w = a.astype(np.int64)
+    return w if np.array_equal(w, a) else None
+
+
+def _grid(frequency, recency, T) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(x, t_x, T) as int64 when they are whole numbers on a small daily grid, checked as
+    `_columns` checks them; None when the general path should take them."""
+    cols = [_whole(c) for c in (frequency, recency, T)]
+    if any(c is None for c in cols) or len({c.shape for c in cols}) > 1:
+        return None
+    x, t_x, big_t = cols
+    if x.ndim != 1 or x.size < 256:
+        return None
+    x_top, t_top = int(x.max()), int(big_t.max())
+    if (x_top + 1) * (t_top + 1) > _DENSE_TABLE_MAX:
+        return None
+    if min(int(x.min()), int(t_x.min()), int((big_t - t_x).min())) < 0:
+        raise ValueError("need frequency >= 0 and 0 <= recency <= T")
+    if np.any((x == 0) & (t_x > 0)):
+        raise ValueError("recency must be 0 when frequency is 0")
+    return x, t_x, big_t
+
+
+def _alive_on_grid(params: BgNbdParams, x, t_x, big_t) -> np.ndarray:
+    """p_alive on whole numbers: every log taken once per distinct x or t, then gathered.
+
+    Term for term the expression of `p_alive`, so the same numbers: −(A + B·(C − D)) is
+    computed as (−A) + B·(D − C), which is exact, and x = 0 gets −A = +∞ so that expit
+    gives exactly the 1 the general path puts there.
+    """
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    xs = np.arange(int(x.max()) + 1, dtype=np.float64)
+    xb = np.where(xs > 0, xs, 1.0)
+    minus_head = -(np.log(a) - np.log(b + xb - 1))
+    minus_head[0] = np.inf
+    log_at = np.log(alpha + np.arange(int(big_t.max()) + 1, dtype=np.float64))  # t_x ≤ T
+    return expit(minus_head[x] + (r + xs)[x] * (log_at[t_x] - log_at[big_t]))
+
+
+def _numer_on_grid(params: BgNbdParams, t: float, a: float, x, big_t) -> np.ndarray:
+    """expected_purchases' factor c/(a−1)·(1 − (1−z)^(a−1)·₂F₁(...)) that depends on (x, T)
+    only: evaluated once per distinct pair present, then gathered."""
+    r, alpha, b = params.r, params.alpha, params.b
+    n_t = int(big_t.max()) + 1
+    key = x * n_t + big_t
+    present = np.zeros((int(x.max()) + 1) * n_t, dtype=bool)
+    present[key] = True
+    pairs = np.flatnonzero(present)
+    px, pt = np.divmod(pairs, n_t)
+    c = a + b + px.astype(np.float64) - 1
+    z = t / (alpha + pt.astype(np.float64) + t)
+    shrink = np.exp((a - 1) * np.log1p(-z)) * hyp2f1(a + b - 1 - r, a - 1, c, z)
+    table = np.empty(present.size)
+    table[pairs] = c / (a - 1) * (1 - shrink)
+    return table[key]
+
+
+def _nudged_a(a: float) -> float:
+    """a = 1 is a removable singularity of expected_purchases' form: step off it."""
+    return 1.0 + 1e-7 if abs(a - 1.0) < 1e-7 else a
+
+
 def p_alive(params: BgNbdParams, frequency, recency, T) -> np.ndarray:
     """P(the customer is still alive | x, t_x, T). 1 for customers with no repeat purchase.
 
     That last property is the model's own (no repeat purchase means no chance to drop out);
-    the lifecycle tiers therefore also look at days since the last visit.
+    the lifecycle tiers therefore also look at days since the last visit. Whole-number inputs
+    (a daily grid) take the logs from tables over their distinct values.
     """
-    x, t_x, big_t = _columns(frequency, recency, T)
+    grid = _grid(frequency, recency, T)
+    if grid is not None:
+        return _alive_on_grid(params, *grid)
+    return _alive(params, *_columns(frequency, recency, T))
+
+
+def _alive(params: BgNbdParams, x: np.ndarray, t_x: np.ndarray, big_t: np.ndarray) -> np.ndarray:
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
     has = x > 0
     xb = np.where(has, x, 1.0)
@@ -254,22 +330,34 @@ def expected_purchases(params: BgNbdParams, t: float, frequency, recency, T) -> 
     The paper's form multiplies ((α+T)/(α+T+t))^(r+x) by ₂F₁(r+x, b+x; a+b+x−1; z), a product
     of a vanishing and an exploding factor for heavy buyers. Euler's transformation turns it
     into (1−z)^(a−1)·₂F₁(a+b−1−r, a−1; a+b+x−1; z), whose series converges for any x; a = 1 is
-    a removable singularity and is nudged off it.
+    a removable singularity and is nudged off it. On a daily grid ₂F₁ is evaluated once per
+    distinct (x, T) pair.
     """
+    return alive_and_expected(params, t, frequency, recency, T)[1]
+
+
+def alive_and_expected(
+    params: BgNbdParams, t: float, frequency, recency, T
+) -> tuple[np.ndarray, np.ndarray]:
+    """(p_alive, expected_purchases over t) together: the scoring tail needs both, and the
+    second is the first times a factor of (x, T)."""
+    a = _nudged_a(params.a)
+    nudged = params if a == params.a else replace(params, a=a)  # eq. 10 with the nudged a
+    grid = _grid(frequency, recency, T)
+    if grid is not None:
+        x, _, big_t = grid
+        alive = _alive_on_grid(params, *grid)
+        weight = alive if nudged is params else _alive_on_grid(nudged, *grid)
+        return alive, _numer_on_grid(params, t, a, x, big_t) * weight
     x, t_x, big_t = _columns(frequency, recency, T)
-    r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    if abs(a - 1.0) < 1e-7:
-        a = 1.0 + 1e-7
-    has = x > 0
-    xb = np.where(has, x, 1.0)
+    r, alpha, b = params.r, params.alpha, params.b
     c = a + b + x - 1
     z = t / (alpha + big_t + t)
     shrink = np.exp((a - 1) * np.log1p(-z)) * hyp2f1(a + b - 1 - r, a - 1, c, z)
     numer = c / (a - 1) * (1 - shrink)
-    log_odds = (
-        np.log(a) - np.log(b + xb - 1) + (r + x) * (np.log(alpha + big_t) - np.log(alpha + t_x))
-    )
-    return numer * np.where(has, expit(-log_odds), 1.0)
+    alive = _alive(params, x, t_x, big_t)
+    weight = alive if nudged is params else _alive(nudged, x, t_x, big_t)
+    return alive, numer * weight
 
 
 def simulate(params: BgNbdParams, T: np.ndarray, rng: np.random.Generator):

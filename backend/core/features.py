@@ -1,7 +1,12 @@
 """Per-user features as of a day, from columns of events and orders (no database here).
 
-The backend fills the columns from SQL, the simulator from its model state; both get the same
-numbers. Everything is bincount/unique over whole columns: no Python loop over users.
+Two steps: per-user *sums* (`UserSums`: visit days, orders, spend, sessions ... per window,
+over the look-back and all time), then `features_from`, the one place every feature's formula
+lives. The batch path (`compute_features`: production, from database columns) builds the sums
+with bincounts; the simulator's nightly fold (core.rolling) keeps the same sums day by day by
+adding each day's totals and taking off the day that leaves each window. Every sum is an
+integer (session time in whole milliseconds, hour directions in fixed point), so the two paths
+agree exactly, whatever order the additions came in. No Python loop over users.
 """
 
 from __future__ import annotations
@@ -41,6 +46,18 @@ IS_NIGHT = _lookup(NIGHT_HOURS, 24)
 NEVER = 100_000  # "days since" for something that never happened
 WINDOWS = (7, 14, 30, 90)
 LOOKBACK_DAYS = 120  # events older than this change no feature (90-day windows + 28 for baselines)
+LOOKBACK_WIDTH = LOOKBACK_DAYS + 1  # production loads days as_of − LOOKBACK_DAYS .. as_of
+FIRST_NONE = NEVER * 10  # "first day" of something that never happened
+LAST_NONE = -NEVER  # "last day" of something that never happened
+MS_PER_MINUTE = 60_000.0
+# The usual hour is the direction of Σ (sin, cos) of event hours. In fixed point (2^26 units
+# per unit vector) those sums are integers: exact in any order, so a running sum equals the
+# batch sum bit for bit (floats would differ in the last bits, and the rounding to an hour
+# would then differ on exact ties). 2^26 keeps sums of 2^27 events per user exact in float64.
+HOUR_SCALE = 1 << 26
+_HOUR_ANGLE = np.arange(24, dtype=np.float64) * (2 * np.pi / 24)
+HOUR_SIN = np.rint(np.sin(_HOUR_ANGLE) * HOUR_SCALE).astype(np.int64)
+HOUR_COS = np.rint(np.cos(_HOUR_ANGLE) * HOUR_SCALE).astype(np.int64)
 
 
 @dataclass
@@ -106,16 +123,59 @@ def _count(user: np.ndarray, n: int, mask=None, weights=None) -> np.ndarray:
     return np.bincount(user, weights=weights, minlength=n)[:n]
 
 
+def _int_sum(user: np.ndarray, n: int, mask, weights: np.ndarray) -> np.ndarray:
+    """Per-user sum of whole-number float weights, as int64 (exact below 2^53)."""
+    return np.rint(_count(user, n, mask, weights)).astype(np.int64)
+
+
 def _in_window(day: np.ndarray, as_of: int, width: int) -> np.ndarray:
     return (day > as_of - width) & (day <= as_of)
 
 
 def _last_and_first(user, day, n):
-    last = np.full(n, -NEVER, dtype=np.int64)
-    first = np.full(n, NEVER * 10, dtype=np.int64)
+    last = np.full(n, LAST_NONE, dtype=np.int64)
+    first = np.full(n, FIRST_NONE, dtype=np.int64)
     np.maximum.at(last, user, day)
     np.minimum.at(first, user, day)
     return last, first
+
+
+def session_ms(duration_s: np.ndarray) -> np.ndarray:
+    """Session lengths in whole milliseconds (float64): integer sums, exact in any order."""
+    return np.rint(np.asarray(duration_s, dtype=np.float64) * 1000.0)
+
+
+def session_minutes(ms: np.ndarray) -> np.ndarray:
+    return ms / MS_PER_MINUTE
+
+
+def is_weekend(day: np.ndarray | int) -> np.ndarray:
+    """Saturday or Sunday; day 0 (1970-01-01) was a Thursday."""
+    return (np.asarray(day) + 3) % 7 >= 5
+
+
+_DAY_TABLE_SPAN = 1 << 18  # day ranges up to this (or the column's length) go through a table
+
+
+def on_days(days: np.ndarray, *fns) -> list[np.ndarray]:
+    """[fn(days) for fn in fns] for elementwise integer functions of a day column, through a
+    table of each fn over the column's range when that range is short next to the column:
+    a few passes of day arithmetic per user become one gather. The same integers."""
+    d = np.asarray(days, dtype=np.int64)
+    if d.size >= 4096:
+        lo, hi = int(d.min()), int(d.max())
+        if hi - lo <= max(d.size, _DAY_TABLE_SPAN):
+            span = np.arange(lo, hi + 1, dtype=np.int64)
+            index = d - lo if lo else d
+            return [fn(span)[index] for fn in fns]
+    return [fn(d) for fn in fns]
+
+
+def term_day_count(calendar: TermCalendar, days: np.ndarray | int) -> np.ndarray:
+    """`calendar.term_day_count`, through a table when there are breaks (see `on_days`)."""
+    if not calendar.breaks:
+        return calendar.term_day_count(days)
+    return on_days(days, calendar.term_day_count)[0]
 
 
 def distinct_user_days(user: np.ndarray, day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +191,77 @@ def active_days(events: EventColumns) -> tuple[np.ndarray, np.ndarray]:
     return distinct_user_days(events.user, events.day)
 
 
+@dataclass
+class UserSums:
+    """Per-user sums as of a day: every feature is a function of these and the day.
+
+    Windows are the `w` days ending the day. Look-back sums cover the events given (production
+    loads LOOKBACK_WIDTH days; the rolling fold keeps exactly those); order sums are all-time.
+    All int64. First/last days are FIRST_NONE/LAST_NONE when there was none.
+    """
+
+    visit_days_7: np.ndarray
+    visit_days_14: np.ndarray
+    visit_days_30: np.ndarray
+    visit_days_90: np.ndarray
+    orders_7: np.ndarray
+    orders_14: np.ndarray
+    orders_30: np.ndarray
+    orders_90: np.ndarray
+    spend_fen_30: np.ndarray
+    spend_fen_90: np.ndarray
+    session_ms_7: np.ndarray  # whole milliseconds of session_end durations
+    session_ms_30: np.ndarray
+    interactions_7: np.ndarray
+    interactions_30: np.ndarray
+    events: np.ndarray  # look-back: every event
+    night_events: np.ndarray  # look-back: at NIGHT_HOURS
+    weekend_events: np.ndarray  # look-back: on Saturdays and Sundays
+    hour_sin: np.ndarray  # look-back: Σ HOUR_SIN[hour]
+    hour_cos: np.ndarray  # look-back: Σ HOUR_COS[hour]
+    invites: np.ndarray  # look-back
+    content: np.ndarray  # look-back: reviews and comments
+    orders_total: np.ndarray
+    spend_fen_total: np.ndarray
+    coupon_orders_total: np.ndarray
+    order_days: np.ndarray  # distinct days with an order
+    first_visit: np.ndarray  # first/last day with an event (in the look-back for the batch path)
+    last_visit: np.ndarray
+    first_order: np.ndarray
+    last_order: np.ndarray
+
+
+def _window_events(events: EventColumns, ms: np.ndarray, n: int, as_of: int, width: int):
+    """(session ms, interactions) per user in the `width` days ending `as_of`."""
+    ev = _in_window(events.day, as_of, width)
+    return (
+        _int_sum(events.user, n, ev, ms),
+        _count(events.user, n, ev & IS_INTERACTION[events.kind]),
+    )
+
+
+def window_sums(
+    events: EventColumns,
+    orders: OrderColumns,
+    visit_user: np.ndarray,
+    visit_day: np.ndarray,
+    n: int,
+    as_of: int,
+    width: int,
+    ms: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The activity index's inputs over the `width` days ending `as_of`, as integer sums.
+    `ms` may pass in `session_ms(events.duration_s)` already computed."""
+    ms = session_ms(events.duration_s) if ms is None else ms
+    session, interactions = _window_events(events, ms, n, as_of, width)
+    return {
+        "visit_days": _count(visit_user, n, _in_window(visit_day, as_of, width)),
+        "session_ms": session,
+        "orders": _count(orders.user, n, _in_window(orders.day, as_of, width)),
+        "interactions": interactions,
+    }
+
+
 def window_activity(
     events: EventColumns,
     orders: OrderColumns,
@@ -141,14 +272,9 @@ def window_activity(
     width: int,
 ) -> dict[str, np.ndarray]:
     """What each user did in the `width` days ending `as_of`: the activity index's inputs."""
-    ev = _in_window(events.day, as_of, width)
-    inter = ev & IS_INTERACTION[events.kind]
-    return {
-        "visit_days": _count(visit_user, n, _in_window(visit_day, as_of, width)),
-        "session_min": _count(events.user, n, ev, events.duration_s) / 60.0,
-        "orders": _count(orders.user, n, _in_window(orders.day, as_of, width)),
-        "interactions": _count(events.user, n, inter),
-    }
+    s = window_sums(events, orders, visit_user, visit_day, n, as_of, width)
+    s["session_min"] = session_minutes(s.pop("session_ms"))
+    return s
 
 
 def until(events: EventColumns, orders: OrderColumns, as_of: int):
@@ -160,6 +286,225 @@ def until(events: EventColumns, orders: OrderColumns, as_of: int):
     if not okeep.all():
         orders = OrderColumns(*(getattr(orders, f.name)[okeep] for f in fields(OrderColumns)))
     return events, orders
+
+
+def column_sums(
+    events: EventColumns,
+    orders: OrderColumns,
+    n_users: int,
+    as_of: int,
+    visits: tuple[np.ndarray, np.ndarray] | None = None,
+) -> UserSums:
+    """The sums from columns (the batch path). Look-back sums cover whatever events are given;
+    rows after `as_of` are ignored. `visits` may pass in `active_days(events)`."""
+    n = n_users
+    events, orders = until(events, orders, as_of)
+    vu, vd = visits if visits is not None else active_days(events)
+    last_visit, first_visit = _last_and_first(vu, vd, n)
+    ou, od = distinct_user_days(orders.user, orders.day)
+    last_order, first_order = _last_and_first(ou, od, n)
+    out: dict[str, np.ndarray] = {}
+    for w in WINDOWS:
+        out[f"visit_days_{w}"] = _count(vu, n, _in_window(vd, as_of, w))
+        out[f"orders_{w}"] = _count(orders.user, n, _in_window(orders.day, as_of, w))
+    amount = orders.amount_fen.astype(np.float64)
+    for w in (30, 90):
+        out[f"spend_fen_{w}"] = _int_sum(orders.user, n, _in_window(orders.day, as_of, w), amount)
+    ms = session_ms(events.duration_s)
+    for w in (7, 30):
+        out[f"session_ms_{w}"], out[f"interactions_{w}"] = _window_events(events, ms, n, as_of, w)
+    u = events.user
+    return UserSums(
+        events=_count(u, n),
+        night_events=_count(u, n, IS_NIGHT[events.hour]),
+        weekend_events=_count(u, n, is_weekend(events.day)),
+        hour_sin=_int_sum(u, n, None, HOUR_SIN[events.hour].astype(np.float64)),
+        hour_cos=_int_sum(u, n, None, HOUR_COS[events.hour].astype(np.float64)),
+        invites=_count(u, n, events.kind == KIND_CODES["invite"]),
+        content=_count(u, n, IS_CONTENT[events.kind]),
+        orders_total=_count(orders.user, n),
+        spend_fen_total=_int_sum(orders.user, n, None, amount),
+        coupon_orders_total=_count(orders.user, n, orders.used_coupon),
+        order_days=np.bincount(ou, minlength=n)[:n],
+        first_visit=first_visit,
+        last_visit=last_visit,
+        first_order=first_order,
+        last_order=last_order,
+        **out,
+    )
+
+
+def _calendar_days_since(as_of: int):
+    def since(d: np.ndarray) -> np.ndarray:
+        return np.where(d > LAST_NONE, as_of - d, NEVER)
+
+    return since
+
+
+def _term_days_since(as_of: int, calendar: TermCalendar):
+    now = calendar.term_day_count(as_of)
+
+    def since(d: np.ndarray) -> np.ndarray:
+        seen = d > LAST_NONE
+        return np.where(seen, now - calendar.term_day_count(np.where(seen, d, as_of)), NEVER)
+
+    return since
+
+
+def visit_recency(
+    last_visit: np.ndarray, first_visit: np.ndarray, as_of: int, calendar: TermCalendar
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(days since the last visit, the same in term days, age in days since the first)."""
+    since, term_since = on_days(
+        last_visit, _calendar_days_since(as_of), _term_days_since(as_of, calendar)
+    )
+    age = np.where(last_visit > LAST_NONE, as_of - np.minimum(first_visit, as_of), 0)
+    return since, term_since, age
+
+
+@dataclass
+class PurchaseSpan:
+    """Where each user's repeat-purchase clock starts and ends, in term-day counts: what
+    (frequency, recency, T) need besides the day. It moves only when a user first visits or
+    orders (or first_seen changes, or the start is capped at the day), so the rolling fold
+    keeps it and refreshes those users only."""
+
+    frequency: np.ndarray
+    start: np.ndarray  # day number: the first order, else the first visit; at most as_of
+    at_start: np.ndarray  # term_day_count of the start
+    at_end: np.ndarray  # ... of the last order (the start for non-buyers)
+
+
+def purchase_span(
+    order_days: np.ndarray,
+    first_order: np.ndarray,
+    last_order: np.ndarray,
+    first_visit: np.ndarray,
+    as_of: int,
+    calendar: TermCalendar,
+) -> PurchaseSpan:
+    bought = last_order > LAST_NONE
+    start = np.minimum(np.where(bought, first_order, first_visit), as_of)
+    return PurchaseSpan(
+        frequency=np.maximum(order_days - 1, 0),
+        start=start,
+        at_start=term_day_count(calendar, start),
+        at_end=term_day_count(calendar, np.where(bought, last_order, start)),
+    )
+
+
+def repeat_from_span(
+    span: PurchaseSpan, as_of: int, calendar: TermCalendar
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frequency, recency, T) on `as_of` (see `repeat_purchases`)."""
+    big_t = calendar.term_day_count(as_of) - span.at_start
+    # Recency runs from the start to the last order; 0 for a non-buyer (start to start).
+    return span.frequency, np.minimum(span.at_end - span.at_start, big_t), big_t
+
+
+def repeat_purchases(
+    order_days: np.ndarray,
+    first_order: np.ndarray,
+    last_order: np.ndarray,
+    first_visit: np.ndarray,
+    as_of: int,
+    calendar: TermCalendar,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frequency, recency, T) for BG/NBD on a daily grid, in term days.
+
+    frequency = distinct order days after the first; recency = term days from the first to
+    the last order day; T = term days from the first order day to `as_of`. A user who never
+    ordered is counted from their first visit with frequency 0 (the model then reads them as
+    a customer who has not yet repeated). Breaks are cut out of time, so a vacation is not
+    read as silence.
+    """
+    span = purchase_span(order_days, first_order, last_order, first_visit, as_of, calendar)
+    return repeat_from_span(span, as_of, calendar)
+
+
+def shares(events: np.ndarray, *parts: np.ndarray) -> list[np.ndarray]:
+    """Each part / events (0 for users without events: parts are subsets of the events)."""
+    per = np.maximum(events, 1).astype(np.float64)  # exact: counts are far below 2^53
+    return [part / per for part in parts]
+
+
+# The mean direction in hours, 12·angle/π in [−12, 12], rounded: k = ⌊12·angle/π + 12.5⌋ in
+# 0..24 is the hour (k − 12) mod 24; k = 25 marks users without events (-1).
+_CLOCK = np.append((np.arange(25) - 12) % 24, -1)
+
+
+def usual_hour(hour_sin: np.ndarray, hour_cos: np.ndarray, events: np.ndarray) -> np.ndarray:
+    """The circular mean of event hours, rounded (23:00 and 01:00 average to midnight); -1
+    without events. An exact tie between two hours goes whichever way the fixed-point
+    rounding of the hour directions tips it."""
+    bucket = (np.arctan2(hour_sin, hour_cos) * (12 / np.pi) + 12.5).astype(np.int64)
+    np.putmask(bucket, events <= 0, 25)
+    return _CLOCK[bucket]
+
+
+def features_from(
+    sums: UserSums,
+    as_of: int,
+    calendar: TermCalendar,
+    first_seen: np.ndarray | None = None,
+    last_seen: np.ndarray | None = None,
+    *,
+    copy: bool = False,
+    span: PurchaseSpan | None = None,
+) -> Features:
+    """Every feature from the sums: the one implementation, for the batch and rolling paths.
+
+    `first_seen`/`last_seen` (day numbers, all time) supply what lies before the events the
+    sums saw (the batch path sees only the look-back); `last_seen` after `as_of` counts as
+    `as_of`. Sums that are features as they stand (visit days, orders, ...) go into the
+    Features uncopied unless `copy` (for a caller that goes on updating them). `span` may
+    pass in `purchase_span` of these sums, already computed.
+    """
+    own = np.copy if copy else np.asarray
+    last_visit, first_visit = sums.last_visit, sums.first_visit
+    if last_seen is not None:
+        last_visit = np.maximum(last_visit, np.minimum(last_seen, as_of))
+    if first_seen is not None:
+        first_visit = np.minimum(first_visit, first_seen)
+    since, term_since, age = visit_recency(last_visit, first_visit, as_of, calendar)
+    night, weekend = shares(sums.events, sums.night_events, sums.weekend_events)
+    if span is None:
+        span = purchase_span(
+            sums.order_days, sums.first_order, sums.last_order, first_visit, as_of, calendar
+        )
+    frequency, recency, big_t = repeat_from_span(span, as_of, calendar)
+    return Features(
+        days_since_visit=since,
+        term_days_since_visit=term_since,
+        days_since_order=on_days(sums.last_order, _calendar_days_since(as_of))[0],
+        age_days=age,
+        visit_days_7=own(sums.visit_days_7),
+        visit_days_14=own(sums.visit_days_14),
+        visit_days_30=own(sums.visit_days_30),
+        visit_days_90=own(sums.visit_days_90),
+        orders_7=own(sums.orders_7),
+        orders_14=own(sums.orders_14),
+        orders_30=own(sums.orders_30),
+        orders_90=own(sums.orders_90),
+        spend_fen_30=own(sums.spend_fen_30),
+        spend_fen_90=own(sums.spend_fen_90),
+        orders_total=own(sums.orders_total),
+        spend_fen_total=own(sums.spend_fen_total),
+        session_min_7=session_minutes(sums.session_ms_7),
+        session_min_30=session_minutes(sums.session_ms_30),
+        interactions_7=own(sums.interactions_7),
+        interactions_30=own(sums.interactions_30),
+        invites_total=own(sums.invites),
+        content_total=own(sums.content),
+        coupon_orders_total=own(sums.coupon_orders_total),
+        coupon_order_share=sums.coupon_orders_total / np.maximum(sums.orders_total, 1),
+        night_share=night,
+        weekend_share=weekend,
+        usual_hour=usual_hour(sums.hour_sin, sums.hour_cos, sums.events),
+        frequency=own(frequency),
+        recency=recency,
+        T=big_t,
+    )
 
 
 def compute_features(
@@ -179,93 +524,15 @@ def compute_features(
     `orders` must be the whole order history: the repeat-purchase summary needs it.
     Rows after `as_of` are ignored. `visits` may pass in `active_days(events)` already computed.
     """
-    n = n_users
-    events, orders = until(events, orders, as_of)
-    vu, vd = visits if visits is not None else active_days(events)
-    last_visit, first_visit = _last_and_first(vu, vd, n)
-    if last_seen is not None:
-        last_visit = np.maximum(last_visit, np.minimum(last_seen, as_of))
-    if first_seen is not None:
-        first_visit = np.minimum(first_visit, first_seen)
-    seen = last_visit > -NEVER
-    days_since_visit = np.where(seen, as_of - last_visit, NEVER)
-    term_since = np.where(
-        seen, calendar.term_days_between(np.where(seen, last_visit, as_of), as_of), NEVER
-    )
-    age = np.where(seen, as_of - np.minimum(first_visit, as_of), 0)
-
-    last_order, first_order = _last_and_first(orders.user, orders.day, n)
-    bought = last_order > -NEVER
-    days_since_order = np.where(bought, as_of - last_order, NEVER)
-
-    out: dict[str, np.ndarray] = {}
-    for w in WINDOWS:
-        out[f"visit_days_{w}"] = _count(vu, n, _in_window(vd, as_of, w))
-        out[f"orders_{w}"] = _count(orders.user, n, _in_window(orders.day, as_of, w))
-    amount = orders.amount_fen.astype(np.float64)
-    for w in (30, 90):
-        out[f"spend_fen_{w}"] = np.rint(
-            _count(orders.user, n, _in_window(orders.day, as_of, w), amount)
-        ).astype(np.int64)
-    orders_total = _count(orders.user, n)
-    coupon_orders = _count(orders.user, n, orders.used_coupon)
-
-    inter = IS_INTERACTION[events.kind]
-    for w in (7, 30):
-        ev = _in_window(events.day, as_of, w)
-        out[f"session_min_{w}"] = _count(events.user, n, ev, events.duration_s) / 60.0
-        out[f"interactions_{w}"] = _count(events.user, n, ev & inter)
-
-    total = _count(events.user, n).astype(np.float64)
-    safe = np.maximum(total, 1)
-    night = _count(events.user, n, IS_NIGHT[events.hour]) / safe
-    weekday = (events.day + 3) % 7  # day 0 (1970-01-01) was a Thursday: 0 = Monday
-    weekend = _count(events.user, n, weekday >= 5) / safe
-    angle = events.hour.astype(np.float64) * (2 * np.pi / 24)
-    sin = _count(events.user, n, None, np.sin(angle))
-    cos = _count(events.user, n, None, np.cos(angle))
-    usual = np.rint(np.mod(np.arctan2(sin, cos) * 24 / (2 * np.pi), 24)).astype(np.int64) % 24
-    usual = np.where(total > 0, usual, -1)
-
-    frequency, recency, big_t = repeat_purchase_summary(orders, n, as_of, calendar, first_visit)
-    return Features(
-        days_since_visit=days_since_visit,
-        term_days_since_visit=term_since,
-        days_since_order=days_since_order,
-        age_days=age,
-        orders_total=orders_total,
-        spend_fen_total=np.rint(_count(orders.user, n, None, amount)).astype(np.int64),
-        invites_total=_count(events.user, n, events.kind == KIND_CODES["invite"]),
-        content_total=_count(events.user, n, IS_CONTENT[events.kind]),
-        coupon_orders_total=coupon_orders,
-        coupon_order_share=coupon_orders / np.maximum(orders_total, 1),
-        night_share=np.where(total > 0, night, 0.0),
-        weekend_share=np.where(total > 0, weekend, 0.0),
-        usual_hour=usual,
-        frequency=frequency,
-        recency=recency,
-        T=big_t,
-        **out,
-    )
+    sums = column_sums(events, orders, n_users, as_of, visits)
+    return features_from(sums, as_of, calendar, first_seen, last_seen)
 
 
 def repeat_purchase_summary(
     orders: OrderColumns, n: int, as_of: int, calendar: TermCalendar, first_visit: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(frequency, recency, T) for BG/NBD on a daily grid, in term days.
-
-    frequency = distinct order days after the first; recency = term days from the first to
-    the last order day; T = term days from the first order day to `as_of`. A user who never
-    ordered is counted from their first visit with frequency 0 (the model then reads them as
-    a customer who has not yet repeated). Breaks are cut out of time, so a vacation is not
-    read as silence.
-    """
+    """(frequency, recency, T) from order columns (see `repeat_purchases`)."""
     ou, od = distinct_user_days(orders.user, orders.day)
     last, first = _last_and_first(ou, od, n)
-    bought = last > -1
-    frequency = np.maximum(np.bincount(ou, minlength=n)[:n] - 1, 0)
-    start = np.where(bought, first, np.minimum(first_visit, as_of))
-    start = np.where(start > as_of, as_of, start)
-    recency = np.where(bought, calendar.term_days_between(start, np.where(bought, last, start)), 0)
-    big_t = calendar.term_days_between(start, as_of)
-    return frequency, np.minimum(recency, big_t), big_t
+    days = np.bincount(ou, minlength=n)[:n]
+    return repeat_purchases(days, first, last, first_visit, as_of, calendar)

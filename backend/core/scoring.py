@@ -18,6 +18,7 @@ from backend.core.features import (
     until,
 )
 from backend.core.rfm import rfm_scores, segments
+from backend.core.rolling import DailyFold
 from backend.core.tiers import TierConfig, assign_tiers
 from backend.core.value import expected_value_fen, worth_recalling
 
@@ -52,36 +53,22 @@ def fit_for(features: Features) -> bgnbd.BgNbdParams | None:
     return params if params.converged else None
 
 
-def score_users(
-    events: EventColumns,
-    orders: OrderColumns,
-    n_users: int,
-    as_of: int,
-    calendar: TermCalendar,
+def scores_from(
+    feats: Features,
+    act: Activity,
     config: TierConfig,
     *,
-    first_seen: np.ndarray | None = None,
-    last_seen: np.ndarray | None = None,
     params: bgnbd.BgNbdParams | None = None,
     fit: bool = True,
 ) -> Scores:
-    """Features, activity, RFM, churn probability, value and tier of every user on `as_of`.
-
-    `params` reuses an earlier BG/NBD fit (the simulator refits weekly, not nightly); with
-    `fit` false and no params, P(alive) is left out (NaN) and tiers rest on silence alone.
-    """
-    events, orders = until(events, orders, as_of)
-    visits = active_days(events)
-    feats = compute_features(
-        events, orders, n_users, as_of, calendar, first_seen, last_seen, visits=visits
-    )
-    act = compute_activity(events, orders, n_users, as_of, calendar, visits=visits)
+    """RFM, churn probability, value and tier from features and activity: the tail that the
+    batch (`score_users`) and rolling (`score_fold`) paths share."""
+    n_users = feats.days_since_visit.size
     r, f, m = rfm_scores(feats.days_since_visit, feats.orders_total, feats.spend_fen_total)
     if params is None and fit:
         params = fit_for(feats)
     if params is not None:
-        alive = bgnbd.p_alive(params, feats.frequency, feats.recency, feats.T)
-        expected = bgnbd.expected_purchases(
+        alive, expected = bgnbd.alive_and_expected(
             params, config.value_horizon_days, feats.frequency, feats.recency, feats.T
         )
     else:
@@ -113,3 +100,48 @@ def score_users(
         reason=reason,
         params=params,
     )
+
+
+def score_users(
+    events: EventColumns,
+    orders: OrderColumns,
+    n_users: int,
+    as_of: int,
+    calendar: TermCalendar,
+    config: TierConfig,
+    *,
+    first_seen: np.ndarray | None = None,
+    last_seen: np.ndarray | None = None,
+    params: bgnbd.BgNbdParams | None = None,
+    fit: bool = True,
+) -> Scores:
+    """Features, activity, RFM, churn probability, value and tier of every user on `as_of`.
+
+    `params` reuses an earlier BG/NBD fit (the simulator refits weekly, not nightly); with
+    `fit` false and no params, P(alive) is left out (NaN) and tiers rest on silence alone.
+    """
+    events, orders = until(events, orders, as_of)
+    visits = active_days(events)
+    feats = compute_features(
+        events, orders, n_users, as_of, calendar, first_seen, last_seen, visits=visits
+    )
+    act = compute_activity(events, orders, n_users, as_of, calendar, visits=visits)
+    return scores_from(feats, act, config, params=params, fit=fit)
+
+
+def score_fold(
+    fold: DailyFold,
+    calendar: TermCalendar,
+    config: TierConfig,
+    *,
+    first_seen: np.ndarray | None = None,
+    last_seen: np.ndarray | None = None,
+    params: bgnbd.BgNbdParams | None = None,
+    fit: bool = True,
+    copy: bool = True,
+) -> Scores:
+    """`score_users` for the fold's last day, from its running sums (the simulator's nightly
+    path): the same Scores as `score_users` on that day's columns. `copy`: see
+    `DailyFold.features`."""
+    feats = fold.features(calendar, first_seen=first_seen, last_seen=last_seen, copy=copy)
+    return scores_from(feats, fold.activity(calendar), config, params=params, fit=fit)

@@ -1,0 +1,490 @@
+"""The nightly fold: the scoring sums kept day by day instead of recomputed from columns.
+
+Production scores once a night from database columns (core.features.compute_features sums
+~120 days of events with bincounts). The simulator scores every simulated night, so it keeps
+the same `UserSums` running instead: each day's per-user totals (`DayTotals`) are added to
+every window, and the totals of the day that leaves a window are taken off it. Every sum is
+an integer, so the running sums equal the batch sums exactly, and `features_from` /
+`activity_from` — the same functions the batch path ends in — turn them into the same
+Features and Activity. The daily activity index is stored for the 29 days the baseline and
+warning read, exactly as the batch path computes it for those days.
+
+    fold = DailyFold(n_users)
+    for each day:  fold.add_day(DayTotals(...))      # consecutive days; an empty day is fine
+                   scores = score_fold(fold, calendar, config, ...)   # core.scoring
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from backend.core.activity import (
+    BASELINE_OFFSETS,
+    HISTORY_DAYS,
+    WARNING_DAYS,
+    Activity,
+    activity_from,
+    index_from_sums,
+)
+from backend.core.calendar import TermCalendar
+from backend.core.features import (
+    FIRST_NONE,
+    HOUR_COS,
+    HOUR_SIN,
+    IS_CONTENT,
+    IS_INTERACTION,
+    IS_NIGHT,
+    KIND_CODES,
+    LAST_NONE,
+    LOOKBACK_WIDTH,
+    EventColumns,
+    Features,
+    OrderColumns,
+    PurchaseSpan,
+    UserSums,
+    features_from,
+    is_weekend,
+    purchase_span,
+    session_ms,
+)
+
+# Which day total feeds which sum, per window width (None: all time). "visited" is a day with
+# any event, "ordered" a day with any order.
+WINDOWED: dict[int | None, tuple[tuple[str, str], ...]] = {
+    7: (
+        ("visit_days_7", "visited"),
+        ("orders_7", "orders"),
+        ("session_ms_7", "session_ms"),
+        ("interactions_7", "interactions"),
+    ),
+    14: (("visit_days_14", "visited"), ("orders_14", "orders")),
+    30: (
+        ("visit_days_30", "visited"),
+        ("orders_30", "orders"),
+        ("spend_fen_30", "spend_fen"),
+        ("session_ms_30", "session_ms"),
+        ("interactions_30", "interactions"),
+    ),
+    90: (("visit_days_90", "visited"), ("orders_90", "orders"), ("spend_fen_90", "spend_fen")),
+    LOOKBACK_WIDTH: (
+        ("events", "events"),
+        ("night_events", "night_events"),
+        ("weekend_events", "weekend_events"),
+        ("hour_sin", "hour_sin"),
+        ("hour_cos", "hour_cos"),
+        ("invites", "invites"),
+        ("content", "content"),
+    ),
+    None: (
+        ("orders_total", "orders"),
+        ("spend_fen_total", "spend_fen"),
+        ("coupon_orders_total", "coupon_orders"),
+        ("order_days", "ordered"),
+    ),
+}
+
+
+@dataclass
+class DayTotals:
+    """One day's per-user totals: one row per user with any event or order that day.
+
+    `user` must be unique and sorted. Columns left None are zero for everyone. `hour_sin` /
+    `hour_cos` are Σ HOUR_SIN[hour] / Σ HOUR_COS[hour] over the user's events (fixed point,
+    see core.features); `session_ms` the session_end durations in whole milliseconds.
+    """
+
+    day: int
+    user: np.ndarray
+    events: np.ndarray | None = None
+    night_events: np.ndarray | None = None
+    weekend_events: np.ndarray | None = None
+    hour_sin: np.ndarray | None = None
+    hour_cos: np.ndarray | None = None
+    session_ms: np.ndarray | None = None
+    interactions: np.ndarray | None = None
+    invites: np.ndarray | None = None
+    content: np.ndarray | None = None
+    orders: np.ndarray | None = None
+    spend_fen: np.ndarray | None = None
+    coupon_orders: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls, day: int) -> DayTotals:
+        return cls(day, np.zeros(0, dtype=np.int64))
+
+    @classmethod
+    def at_hours(
+        cls,
+        day: int,
+        user: np.ndarray,
+        hour: np.ndarray,
+        events: np.ndarray,
+        **totals: np.ndarray | None,
+    ) -> DayTotals:
+        """Users whose events that day all came at one hour each (`hour`, 0–23): the night,
+        weekend and hour-direction columns follow from the hour and the event count. The
+        other columns (session_ms, orders, spend_fen, ...) are passed as keywords."""
+        user = np.asarray(user, dtype=np.int64)
+        hour = np.asarray(hour, dtype=np.int64)
+        events = np.asarray(events, dtype=np.int64)
+        return cls(
+            day,
+            user,
+            events=events,
+            night_events=events * IS_NIGHT[hour],
+            weekend_events=events if bool(is_weekend(day)) else None,
+            hour_sin=events * HOUR_SIN[hour],
+            hour_cos=events * HOUR_COS[hour],
+            **totals,
+        )
+
+    @classmethod
+    def from_columns(cls, day: int, events: EventColumns, orders: OrderColumns) -> DayTotals:
+        """The totals of the rows of `day` in event and order columns (other days ignored)."""
+        e = events.day == day
+        o = orders.day == day
+        eu, ou = events.user[e], orders.user[o]
+        user = np.unique(np.concatenate([eu, ou]).astype(np.int64))
+        ei, oi = np.searchsorted(user, eu), np.searchsorted(user, ou)
+        hour, kind = events.hour[e], events.kind[e]
+
+        def total(index: np.ndarray, values) -> np.ndarray:
+            out = np.zeros(user.size, dtype=np.int64)
+            np.add.at(out, index, np.asarray(values).astype(np.int64))
+            return out
+
+        count = total(ei, 1)
+        return cls(
+            day,
+            user,
+            events=count,
+            night_events=total(ei, IS_NIGHT[hour]),
+            weekend_events=count if bool(is_weekend(day)) else None,
+            hour_sin=total(ei, HOUR_SIN[hour]),
+            hour_cos=total(ei, HOUR_COS[hour]),
+            session_ms=total(ei, session_ms(events.duration_s[e])),
+            interactions=total(ei, IS_INTERACTION[kind]),
+            invites=total(ei, kind == KIND_CODES["invite"]),
+            content=total(ei, IS_CONTENT[kind]),
+            orders=total(oi, 1),
+            spend_fen=total(oi, orders.amount_fen[o]),
+            coupon_orders=total(oi, orders.used_coupon[o]),
+        )
+
+
+_COLUMNS = tuple(f.name for f in fields(DayTotals))[2:]
+_INDEX_COLUMNS = tuple(column for _, column in WINDOWED[7])  # what the activity index reads
+_NARROW = [np.dtype(t) for t in (np.int8, np.int16, np.int32)]
+COMPACT_AFTER = 30  # days: older kept days are read only when leaving the 90-day and look-back
+# windows, so they are stored in the narrowest integers that hold them, widened for those reads
+
+
+def _narrow(values: np.ndarray) -> np.ndarray:
+    if values.dtype.itemsize <= 1 or not values.size:
+        return values
+    lo, hi = int(values.min()), int(values.max())
+    for dtype in _NARROW:
+        if dtype.itemsize < values.dtype.itemsize:
+            info = np.iinfo(dtype)
+            if info.min <= lo and hi <= info.max:
+                return values.astype(dtype)
+    return values
+
+
+@dataclass
+class _Kept:
+    """A day as the fold keeps it: per column, the rows it touches and their values (None:
+    one each). Mostly-zero columns keep their nonzero rows only; columns no window reads any
+    more are dropped."""
+
+    day: int
+    columns: dict[str, tuple[np.ndarray, np.ndarray | None]]
+
+    @classmethod
+    def of(cls, t: DayTotals, user: np.ndarray) -> _Kept:
+        columns: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        for name in _COLUMNS:
+            values = getattr(t, name)
+            if values is None:
+                continue
+            values = np.asarray(values, dtype=np.int64)
+            k = int(np.count_nonzero(values))
+            if k == 0:
+                continue
+            if 2 * k <= values.size:
+                nonzero = values != 0
+                columns[name] = (user[nonzero], values[nonzero])
+            else:
+                columns[name] = (user, values)
+        for flag, source in (("visited", "events"), ("ordered", "orders")):
+            entry = columns.get(source)
+            if entry is not None:
+                rows, values = entry
+                positive = values > 0
+                columns[flag] = (rows if positive.all() else rows[positive], None)
+        return cls(t.day, columns)
+
+    def drop(self, names: set[str]) -> None:
+        for name in names:
+            self.columns.pop(name, None)
+
+    def compact(self) -> None:
+        """Every array in the narrowest integers that hold it (shared arrays stay shared)."""
+        done: dict[int, np.ndarray] = {}
+
+        def narrow(a: np.ndarray | None) -> np.ndarray | None:
+            if a is None:
+                return None
+            if id(a) not in done:
+                done[id(a)] = _narrow(a)
+            return done[id(a)]
+
+        self.columns = {k: (narrow(r), narrow(v)) for k, (r, v) in self.columns.items()}
+
+
+def _fresh_sums(n: int) -> UserSums:
+    def filled(name: str) -> np.ndarray:
+        if name.startswith("first_"):
+            return np.full(n, FIRST_NONE, dtype=np.int64)
+        if name.startswith("last_"):
+            return np.full(n, LAST_NONE, dtype=np.int64)
+        return np.zeros(n, dtype=np.int64)
+
+    return UserSums(**{f.name: filled(f.name) for f in fields(UserSums)})
+
+
+def _drop_after() -> dict[int, set[str]]:
+    """Day totals by the age (in days) after which no window reads them any more: the widest
+    window that reads them, or 0 for those only the all-time sums read."""
+    widest: dict[str, int] = {}
+    for width, pairs in WINDOWED.items():
+        for _, column in pairs:
+            widest[column] = max(widest.get(column, 0), width or 0)
+    out: dict[int, set[str]] = {}
+    for column, width in widest.items():
+        out.setdefault(width, set()).add(column)
+    return out
+
+
+_DROP_AFTER = _drop_after()
+
+
+class DailyFold:
+    """The scoring sums of `n_users` users, kept as consecutive days are added.
+
+    Holds the last LOOKBACK_WIDTH days' totals (to take each off its windows when it leaves)
+    and the activity index of the last HISTORY_DAYS days. Days before the first one added
+    count as empty, as they would in columns that start on that day.
+    """
+
+    def __init__(self, n_users: int) -> None:
+        self.n_users = int(n_users)
+        self.day: int | None = None  # the last day added
+        self._sums = _fresh_sums(self.n_users)
+        self._kept: deque[_Kept] = deque()
+        self._index = np.zeros((HISTORY_DAYS, self.n_users))  # by day % HISTORY_DAYS
+        # The repeat-purchase span (core.features.purchase_span) of the last features() call,
+        # what it was computed for, and the users whose span may have moved since.
+        self._span: PurchaseSpan | None = None
+        self._span_for: tuple[TermCalendar, np.ndarray | None] | None = None
+        self._span_stale: list[np.ndarray] = []
+        self._span_capped = np.zeros(0, dtype=np.intp)
+
+    def add_day(self, totals: DayTotals) -> None:
+        """Fold in the day after the last one (any day to start with)."""
+        day = int(totals.day)
+        if self.day is not None and day != self.day + 1:
+            raise ValueError(
+                f"day {day} cannot follow day {self.day}: days are added one at a time, "
+                "in order, none missing (add an empty DayTotals for a day without activity)"
+            )
+        user = np.asarray(totals.user, dtype=np.intp)
+        if user.size and (user[0] < 0 or user[-1] >= self.n_users or np.any(user[1:] <= user[:-1])):
+            raise ValueError("DayTotals.user must be sorted, unique and within 0..n_users-1")
+        for name in _COLUMNS:
+            column = getattr(totals, name)
+            if column is not None and np.shape(column) != user.shape:
+                raise ValueError(f"DayTotals.{name} must have one value per user row")
+        kept = _Kept.of(totals, user)
+        s = self._sums
+        for pairs in WINDOWED.values():
+            self._apply(kept, pairs, np.add.at)
+        for width, pairs in WINDOWED.items():
+            if width is not None:
+                leaving = self._kept_day(day - width)
+                if leaving is not None:
+                    self._apply(leaving, pairs, np.subtract.at)
+        if "visited" in kept.columns:
+            rows = kept.columns["visited"][0]
+            s.last_visit[rows] = day
+            new = rows[s.first_visit[rows] == FIRST_NONE]
+            s.first_visit[new] = day
+            self._span_stale.append(new)
+        if "ordered" in kept.columns:
+            rows = kept.columns["ordered"][0]
+            s.last_order[rows] = day
+            new = rows[s.first_order[rows] == FIRST_NONE]
+            s.first_order[new] = day
+            self._span_stale.append(rows)
+        if sum(r.size for r in self._span_stale) > self.n_users:
+            self._span, self._span_stale = None, []  # cheaper to compute afresh
+        kept.drop(_DROP_AFTER.get(0, set()))
+        self._kept.append(kept)
+        while self._kept and self._kept[0].day <= day - LOOKBACK_WIDTH:
+            self._kept.popleft()
+        for width, names in _DROP_AFTER.items():
+            if width:
+                older = self._kept_day(day - width)
+                if older is not None:
+                    older.drop(names)
+        older = self._kept_day(day - COMPACT_AFTER)
+        if older is not None:
+            older.compact()
+        self._update_index(day, kept)
+        self.day = day
+
+    def _update_index(self, day: int, kept: _Kept) -> None:
+        """Today's activity index. It is a function of each user's 7-day sums alone, which
+        moved only for users active today or 7 days ago: the others keep yesterday's value."""
+        s = self._sums
+        touched = [
+            k.columns[c][0]
+            for k in (kept, self._kept_day(day - 7))
+            if k is not None
+            for c in _INDEX_COLUMNS
+            if c in k.columns
+        ]
+        rows = self._union(touched)
+        slot = self._index[day % HISTORY_DAYS]
+        if self.day is None or 2 * rows.size > self.n_users:
+            slot[:] = index_from_sums(s.visit_days_7, s.session_ms_7, s.orders_7, s.interactions_7)
+            return
+        slot[:] = self._index[(day - 1) % HISTORY_DAYS]
+        if rows.size:
+            inputs = (s.visit_days_7, s.session_ms_7, s.orders_7, s.interactions_7)
+            slot[rows] = index_from_sums(*(a[rows] for a in inputs))
+
+    def _union(self, parts: list[np.ndarray]) -> np.ndarray:
+        """The distinct users in some sorted row arrays, sorted."""
+        parts = [p for p in parts if p.size]
+        if len(parts) <= 1:
+            return parts[0].astype(np.intp, copy=False) if parts else np.zeros(0, dtype=np.intp)
+        mask = np.zeros(self.n_users, dtype=bool)
+        for p in parts:
+            mask[p] = True
+        return np.flatnonzero(mask)
+
+    def _kept_day(self, day: int) -> _Kept | None:
+        if not self._kept:
+            return None
+        i = day - self._kept[0].day
+        return self._kept[i] if 0 <= i < len(self._kept) else None
+
+    def _apply(self, kept: _Kept, pairs: tuple[tuple[str, str], ...], op) -> None:
+        for sum_name, column in pairs:
+            entry = kept.columns.get(column)
+            if entry is not None:
+                rows, values = entry
+                # int64 into int64 at intp rows: np.ufunc.at is ~100× slower when it casts.
+                values = 1 if values is None else values.astype(np.int64, copy=False)
+                op(getattr(self._sums, sum_name), rows.astype(np.intp, copy=False), values)
+
+    def _as_of(self, as_of: int | None) -> int:
+        if self.day is None:
+            raise ValueError("no day has been added yet")
+        if as_of is not None and int(as_of) != self.day:
+            raise ValueError(f"the fold is at day {self.day}, not {as_of}")
+        return self.day
+
+    def sums(self, as_of: int | None = None) -> UserSums:
+        """A copy of the running sums as of the last day added."""
+        self._as_of(as_of)
+        return UserSums(**{f.name: getattr(self._sums, f.name).copy() for f in fields(UserSums)})
+
+    def features(
+        self,
+        calendar: TermCalendar,
+        as_of: int | None = None,
+        first_seen: np.ndarray | None = None,
+        last_seen: np.ndarray | None = None,
+        *,
+        copy: bool = True,
+    ) -> Features:
+        """What `compute_features` gives on the same days' columns (events of the last
+        LOOKBACK_WIDTH days, orders all time), as of the last day added.
+
+        Features that are running sums as they stand (visit days, orders, spend, ...) are
+        copies; with `copy` false they are the fold's own arrays, read-only, and the next
+        add_day or features() changes them: for a caller done with the night's features by
+        then (17 copies of a column of a million users are ~20 ms).
+        """
+        day = self._as_of(as_of)
+        span = self._purchase_span(day, calendar, first_seen)
+        feats = features_from(
+            self._sums, day, calendar, first_seen, last_seen, copy=copy, span=span
+        )
+        if not copy:
+            owned = {id(getattr(self._sums, f.name)) for f in fields(UserSums)}
+            owned |= {id(getattr(span, f.name)) for f in fields(PurchaseSpan)}
+            for f in fields(feats):
+                value = getattr(feats, f.name)
+                if id(value) in owned:
+                    value = value.view()
+                    value.flags.writeable = False
+                    setattr(feats, f.name, value)
+        return feats
+
+    def _purchase_span(
+        self, day: int, calendar: TermCalendar, first_seen: np.ndarray | None
+    ) -> PurchaseSpan:
+        """The repeat-purchase span, refreshed for the users whose first visit or orders
+        moved since the last call (and those whose start was capped at that day, which moves
+        with the day); computed afresh for another calendar or first_seen."""
+        s = self._sums
+        same = self._span_for is not None and self._span_for[0] == calendar
+        if same:
+            kept_seen = self._span_for[1]
+            same = (first_seen is None and kept_seen is None) or (
+                first_seen is not None
+                and kept_seen is not None
+                and np.array_equal(first_seen, kept_seen)
+            )
+        if not same or self._span is None:
+            first_visit = (
+                s.first_visit if first_seen is None else np.minimum(s.first_visit, first_seen)
+            )
+            self._span = purchase_span(
+                s.order_days, s.first_order, s.last_order, first_visit, day, calendar
+            )
+            capped = np.flatnonzero(self._span.start == day)
+            kept_seen = None if first_seen is None else np.array(first_seen, dtype=np.int64)
+            self._span_for = (calendar, kept_seen)
+        else:
+            rows = self._union([*self._span_stale, self._span_capped])
+            first_visit = s.first_visit[rows]
+            if first_seen is not None:
+                first_visit = np.minimum(first_visit, np.asarray(first_seen)[rows])
+            fresh = purchase_span(
+                s.order_days[rows],
+                s.first_order[rows],
+                s.last_order[rows],
+                first_visit,
+                day,
+                calendar,
+            )
+            for f in fields(PurchaseSpan):
+                getattr(self._span, f.name)[rows] = getattr(fresh, f.name)
+            capped = rows[fresh.start == day]
+        self._span_capped = capped
+        self._span_stale = []
+        return self._span
+
+    def activity(self, calendar: TermCalendar, as_of: int | None = None) -> Activity:
+        """What `compute_activity` gives on the same days' columns."""
+        day = self._as_of(as_of)
+        recent = [self._index[(day - k) % HISTORY_DAYS] for k in range(WARNING_DAYS)]
+        past = [self._index[(day - k) % HISTORY_DAYS] for k in BASELINE_OFFSETS]
+        return activity_from(recent, past, calendar, day)
