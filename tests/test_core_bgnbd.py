@@ -440,3 +440,25 @@ def test_simulate_matches_the_model_moments():
     assert np.all(t_x[x == 0] == 0)
     assert np.all((t_x > 0)[x > 0])
     assert np.all(t_x <= big_t)
+
+
+def test_expected_purchases_stays_finite_when_dropout_almost_never_happens():
+    # A 160-user campus once fitted a and b in the hundreds of thousands (dropout ~never):
+    # Euler's form became 0·∞ and a NaN reached the NOT NULL column, failing the nightly job.
+    huge = BgNbdParams(
+        r=1.61, alpha=13.47, a=12781.2, b=297344.3, loglik=0.0, n=108, converged=True
+    )
+    tenth = BgNbdParams(
+        r=1.61, alpha=13.47, a=1278.12, b=29734.43, loglik=0.0, n=108, converged=True
+    )
+    x, t_x, big_t = np.array([0, 0, 3, 10]), np.array([0, 0, 20, 40]), np.array([5, 17, 30, 45])
+    for cols in ((x, t_x, big_t), (x * 1.0, t_x * 1.0, big_t + 0.5)):  # grid and general path
+        e = bgnbd.expected_purchases(huge, 30, *cols)
+        assert np.all(np.isfinite(e)) and np.all(e > 0)
+        # never above the no-dropout rate, and continuous in (a, b) at a fixed dropout odds
+        assert np.all(e <= 30 * (1.61 + cols[0]) / (13.47 + cols[2]))
+    np.testing.assert_allclose(
+        bgnbd.expected_purchases(huge, 30, x, t_x, big_t),
+        bgnbd.expected_purchases(tenth, 30, x, t_x, big_t),
+        rtol=1e-3,
+    )

@@ -281,19 +281,39 @@ def _alive_on_grid(params: BgNbdParams, x, t_x, big_t) -> np.ndarray:
 def _numer_on_grid(params: BgNbdParams, t: float, a: float, x, big_t) -> np.ndarray:
     """expected_purchases' factor c/(a−1)·(1 − (1−z)^(a−1)·₂F₁(...)) that depends on (x, T)
     only: evaluated once per distinct pair present, then gathered."""
-    r, alpha, b = params.r, params.alpha, params.b
     n_t = int(big_t.max()) + 1
     key = x * n_t + big_t
     present = np.zeros((int(x.max()) + 1) * n_t, dtype=bool)
     present[key] = True
     pairs = np.flatnonzero(present)
     px, pt = np.divmod(pairs, n_t)
-    c = a + b + px.astype(np.float64) - 1
-    z = t / (alpha + pt.astype(np.float64) + t)
-    shrink = np.exp((a - 1) * np.log1p(-z)) * hyp2f1(a + b - 1 - r, a - 1, c, z)
     table = np.empty(present.size)
-    table[pairs] = c / (a - 1) * (1 - shrink)
+    table[pairs] = _numer(params, t, a, px.astype(np.float64), pt.astype(np.float64))
     return table[key]
+
+
+def _numer(params: BgNbdParams, t: float, a: float, x: np.ndarray, big_t: np.ndarray):
+    """c/(a−1)·(1 − (1−z)^(a−1)·₂F₁(a+b−1−r, a−1; c; z)), c = a+b+x−1, z = t/(α+T+t).
+
+    When a and b are both huge (dropout almost never, as a small campus's fit can give), the
+    Euler form is 0·∞: there the paper's own form, (1−z)^(r+x)·₂F₁(r+x, b+x; c; z), which then
+    converges, gives the same factor; should both fail, the no-dropout limit t·(r+x)/(α+T)
+    (an upper bound) stands in rather than a NaN reaching the database.
+    """
+    r, alpha, b = params.r, params.alpha, params.b
+    c = a + b + x - 1
+    z = t / (alpha + big_t + t)
+    with np.errstate(invalid="ignore", over="ignore"):
+        shrink = np.exp((a - 1) * np.log1p(-z)) * hyp2f1(a + b - 1 - r, a - 1, c, z)
+        bad = ~np.isfinite(shrink)
+        if bad.any():
+            xb, zb = x[bad], z[bad]
+            shrink[bad] = np.exp((r + xb) * np.log1p(-zb)) * hyp2f1(r + xb, b + xb, c[bad], zb)
+        numer = c / (a - 1) * (1 - shrink)
+    bad = ~np.isfinite(numer)
+    if bad.any():
+        numer[bad] = t * (r + x[bad]) / (alpha + big_t[bad])
+    return numer
 
 
 def _nudged_a(a: float) -> float:
@@ -350,11 +370,7 @@ def alive_and_expected(
         weight = alive if nudged is params else _alive_on_grid(nudged, *grid)
         return alive, _numer_on_grid(params, t, a, x, big_t) * weight
     x, t_x, big_t = _columns(frequency, recency, T)
-    r, alpha, b = params.r, params.alpha, params.b
-    c = a + b + x - 1
-    z = t / (alpha + big_t + t)
-    shrink = np.exp((a - 1) * np.log1p(-z)) * hyp2f1(a + b - 1 - r, a - 1, c, z)
-    numer = c / (a - 1) * (1 - shrink)
+    numer = _numer(params, t, a, x.astype(np.float64), big_t.astype(np.float64))
     alive = _alive(params, x, t_x, big_t)
     weight = alive if nudged is params else _alive(nudged, x, t_x, big_t)
     return alive, numer * weight
