@@ -16,12 +16,12 @@ it is final once the job's clock has passed its window.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import numpy as np
 
-from backend.core.attribution import first_after
+from backend.core.attribution import in_window
 from backend.core.calendar import MS_PER_DAY, day_start_ms
 from backend.core.policy import HOLDOUT, SEND, SKIPPED, Decisions, Policy, PolicyState, UserState
 from backend.core.policy import decide as core_decide
@@ -111,25 +111,37 @@ class DayTouches:
     def measured(self) -> np.ndarray:
         return self.status != SKIP
 
+    def subset(self, rows: np.ndarray) -> DayTouches:
+        """These rows of the block (outcomes not yet attributed: taken when added)."""
+        names = [f.name for f in fields(self) if f.name not in ("day", "outcome", "learnt")]
+        return DayTouches(self.day, *(getattr(self, n)[rows] for n in names))
+
 
 class TouchLog:
     """Every decided touch, as one block of columns per day."""
 
     def __init__(self) -> None:
-        self.days: list[DayTouches] = []
+        self.days: list[DayTouches] = []  # sent and held-out touches: measured
+        self.skipped: list[DayTouches] = []  # skips (the ledger's), never measured
         self.redeemed_today: dict[int, tuple[int, int]] = {}  # user -> (touch day, step)
 
     def add(self, block: DayTouches) -> None:
-        self.days.append(block)
+        """Keep a day's touches: the measured ones apart from the skips, which only the
+        ledger reads (attribution and the caps would walk past them every day)."""
+        skip = block.status == SKIP
+        self.days.append(block.subset(~skip))
+        self.skipped.append(block.subset(skip))
 
-    def column(self, name: str) -> np.ndarray:
-        if not self.days:
+    def column(self, name: str, skipped: bool = True) -> np.ndarray:
+        """One column over every touch (sent and held out, then the skips)."""
+        blocks = self.days + (self.skipped if skipped else [])
+        if not blocks:
             return np.zeros(0, dtype=np.int64)
         if name == "day":
-            return np.concatenate([np.full(b.user.size, b.day, np.int64) for b in self.days])
+            return np.concatenate([np.full(b.user.size, b.day, np.int64) for b in blocks])
         if name in DayTouches.OUTCOMES:
-            return np.concatenate([b.outcome[name] for b in self.days])
-        return np.concatenate([getattr(b, name) for b in self.days])
+            return np.concatenate([b.outcome[name] for b in blocks])
+        return np.concatenate([getattr(b, name) for b in blocks])
 
     @property
     def returned(self) -> np.ndarray:
@@ -143,23 +155,23 @@ class TouchLog:
         return [b for b in self.days if b.day >= since_day]
 
     def record_day(self, today: int, window_days: int, campus, twin, usual_hour) -> np.ndarray:
-        """Attribute one day (`campus`/`twin`: its DayActivity) to the open touches, with the
-        backend's attribution functions. Returns which of today's orders used a coupon."""
+        """Attribute one day (`campus`/`twin`: its DayActivity) to the open touches with the
+        backend's attribution window (`core.attribution.in_window`): a simulated user has at
+        most one visit a day, at `visit_ms`, so each touch is checked against it directly.
+        Returns which of today's orders used a coupon."""
         window = window_days * MS_PER_DAY
         at = visit_ms(today, usual_hour)
         used_coupon = np.zeros(campus.visited.size, dtype=bool)
         self.redeemed_today = {}
-        visitors, buyers = np.flatnonzero(campus.visited), np.flatnonzero(campus.ordered)
         for b in self.recent(today - window_days - RETENTION_TAIL_DAYS - 1):
             o, u = b.outcome, b.user
-            came = first_after(u, b.sent_ms, visitors, at[visitors], window) >= 0
-            came &= b.measured
+            open_ = b.measured & in_window(b.sent_ms, at[u], window)
+            came = open_ & campus.visited[u]
             first = came & (o["return_ms"] < 0)
             o["return_ms"][first] = at[u[first]]
             o["return_day"][first] = today
             o["returned"] |= came
-            bought = first_after(u, b.sent_ms, buyers, at[buyers], window) >= 0
-            bought &= b.measured
+            bought = open_ & campus.ordered[u]
             o["ordered"] |= bought
             o["revenue_fen"] += np.where(bought, campus.amount_fen[u], 0)
             self._redeem(b, bought, campus, used_coupon)
@@ -168,13 +180,8 @@ class TouchLog:
             o["retained_d7"] |= back & (today >= r + 7) & (today < r + 14)
             o["retained_d30"] |= back & (today >= r + 30) & (today < r + 37)
             if twin is not None:
-                tv = np.flatnonzero(twin.visited)
-                tb = np.flatnonzero(twin.ordered)
-                o["returned_twin"] |= b.measured & (
-                    first_after(u, b.sent_ms, tv, at[tv], window) >= 0
-                )
-                twin_bought = b.measured & (first_after(u, b.sent_ms, tb, at[tb], window) >= 0)
-                o["revenue_fen_twin"] += np.where(twin_bought, twin.amount_fen[u], 0)
+                o["returned_twin"] |= open_ & twin.visited[u]
+                o["revenue_fen_twin"] += np.where(open_ & twin.ordered[u], twin.amount_fen[u], 0)
         return used_coupon
 
     def _redeem(self, b: DayTouches, bought, campus, used_coupon: np.ndarray) -> None:

@@ -20,9 +20,11 @@ from mesa.time import Priority, Schedule
 
 from backend.core.bgnbd import BgNbdParams
 from backend.core.calendar import day_date, day_number
+from backend.core.features import session_ms
 from backend.core.policy import HOLDOUT, SEND, SKIPPED, Decisions, Policy
 from backend.core.policy.spec import MESSAGE_KINDS
-from backend.core.scoring import Scores, score_users
+from backend.core.rolling import DailyFold, DayTotals
+from backend.core.scoring import Scores, refit_due, score_fold
 from backend.core.tiers import TIERS, TierConfig
 from simulator.calendar import CampusCalendar
 from simulator.campaign import JOB_HOUR, VISIT_MINUTE, Campaign
@@ -89,6 +91,7 @@ class CampusModel(mesa.Model):
         warmup_days: int = 0,
         salt: str = "wxsimulatedcampus",
         run_days: int | None = None,
+        keep_log: bool = True,
     ) -> None:
         """`coupon_face_fen`: coupon template name -> face value, or (face value, minimum
         spend), in fen. `salt` plays the tenant's appid in the stable holdout hash. With
@@ -108,7 +111,11 @@ class CampusModel(mesa.Model):
         self.coupon_terms = coupon_face_fen
         self.policy_from = self.start_day + warmup_days  # history builds up before any message
         self.today: DayActivity | None = None
-        self.log = EventLog()
+        # The event log in the backend's columns, for inspection and tests (a year of a
+        # million users' events is large: `keep_log=False` scores from the fold alone).
+        self.log = EventLog() if keep_log else None
+        self.fold = DailyFold(users)
+        self.last_fit_day: int | None = None
         self.first_seen = np.full(users, self.day, dtype=np.int64)
         self.tier_config = TierConfig()
         self.bgnbd: BgNbdParams | None = None
@@ -209,7 +216,9 @@ class CampusModel(mesa.Model):
             )
         self.session_s = draws.session_s()
         self.used_coupon = used_coupon
-        self.log.add_day(day, self.today, self.state.usual_hour, self.session_s, used_coupon)
+        self._fold_day(day, used_coupon)
+        if self.log is not None:
+            self.log.add_day(day, self.today, self.state.usual_hour, self.session_s, used_coupon)
         self.after_day(day)
 
     def step(self) -> None:
@@ -228,6 +237,26 @@ class CampusModel(mesa.Model):
 
         arms, uplift = summarise(self.campaign, self.day - 1, self.seed)
         return {"arms": arms, "uplift": uplift}
+
+    def _fold_day(self, day: int, used_coupon: np.ndarray | None) -> None:
+        """The day's activity into the scoring fold: each visit is an app_open and a
+        session_end at the user's usual hour, each order an order_paid (eventlog.py)."""
+        t = self.today
+        u = np.flatnonzero(t.visited | t.ordered)
+        vis, bought = t.visited[u].astype(np.int64), t.ordered[u].astype(np.int64)
+        coupon = None if used_coupon is None else (used_coupon[u] & t.ordered[u]).astype(np.int64)
+        self.fold.add_day(
+            DayTotals.at_hours(
+                day,
+                u,
+                self.state.usual_hour[u],
+                2 * vis + bought,
+                session_ms=session_ms(self.session_s[u]) * vis,
+                orders=bought,
+                spend_fen=np.where(bought > 0, t.amount_fen[u], 0),
+                coupon_orders=coupon,
+            )
+        )
 
     def run_job(self, day: int) -> Decisions:
         """The morning campaign job: production's decision over the model's books (the
@@ -305,22 +334,21 @@ class CampusModel(mesa.Model):
         return dict(zip(names, map(int, counts), strict=True))
 
     def nightly(self, as_of: int) -> None:
-        """Score every user as of `as_of` with the production scoring function, as the
-        morning job does (the log holds the days before). BG/NBD is refitted weekly (its
-        parameters move slowly), as `score_users` allows."""
-        events, orders = self.log.columns()
-        refit = self.bgnbd is None or (as_of - self.start_day) % 7 == 0
-        self.scores = score_users(
-            events,
-            orders,
-            len(self.state),
-            as_of,
+        """Score every user as of `as_of`, before the day's activity, as the backend's
+        morning job does: production's scoring tail over the day-by-day fold of the same
+        sums it computes from its columns (core.rolling), so a million users are rescored
+        nightly without re-reading 120 days. BG/NBD is refitted by production's rule."""
+        self.fold.add_day(DayTotals.empty(as_of))
+        refit = refit_due(self.last_fit_day, as_of)
+        self.scores = score_fold(
+            self.fold,
             self.calendar.terms,
             self.tier_config,
             first_seen=self.first_seen,
-            last_seen=np.where(self.state.last_visit < 0, self.first_seen, self.state.last_visit),
+            last_seen=self.first_seen,  # the fold knows every visit; creation day otherwise
             params=None if refit else self.bgnbd,
             fit=True,
+            copy=False,  # read-only views, used before the day's activity is added
         )
-        if self.scores.params is not None:
-            self.bgnbd = self.scores.params
+        if refit and self.scores.params is not None:
+            self.bgnbd, self.last_fit_day = self.scores.params, as_of

@@ -230,8 +230,10 @@ def test_empty_days_are_fine_and_gaps_are_refused(data):
 
     with pytest.raises(ValueError, match="cannot follow"):
         fold.add_day(DayTotals.empty(START + 131))  # a day missing
-    with pytest.raises(ValueError, match="cannot follow"):
-        fold.add_day(DayTotals.empty(START + 129))  # the same day again
+    fold.add_day(DayTotals.empty(START + 129))  # more of the same day: nothing more here
+    assert (
+        compare_scores(batch, score_both(ev, od, arrive, fold, START + 129, params=PARAMS)[1]) == []
+    )
     with pytest.raises(ValueError, match="cannot follow"):
         fold.add_day(DayTotals.empty(START + 100))  # back in time
     with pytest.raises(ValueError, match="not"):
@@ -376,3 +378,31 @@ def test_fold_matches_on_a_simulated_campus():
         fold, CAL, CONFIG, first_seen=first_seen, last_seen=first_seen, params=PARAMS
     )
     assert compare_scores(batch, alone) == []
+
+
+def test_a_day_scored_in_the_morning_then_filled_in_equals_the_batch_path(data):
+    # The simulator's (and a nightly job's) order: each morning the fold gets an empty day and
+    # is scored as of it, from the days before; the day's activity then arrives, here in two
+    # parts whose users overlap, which must still count one visit day each.
+    events, orders, arrive = data
+    fields = dataclasses.fields
+    am, pm = events.hour < 12, events.hour >= 12
+    morning = EventColumns(*(getattr(events, f.name)[am] for f in fields(events)))
+    evening = EventColumns(*(getattr(events, f.name)[pm] for f in fields(events)))
+    no_orders = OrderColumns(*(getattr(orders, f.name)[:0] for f in fields(orders)))
+    fold = DailyFold(N)
+    wanted = set(checkpoints())
+    for day in range(START, START + DAYS):
+        fold.add_day(DayTotals.empty(day))
+        if day in wanted:
+            before = until(events, orders, day - 1)  # nothing of today in the database yet
+            recent, all_orders, first, last = production_inputs(*before, arrive, day)
+            seen = {"first_seen": first, "last_seen": last, "params": PARAMS}
+            batch = scoring.score_users(recent, all_orders, N, day, CAL, CONFIG, **seen)
+            rolled = scoring.score_fold(fold, CAL, CONFIG, **seen)
+            assert compare_scores(batch, rolled) == [], ("morning", day)
+        fold.add_day(DayTotals.from_columns(day, morning, orders))
+        fold.add_day(DayTotals.from_columns(day, evening, no_orders))
+        if day in wanted:
+            batch, rolled = score_both(events, orders, arrive, fold, day, params=PARAMS)
+            assert compare_scores(batch, rolled) == [], ("evening", day)

@@ -13,6 +13,14 @@ def _keys(user: np.ndarray, ms: np.ndarray, origin: int, span: int) -> np.ndarra
     return np.asarray(user, dtype=np.int64) * span + (np.asarray(ms, dtype=np.int64) - origin)
 
 
+def in_window(touch_ms, event_ms, window_ms: int) -> np.ndarray:
+    """The attribution window itself: an event counts for a touch when it comes strictly
+    after the touch and at most `window_ms` later. (`first_after` and `sum_within` search
+    with it; a caller with one event per user and day can apply it directly.)"""
+    gap = np.asarray(event_ms, dtype=np.int64) - np.asarray(touch_ms, dtype=np.int64)
+    return (gap > 0) & (gap <= window_ms)
+
+
 def first_after(
     touch_user: np.ndarray,
     touch_ms: np.ndarray,
@@ -34,7 +42,7 @@ def first_after(
     pos = np.searchsorted(ekey, tkey, side="right")
     has = pos < ekey.size
     nxt = np.where(has, ekey[np.minimum(pos, ekey.size - 1)], -1)
-    hit = has & (nxt - tkey <= window_ms) & (nxt // span == tkey // span)
+    hit = has & in_window(tkey, nxt, window_ms) & (nxt // span == tkey // span)
     out[hit] = nxt[hit] % span + origin
     return out
 

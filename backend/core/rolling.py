@@ -294,9 +294,11 @@ class DailyFold:
         self._span_capped = np.zeros(0, dtype=np.intp)
 
     def add_day(self, totals: DayTotals) -> None:
-        """Fold in the day after the last one (any day to start with)."""
+        """Fold in the day after the last one (any day to start with), or more of the last
+        day: a nightly job scores a day before its activity (an empty day in the morning) and
+        the activity is added to it afterwards, as the database would fill up."""
         day = int(totals.day)
-        if self.day is not None and day != self.day + 1:
+        if self.day is not None and day not in (self.day, self.day + 1):
             raise ValueError(
                 f"day {day} cannot follow day {self.day}: days are added one at a time, "
                 "in order, none missing (add an empty DayTotals for a day without activity)"
@@ -309,7 +311,9 @@ class DailyFold:
             if column is not None and np.shape(column) != user.shape:
                 raise ValueError(f"DayTotals.{name} must have one value per user row")
         kept = _Kept.of(totals, user)
-        s = self._sums
+        if day == self.day:
+            self._extend_last_day(kept)
+            return
         for pairs in WINDOWED.values():
             self._apply(kept, pairs, np.add.at)
         for width, pairs in WINDOWED.items():
@@ -317,20 +321,7 @@ class DailyFold:
                 leaving = self._kept_day(day - width)
                 if leaving is not None:
                     self._apply(leaving, pairs, np.subtract.at)
-        if "visited" in kept.columns:
-            rows = kept.columns["visited"][0]
-            s.last_visit[rows] = day
-            new = rows[s.first_visit[rows] == FIRST_NONE]
-            s.first_visit[new] = day
-            self._span_stale.append(new)
-        if "ordered" in kept.columns:
-            rows = kept.columns["ordered"][0]
-            s.last_order[rows] = day
-            new = rows[s.first_order[rows] == FIRST_NONE]
-            s.first_order[new] = day
-            self._span_stale.append(rows)
-        if sum(r.size for r in self._span_stale) > self.n_users:
-            self._span, self._span_stale = None, []  # cheaper to compute afresh
+        self._mark_seen(day, kept)
         kept.drop(_DROP_AFTER.get(0, set()))
         self._kept.append(kept)
         while self._kept and self._kept[0].day <= day - LOOKBACK_WIDTH:
@@ -346,9 +337,56 @@ class DailyFold:
         self._update_index(day, kept)
         self.day = day
 
-    def _update_index(self, day: int, kept: _Kept) -> None:
+    def _mark_seen(self, day: int, kept: _Kept) -> None:
+        """Last/first visit and order days of the users active in `kept`."""
+        s = self._sums
+        if "visited" in kept.columns:
+            rows = kept.columns["visited"][0]
+            s.last_visit[rows] = day
+            new = rows[s.first_visit[rows] == FIRST_NONE]
+            s.first_visit[new] = day
+            self._span_stale.append(new)
+        if "ordered" in kept.columns:
+            rows = kept.columns["ordered"][0]
+            s.last_order[rows] = day
+            new = rows[s.first_order[rows] == FIRST_NONE]
+            s.first_order[new] = day
+            self._span_stale.append(rows)
+        if sum(r.size for r in self._span_stale) > self.n_users:
+            self._span, self._span_stale = None, []  # cheaper to compute afresh
+
+    def _extend_last_day(self, more: _Kept) -> None:
+        """Add more totals to the last day: into every window it is in (nothing leaves), and
+        into the day's kept totals so they leave their windows with it later. A user already
+        active that day is not counted a second visit or order day."""
+        day = int(self.day)
+        today = self._kept[-1]
+        for flag in ("visited", "ordered"):
+            if flag in more.columns and flag in today.columns:
+                rows = more.columns[flag][0]
+                more.columns[flag] = (rows[~np.isin(rows, today.columns[flag][0])], None)
+        for pairs in WINDOWED.values():
+            self._apply(more, pairs, np.add.at)
+        self._mark_seen(day, more)
+        more.drop(_DROP_AFTER.get(0, set()))
+        for name, (rows, values) in more.columns.items():
+            if name not in today.columns:
+                today.columns[name] = (rows, values)
+                continue
+            rows0, values0 = today.columns[name]
+            if values0 is None and values is None:
+                merged = None
+            else:
+                ones0 = np.ones(rows0.size, np.int64) if values0 is None else values0
+                ones = np.ones(rows.size, np.int64) if values is None else values
+                merged = np.concatenate([ones0.astype(np.int64), ones.astype(np.int64)])
+            today.columns[name] = (np.concatenate([rows0, rows]), merged)
+        self._update_index(day, today, extending=True)
+
+    def _update_index(self, day: int, kept: _Kept, extending: bool = False) -> None:
         """Today's activity index. It is a function of each user's 7-day sums alone, which
-        moved only for users active today or 7 days ago: the others keep yesterday's value."""
+        moved only for users active today or 7 days ago: the others keep yesterday's value
+        (or, when the day is being extended, the value it already has)."""
         s = self._sums
         touched = [
             k.columns[c][0]
@@ -359,10 +397,11 @@ class DailyFold:
         ]
         rows = self._union(touched)
         slot = self._index[day % HISTORY_DAYS]
-        if self.day is None or 2 * rows.size > self.n_users:
+        if (self.day is None and not extending) or 2 * rows.size > self.n_users:
             slot[:] = index_from_sums(s.visit_days_7, s.session_ms_7, s.orders_7, s.interactions_7)
             return
-        slot[:] = self._index[(day - 1) % HISTORY_DAYS]
+        if not extending:
+            slot[:] = self._index[(day - 1) % HISTORY_DAYS]
         if rows.size:
             inputs = (s.visit_days_7, s.session_ms_7, s.orders_7, s.interactions_7)
             slot[rows] = index_from_sums(*(a[rows] for a in inputs))

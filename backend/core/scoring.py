@@ -23,6 +23,15 @@ from backend.core.tiers import TierConfig, assign_tiers
 from backend.core.value import expected_value_fen, worth_recalling
 
 MIN_BUYERS_TO_FIT = 30  # below this the four BG/NBD parameters are not identifiable
+REFIT_EVERY_DAYS = 7  # BG/NBD's four parameters move slowly: a fit serves a week of nights
+
+
+def refit_due(last_fit_day: int | None, day: int) -> bool:
+    """Whether tonight's scoring fits BG/NBD afresh or reuses the fit of `last_fit_day`.
+
+    One rule for the nightly job and the simulator, so both score a day with the same
+    parameters (a failed fit is retried the next night)."""
+    return last_fit_day is None or not 0 <= day - last_fit_day < REFIT_EVERY_DAYS
 
 
 @dataclass

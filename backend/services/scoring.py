@@ -14,6 +14,7 @@ import numpy as np
 import peewee as pw
 import yaml
 
+from backend.core.bgnbd import BgNbdParams
 from backend.core.calendar import (
     TermCalendar,
     calendar_from_spec,
@@ -25,7 +26,7 @@ from backend.core.calendar import (
 )
 from backend.core.features import KIND_CODES, LOOKBACK_DAYS, EventColumns, OrderColumns
 from backend.core.rfm import SEGMENT_NAMES
-from backend.core.scoring import Scores, score_users
+from backend.core.scoring import Scores, refit_due, score_users
 from backend.core.tiers import REASONS, TIERS, TierConfig
 from backend.errors import ApiError
 from backend.store.db import database
@@ -220,6 +221,8 @@ def score_tenant(tenant: Tenant, day: int) -> dict:
     calendar, config = tenant_setup(tenant)
     cols = load_columns(tenant.id, day)
     n = len(cols.user_ids)
+    last = _last_fit(tenant.id, day - 1)
+    reused = None if last is None or refit_due(last.day, day) else _params(last)
     scores = score_users(
         cols.events,
         cols.orders,
@@ -229,6 +232,7 @@ def score_tenant(tenant: Tenant, day: int) -> dict:
         config,
         first_seen=cols.first_seen,
         last_seen=cols.last_seen,
+        params=reused,
     )
     rows = _rows(tenant.id, day, cols, scores) if n else []
     with database.atomic():
@@ -238,7 +242,7 @@ def score_tenant(tenant: Tenant, day: int) -> dict:
         ModelFit.delete().where((ModelFit.tenant == tenant.id) & (ModelFit.day == day)).execute()
         for start in range(0, len(rows), CHUNK):
             ScoreSnapshot.insert_many(rows[start : start + CHUNK], fields=_FIELDS).execute()
-        if scores.params is not None:
+        if scores.params is not None and reused is None:  # a fit is stored on the day it is made
             p = scores.params
             ModelFit.create(
                 tenant=tenant.id,
@@ -256,7 +260,24 @@ def score_tenant(tenant: Tenant, day: int) -> dict:
         "users": n,
         "tiers": {t: int((scores.tier == i).sum()) for i, t in enumerate(TIERS)},
         "model": scores.params.as_dict() if scores.params else None,
+        "model_fitted_on": day_date(day if reused is None else last.day).isoformat()
+        if scores.params
+        else None,
     }
+
+
+def _last_fit(tenant_id: int, day: int) -> ModelFit | None:
+    """The tenant's latest BG/NBD fit made on or before `day`."""
+    return (
+        ModelFit.select()
+        .where((ModelFit.tenant == tenant_id) & (ModelFit.day <= day))
+        .order_by(ModelFit.day.desc())
+        .first()
+    )
+
+
+def _params(fit: ModelFit) -> BgNbdParams:
+    return BgNbdParams(r=fit.r, alpha=fit.alpha, a=fit.a, b=fit.b, loglik=fit.loglik, n=fit.n)
 
 
 def parse_day(text: str | None, today: int) -> int:
@@ -299,7 +320,9 @@ def summary(tenant_id: int, day: int | None) -> dict:
     tiers = sizes(ScoreSnapshot.tier, TIERS)
     if not sum(tiers.values()):
         raise ApiError(404, "not_scored", f"no scores on {day_date(day).isoformat()}")
-    fit = ModelFit.get_or_none((ModelFit.tenant == tenant_id) & (ModelFit.day == day))
+    fit = _last_fit(tenant_id, day)  # the fit that day's scores used (refits are weekly)
+    if fit is not None and refit_due(fit.day, day):
+        fit = None
     return {
         "date": day_date(day).isoformat(),
         "users": sum(tiers.values()),
@@ -318,6 +341,7 @@ def summary(tenant_id: int, day: int | None) -> dict:
             "b": fit.b,
             "loglik": fit.loglik,
             "n": fit.n,
+            "fitted_on": day_date(fit.day).isoformat(),
         },
     }
 
