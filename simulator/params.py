@@ -33,17 +33,17 @@ class Persona:
 
 PERSONAS: tuple[Persona, ...] = (
     # Regulars: the canteen every other day; slow to drift.
-    Persona("regular", 0.30, 0.60, 60, 0.45, 2200, 0.35, 0.10, 0.0005, 0.010, 0.004),
+    Persona("regular", 0.30, 0.60, 36, 0.45, 2200, 0.35, 0.10, 0.0040, 0.50, 0.0004),
     # Price-sensitive: come for deals; tolerate ~3 days after an offer ends (SEED_DIGEST §1).
-    Persona("price_sensitive", 0.20, 0.40, 10, 0.35, 1800, 0.30, 0.06, 0.0010, 0.030, 0.003),
+    Persona("price_sensitive", 0.20, 0.40, 6, 0.35, 1800, 0.30, 0.06, 0.0080, 1.00, 0.0003),
     # Content-driven: come for what is new; tolerate ~7 days without it (SEED_DIGEST §1).
-    Persona("content_driven", 0.18, 0.45, 21, 0.30, 2000, 0.35, 0.08, 0.0008, 0.020, 0.003),
+    Persona("content_driven", 0.18, 0.45, 12.6, 0.30, 2000, 0.35, 0.08, 0.0064, 1.00, 0.0003),
     # Social: follow their friends in and out (SEED_DIGEST §1: react when >15% of friends leave).
-    Persona("social", 0.14, 0.40, 21, 0.30, 2100, 0.35, 0.08, 0.0008, 0.020, 0.003),
+    Persona("social", 0.14, 0.40, 12.6, 0.30, 2100, 0.35, 0.08, 0.0064, 1.00, 0.0003),
     # Coupon farmers (羊毛党): rarely come unprompted; redeem and vanish (SEED_DIGEST §2).
-    Persona("coupon_farmer", 0.08, 0.10, 7, 0.20, 1500, 0.25, 0.02, 0.0020, 0.040, 0.001),
+    Persona("coupon_farmer", 0.08, 0.10, 4.2, 0.20, 1500, 0.25, 0.02, 0.0160, 1.00, 0.0001),
     # Sleeping dogs: fine left alone; a message reminds them to leave (Ascarza 2018).
-    Persona("sleeping_dog", 0.10, 0.35, 45, 0.35, 2000, 0.35, 0.08, 0.0005, 0.010, 0.002),
+    Persona("sleeping_dog", 0.10, 0.35, 27, 0.35, 2000, 0.35, 0.08, 0.0040, 0.50, 0.0002),
 )
 
 

@@ -22,12 +22,12 @@ OPEN_RATE = {"subscribe": 0.45, "oa_template": 0.25, "sms": 0.15, "in_app": 0.0}
 
 # P(back tomorrow | opened), persona × message kind (content, coupon, caring, reminder).
 RESPONSE = {
-    "regular": (0.35, 0.35, 0.30, 0.30),
-    "price_sensitive": (0.10, 0.60, 0.15, 0.20),
-    "content_driven": (0.55, 0.15, 0.30, 0.25),
-    "social": (0.35, 0.20, 0.45, 0.25),
-    "coupon_farmer": (0.05, 0.80, 0.05, 0.05),
-    "sleeping_dog": (0.05, 0.05, 0.05, 0.05),
+    "regular": (0.875, 0.35, 0.75, 0.30),
+    "price_sensitive": (0.25, 0.60, 0.375, 0.20),
+    "content_driven": (0.95, 0.15, 0.75, 0.25),
+    "social": (0.875, 0.20, 0.95, 0.25),
+    "coupon_farmer": (0.125, 0.80, 0.125, 0.05),
+    "sleeping_dog": (0.125, 0.05, 0.125, 0.05),
 }
 
 
@@ -35,11 +35,11 @@ RESPONSE = {
 class ResponseParams:
     open_rate: dict[str, float] = field(default_factory=lambda: dict(OPEN_RATE))
     response: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(RESPONSE))
-    golden_days: float = 10.0  # response falls by e every this many days past the lapse
+    golden_days: float = 5.0  # response falls by e every this many days past the lapse
     golden_floor: float = 0.2
     fatigue: float = 0.75  # × per touch in the last 30 days
     boost: dict[str, float] = field(
-        default_factory=lambda: {"content": 0.3, "coupon": 0.1, "caring": 0.25, "reminder": 0.15}
+        default_factory=lambda: {"content": 0.15, "coupon": 0.1, "caring": 0.15, "reminder": 0.15}
     )
     sleeping_dog_leave: float = 0.2  # an opened message makes a sleeping dog leave
     farmer_leave: float = 0.8  # a coupon farmer who came back for a coupon then leaves

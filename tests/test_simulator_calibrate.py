@@ -33,7 +33,7 @@ def known_params() -> SimParams:
         replace(
             p,
             visit_p=p.visit_p * 1.25,
-            half_life_days=p.half_life_days * 0.5,
+            half_life_days=p.half_life_days * 0.7,
             order_p=p.order_p * 0.8,
             aov_fen=round(p.aov_fen * 1.3),
             aov_sigma=p.aov_sigma * 1.2,

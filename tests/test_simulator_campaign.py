@@ -80,13 +80,15 @@ def test_messages_bring_users_back_compared_with_their_twins():
     treated = log.returned[sent].mean()
     untreated = log.returned_twin[sent].mean()  # the same touches, had they not been sent
     assert treated > untreated + 0.01
-    # Sleeping dogs who were messaged left more often than their untouched twins.
+    # Sleeping dogs who were messaged left sooner than their untouched twins.
     dogs = [p.name for p in model.params.personas].index("sleeping_dog")
     messaged = np.zeros(len(model.state), dtype=bool)
     messaged[log.column("user")[sent]] = True
     mask = messaged & (model.state.persona == dogs)
     assert mask.sum() > 20
-    assert model.state.churned[mask].mean() > model.twin.churned[mask].mean()
+    # (Most users have left after 75 days either way; the messaged dogs went sooner, so they
+    # visited less than their untouched twins.)
+    assert model.state.visits[mask].sum() < model.twin.visits[mask].sum()
 
 
 def test_simulate_command_writes_the_contract_json_and_is_reproducible(tmp_path):
@@ -224,3 +226,15 @@ def test_compare_needs_two_policies(tmp_path):
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})
     result = app.test_cli_runner().invoke(args=["compare", "--policy", "tiered"])
     assert result.exit_code != 0 and "at least two" in result.output
+
+
+def test_defaults_reproduce_the_playbooks_outcomes_roughly():
+    # SEED_DIGEST §6: blanket recall ~15%, tiered ~35%, coupon-recalled users retained at D30
+    # about half as often as content-recalled ones (19% vs 38%). Measured as the report does.
+    from simulator.targets import measure
+
+    got = measure(users=4000, days=120, seed=5)
+    assert 0.10 <= got["blanket_recall"] <= 0.25, got
+    assert 0.27 <= got["tiered_recall"] <= 0.45, got
+    assert got["tiered_recall"] > got["blanket_recall"] + 0.08, got
+    assert got["coupon_d30"] < 0.6 * got["content_d30"], got
