@@ -40,6 +40,8 @@ bench: $(VENV)/.installed
 	$(PY) bench/ingest.py
 	$(PY) bench/scoring.py
 	$(PY) bench/decide.py
+	$(PY) bench/report.py
+	$(PY) bench/simulate.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache
