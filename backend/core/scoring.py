@@ -126,7 +126,7 @@ def score_users(
 ) -> Scores:
     """Features, activity, RFM, churn probability, value and tier of every user on `as_of`.
 
-    `params` reuses an earlier BG/NBD fit (the simulator refits weekly, not nightly); with
+    `params` reuses an earlier BG/NBD fit (job and simulator refit weekly: `refit_due`); with
     `fit` false and no params, P(alive) is left out (NaN) and tiers rest on silence alone.
     """
     events, orders = until(events, orders, as_of)
