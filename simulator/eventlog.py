@@ -2,8 +2,9 @@
 
 Each day's visits and orders become rows exactly like those the backend loads from its event
 table (an `app_open` and a `session_end` per visit, an `order_paid` and an order per order),
-kept for the scoring layer's lookback. The nightly job then scores the simulated users with
-the very function production uses (`backend.core.scoring.score_users`).
+kept for the scoring layer's lookback. The model scores from a fold of the same sums
+(backend/core/rolling.py); this log is for inspection and for the tests that check the fold
+against production's `score_users` on these columns.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ its daily measures; unlike them, users are not stepped one by one: a day is one 
 update (simulator/campus.py). `Student` agents, when asked for, are thin read-only views onto
 the arrays for inspection — never a Python loop in the daily step.
 
-Each day the users live (organic), their events go to a log shaped like the backend's event
-table, and at night the scoring layer scores them with production's own function. The
-campaign job (backend.core decide) and the untreated twin are built on it next.
+One time unit is a day: the morning job (scheduled at JOB_HOUR) scores every user with
+production's scoring over a day-by-day fold of its sums and runs production's `decide`; the
+campus day (scheduled at midday) lives everyone's visits and orders, the untreated twin's
+too, and keeps the books; `step` closes the day for the DataCollector.
 """
 
 from __future__ import annotations
@@ -108,7 +109,6 @@ class CampusModel(mesa.Model):
         self.cols = PersonaColumns.of(self.params, self.state.persona)
         self.day = self.start_day = day_number(start)
         self.run_days = run_days
-        self.coupon_terms = coupon_face_fen
         self.policy_from = self.start_day + warmup_days  # history builds up before any message
         self.today: DayActivity | None = None
         # The event log in the backend's columns, for inspection and tests (a year of a

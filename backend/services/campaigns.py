@@ -355,17 +355,25 @@ def policy_state(tenant_id: int, row: PolicyRow, policy: Policy) -> PolicyState:
         .where((Touch.policy == row.id) & (Touch.status == "sent") & Touch.attributed)
         .tuples()
     )
-    arm_index = {a.name: i for i, a in enumerate(policy.arms)}
+    rows = list(rows)
     cols = list(zip(*rows, strict=True)) if rows else [()] * 5
     return learnt_state(
         policy,
         policies.coupon_faces(tenant_id, policy),
-        np.array([arm_index.get(a, -1) for a in cols[0]], dtype=np.int64),
-        np.array([TIERS.index(t) for t in cols[1]], dtype=np.int64),
+        _codes(cols[0], [a.name for a in policy.arms]),
+        _codes(cols[1], TIERS),
         np.array(cols[2], dtype=bool),
         np.array(cols[3], dtype=np.int64),
         np.array(cols[4], dtype=np.int64),
     )
+
+
+def _codes(values, names) -> np.ndarray:
+    """Index of each value in `names` (-1 for others), one lookup per distinct value: a
+    policy's finished touches grow without end."""
+    distinct, inverse = np.unique(np.array(values, dtype=object).astype(str), return_inverse=True)
+    table = np.array([names.index(v) if v in names else -1 for v in distinct], dtype=np.int64)
+    return table[inverse] if len(values) else np.zeros(0, dtype=np.int64)
 
 
 # -- writing decisions ------------------------------------------------------------------------
