@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 DEFAULT_API_BASE = "https://api.weixin.qq.com/"
@@ -19,11 +20,13 @@ def from_env(instance_path: str) -> dict:
     if mode not in ("dev", "live"):
         raise ValueError(f"WECHAT_MODE must be 'dev' or 'live', not {mode!r}")
     secret = os.environ.get("SECRET_KEY")
+    stored = None if secret else _instance_secret(instance_path)
+    session_ttl = int(os.environ.get("HUILIU_DASHBOARD_SESSION_S", 8 * 3600))
     return {
         "DATABASE_URL": os.environ.get("DATABASE_URL") or default_database_url(instance_path),
-        # Without SECRET_KEY tokens die with the process; fine for dev, documented for prod.
-        "SECRET_KEY": secret or secrets.token_hex(32),
-        "SECRET_KEY_IS_EPHEMERAL": secret is None,
+        # Without SECRET_KEY: one kept in the instance folder, shared by every worker on this
+        # machine (so a dashboard login or token made by one worker is accepted by the others).
+        "SECRET_KEY": secret or stored,
         "WECHAT_MODE": mode,
         "WECHAT_APPID": os.environ.get("WECHAT_APPID", ""),
         "WECHAT_SECRET": os.environ.get("WECHAT_SECRET", ""),
@@ -36,4 +39,33 @@ def from_env(instance_path: str) -> dict:
         "DELIVERY_MAX_ATTEMPTS": int(os.environ.get("HUILIU_SEND_ATTEMPTS", 5)),
         "MAX_CONTENT_LENGTH": int(os.environ.get("HUILIU_MAX_BODY_BYTES", 2 * 1024 * 1024)),
         "TOKEN_TTL_S": int(os.environ.get("HUILIU_TOKEN_TTL_S", 7200)),
+        # Dashboard sessions: signed cookies that expire this long after login.
+        "DASHBOARD_SESSION_TTL_S": session_ttl,
+        "PERMANENT_SESSION_LIFETIME": timedelta(seconds=session_ttl),
+        "SESSION_COOKIE_SECURE": os.environ.get("HUILIU_SECURE_COOKIES", "") == "1",
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
     }
+
+
+def _instance_secret(instance_path: str) -> str:
+    """The machine's own signing key, made once with owner-only permissions."""
+    path = Path(instance_path) / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written whole under a temporary name, then linked into place: a worker racing us either
+    # wins (and we read its key) or loses; nobody ever reads a half-written file.
+    tmp = path.with_name(f".secret_key.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 
 from backend.auth import new_api_key
 from backend.errors import ApiError
@@ -59,3 +60,37 @@ def update_settings(tenant: Tenant, changes: dict) -> dict:
         Tenant.id == tenant.id
     ).execute()
     return merged
+
+
+MIN_PASSWORD_LENGTH = 10
+
+
+def set_dashboard_password(tenant: Tenant, password: str) -> None:
+    """Store a salted scrypt hash; changing it ends every session made with the old one."""
+    from werkzeug.security import generate_password_hash
+
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ApiError(400, "password_too_short", f"use at least {MIN_PASSWORD_LENGTH} characters")
+    Tenant.update(dashboard_password_hash=generate_password_hash(password)).where(
+        Tenant.id == tenant.id
+    ).execute()
+
+
+def check_dashboard_password(appid: str, password: str) -> Tenant | None:
+    """The tenant whose dashboard password this is, or None (no password set counts as no)."""
+    from werkzeug.security import check_password_hash
+
+    tenant = by_appid(appid)
+    stored = tenant.dashboard_password_hash if tenant else None
+    if not stored:
+        # Spend the same time as a real check so a wrong appid is not told apart by timing.
+        check_password_hash(_dummy_hash(), password)
+        return None
+    return tenant if check_password_hash(stored, password) else None
+
+
+@cache
+def _dummy_hash() -> str:
+    from werkzeug.security import generate_password_hash
+
+    return generate_password_hash("not a password")

@@ -24,6 +24,7 @@ from backend.store.models import (
     Policy,
     SchemaVersion,
     ScoreSnapshot,
+    SimulationRun,
     SmsMessage,
     SubscriptionAllowance,
     SubscriptionGrant,
@@ -112,12 +113,20 @@ def _v5_drop_redundant_indexes(db: peewee.Database) -> None:
         db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
 
 
+def _v6_dashboard(db: peewee.Database) -> None:
+    _add_missing_columns(
+        db, "tenant", {"dashboard_password_hash": peewee.CharField(max_length=255, null=True)}
+    )
+    db.create_tables([SimulationRun], safe=False)
+
+
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _v1_initial,
     _v2_scores,
     _v3_campaigns,
     _v4_touch_outcomes,
     _v5_drop_redundant_indexes,
+    _v6_dashboard,
 ]
 LATEST = len(MIGRATIONS)
 

@@ -25,6 +25,8 @@ class Tenant(BaseModel):
     name = pw.CharField(max_length=200)
     settings = pw.TextField(default="{}")  # JSON: per-tenant thresholds and calendar
     created_ms = pw.BigIntegerField()
+    # Dashboard login besides the API key: a salted hash set by `set-dashboard-password`.
+    dashboard_password_hash = pw.CharField(max_length=255, null=True)
 
 
 class ApiKey(BaseModel):
@@ -332,6 +334,25 @@ class KeyValue(BaseModel):
     expires_ms = pw.BigIntegerField(null=True)
 
 
+class SimulationRun(BaseModel):
+    """A policy trial started from the dashboard: a `compare` on the tenant's twin, run by a
+    background process that reports its progress here."""
+
+    tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")
+    created_ms = pw.BigIntegerField()
+    updated_ms = pw.BigIntegerField()  # the worker's heartbeat
+    status = pw.CharField(max_length=16)  # queued | running | done | failed
+    progress = pw.FloatField(default=0.0)  # 0..1
+    request = pw.TextField()  # JSON: policies (name, source), users, days, seed
+    twin = pw.TextField(default="{}")  # JSON: which parameters the twin ran on, and why
+    result = pw.TextField(null=True)  # JSON: the comparison, as `compare --json` writes it
+    report_html = pw.TextField(null=True)  # the simulator's report page, linking plotly.js
+    error = pw.TextField(null=True)
+
+    class Meta:
+        indexes = ((("tenant", "created_ms"), False),)
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Tenant,
     ApiKey,
@@ -352,4 +373,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     Touch,
     SmsMessage,
     JobLock,
+    SimulationRun,
 ]
