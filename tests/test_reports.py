@@ -117,6 +117,7 @@ def test_ledger_counts_why_users_were_not_messaged(app, client, tenant):
             "quiet_hours_deferred": 0,
             "skipped": {"no_permission": 10},
             "failed": {},
+            "sends_by_arm": {},
         }
     ]
 

@@ -12,7 +12,6 @@ from backend.clock import china_iso
 from backend.core.calendar import china_day, day_date
 from backend.core.policy import policy_schema
 from backend.core.policy.spec import NAME_PATTERN
-from backend.errors import ApiError
 from backend.services import campaigns, policies, scoring, uplift, users
 from backend.spec import documented, validated
 from backend.store.db import write_transaction
@@ -146,24 +145,8 @@ def delete_policy(name: str):
 @require_api_key
 def preview_policy(name: str):
     row = policies.get(g.tenant_id, name)
-    policy = policies.loaded(row)
     day = scoring.parse_day(request.args.get("date"), _today())
-    snap = campaigns._latest_snapshot_day(g.tenant_id, day)
-    if snap is None:
-        raise ApiError(404, "not_scored", "no scores yet: run `python app.py score`")
-    tenant = row.tenant
-    pop = campaigns.population(g.tenant_id, row, policy, day, snap)
-    state = campaigns.policy_state(g.tenant_id, row, policy)
-    from backend.core.policy import decide
-
-    d = decide(policy, pop.state, state, salt=tenant.appid, day=day)
-    rows = campaigns.touch_rows(g.tenant_id, row, policy, pop, d, day, _now_ms(), None)
-    out = campaigns._policy_summary(policy, pop, d)
-    out["sample"] = campaigns._sample(rows, pop)
-    out["date"] = day_date(day).isoformat()
-    out["scores_from"] = day_date(snap).isoformat()
-    out["paused_arms"] = [a.name for a, p in zip(policy.arms, state.paused, strict=True) if p]
-    return jsonify(out)
+    return jsonify(campaigns.preview(row, policies.loaded(row), day, _now_ms()))
 
 
 @bp.post("/policies/<name>/uplift-model")
@@ -230,37 +213,7 @@ def user_touches(openid: str):
         .order_by(Touch.day.desc(), Touch.id.desc())
         .limit(500)
     )
-    return jsonify({"user": openid, "touches": [touch_dict(t) for t in rows]})
-
-
-def touch_dict(t: Touch) -> dict:
-    def at(ms):
-        return china_iso(ms) if ms is not None else None
-
-    return {
-        "id": t.id,
-        "policy": t.policy.name,
-        "date": day_date(t.day).isoformat(),
-        "arm": t.arm,
-        "step": t.step,
-        "channel": t.channel,
-        "message": t.message,
-        "tier": t.tier,
-        "holdout": t.holdout,
-        "status": t.status,
-        "reason": t.reason or None,
-        "send_after": at(t.send_after_ms),
-        "sent_at": at(t.sent_ms),
-        "attempts": t.attempts,
-        "wechat_errcode": t.wechat_errcode,
-        "coupon_id": t.coupon_id,
-        "returned_at": at(t.returned_ms),
-        "ordered_at": at(t.ordered_ms),
-        "revenue_fen": t.revenue_fen,
-        "coupon_cost_fen": t.coupon_cost_fen,
-        "message_cost_fen": t.message_cost_fen,
-        "final": t.attributed,
-    }
+    return jsonify({"user": openid, "touches": [campaigns.touch_dict(t) for t in rows]})
 
 
 @bp.patch("/users/<openid>/contact")
@@ -289,17 +242,9 @@ REPORT_QUERY = {
 
 
 def _report_span() -> tuple[str | None, int | None, int | None]:
-    today = _today()
-    start = request.args.get("from")
-    end = request.args.get("to")
-    day_from = scoring.parse_day(start, today) if start else None
-    day_to = scoring.parse_day(end, today) if end else None
-    if day_from is not None and day_to is not None and day_from > day_to:
-        raise ApiError(400, "invalid_date", "from is after to")
-    policy = request.args.get("policy")
-    if policy is not None:
-        policies.get(g.tenant_id, policy)  # 404 for an unknown policy, not an empty report
-    return policy, day_from, day_to
+    from backend.services.reports import parse_span
+
+    return parse_span(g.tenant_id, request.args, _today())
 
 
 @bp.get("/reports")

@@ -50,6 +50,7 @@ from backend.core.uplift import (
     risk_instead_of_uplift,
     uplift_features,
 )
+from backend.errors import ApiError
 from backend.services import policies
 from backend.services.attribution import attribute
 from backend.services.locks import DEFAULT_TTL_MS, acquire_lock, release_lock
@@ -717,3 +718,52 @@ def _latest_snapshot_day(tenant_id: int, day: int) -> int | None:
         .where((ScoreSnapshot.tenant == tenant_id) & (ScoreSnapshot.day <= day))
         .scalar()
     )
+
+
+def preview(row: PolicyRow, policy: Policy, day: int, now_ms: int) -> dict:
+    """Dry run of `policy` (saved, or an edit of the saved `row`) on the latest scored day up
+    to `day`: what the job would decide, written and sent nowhere."""
+    tenant_id = row.tenant_id
+    snap = _latest_snapshot_day(tenant_id, day)
+    if snap is None:
+        raise ApiError(404, "not_scored", "no scores yet: run `python app.py score`")
+    pop = population(tenant_id, row, policy, day, snap)
+    state = policy_state(tenant_id, row, policy)
+    d = decide(policy, pop.state, state, salt=row.tenant.appid, day=day)
+    rows = touch_rows(tenant_id, row, policy, pop, d, day, now_ms, None)
+    out = _policy_summary(policy, pop, d)
+    out["sample"] = _sample(rows, pop)
+    out["date"] = day_date(day).isoformat()
+    out["scores_from"] = day_date(snap).isoformat()
+    out["paused_arms"] = [a.name for a, p in zip(policy.arms, state.paused, strict=True) if p]
+    return out
+
+
+def touch_dict(t: Touch) -> dict:
+    def at(ms):
+        return china_iso(ms) if ms is not None else None
+
+    return {
+        "id": t.id,
+        "policy": t.policy.name,
+        "date": day_date(t.day).isoformat(),
+        "arm": t.arm,
+        "step": t.step,
+        "channel": t.channel,
+        "message": t.message,
+        "tier": t.tier,
+        "holdout": t.holdout,
+        "status": t.status,
+        "reason": t.reason or None,
+        "send_after": at(t.send_after_ms),
+        "sent_at": at(t.sent_ms),
+        "attempts": t.attempts,
+        "wechat_errcode": t.wechat_errcode,
+        "coupon_id": t.coupon_id,
+        "returned_at": at(t.returned_ms),
+        "ordered_at": at(t.ordered_ms),
+        "revenue_fen": t.revenue_fen,
+        "coupon_cost_fen": t.coupon_cost_fen,
+        "message_cost_fen": t.message_cost_fen,
+        "final": t.attributed,
+    }

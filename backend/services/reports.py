@@ -21,6 +21,8 @@ from backend.store.db import database
 from backend.store.models import Policy, Touch
 
 DIMENSIONS = ("arm", "tier", "channel")
+# Touches the policy decided to send (whatever became of them): what the run budget bounds.
+SEND_STATUSES = ("queued", "sending", "sent", "failed", "expired")
 
 
 @dataclass
@@ -240,6 +242,7 @@ def report(
         "to": day_date(day_to).isoformat() if day_to is not None else None,
         "policies": [],
         "ledger": ledger(tenant_id, policy, day_from, day_to),
+        "spend": spend(tenant_id, policy, day_from, day_to),
     }
     for code in sorted(np.unique(t.policy), key=lambda c: t.names["policy"][c]):
         p = t.take(np.flatnonzero(t.policy == code))
@@ -277,6 +280,17 @@ def _qini_users(p: TouchColumns) -> dict:
     }
 
 
+def _within(q, policy: str | None, day_from: int | None, day_to: int | None):
+    """A touch query narrowed to the report's filter (the query joins Policy)."""
+    if policy is not None:
+        q = q.where(Policy.name == policy)
+    if day_from is not None:
+        q = q.where(Touch.day >= day_from)
+    if day_to is not None:
+        q = q.where(Touch.day <= day_to)
+    return q
+
+
 def ledger(
     tenant_id: int,
     policy: str | None = None,
@@ -290,19 +304,15 @@ def ledger(
             Touch.day,
             Touch.status,
             Touch.reason,
+            Touch.arm,
             pw.fn.COUNT(Touch.id),
             pw.fn.SUM(pw.Case(None, [(Touch.quiet_deferred, 1)], 0)),
         )
         .join(Policy)
         .where(Touch.tenant == tenant_id)
-        .group_by(Policy.name, Touch.day, Touch.status, Touch.reason)
+        .group_by(Policy.name, Touch.day, Touch.status, Touch.reason, Touch.arm)
     )
-    if policy is not None:
-        q = q.where(Policy.name == policy)
-    if day_from is not None:
-        q = q.where(Touch.day >= day_from)
-    if day_to is not None:
-        q = q.where(Touch.day <= day_to)
+    q = _within(q, policy, day_from, day_to)
     rows: dict = defaultdict(
         lambda: {
             "decided": 0,
@@ -313,10 +323,13 @@ def ledger(
             "quiet_hours_deferred": 0,
             "skipped": {},
             "failed": {},
+            "sends_by_arm": {},
         }
     )
-    for name, day, status, reason, count, quiet in q.tuples():
+    for name, day, status, reason, arm, count, quiet in q.tuples():
         r = rows[(name, day)]
+        if status in SEND_STATUSES:
+            r["sends_by_arm"][arm] = r["sends_by_arm"].get(arm, 0) + count
         r["decided"] += count
         r["quiet_hours_deferred"] += int(quiet or 0)
         if status in ("skipped", "failed"):
@@ -329,3 +342,73 @@ def ledger(
         {"policy": name, "date": day_date(day).isoformat(), **v}
         for (name, day), v in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1]))
     ]
+
+
+def spend(
+    tenant_id: int,
+    policy: str | None = None,
+    day_from: int | None = None,
+    day_to: int | None = None,
+) -> list[dict]:
+    """Per policy and day: the spend committed by the day's sends (message cost plus each
+    coupon's face value, as the job's budget counts it) beside the policy's run budget."""
+    from backend.services.policies import loaded
+    from backend.store.models import CouponTemplate
+
+    q = (
+        Touch.select(
+            Policy.id,
+            Touch.day,
+            Touch.coupon_template,
+            pw.fn.COUNT(Touch.id),
+            pw.fn.SUM(Touch.message_cost_fen),
+        )
+        .join(Policy)
+        .where((Touch.tenant == tenant_id) & ~Touch.holdout & Touch.status.in_(SEND_STATUSES))
+        .group_by(Policy.id, Touch.day, Touch.coupon_template)
+    )
+    q = _within(q, policy, day_from, day_to)
+    rows = list(q.tuples())
+    # Faces by template name, whichever version of the policy named the coupon.
+    named = {r[2] for r in rows if r[2]}
+    faces = dict(
+        CouponTemplate.select(CouponTemplate.name, CouponTemplate.amount_off_fen)
+        .where((CouponTemplate.tenant == tenant_id) & CouponTemplate.name.in_(named))
+        .tuples()
+    )
+    out = []
+    for row in Policy.select().where(Policy.id.in_({r[0] for r in rows})).order_by(Policy.name):
+        spec = loaded(row)
+        days: dict = defaultdict(lambda: {"sends": 0, "committed_fen": 0})
+        for pid, day, coupon, count, message_fen in rows:
+            if pid == row.id:
+                d = days[day]
+                d["sends"] += count
+                d["committed_fen"] += int(message_fen or 0) + count * faces.get(coupon, 0)
+        out.append(
+            {
+                "policy": row.name,
+                "run_budget_fen": spec.run_budget_fen,
+                "committed_fen": sum(d["committed_fen"] for d in days.values()),
+                "days": [{"date": day_date(k).isoformat(), **v} for k, v in sorted(days.items())],
+            }
+        )
+    return out
+
+
+def parse_span(tenant_id: int, args, today: int) -> tuple[str | None, int | None, int | None]:
+    """A report's filter from query arguments (policy, from, to), checked: the API and the
+    dashboard take the same filter the same way."""
+    from backend.errors import ApiError
+    from backend.services import policies
+    from backend.services.scoring import parse_day
+
+    start, end = args.get("from") or None, args.get("to") or None
+    day_from = parse_day(start, today) if start else None
+    day_to = parse_day(end, today) if end else None
+    if day_from is not None and day_to is not None and day_from > day_to:
+        raise ApiError(400, "invalid_date", "from is after to")
+    policy = args.get("policy") or None
+    if policy is not None:
+        policies.get(tenant_id, policy)  # 404 for an unknown policy, not an empty report
+    return policy, day_from, day_to

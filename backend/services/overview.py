@@ -1,0 +1,92 @@
+"""What the dashboard's overview shows besides the report: tiers over time and who slipped
+this week. Read from the nightly score snapshots, so the numbers are the ones the job used."""
+
+from __future__ import annotations
+
+import peewee as pw
+
+from backend.core.calendar import day_date
+from backend.core.tiers import TIERS
+from backend.services.scoring import latest_day
+from backend.store.models import ScoreSnapshot, User
+
+HISTORY_DAYS = 60
+LAPSE_WINDOW_DAYS = 7
+LAPSED_SHOWN = 20
+
+
+def tier_history(tenant_id: int, days: int = HISTORY_DAYS) -> dict:
+    """Users per tier on each scored day of the last `days` (oldest first)."""
+    last = latest_day(tenant_id)
+    if last is None:
+        return {"dates": [], "tiers": {t: [] for t in TIERS}}
+    rows = (
+        ScoreSnapshot.select(ScoreSnapshot.day, ScoreSnapshot.tier, pw.fn.COUNT(ScoreSnapshot.id))
+        .where((ScoreSnapshot.tenant == tenant_id) & (ScoreSnapshot.day > last - days))
+        .group_by(ScoreSnapshot.day, ScoreSnapshot.tier)
+        .tuples()
+    )
+    counts: dict[int, dict[str, int]] = {}
+    for day, tier, n in rows:
+        counts.setdefault(day, {})[tier] = int(n)
+    ordered = sorted(counts)
+    return {
+        "dates": [day_date(d).isoformat() for d in ordered],
+        "tiers": {t: [counts[d].get(t, 0) for d in ordered] for t in TIERS},
+    }
+
+
+def lapsed_this_week(tenant_id: int, limit: int = LAPSED_SHOWN) -> dict:
+    """Users whose tier got worse over the last week (e.g. active → churn risk), most valuable
+    first: the people a merchant would call about."""
+    last = latest_day(tenant_id)
+    if last is None:
+        return {"date": None, "since": None, "count": 0, "users": []}
+    rank = {t: i for i, t in enumerate(TIERS)}
+    before_day = (
+        ScoreSnapshot.select(pw.fn.MAX(ScoreSnapshot.day))
+        .where(
+            (ScoreSnapshot.tenant == tenant_id) & (ScoreSnapshot.day <= last - LAPSE_WINDOW_DAYS)
+        )
+        .scalar()
+    )
+    if before_day is None:
+        return {"date": day_date(last).isoformat(), "since": None, "count": 0, "users": []}
+    earlier = dict(
+        ScoreSnapshot.select(ScoreSnapshot.user, ScoreSnapshot.tier)
+        .where((ScoreSnapshot.tenant == tenant_id) & (ScoreSnapshot.day == before_day))
+        .tuples()
+    )
+    now_rows = (
+        ScoreSnapshot.select(
+            User.openid,
+            ScoreSnapshot.user,
+            ScoreSnapshot.tier,
+            ScoreSnapshot.days_since_visit,
+            ScoreSnapshot.value_fen,
+        )
+        .join(User, on=(ScoreSnapshot.user == User.id))
+        .where((ScoreSnapshot.tenant == tenant_id) & (ScoreSnapshot.day == last))
+        .tuples()
+    )
+    slipped = []
+    for openid, user_id, tier, silent, value in now_rows:
+        was = earlier.get(user_id)
+        # "new" is not a level of engagement: a new user becoming active is not a slip.
+        if was is not None and was != "new" and rank[tier] > rank[was]:
+            slipped.append(
+                {
+                    "openid": openid,
+                    "from": was,
+                    "to": tier,
+                    "days_since_visit": int(silent),
+                    "value_fen": int(value),
+                }
+            )
+    slipped.sort(key=lambda u: (-u["value_fen"], u["openid"]))
+    return {
+        "date": day_date(last).isoformat(),
+        "since": day_date(before_day).isoformat(),
+        "count": len(slipped),
+        "users": slipped[:limit],
+    }
