@@ -1,98 +1,18 @@
-"""The simulation report as one self-contained HTML file: inline SVG charts, no scripts,
-no network — it opens offline. Labels are in Simplified Chinese (merchants read it)."""
+"""The simulation report as one HTML file. Standalone it carries plotly.js inline, so it opens
+offline; the dashboard stores the same page pointing at its own copy of plotly.js. Charts come
+from backend/core/charts (the dashboard draws with the same builders). Labels are in
+Simplified Chinese (merchants read it)."""
 
 from __future__ import annotations
 
 import html
 from itertools import accumulate
 
+from backend.core import charts
 from backend.core.display import pct as _pct
 from backend.core.display import pp as _pp_true
 from backend.core.display import pp_interval as _pp
 from backend.core.display import ratio as _ratio
-
-PALETTE = ("#2f6fde", "#e4572e", "#17a673", "#f3a712", "#8e44ad", "#555555", "#c0392b")
-W, H, PAD = 640, 240, 44
-
-
-def _scale(values: list[float], lo: float | None = None, hi: float | None = None):
-    lo = min(values + [0.0]) if lo is None else lo
-    hi = max(values + [lo + 1e-9]) if hi is None else hi
-    span = hi - lo or 1.0
-    return lambda v: H - PAD - (v - lo) / span * (H - 2 * PAD), lo, hi
-
-
-def line_chart(title: str, series: dict[str, list[float]], y_label: str) -> str:
-    if not series or not any(series.values()):
-        return f"<h3>{html.escape(title)}</h3><p>无数据</p>"
-    every = [v for vals in series.values() for v in vals]
-    y, lo, hi = _scale(every)
-    n = max(len(v) for v in series.values())
-
-    def x(i: int) -> float:
-        return PAD + i / max(n - 1, 1) * (W - 2 * PAD)
-
-    parts = [_axes(lo, hi, y, y_label, n)]
-    for k, (name, vals) in enumerate(series.items()):
-        color = PALETTE[k % len(PALETTE)]
-        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(vals))
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{points}"/>')
-        parts.append(
-            f'<text x="{W - PAD + 4}" y="{PAD + 14 * k}" font-size="11" fill="{color}">'
-            f"{html.escape(name)}</text>"
-        )
-    return _svg(title, parts, extra_width=150)
-
-
-def bar_chart(title: str, labels: list[str], values, lo=None, hi=None, pct=True) -> str:
-    vals = [0.0 if v is None else v for v in values]
-    tops = vals + [h for h in (hi or []) if h is not None]
-    y, ylo, yhi = _scale(tops, 0.0, max(tops + [1e-9]) * 1.1)
-    n = len(vals)
-    bw = (W - 2 * PAD) / max(n, 1)
-    parts = [_axes(ylo, yhi, y, "%" if pct else "", 0, pct=pct)]
-    for i, v in enumerate(vals):
-        x0 = PAD + i * bw + bw * 0.15
-        color = PALETTE[i % len(PALETTE)]
-        parts.append(
-            f'<rect x="{x0:.1f}" y="{y(v):.1f}" width="{bw * 0.7:.1f}" '
-            f'height="{max(y(0) - y(v), 0):.1f}" fill="{color}" opacity="0.8"/>'
-        )
-        if lo is not None and lo[i] is not None and hi[i] is not None:
-            cx = x0 + bw * 0.35
-            parts.append(
-                f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(lo[i]):.1f}" y2="{y(hi[i]):.1f}" '
-                'stroke="#222" stroke-width="1.5"/>'
-            )
-        shown = f"{100 * v:.1f}%" if pct else f"{v:,.0f}"
-        parts.append(
-            f'<text x="{x0:.1f}" y="{H - PAD + 14}" font-size="11">{html.escape(labels[i][:16])}'
-            f'</text><text x="{x0:.1f}" y="{y(v) - 4:.1f}" font-size="10">{shown}</text>'
-        )
-    return _svg(title, parts)
-
-
-def _axes(lo, hi, y, label, n, pct=False) -> str:
-    ticks = []
-    for k in range(5):
-        v = lo + (hi - lo) * k / 4
-        text = f"{100 * v:.0f}%" if pct else f"{v:,.0f}"
-        ticks.append(
-            f'<line x1="{PAD}" x2="{W - PAD}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>'
-            f'<text x="2" y="{y(v) + 4:.1f}" font-size="10">{text}</text>'
-        )
-    if n:
-        ticks.append(f'<text x="{W / 2:.0f}" y="{H - 6}" font-size="10">第 1–{n} 天</text>')
-    ticks.append(f'<text x="2" y="12" font-size="10">{html.escape(label)}</text>')
-    return "".join(ticks)
-
-
-def _svg(title: str, parts: list[str], extra_width: int = 0) -> str:
-    return (
-        f"<h3>{html.escape(title)}</h3>"
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W + extra_width}" height="{H}" '
-        f'role="img" aria-label="{html.escape(title)}">{"".join(parts)}</svg>'
-    )
 
 
 def policy_section(result: dict) -> str:
@@ -127,22 +47,52 @@ def policy_section(result: dict) -> str:
         f"{rows}</table>"
         "<table><tr><th>分支</th><th>相对对照组的召回率提升（95% 区间）</th><th>真实提升</th>"
         f"<th>说明</th></tr>{effects}</table>"
-        + line_chart("各组每日活跃用户", series, "人")
-        + bar_chart(
+        + _charts(c["policy"], names, arms, up, series, cost, gain, guard)
+    )
+
+
+def _charts(policy, names, arms, up, series, cost, gain, guard) -> str:
+    days = list(range(1, 1 + max((len(v) for v in series.values()), default=0)))
+    effects = list(up)
+    figures = {
+        "active": charts.line("各组每日活跃用户", days, series, "人", "第几天"),
+        "recall": charts.bars(
             "各组召回率（95% 区间）",
             names,
             [arms[n]["recall_rate"] for n in names],
+            "召回率",
             [arms[n]["recall"]["lo"] for n in names],
             [arms[n]["recall"]["hi"] for n in names],
-        )
-        + line_chart(
+            percent=True,
+        ),
+        "uplift": charts.interval_dots(
+            "相对对照组的召回率提升与真实提升",
+            effects,
+            [up[n]["recall_rate"]["diff"] for n in effects],
+            [up[n]["recall_rate"]["lo"] for n in effects],
+            [up[n]["recall_rate"]["hi"] for n in effects],
+            "百分点",
+            truth=[up[n]["true_uplift"]["recall_rate"] for n in effects],
+        ),
+        "retention": charts.line(
             "召回后留存（D7 → D30）",
+            ["D7", "D30"],
             {n: [arms[n]["retention_d7"] or 0, arms[n]["retention_d30"] or 0] for n in names},
             "留存率",
-        )
-        + line_chart("累计成本与真实增量收入（¥）", {"成本": cost, "增量收入": gain}, "¥")
-        + line_chart("护栏每日拦截与延后", guard, "次")
-    )
+            percent=True,
+        ),
+        "money": charts.line(
+            "累计成本与真实增量收入（¥）",
+            list(range(1, len(cost) + 1)),
+            {"成本": cost, "增量收入": gain},
+            "¥",
+            "第几天",
+        ),
+        "guard": charts.line(
+            "护栏每日拦截与延后", list(range(1, len(days) + 1)), guard, "次", "第几天"
+        ),
+    }
+    return "".join(charts.figure_div(fig, f"{policy}:{key}") for key, fig in figures.items())
 
 
 STYLE = (
@@ -152,12 +102,26 @@ STYLE = (
 )
 
 
-def render(results: list[dict], title: str = "回流 · 模拟校园报告", ranking: str = "") -> str:
+def render(
+    results: list[dict],
+    title: str = "回流 · 模拟校园报告",
+    ranking: str = "",
+    script_urls: tuple[str, str] | None = None,
+) -> str:
+    """The report page. Without `script_urls` plotly.js and the renderer are inlined (one
+    self-contained file); with them (plotly.js, renderer) the page links to those instead."""
     body = "".join(policy_section(r) for r in results)
+    if script_urls is None:
+        scripts = (
+            f"<script>{charts.plotly_js_path().read_text(encoding='utf-8')}</script>"
+            f"<script>{charts.render_js()}</script>"
+        )
+    else:
+        scripts = "".join(f'<script src="{html.escape(u)}"></script>' for u in script_urls)
     return (
         '<!DOCTYPE html><html lang="zh-CN"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{ranking}{body}</body></html>"
+        f"<h1>{html.escape(title)}</h1>{ranking}{body}{scripts}</body></html>"
     )
 
 

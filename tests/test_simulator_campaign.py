@@ -214,9 +214,10 @@ def test_html_report_is_one_offline_file_with_the_charts(tmp_path):
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     for title in ("各组每日活跃用户", "各组召回率", "召回后留存", "累计成本", "护栏"):
         assert title in page
-    assert len(re.findall("<svg", page)) == 5
-    # Nothing to fetch: no scripts, stylesheets or images from elsewhere.
-    assert not re.search(r"<script|<link|<img|src=|href=", page)
+    assert len(re.findall(r'<div class="chart" data-chart="golden_window:', page)) == 6
+    # Nothing to fetch: plotly.js and the renderer are inline; no linked scripts, styles, images.
+    assert not re.search(r"<script[^>]*\bsrc=|<link|<img", page)
+    assert page.count("<script>") == 2 and "Plotly.newPlot" in page
     assert "golden_window" in page and "multi_touch" in page
 
 
