@@ -54,10 +54,12 @@ def create_app(overrides: dict | None = None) -> Flask:
     _register_meta_routes(app)
 
     from backend.admin import bp as admin_bp
+    from backend.dashboard import bp as dashboard_bp
     from miniprogram_api import bp as mp_bp
 
     app.register_blueprint(mp_bp)
     app.register_blueprint(admin_bp)
+    app.register_blueprint(dashboard_bp)
 
     from backend import cli
 

@@ -105,6 +105,10 @@ PARAMS_HELP = "campus parameters from `calibrate --out` (default: the built-in p
 
 
 def register(app: Flask) -> None:
+    from backend import cli_dashboard
+
+    cli_dashboard.register(app)
+
     @app.cli.command("init-db")
     def init_db():
         """Create or migrate the schema at DATABASE_URL (safe to run again)."""

@@ -143,10 +143,11 @@ def _path_template(rule: str) -> tuple[str, list[dict]]:
 
 
 def openapi(app: Flask) -> dict:
-    """The OpenAPI 3.1 document of every routed view (undocumented views are listed too)."""
+    """The OpenAPI 3.1 document of every routed view (undocumented views are listed too).
+    The dashboard's HTML pages are for people, not clients, and are not part of it."""
     paths: dict[str, dict] = {}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith("dashboard."):
             continue
         view = app.view_functions[rule.endpoint]
         doc: RouteDoc | None = getattr(view, "route_doc", None)

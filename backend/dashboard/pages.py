@@ -1,0 +1,294 @@
+"""The dashboard's pages: overview, policies, user lookup.
+
+Each page gathers its numbers from the services the admin API and `python app.py report` use
+(the report itself for every measure), then describes its charts with backend.core.charts.
+"""
+
+from __future__ import annotations
+
+from flask import current_app, g, render_template, request
+from markupsafe import Markup
+
+from backend.clock import china_iso
+from backend.core import charts
+from backend.core.calendar import china_day
+from backend.core.policy.spec import CHANNELS
+from backend.core.tiers import TIERS
+from backend.dashboard import bp
+from backend.dashboard.labels import GUARD_ZH
+from backend.dashboard.session import login_required
+from backend.errors import ApiError
+from backend.services import campaigns, coupons, policies, reports, scoring, subscriptions, users
+from backend.services import overview as overview_data
+from backend.services.scoring import TIER_ZH
+from backend.store.models import ConsentLog, Event, Order, Touch, User
+from backend.store.models import Policy as PolicyRow
+
+RECENT_TOUCHES = 50
+
+
+def _now_ms() -> int:
+    return current_app.config["CLOCK"].now_ms()
+
+
+def _today() -> int:
+    return int(china_day(_now_ms()))
+
+
+@bp.app_template_global("chart")
+def _chart(figure: dict, name: str) -> Markup:
+    return Markup(charts.figure_div(figure, name))
+
+
+# Overview ---------------------------------------------------------------------------------
+
+
+@bp.get("/")
+@login_required
+def overview():
+    policy, day_from, day_to = reports.parse_span(g.tenant_id, request.args, _today())
+    rep = reports.report(g.tenant_id, policy, day_from, day_to)
+    try:
+        today = scoring.summary(g.tenant_id, None)
+    except ApiError:
+        today = None  # not scored yet: the page says so
+    history = overview_data.tier_history(g.tenant_id)
+    live = [row.name for row, _ in policies.active_rows(g.tenant_id)]
+    shown = [p for p in rep["policies"] if policy is not None or p["policy"] in live]
+    figures = _overview_figures(today, history, shown, rep["spend"])
+    return render_template(
+        "dashboard/overview.html",
+        report=rep,
+        shown=shown,
+        live=live,
+        today=today,
+        lapsed=overview_data.lapsed_this_week(g.tenant_id),
+        figures=figures,
+        filter={
+            "policy": policy or "",
+            "from": request.args.get("from", ""),
+            "to": request.args.get("to", ""),
+        },
+        all_policies=[
+            r.name
+            for r in PolicyRow.select()
+            .where(PolicyRow.tenant == g.tenant_id)
+            .order_by(PolicyRow.name)
+        ],
+    )
+
+
+def _fen(x: float | None) -> float | None:
+    return None if x is None else x / 100
+
+
+def _overview_figures(today, history, shown, spend) -> dict:
+    figs = {}
+    if today:
+        figs["tiers_today"] = charts.bars(
+            f"今日各分层人数（{today['date']}）",
+            [TIER_ZH[t] for t in TIERS],
+            [today["tiers"][t] for t in TIERS],
+            "人",
+        )
+    if history["dates"]:
+        figs["tiers_history"] = charts.stacked_area(
+            "各分层人数变化",
+            history["dates"],
+            {TIER_ZH[t]: history["tiers"][t] for t in TIERS},
+            "人",
+        )
+    if shown:
+        names = [p["policy"] for p in shown]
+        figs["recall"] = charts.bars(
+            "召回率：策略组 vs 对照组（95% 区间）",
+            [f"{n}·{g}" for n in names for g in ("策略组", "对照组")],
+            [p[k]["rate"] for p in shown for k in ("recall_rate", "holdout_recall_rate")],
+            "召回率",
+            [p[k]["lo"] for p in shown for k in ("recall_rate", "holdout_recall_rate")],
+            [p[k]["hi"] for p in shown for k in ("recall_rate", "holdout_recall_rate")],
+            percent=True,
+            colors=[c for _ in names for c in (charts.PALETTE[0], charts.PALETTE[5])],
+        )
+        figs["uplift"] = charts.interval_dots(
+            "相对对照组的召回率提升（95% 区间）",
+            names,
+            [p["incremental_recall"]["diff"] for p in shown],
+            [p["incremental_recall"]["lo"] for p in shown],
+            [p["incremental_recall"]["hi"] for p in shown],
+            "百分点",
+        )
+        figs["revenue"] = charts.interval_dots(
+            "每用户增量收入 ¥（对比对照组，95% 区间）",
+            names,
+            [_fen(p["incremental_revenue_per_user_fen"]["diff"]) for p in shown],
+            [_fen(p["incremental_revenue_per_user_fen"]["lo"]) for p in shown],
+            [_fen(p["incremental_revenue_per_user_fen"]["hi"]) for p in shown],
+            "¥",
+            percent=False,
+        )
+        if any(p["retention_d30"]["rate"] is not None for p in shown):
+            figs["retention"] = charts.bars(
+                "召回用户 D30 留存（95% 区间）",
+                names,
+                [p["retention_d30"]["rate"] for p in shown],
+                "留存率",
+                [p["retention_d30"]["lo"] for p in shown],
+                [p["retention_d30"]["hi"] for p in shown],
+                percent=True,
+            )
+    for s in spend:
+        dates = [d["date"] for d in s["days"]]
+        series = {"当日承诺花费 ¥": [d["committed_fen"] / 100 for d in s["days"]]}
+        if s["run_budget_fen"] is not None:
+            series["单次预算 ¥"] = [s["run_budget_fen"] / 100] * len(dates)
+        figs[f"spend:{s['policy']}"] = charts.line(
+            f"{s['policy']} 每日花费与预算", dates, series, "¥"
+        )
+    return figs
+
+
+# Policies ---------------------------------------------------------------------------------
+
+
+@bp.get("/policies")
+@login_required
+def policy_list():
+    rows = PolicyRow.select().where(PolicyRow.tenant == g.tenant_id).order_by(PolicyRow.name)
+    return render_template("dashboard/policies.html", rows=list(rows))
+
+
+@bp.get("/policies/<name>")
+@login_required
+def policy_page(name: str):
+    return _policy_view(name)
+
+
+@bp.post("/policies/<name>/check")
+@login_required
+def policy_check(name: str):
+    """Validate an edited policy file and dry-run it on the latest scores; saves nothing."""
+    row = policies.get(g.tenant_id, name)
+    source = request.form.get("source", "")
+    check: dict = {"source": source}
+    try:
+        edited = policies.parse(source)
+        policies.check_coupons(g.tenant_id, edited)
+    except ApiError as exc:
+        check["error"] = {"message": exc.message, **exc.extra}
+        return _policy_view(name, check), 400
+    check["valid"] = True
+    if request.form.get("action") == "dry_run":
+        try:
+            check["preview"] = campaigns.preview(row, edited, _today(), _now_ms())
+        except ApiError as exc:
+            check["preview_error"] = exc.message
+    return _policy_view(name, check)
+
+
+def _policy_view(name: str, check: dict | None = None):
+    row = policies.get(g.tenant_id, name)
+    spec = policies.loaded(row)
+    ledger = reports.ledger(g.tenant_id, name)
+    rep = reports.report(g.tenant_id, name)
+    entry = next((p for p in rep["policies"] if p["policy"] == name), None)
+    touches = (
+        Touch.select(Touch, PolicyRow.name)
+        .join(PolicyRow)
+        .where((Touch.tenant == g.tenant_id) & (Touch.policy == row.id))
+        .order_by(Touch.day.desc(), Touch.id.desc())
+        .limit(RECENT_TOUCHES)
+    )
+    openids = dict(
+        User.select(User.id, User.openid).where(User.id.in_({t.user_id for t in touches})).tuples()
+    )
+    return render_template(
+        "dashboard/policy.html",
+        row=row,
+        spec=spec,
+        entry=entry,
+        ledger=ledger,
+        guard_totals=_guard_totals(ledger),
+        touches=[dict(campaigns.touch_dict(t), user=openids.get(t.user_id)) for t in touches],
+        figures=_policy_figures(spec, ledger),
+        check=check,
+        source=(check or {}).get("source", row.source),
+        tier_names=TIERS,
+        channel_names=CHANNELS,
+    )
+
+
+def _guard_totals(ledger: list[dict]) -> dict:
+    out: dict[str, int] = {}
+    for r in ledger:
+        for reason, n in r["skipped"].items():
+            out[reason] = out.get(reason, 0) + n
+        out["quiet_hours_deferred"] = out.get("quiet_hours_deferred", 0) + r["quiet_hours_deferred"]
+    return out
+
+
+def _policy_figures(spec, ledger: list[dict]) -> dict:
+    if not ledger:
+        return {}
+    dates = [r["date"] for r in ledger]
+    arms = [a.name for a in spec.arms]
+    arms += sorted({a for r in ledger for a in r["sends_by_arm"]} - set(arms))
+    reasons = sorted({k for r in ledger for k in r["skipped"]})
+    guard = {GUARD_ZH.get(k, k): [r["skipped"].get(k, 0) for r in ledger] for k in reasons}
+    guard[GUARD_ZH["quiet_hours_deferred"]] = [r["quiet_hours_deferred"] for r in ledger]
+    return {
+        "shares": charts.stacked_area(
+            "各分支发送占比（多臂老虎机的分配）",
+            dates,
+            {a: [r["sends_by_arm"].get(a, 0) for r in ledger] for a in arms},
+            "占比",
+            share=True,
+        ),
+        "guard": charts.line("护栏每日拦截与延后", dates, guard, "人次"),
+    }
+
+
+# User lookup ------------------------------------------------------------------------------
+
+
+@bp.get("/users")
+@login_required
+def user_lookup():
+    openid = request.args.get("openid", "").strip()
+    if not openid:
+        return render_template("dashboard/user.html", openid="", user=None)
+    try:
+        user = users.by_openid(g.tenant_id, openid)
+    except ApiError:
+        return render_template("dashboard/user.html", openid=openid, user=None, missing=True), 404
+    now = _now_ms()
+    try:
+        scores = scoring.user_scores(g.tenant, user, None, lang="zh")
+    except ApiError:
+        scores = None
+    touches = (
+        Touch.select(Touch, PolicyRow.name)
+        .join(PolicyRow)
+        .where((Touch.tenant == g.tenant_id) & (Touch.user == user.id))
+        .order_by(Touch.day.desc(), Touch.id.desc())
+        .limit(100)
+    )
+    consents = (
+        ConsentLog.select()
+        .where((ConsentLog.tenant == g.tenant_id) & (ConsentLog.user == user.id))
+        .order_by(ConsentLog.at_ms.desc())
+    )
+    return render_template(
+        "dashboard/user.html",
+        openid=openid,
+        user=user,
+        created_at=china_iso(user.created_ms),
+        last_seen_at=china_iso(user.last_seen_ms) if user.last_seen_ms else None,
+        events=Event.select().where(Event.user == user.id).count(),
+        orders=Order.select().where(Order.user == user.id).count(),
+        scores=scores,
+        touches=[campaigns.touch_dict(t) for t in touches],
+        coupons=[coupons.coupon_dict(c, now) for c in coupons.wallet(g.tenant_id, user.id)],
+        allowances=subscriptions.allowances(user.id),
+        consents=[{"action": c.action, "at": china_iso(c.at_ms)} for c in consents],
+    )

@@ -1,0 +1,147 @@
+"""Policy trials started from the dashboard.
+
+The web process only records the request and starts `python app.py run-simulation ID` as a
+separate process: a trial takes seconds to minutes, must not tie up a web worker, and has to
+outlive the request that started it. The worker writes its progress (a heartbeat) and finally
+the comparison and its report into the row, so any web worker can show them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from backend.clock import china_iso
+from backend.errors import ApiError
+from backend.store.models import SimulationRun
+
+MAX_USERS = 5000
+MAX_DAYS = 180
+MAX_RUNNING_PER_TENANT = 2
+STALLED_AFTER_MS = 10 * 60 * 1000  # no heartbeat for this long: the worker died
+APP_PY = Path(__file__).resolve().parents[2] / "app.py"
+
+
+def start(tenant_id: int, request: dict, now_ms: int) -> SimulationRun:
+    """Record a trial; refuses a tenant that already has too many running."""
+    busy = (
+        SimulationRun.select()
+        .where(
+            (SimulationRun.tenant == tenant_id)
+            & SimulationRun.status.in_(("queued", "running"))
+            & (SimulationRun.updated_ms > now_ms - STALLED_AFTER_MS)
+        )
+        .count()
+    )
+    if busy >= MAX_RUNNING_PER_TENANT:
+        raise ApiError(
+            429, "too_many_simulations", f"{busy} trials are still running; wait for one to end"
+        )
+    return SimulationRun.create(
+        tenant=tenant_id,
+        created_ms=now_ms,
+        updated_ms=now_ms,
+        status="queued",
+        request=json.dumps(request, ensure_ascii=False),
+    )
+
+
+def launch(run_id: int, database_url: str, secret_key: str, log_dir: Path) -> None:
+    """Start the worker process, detached from the request (and from the web worker)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DATABASE_URL": database_url, "SECRET_KEY": secret_key}
+    with open(log_dir / f"simulation-{run_id}.log", "ab") as log:
+        subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [sys.executable, str(APP_PY), "run-simulation", str(run_id)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=str(APP_PY.parent),
+        )
+
+
+def get(tenant_id: int, run_id: int) -> SimulationRun:
+    """A trial of this tenant; another tenant's id is simply not found."""
+    row = SimulationRun.get_or_none(
+        (SimulationRun.id == run_id) & (SimulationRun.tenant == tenant_id)
+    )
+    if row is None:
+        raise ApiError(404, "simulation_not_found", f"no simulation {run_id}")
+    return row
+
+
+def recent(tenant_id: int, limit: int = 20) -> list[SimulationRun]:
+    return list(
+        SimulationRun.select()
+        .where(SimulationRun.tenant == tenant_id)
+        .order_by(SimulationRun.id.desc())
+        .limit(limit)
+    )
+
+
+def status(row: SimulationRun, now_ms: int) -> dict:
+    """What the page polls: state, progress and, when done, the ranking."""
+    state = row.status
+    if state in ("queued", "running") and now_ms - row.updated_ms > STALLED_AFTER_MS:
+        state = "stalled"
+    request = json.loads(row.request)
+    out = {
+        "id": row.id,
+        "status": state,
+        "progress": round(float(row.progress), 4),
+        "created_at": china_iso(row.created_ms),
+        "policies": [p["name"] for p in request["policies"]],
+        "users": request["users"],
+        "days": request["days"],
+        "seed": request["seed"],
+        "twin": json.loads(row.twin or "{}"),
+        "error": row.error,
+    }
+    if row.status == "done" and row.result:
+        result = json.loads(row.result)
+        out["ranking"] = result.get("ranking", [])
+        out["verdicts"] = result.get("verdicts", [])
+    return out
+
+
+# The worker's side ------------------------------------------------------------------------
+
+
+def claim(run_id: int, now_ms: int) -> SimulationRun:
+    """The worker takes its run; a run already taken (started twice) is refused."""
+    taken = (
+        SimulationRun.update(status="running", updated_ms=now_ms)
+        .where((SimulationRun.id == run_id) & (SimulationRun.status == "queued"))
+        .execute()
+    )
+    if not taken:
+        raise ApiError(409, "simulation_not_queued", f"simulation {run_id} is not waiting to run")
+    return SimulationRun.get_by_id(run_id)
+
+
+def heartbeat(run_id: int, progress: float, now_ms: int, twin: dict | None = None) -> None:
+    fields = {"progress": min(max(progress, 0.0), 1.0), "updated_ms": now_ms}
+    if twin is not None:
+        fields["twin"] = json.dumps(twin, ensure_ascii=False)
+    SimulationRun.update(**fields).where(SimulationRun.id == run_id).execute()
+
+
+def finish(run_id: int, result: dict, report_html: str, now_ms: int) -> None:
+    SimulationRun.update(
+        status="done",
+        progress=1.0,
+        updated_ms=now_ms,
+        result=json.dumps(result, ensure_ascii=False),
+        report_html=report_html,
+    ).where(SimulationRun.id == run_id).execute()
+
+
+def fail(run_id: int, message: str, now_ms: int) -> None:
+    SimulationRun.update(status="failed", updated_ms=now_ms, error=message[:2000]).where(
+        SimulationRun.id == run_id
+    ).execute()
