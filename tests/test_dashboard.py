@@ -1,0 +1,411 @@
+"""The merchant dashboard over HTTP (Flask's test client, SQLite and PostgreSQL): sign-in and
+its refusals, tenant isolation, and every number on a page equal to `report --json`."""
+
+from __future__ import annotations
+
+import json
+import re
+from html import unescape
+
+import pytest
+from dashboard_campus import build, csrf_from, sign_in
+from test_campaigns import DAY_MS, NOW, POLICY, TODAY, add_policy
+
+from backend.core.calendar import day_date
+from backend.core.policy.decide import REASONS
+from backend.core.tiers import TIERS
+from backend.store.models import ApiKey, SimulationRun
+
+
+def metrics_on(page: str) -> list[dict]:
+    """Every element a page marks with data-metric, with its attributes."""
+    out = []
+    for tag in re.findall(r"<[a-z]+\b[^>]*\bdata-metric=[^>]*>", page):
+        attrs = dict(re.findall(r'(data-[a-z-]+)="([^"]*)"', tag))
+        out.append({k.removeprefix("data-"): unescape(v) for k, v in attrs.items()})
+    return out
+
+
+def number(text: str):
+    return None if text == "None" else float(text)
+
+
+def report_json(app, *args) -> dict:
+    result = app.test_cli_runner().invoke(args=["report", "--json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+# Sign-in and its refusals -------------------------------------------------------------------
+
+
+def test_pages_need_a_session_and_send_you_to_sign_in(client, tenant):
+    for path in ("/admin/", "/admin/policies", "/admin/simulations", "/admin/users"):
+        resp = client.get(path)
+        assert resp.status_code == 302 and "/admin/login" in resp.headers["Location"], path
+    resp = client.get("/admin/simulations/1/status")
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "signed_out"
+
+
+def test_the_api_key_opens_the_dashboard(client, tenant):
+    resp = sign_in(client, tenant.api_key)
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/admin/")
+    page = client.get("/admin/")
+    assert page.status_code == 200
+    assert "概览" in page.get_data(as_text=True)
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Expires=" in cookie
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["hl_00000000_wrong", "not-a-key", "' OR 1=1 --", "hl_" + "x" * 5000],
+)
+def test_a_wrong_key_is_refused_and_opens_nothing(client, tenant, key):
+    resp = sign_in(client, key)
+    assert resp.status_code == 401
+    assert "密钥或密码不正确" in resp.get_data(as_text=True)
+    assert client.get("/admin/").status_code == 302
+
+
+def test_a_form_without_its_csrf_token_is_refused(client, tenant):
+    resp = client.post("/admin/login", data={"api_key": tenant.api_key})
+    assert resp.status_code == 400 and "CSRF" in resp.get_data(as_text=True)
+    assert client.get("/admin/").status_code == 302  # not signed in
+    sign_in(client, tenant.api_key)
+    add_policy(client, tenant, POLICY)
+    for path, data in (
+        ("/admin/logout", {}),
+        ("/admin/policies/comeback/check", {"source": POLICY}),
+        ("/admin/simulations", {"policy": "preset:tiered"}),
+    ):
+        for token in (None, "forged-token"):
+            body = dict(data, **({"csrf_token": token} if token else {}))
+            resp = client.post(path, data=body)
+            assert resp.status_code == 400, (path, token)
+    assert client.get("/admin/").status_code == 200  # still signed in: logout was refused
+    with client.application.app_context():
+        assert SimulationRun.select().count() == 0  # nothing was started
+
+
+def test_the_dashboard_password_set_by_command_opens_it(app, client, tenant):
+    runner = app.test_cli_runner()
+    short = runner.invoke(
+        args=["set-dashboard-password", "--tenant", tenant.appid], input="short\nshort\n"
+    )
+    assert short.exit_code != 0 and "at least 10" in short.output
+    ok = runner.invoke(
+        args=["set-dashboard-password", "--tenant", tenant.appid],
+        input="食堂的密码 correct horse\n食堂的密码 correct horse\n",
+    )
+    assert ok.exit_code == 0, ok.output
+
+    def password_sign_in(appid, password):
+        token = csrf_from(client.get("/admin/login").get_data(as_text=True))
+        return client.post(
+            "/admin/login", data={"appid": appid, "password": password, "csrf_token": token}
+        )
+
+    assert password_sign_in(tenant.appid, "wrong password!!").status_code == 401
+    assert password_sign_in("wx-no-such-app", "食堂的密码 correct horse").status_code == 401
+    assert password_sign_in(tenant.appid, "食堂的密码 correct horse").status_code == 302
+    assert client.get("/admin/").status_code == 200
+    # A new password ends the sessions made with the old one.
+    runner.invoke(
+        args=["set-dashboard-password", "--tenant", tenant.appid],
+        input="another password 2\nanother password 2\n",
+    )
+    assert client.get("/admin/").status_code == 302
+
+
+def test_sessions_expire_and_die_with_their_key(app, client, tenant, clock):
+    sign_in(client, tenant.api_key)
+    assert client.get("/admin/").status_code == 200
+    clock.advance(seconds=app.config["DASHBOARD_SESSION_TTL_S"] + 1)
+    assert client.get("/admin/").status_code == 302
+    sign_in(client, tenant.api_key)
+    assert client.get("/admin/").status_code == 200
+    with app.app_context():
+        ApiKey.update(revoked_ms=NOW).where(ApiKey.tenant == tenant.id).execute()
+    assert client.get("/admin/").status_code == 302
+
+
+def test_a_tampered_session_cookie_is_not_a_session(app, client, tenant, other_tenant):
+    from itsdangerous import URLSafeTimedSerializer
+
+    # A cookie naming the other tenant, signed with the wrong key, is ignored.
+    forged = URLSafeTimedSerializer("not-the-secret", salt="cookie-session").dumps(
+        {"dash": {"t": other_tenant.id, "via": ["key", "x"], "iat": NOW // 1000}}
+    )
+    client.set_cookie(app.config["SESSION_COOKIE_NAME"], forged)
+    assert client.get("/admin/").status_code == 302
+
+
+def test_sign_in_goes_back_only_into_the_dashboard(client, tenant):
+    token = csrf_from(client.get("/admin/login").get_data(as_text=True))
+    for target, expected in (
+        ("/admin/policies", "/admin/policies"),
+        ("https://evil.example/", "/admin/"),
+        ("//evil.example/admin", "/admin/"),
+    ):
+        client.post("/admin/logout", data={"csrf_token": token})
+        token = csrf_from(client.get("/admin/login").get_data(as_text=True))
+        resp = client.post(
+            "/admin/login", data={"api_key": tenant.api_key, "csrf_token": token, "next": target}
+        )
+        assert resp.headers["Location"].endswith(expected), target
+        token = csrf_from(client.get("/admin/policies").get_data(as_text=True))
+
+
+# Tenant isolation ---------------------------------------------------------------------------
+
+
+def test_another_tenants_data_never_shows(app, client, tenant, other_tenant, clock):
+    build(app, client, tenant, clock, users=40)
+    other_policy = POLICY.replace("name: comeback", "name: theirs_only")
+    add_policy(client, other_tenant, other_policy)
+    events = [
+        {"user": f"zz-other-{u}", "id": f"o{u}", "type": "app_open", "ts": NOW - 5 * DAY_MS}
+        for u in range(5)
+    ]
+    client.post("/admin/v1/events/import", json={"events": events}, headers=other_tenant.admin)
+    with app.app_context():
+        theirs = SimulationRun.create(
+            tenant=other_tenant.id,
+            created_ms=NOW,
+            updated_ms=NOW,
+            status="done",
+            request=json.dumps(
+                {"policies": [{"name": "theirs_only"}], "users": 100, "days": 7, "seed": 0}
+            ),
+            result="{}",
+            report_html="<p>their secret report</p>",
+        )
+    sign_in(client, tenant.api_key)
+    for path in ("/admin/", "/admin/policies", "/admin/simulations", "/admin/policies/comeback"):
+        page = client.get(path).get_data(as_text=True)
+        assert "theirs_only" not in page and "zz-other" not in page, path
+    assert client.get("/admin/policies/theirs_only").status_code == 404
+    assert client.get("/admin/users?openid=zz-other-1").status_code == 404
+    assert client.get(f"/admin/simulations/{theirs.id}").status_code == 404
+    assert client.get(f"/admin/simulations/{theirs.id}/report").status_code == 404
+    assert client.get(f"/admin/simulations/{theirs.id}/status").status_code == 404
+    assert client.get("/admin/?policy=theirs_only").status_code == 404
+
+
+# Numbers agree with the report ------------------------------------------------------------
+
+
+def _check_policy_rows(page: str, report: dict) -> int:
+    """Every policy metric on the page equals the report's; returns how many were checked."""
+    by_policy = {p["policy"]: p for p in report["policies"]}
+    spend = {s["policy"]: s for s in report["spend"]}
+    paths = {
+        "treated_users": ("treated_users",),
+        "holdout_users": ("holdout_users",),
+        "recall_rate": ("recall_rate", "rate"),
+        "holdout_recall_rate": ("holdout_recall_rate", "rate"),
+        "incremental_recall": ("incremental_recall", "diff"),
+        "retention_d30": ("retention_d30", "rate"),
+        "revenue_fen": ("money", "revenue_fen"),
+        "coupon_cost_fen": ("money", "coupon_cost_fen"),
+        "message_cost_fen": ("money", "message_cost_fen"),
+        "roi": ("money", "roi"),
+        "incremental_revenue_per_user_fen": ("incremental_revenue_per_user_fen", "diff"),
+    }
+    checked = 0
+    rows = re.findall(r'<tr data-policy="([^"]+)">(.*?)</tr>', page, flags=re.S)
+    assert rows, "no policy rows on the page"
+    for name, row in rows:
+        for m in metrics_on(row):
+            if m["metric"] in paths:
+                value = by_policy[name]
+                for key in paths[m["metric"]]:
+                    value = value[key]
+            elif m["metric"] == "sends":
+                value = sum(d["sends"] for d in spend[name]["days"])
+            else:
+                value = spend[name][m["metric"]]
+            if value is None:
+                assert m["value"] == "None", (name, m)
+            else:
+                assert number(m["value"]) == pytest.approx(value, rel=1e-12), (name, m)
+            if m["metric"] == "incremental_recall" and value is not None:
+                diff = by_policy[name]["incremental_recall"]
+                assert number(m["lo"]) == pytest.approx(diff["lo"])
+                assert number(m["hi"]) == pytest.approx(diff["hi"])
+            checked += 1
+    return checked
+
+
+def test_every_number_on_the_overview_is_the_reports(app, client, tenant, clock):
+    build(app, client, tenant, clock)
+    sign_in(client, tenant.api_key)
+    page = client.get("/admin/").get_data(as_text=True)
+    report = report_json(app)
+    assert report["policies"] and report["policies"][0]["treated_users"] > 0
+    assert _check_policy_rows(page, report) == 11 + 3  # one policy: 11 measures, 3 spend
+    # The text shows the same numbers the attributes carry.
+    p = report["policies"][0]
+    assert f"{100 * p['recall_rate']['rate']:.1f}%" in page
+    assert f"¥{p['money']['revenue_fen'] / 100:,.2f}" in page
+    # Tiers today: the scores summary the API gives.
+    summary = client.get("/admin/v1/scores/summary", headers=tenant.admin).get_json()
+    tiers = {m["tier"]: int(m["value"]) for m in metrics_on(page) if m["metric"] == "tier"}
+    assert tiers == summary["tiers"]
+    # The charts carry the same figures.
+    figures = dict(re.findall(r'data-chart="([^"]+)" data-figure="([^"]+)"', page))
+    recall = json.loads(unescape(figures["recall"]))["data"][0]["y"]
+    assert recall == [p["recall_rate"]["rate"], p["holdout_recall_rate"]["rate"]]
+    tier_bars = json.loads(unescape(figures["tiers_today"]))["data"][0]["y"]
+    assert tier_bars == [summary["tiers"][t] for t in TIERS]
+
+
+def test_a_filtered_overview_is_the_filtered_report(app, client, tenant, clock):
+    build(app, client, tenant, clock)
+    sign_in(client, tenant.api_key)
+    day = day_date(TODAY).isoformat()
+    query = {"policy": "comeback", "from": day, "to": day}
+    page = client.get("/admin/", query_string=query).get_data(as_text=True)
+    report = report_json(app, "--policy", "comeback", "--from", day, "--to", day)
+    assert _check_policy_rows(page, report) == 14
+    # A filter on a day with nothing decided shows nothing, as the report does.
+    empty_day = day_date(TODAY + 3).isoformat()
+    page = client.get("/admin/", query_string={"from": empty_day, "to": empty_day})
+    assert 'data-metric="recall_rate"' not in page.get_data(as_text=True)
+    bad = client.get("/admin/", query_string={"from": "2026-03-09", "to": "2026-03-01"})
+    assert bad.status_code == 400 and "from is after to" in bad.get_data(as_text=True)
+
+
+def test_the_policy_page_shows_its_ledger_and_arms(app, client, tenant, clock):
+    build(app, client, tenant, clock)
+    sign_in(client, tenant.api_key)
+    page = client.get("/admin/policies/comeback").get_data(as_text=True)
+    report = report_json(app, "--policy", "comeback")
+    p = report["policies"][0]
+    marked = {m["metric"]: m for m in metrics_on(page)}
+    assert number(marked["recall_rate"]["value"]) == p["recall_rate"]["rate"]
+    ledger = report["ledger"]
+    for row in ledger:
+        cells = re.search(rf'<tr data-date="{row["date"]}">(.*?)</tr>', page, flags=re.S)
+        numbers = re.findall(r"<td>(\d+)</td>", cells.group(1))
+        assert numbers[:6] == [
+            str(row[k])
+            for k in ("decided", "sent", "held_out", "queued", "expired", "quiet_hours_deferred")
+        ]
+    guard = {m["reason"]: int(m["value"]) for m in metrics_on(page) if m["metric"] == "guard"}
+    for reason in {r for row in ledger for r in row["skipped"]}:
+        assert guard[reason] == sum(row["skipped"].get(reason, 0) for row in ledger)
+    figures = dict(re.findall(r'data-chart="([^"]+)" data-figure="([^"]+)"', page))
+    shares = json.loads(unescape(figures["shares"]))["data"]
+    assert [t["name"] for t in shares] == ["care"]
+    assert shares[0]["y"] == [row["sends_by_arm"].get("care", 0) for row in ledger]
+    assert "u0" in page  # recent touches name their users
+
+
+def test_an_edited_policy_is_validated_and_dry_run_without_saving(app, client, tenant, clock):
+    build(app, client, tenant, clock)
+    sign_in(client, tenant.api_key)
+    token = csrf_from(client.get("/admin/policies/comeback").get_data(as_text=True))
+    broken = POLICY.replace("holdout_share: 0.3", "holdout_share: 3")
+    resp = client.post(
+        "/admin/policies/comeback/check",
+        data={"source": broken, "csrf_token": token, "action": "validate"},
+    )
+    text = resp.get_data(as_text=True)
+    assert resp.status_code == 400 and "校验未通过" in text and "holdout_share" in text
+    edited = POLICY.replace("holdout_share: 0.3", "holdout_share: 0.5")
+    resp = client.post(
+        "/admin/policies/comeback/check",
+        data={"source": edited, "csrf_token": token, "action": "dry_run"},
+    )
+    text = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and "校验通过" in text
+    shown = int(re.search(r'data-metric="preview_send">(\d+)<', text).group(1))
+    with app.app_context():
+        from backend.services import campaigns, policies
+
+        row = policies.get(tenant.id, "comeback")
+        expected = campaigns.preview(row, policies.parse(edited), TODAY + 8, clock.now_ms())
+        assert row.source == POLICY  # nothing saved
+    assert shown == expected["send"]
+    assert "holdout_share: 0.5" in text  # the edit stays in the box
+
+
+def test_user_lookup_shows_tier_reasons_touches_and_consent(app, client, tenant, clock):
+    info = build(app, client, tenant, clock)
+    openid = info["back"][0]
+    sign_in(client, tenant.api_key)
+    page = client.get("/admin/users", query_string={"openid": openid}).get_data(as_text=True)
+    scores = client.get(f"/admin/v1/users/{openid}/scores", headers=tenant.admin).get_json()
+    marked = {m["metric"]: m for m in metrics_on(page)}
+    assert marked["tier"]["value"] == scores["tier"]
+    assert "分层「" in page  # the reasons, in Chinese
+    touches = client.get(f"/admin/v1/users/{openid}/touches", headers=tenant.admin).get_json()
+    assert page.count("<td>comeback</td>") == len(touches["touches"]) > 0
+    assert "营销消息：<b>接收</b>" in page
+    missing = client.get("/admin/users", query_string={"openid": "<script>alert(1)</script>"})
+    assert missing.status_code == 404
+    assert "<script>alert(1)</script>" not in missing.get_data(as_text=True)
+
+
+def test_every_guard_reason_has_a_chinese_label():
+    from backend.dashboard.labels import GUARD_ZH
+
+    assert set(REASONS[1:]) <= set(GUARD_ZH)
+
+
+# Simulations (the worker itself runs in the browser tests) ------------------------------------
+
+
+def test_a_simulation_request_is_checked_before_anything_starts(app, client, tenant):
+    sign_in(client, tenant.api_key)
+    token = csrf_from(client.get("/admin/simulations").get_data(as_text=True))
+    for data, message in (
+        ({"policy": "preset:tiered", "users": "99999"}, "users must be between"),
+        ({"policy": "preset:tiered", "days": "ten"}, "days must be a whole number"),
+        ({"policy": "preset:nope"}, "choose a policy"),
+        ({"policy": "saved:missing"}, "missing"),
+    ):
+        resp = client.post("/admin/simulations", data={**data, "csrf_token": token})
+        assert resp.status_code in (400, 404), data
+        assert message in resp.get_data(as_text=True), data
+    bad_file = (b"name: x\narms: [oops", "bad.yaml")
+    import io
+
+    resp = client.post(
+        "/admin/simulations",
+        data={"csrf_token": token, "policy_file": (io.BytesIO(bad_file[0]), bad_file[1])},
+        content_type="multipart/form-data",
+    )
+    assert resp.status_code == 400 and "line" in resp.get_data(as_text=True)
+    big = io.BytesIO(b"#" * (70 * 1024))
+    resp = client.post(
+        "/admin/simulations",
+        data={"csrf_token": token, "policy_file": (big, "big.yaml")},
+        content_type="multipart/form-data",
+    )
+    assert resp.status_code == 413
+    with app.app_context():
+        assert SimulationRun.select().count() == 0
+
+
+def test_too_many_running_trials_are_refused(app, client, tenant, clock):
+    from backend.services import simulations
+
+    with app.app_context():
+        for _ in range(simulations.MAX_RUNNING_PER_TENANT):
+            simulations.start(
+                tenant.id,
+                {"policies": [{"name": "tiered"}], "users": 100, "days": 7, "seed": 0},
+                clock.now_ms(),
+            )
+    sign_in(client, tenant.api_key)
+    token = csrf_from(client.get("/admin/simulations").get_data(as_text=True))
+    resp = client.post("/admin/simulations", data={"policy": "preset:tiered", "csrf_token": token})
+    assert resp.status_code == 429 and "still running" in resp.get_data(as_text=True)
+    # A worker that stopped reporting long ago no longer counts (and shows as stalled).
+    clock.advance(seconds=simulations.STALLED_AFTER_MS // 1000 + 1)
+    status = client.get("/admin/simulations/1/status").get_json()
+    assert status["status"] == "stalled"
