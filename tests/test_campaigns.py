@@ -11,6 +11,7 @@ from conftest import T0
 from backend.core.calendar import china_day
 from backend.services import campaigns, delivery
 from backend.services.channels import channels_for
+from backend.store.models import Policy as PolicyRow
 from backend.store.models import SmsMessage, SubscriptionAllowance, Touch, User
 
 DAY_MS = 86_400_000
@@ -218,7 +219,6 @@ arms:
 
 def seed_outcomes(app, tenant, policy_name, arm, tier, n, returned, *, cost=0, value=0):
     """`n` finished touches of an arm long ago, `returned` of them answered."""
-    from backend.store.models import Policy as PolicyRow
 
     with app.app_context():
         policy = PolicyRow.get((PolicyRow.tenant == tenant.id) & (PolicyRow.name == policy_name))
@@ -345,3 +345,30 @@ def test_a_user_skipped_earlier_today_is_reached_by_a_later_run(app, client, ten
     assert second["queued"] + second["held_out"] == 12
     assert second["sent"] == second["queued"] > 0
     assert statuses(app, tenant) == {"sent": second["sent"], "held_out": second["held_out"]}
+
+
+def test_an_allowance_promised_to_a_queued_send_is_not_promised_twice(app, client, tenant):
+    """Two live policies, one subscribe allowance per user: the second policy must not plan a
+    send on the allowance the first one's queued send already holds (it would fail)."""
+    import_history(client, tenant, users=20, silent_days=5)
+    grant_all(app, tenant, count=1)
+    add_policy(client, tenant, POLICY)
+    add_policy(client, tenant, POLICY.replace("name: comeback", "name: comeback_again"))
+    run_job(app, tenant)
+    with app.app_context():
+        rows = list(
+            Touch.select(User.openid, PolicyRow.name, Touch.status, Touch.reason)
+            .join_from(Touch, User)
+            .join_from(Touch, PolicyRow)
+            .tuples()
+        )
+    sent_by = {}
+    for openid, policy, status, _ in rows:
+        if status == "sent":
+            assert openid not in sent_by, f"{openid} was sent twice on one allowance"
+            sent_by[openid] = policy
+    assert not [r for r in rows if r[2] == "failed"]
+    first = {o for o, p in sent_by.items() if p == "comeback"}
+    assert first
+    again = {(o, s, r) for o, p, s, r in rows if p == "comeback_again" and o in first}
+    assert again == {(o, "skipped", "no_permission") for o in first}

@@ -189,7 +189,7 @@ def population(
         start = day - silent + 1  # the current lapse began the day after the last visit
     past = history_state(_history(tenant_id, ids, day, row.id, policy), n, day, start)
     pos = {int(u): i for i, u in enumerate(ids)}
-    allowance = _allowances(tenant_id, policy, pos, n)
+    allowance = _allowances(tenant_id, policy, pos, n, row.id, day)
     since_trigger = None
     if trigger_day is not None:
         since_trigger = day - start  # -1 for users without a trigger
@@ -312,7 +312,12 @@ def _users(tenant_id: int):
     )
 
 
-def _allowances(tenant_id: int, policy: Policy, pos: dict[int, int], n: int):
+def _allowances(
+    tenant_id: int, policy: Policy, pos: dict[int, int], n: int, policy_id: int, day: int
+):
+    """Subscribe-message allowances left per template, less those already promised to
+    queued sends that have not gone out yet (a quiet-hours deferral, a retry): WeChat takes
+    one allowance per message, so counting them twice plans a send that must fail."""
     templates = sorted(
         {
             policy.messages[t.message].template_id
@@ -340,6 +345,36 @@ def _allowances(tenant_id: int, policy: Policy, pos: dict[int, int], n: int):
         i = pos.get(user)
         if i is not None:
             out[template][i] = remaining
+    for user, template, count in _reserved(tenant_id, policy_id, day):
+        i = pos.get(user)
+        if i is not None and template in out:
+            out[template][i] = max(out[template][i] - count, 0)
+    return out
+
+
+def _reserved(tenant_id: int, policy_id: int, day: int) -> list[tuple[int, str, int]]:
+    """(user, template, count) of subscribe sends queued and not yet sent. This policy's own
+    touches of `day` are left out: a rerun of the day must decide as the first run did."""
+    rows = list(
+        Touch.select(Touch.user, Touch.policy, Touch.message, pw.fn.COUNT(Touch.id))
+        .where(
+            (Touch.tenant == tenant_id)
+            & (Touch.channel == "subscribe")
+            & Touch.status.in_(("queued", "sending"))
+            & ~((Touch.policy == policy_id) & (Touch.day == day))
+        )
+        .group_by(Touch.user, Touch.policy, Touch.message)
+        .tuples()
+    )
+    specs = {
+        r.id: policies.loaded(r)
+        for r in PolicyRow.select().where(PolicyRow.id.in_({p for _, p, _, _ in rows}))
+    }
+    out = []
+    for user, pid, message, count in rows:
+        spec = specs.get(pid)
+        if spec is not None and message in spec.messages:
+            out.append((user, spec.messages[message].template_id, int(count)))
     return out
 
 
