@@ -155,7 +155,9 @@ def _overview_figures(today, history, shown, spend) -> dict:
 @login_required
 def policy_list():
     rows = PolicyRow.select().where(PolicyRow.tenant == g.tenant_id).order_by(PolicyRow.name)
-    return render_template("dashboard/policies.html", rows=list(rows))
+    return render_template(
+        "dashboard/policies.html", rows=[(r, policies.loaded(r).description) for r in rows]
+    )
 
 
 @bp.get("/policies/<name>")
