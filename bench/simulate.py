@@ -10,7 +10,9 @@ What is timed (perf_counter, same process, after building each model, untimed):
   for inspection (`keep_log=False`): every morning production's scoring tail over the
   day-by-day fold of a million users and production's `decide`; every day the vectorised
   campus, its untreated twin, the books and the DataCollector. `user_days_per_s` =
-  users × days / seconds.
+  users × days / seconds. The model draws each day's dice and lives the untreated twin's
+  day on a second thread while the morning job runs (simulator/model.py), so the run uses
+  up to two cores: `full_run_cpu_s` is the process's CPU time over the same run.
 * The baseline, in the same run: the same organic dynamics written the idiomatic Mesa way —
   one `mesa.Agent` per user whose `step` draws its visit, order, engagement decay and churn
   with the model's `random`, the model stepping them with `AgentSet.shuffle_do("step")` —
@@ -96,7 +98,7 @@ class OrganicAgentsModel(mesa.Model):
         self.day += 1
 
 
-def full_run(users: int, days: int, seed: int) -> tuple[float, CampusModel]:
+def full_run(users: int, days: int, seed: int) -> tuple[float, float, CampusModel]:
     model = CampusModel(
         users=users,
         seed=seed,
@@ -105,12 +107,12 @@ def full_run(users: int, days: int, seed: int) -> tuple[float, CampusModel]:
         warmup_days=WARMUP,
         keep_log=False,
     )
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for d in range(days):
         model.step()
         if d % 30 == 29:
             print(f"  day {d + 1}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return time.perf_counter() - t0, model
+    return time.perf_counter() - t0, time.process_time() - c0, model
 
 
 def agents_run(users: int, days: int, seed: int) -> float:
@@ -133,7 +135,7 @@ def main() -> None:
     agents_s = agents_run(args.mesa_users, args.mesa_days, args.seed)
     agent_rate = args.mesa_users * args.mesa_days / agents_s
     print(f"idiomatic Mesa agents: {agent_rate:,.0f} user-days/s", file=sys.stderr)
-    full_s, model = full_run(args.users, args.days, args.seed)
+    full_s, cpu_s, model = full_run(args.users, args.days, args.seed)
     rate = args.users * args.days / full_s
     daily = model.datacollector.get_model_vars_dataframe()
     out = {
@@ -141,6 +143,7 @@ def main() -> None:
         "days": args.days,
         "policy": "tiered",
         "full_run_s": round(full_s, 2),
+        "full_run_cpu_s": round(cpu_s, 2),
         "user_days_per_s": round(rate),
         "mesa_agent_users": args.mesa_users,
         "mesa_agent_days": args.mesa_days,

@@ -160,15 +160,15 @@ class TouchLog:
         most one visit a day, at `visit_ms`, so each touch is checked against it directly.
         Returns which of today's orders used a coupon."""
         window = window_days * MS_PER_DAY
-        at = visit_ms(today, usual_hour)
         used_coupon = np.zeros(campus.visited.size, dtype=bool)
         self.redeemed_today = {}
         for b in self.recent(today - window_days - RETENTION_TAIL_DAYS - 1):
             o, u = b.outcome, b.user
-            open_ = b.measured & in_window(b.sent_ms, at[u], window)
+            at = visit_ms(today, usual_hour[u])  # the block's users' visit times only
+            open_ = b.measured & in_window(b.sent_ms, at, window)
             came = open_ & campus.visited[u]
             first = came & (o["return_ms"] < 0)
-            o["return_ms"][first] = at[u[first]]
+            o["return_ms"][first] = at[first]
             o["return_day"][first] = today
             o["returned"] |= came
             bought = open_ & campus.ordered[u]
@@ -239,6 +239,7 @@ class Campaign:
         self.group = np.full(n, -2, dtype=np.int64)
         self.last_users: UserState | None = None
         self.last_grants: dict[str, np.ndarray] = {}  # template -> accepted on today's visit
+        self._reachable: np.ndarray | None = None
         self._coupon_table()
 
     def _coupon_table(self) -> None:
@@ -259,16 +260,30 @@ class Campaign:
         """The message kind (index into MESSAGE_KINDS) of each (arm, step) touch."""
         return self.kind_table[arm.astype(np.int64), step.astype(np.int64)]
 
-    def after_day(self, today: int, campus, twin, usual_hour: np.ndarray) -> np.ndarray:
+    def draw_grants(self) -> list[np.ndarray]:
+        """One day's dice for the subscribe prompts, one array per template, in the order
+        `after_day` reads them (drawn ahead of the day by the model)."""
+        return [self.rng.random(self.n) for _ in self.templates]
+
+    def after_day(
+        self,
+        today: int,
+        campus,
+        twin,
+        usual_hour: np.ndarray,
+        grant_draws: list[np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Books after a day (`campus`, `twin`: its DayActivity): returns attributed, prompts
-        granted on visits. Returns which of the day's orders used a coupon."""
+        granted on visits (`grant_draws`: the day's `draw_grants`, else drawn now). Returns
+        which of the day's orders used a coupon."""
         used = self.log.record_day(
             today, self.policy.attribution_window_days, campus, twin, usual_hour
         )
         self.last_grants = {}
-        for template in self.templates:
-            accept = campus.visited & (self.rng.random(self.n) < self.grant_p)
-            self.permissions.allowance[template] += accept
+        draws = self.draw_grants() if grant_draws is None else grant_draws
+        for template, dice in zip(self.templates, draws, strict=True):
+            accept = campus.visited & (dice < self.grant_p)
+            self.permissions.allowance[template][np.flatnonzero(accept)] += 1
             self.last_grants[template] = accept
         return used
 
@@ -320,12 +335,16 @@ class Campaign:
 
     def user_state(self, today: int, scores: Scores) -> UserState:
         f = scores.features
-        start = today - f.days_since_visit + 1  # the current lapse began after the last visit
+        # The current lapse began the day after the last visit.
+        start = np.subtract(today + 1, f.days_since_visit)
         past = history_state(self.history(today), self.n, today, start)
-        reachable = np.zeros((self.n, len(CHANNELS)), dtype=bool)
-        reachable[:, CHANNELS.index("oa_template")] = self.permissions.follows_oa
-        reachable[:, CHANNELS.index("sms")] = self.permissions.has_phone
-        reachable[:, CHANNELS.index("in_app")] = True
+        if self._reachable is None:  # who follows the OA or gave a phone never changes here
+            reachable = np.zeros((self.n, len(CHANNELS)), dtype=bool)
+            reachable[:, CHANNELS.index("oa_template")] = self.permissions.follows_oa
+            reachable[:, CHANNELS.index("sms")] = self.permissions.has_phone
+            reachable[:, CHANNELS.index("in_app")] = True
+            reachable.flags.writeable = False
+            self._reachable = reachable
         return UserState(
             user_key=self.user_key,
             tier=scores.tier,
@@ -340,7 +359,7 @@ class Campaign:
             journey_arm=past.journey_arm,
             touches_30d=past.touches_30d,
             channel_week=past.channel_week,
-            reachable=reachable,
+            reachable=self._reachable,
             allowance=self.permissions.allowance,
             ignored_streak=past.ignored_streak,
             # No fitted uplift model in the simulator yet: rank as production does without one.
@@ -360,7 +379,8 @@ class Campaign:
 
     def book(self, today: int, d: Decisions, scores: Scores) -> None:
         """Keep the books of a morning's decisions: touches logged, allowances spent."""
-        acting = np.flatnonzero((d.status == SEND) | (d.status == HOLDOUT) | (d.status == SKIPPED))
+        assert (HOLDOUT, SKIPPED) == (SEND + 1, SEND + 2)  # the acting statuses: a range
+        acting = np.flatnonzero((d.status >= SEND) & (d.status <= SKIPPED))
         status = np.select(
             [d.status[acting] == SEND, d.status[acting] == HOLDOUT], [SENT, HELD_OUT], SKIP
         ).astype(np.int8)

@@ -90,9 +90,10 @@ class DayDraws:
             rng.standard_normal(n),
         )
 
-    def session_s(self) -> np.ndarray:
-        """Session lengths in seconds: lognormal around five minutes."""
-        return np.exp(np.log(300.0) + 0.6 * self.session)
+    def session_s(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Session lengths in seconds: lognormal around five minutes (of `rows` only)."""
+        z = self.session if rows is None else self.session[rows]
+        return np.exp(np.log(300.0) + 0.6 * z)
 
 
 @dataclass(frozen=True)
@@ -139,27 +140,57 @@ def organic_day(
     extra visit probability per user (a message's pull, added by the treatment); the untreated
     twin passes None. During breaks nobody leaves: silence over a vacation is not churn.
     """
-    alive = ~state.churned
-    p = np.where(alive, cols.visit_p * state.engagement * factor, cols.revive_p * factor)
+    churned = state.churned
+    # p = visit_p · engagement · factor, or revive_p · factor for the churned: one of the two
+    # over everyone, then the other over the fewer rows it is for (row lists, not masks:
+    # masked writes are slow in numpy).
+    if 2 * np.count_nonzero(churned) <= churned.size:
+        p = cols.visit_p * state.engagement
+        p *= factor
+        gone = np.flatnonzero(churned)
+        p[gone] = cols.revive_p[gone] * factor
+    else:
+        p = cols.revive_p * factor
+        alive = np.flatnonzero(~churned)
+        p[alive] = cols.visit_p[alive] * state.engagement[alive] * factor
     if visit_lift is not None:
-        p = p + (1.0 - p) * visit_lift
-    visited = draws.visit < p
-    revived = visited & state.churned
-    state.churned &= ~revived
-    state.engagement = np.where(revived, params.revive_engagement, state.engagement)
-    ordered = visited & (draws.order < cols.order_p)
-    amount = np.where(
-        ordered, np.exp(cols.log_aov + cols.aov_sigma * draws.amount).round(), 0
-    ).astype(np.int64)
-    state.last_visit = np.where(visited, day, state.last_visit)
+        # p + (1 − p)·lift, on the rows with a lift (elsewhere it adds 0 and changes nothing).
+        lifted = np.flatnonzero(visit_lift)
+        pl = p[lifted]
+        p[lifted] = pl + (1.0 - pl) * visit_lift[lifted]
+    visited = np.less(draws.visit, p)
+    revived = visited & churned
+    churned &= ~revived
+    state.engagement[np.flatnonzero(revived)] = params.revive_engagement
+    ordered = np.less(draws.order, cols.order_p)
+    ordered &= visited
+    # Order values only for the orders: exp(log AOV + σ·z), rounded, in whole fen.
+    buyers = np.flatnonzero(ordered)
+    amount = np.zeros(len(state), dtype=np.int64)
+    amount[buyers] = (
+        np.exp(cols.log_aov[buyers] + cols.aov_sigma[buyers] * draws.amount[buyers])
+        .round()
+        .astype(np.int64)
+    )
+    state.last_visit[np.flatnonzero(visited)] = day
     state.visits += visited
     state.orders += ordered
-    state.spend_fen += amount
+    state.spend_fen[buyers] += amount[buyers]
     # Engagement fades by the persona's half-life; a good experience (an order) restores some.
-    state.engagement = np.minimum(1.0, state.engagement * cols.decay + cols.boost * ordered)
+    engagement = state.engagement
+    engagement *= cols.decay
+    engagement[buyers] += cols.boost[buyers]
+    np.minimum(engagement, 1.0, out=engagement)
     left = np.zeros(len(state), dtype=bool)
     if not in_break:
-        hazard = cols.churn_base + cols.churn_slope * (1.0 - state.engagement) ** 2
-        left = ~state.churned & ~visited & (draws.churn < hazard)
-        state.churned |= left
+        # Who may leave today: those still around who did not come. Most of a mature campus
+        # is gone already, so the hazard, churn_base + churn_slope · (1 − engagement)², is
+        # worked out on their rows only.
+        stay = np.flatnonzero(~(churned | visited))
+        hazard = np.subtract(1.0, engagement[stay])
+        np.square(hazard, out=hazard)
+        hazard *= cols.churn_slope[stay]
+        hazard += cols.churn_base[stay]
+        left[stay] = draws.churn[stay] < hazard
+        churned |= left
     return DayActivity(visited, ordered, amount, revived, left)

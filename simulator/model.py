@@ -13,6 +13,8 @@ too, and keeps the books; `step` closes the day for the DataCollector.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 
 import mesa
@@ -35,6 +37,17 @@ from simulator.params import SimParams
 from simulator.response import ResponseParams, respond
 
 DEFAULT_START = date(2026, 3, 2)
+_worker: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _ahead_worker() -> ThreadPoolExecutor:
+    """One thread per process for the work a day can do ahead (`CampusModel._ahead`)."""
+    global _worker
+    if _worker is None or _worker[0] != os.getpid():  # a forked child needs its own thread
+        _worker = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="campus-ahead"))
+    return _worker[1]
+
+
 DECISION_COUNTS = (("sent", SEND), ("held_out", HOLDOUT), ("skipped", SKIPPED))
 GUARD_REASONS = (
     "capped_30d",
@@ -148,19 +161,22 @@ class CampusModel(mesa.Model):
         self.farmer_back = np.zeros(users, dtype=bool)  # came for a coupon; leave after it
         self.leave_day = np.full(users, -1, dtype=np.int64)  # a sleeping dog woken
         self.opt_out_day = np.full(users, -1, dtype=np.int64)
-        self.session_s: np.ndarray | None = None
+        self._draws: DayDraws | None = None  # today's organic dice (session lengths: lazily)
+        self._session_s: np.ndarray | None = None
+        self._reasons: tuple[Decisions | None, dict[str, int]] = (None, {})
+        self._ahead: tuple[int, Future] | None = None  # the day whose dice are being drawn
         self.used_coupon: np.ndarray | None = None
         self.datacollector = mesa.DataCollector(
             model_reporters={
                 "date": lambda m: day_date(m.day - 1).isoformat(),
-                "active": lambda m: int(m.today.visited.sum()),
-                "orders": lambda m: int(m.today.ordered.sum()),
+                "active": lambda m: int(np.count_nonzero(m.today.visited)),
+                "orders": lambda m: int(np.count_nonzero(m.today.ordered)),
                 "revenue_fen": lambda m: int(m.today.amount_fen.sum()),
-                "left": lambda m: int(m.today.left.sum()),
-                "churned": lambda m: int(m.state.churned.sum()),
+                "left": lambda m: int(np.count_nonzero(m.today.left)),
+                "churned": lambda m: int(np.count_nonzero(m.state.churned)),
                 "mean_engagement": lambda m: float(m.state.engagement.mean()),
                 **{
-                    f"tier_{name}": (lambda m, i=i: int((m.scores.tier == i).sum()))
+                    f"tier_{name}": (lambda m, i=i: int(np.count_nonzero(m.scores.tier == i)))
                     for i, name in enumerate(TIERS)
                 },
                 **{label: (lambda m, s=status: m._count(s)) for label, status in DECISION_COUNTS},
@@ -189,6 +205,7 @@ class CampusModel(mesa.Model):
         """Scheduled at JOB_HOUR each day: the scores and the campaign job, before anyone is
         up (scores as of today from the log of the days before)."""
         day = self.day
+        self._start_ahead(day)
         self.nightly(day)
         self.decisions = None
         if self.campaign is not None and day >= self.policy_from:
@@ -199,27 +216,53 @@ class CampusModel(mesa.Model):
         """Scheduled at midday: the whole day's campus life at once, and its books."""
         day = self.day
         factor, in_break = self.calendar.factor(day, self.params)
-        draws = DayDraws.draw(self.organic_rng, len(self.state))
+        if self._ahead is None or self._ahead[0] != day:
+            self._start_ahead(day)
+        draws, twin_today, grant_draws = self._ahead[1].result()
+        self._ahead = None
         pulled = self.pull_day == day
-        lift = pulled.astype(np.float64) if self.campaign is not None else None
+        lift = pulled if self.campaign is not None else None  # a pull: visit probability 1
         self.today = organic_day(
             self.state, self.cols, self.params, day, factor, in_break, draws, lift
         )
         used_coupon = None
         if self.campaign is not None:
             self._after_messages(day, pulled)
-            self.twin_today = organic_day(
-                self.twin, self.cols, self.params, day, factor, in_break, draws
-            )
+            self.twin_today = twin_today
             used_coupon = self.campaign.after_day(
-                day, self.today, self.twin_today, self.state.usual_hour
+                day, self.today, self.twin_today, self.state.usual_hour, grant_draws
             )
-        self.session_s = draws.session_s()
+        self._draws, self._session_s = draws, None
         self.used_coupon = used_coupon
         self._fold_day(day, used_coupon)
         if self.log is not None:
             self.log.add_day(day, self.today, self.state.usual_hour, self.session_s, used_coupon)
         self.after_day(day)
+
+    def _start_ahead(self, day: int) -> None:
+        """Start the part of `day` that needs nothing decided that morning, on the worker
+        thread while the job runs: the day's organic dice, then the untreated twin's day
+        (it lives on those dice alone), then the dice of the day's subscribe prompts. The
+        organic stream and the campaign's are drawn from there only, day after day in
+        order, so the numbers are those of drawing them at midday."""
+        factor, in_break = self.calendar.factor(day, self.params)
+        self._ahead = (day, _ahead_worker().submit(self._dice_and_twin, day, factor, in_break))
+
+    def _dice_and_twin(self, day: int, factor: float, in_break: bool):
+        """The day's organic dice, the twin's day on them, and the day's prompt dice."""
+        draws = DayDraws.draw(self.organic_rng, len(self.state))
+        if self.campaign is None:
+            return draws, None, None
+        twin = organic_day(self.twin, self.cols, self.params, day, factor, in_break, draws)
+        return draws, twin, self.campaign.draw_grants()
+
+    @property
+    def session_s(self) -> np.ndarray | None:
+        """Today's session lengths in seconds, every user's (drawn for all; computed when
+        first asked for: the fold needs the visitors' only)."""
+        if self._session_s is None and self._draws is not None:
+            self._session_s = self._draws.session_s()
+        return self._session_s
 
     def step(self) -> None:
         """Mesa's step closes the day (one time unit = one day): the morning job and the day
@@ -251,7 +294,10 @@ class CampusModel(mesa.Model):
                 u,
                 self.state.usual_hour[u],
                 2 * vis + bought,
-                session_ms=session_ms(self.session_s[u]) * vis,
+                session_ms=session_ms(
+                    self._session_s[u] if self._session_s is not None else self._draws.session_s(u)
+                )
+                * vis,
                 orders=bought,
                 spend_fen=np.where(bought > 0, t.amount_fen[u], 0),
                 coupon_orders=coupon,
@@ -270,12 +316,15 @@ class CampusModel(mesa.Model):
         """Messages landing today played out: those who came back regain engagement; coupon
         farmers who came for the coupon go again; the annoyed opt out or leave."""
         came = self.today.visited & pulled
-        self.state.engagement = np.minimum(1.0, self.state.engagement + self.boost * came)
+        # min(1, engagement + boost) for those who came (no one else's moves: all are <= 1).
+        back = np.flatnonzero(came)
+        engagement = self.state.engagement
+        engagement[back] = np.minimum(1.0, engagement[back] + self.boost[back])
         gone = came & self.farmer_back
         gone &= self.response_rng.random(len(self.state)) < self.response_params.farmer_leave
         self.state.churned |= gone
         self.state.churned |= self.leave_day == day
-        self.campaign.permissions.opted_out[self.opt_out_day == day] = True
+        self.campaign.permissions.opted_out[np.flatnonzero(self.opt_out_day == day)] = True
 
     def _answer(self, d: Decisions, day: int) -> None:
         """This morning's sends meet their users (responses drawn from their own stream) on
@@ -322,14 +371,19 @@ class CampusModel(mesa.Model):
         return 0 if self.decisions is None else int(self.decisions.quiet_deferred.sum())
 
     def _reason(self, name: str) -> int:
-        return 0 if self.decisions is None else self.decisions.reason_counts().get(name, 0)
+        if self.decisions is None:
+            return 0
+        if self._reasons[0] is not self.decisions:  # counted once per decision, not per reason
+            self._reasons = (self.decisions, self.decisions.reason_counts())
+        return self._reasons[1].get(name, 0)
 
     def _group_active(self) -> dict[str, int]:
         """Today's visitors by the group each user was last decided into."""
         if self.campaign is None:
             return {}
         names = ["never messaged", "holdout", *[a.name for a in self.campaign.policy.arms]]
-        visitors = self.campaign.group[self.today.visited] + 2  # -2 never, -1 holdout, arms
+        visitors = self.campaign.group[np.flatnonzero(self.today.visited)]
+        visitors += 2  # -2 never, -1 holdout, arms
         counts = np.bincount(visitors, minlength=len(names))
         return dict(zip(names, map(int, counts), strict=True))
 

@@ -128,10 +128,20 @@ def early_warning(recent: np.ndarray, baseline: np.ndarray, in_break: bool) -> n
     """True where every recent day's index is below 20% of a meaningful baseline."""
     if in_break:
         return np.zeros(np.shape(baseline), dtype=bool)
-    highest = recent[0]
+    baseline = np.asarray(baseline)
+    if baseline.ndim != 1:
+        highest = recent[0]
+        for day in recent[1:]:
+            highest = np.maximum(highest, day)  # below on every day = the highest is below
+        return (highest < WARNING_SHARE * baseline) & (baseline >= MIN_BASELINE)
+    # Only users with a meaningful baseline can be warned: the rule on their rows alone.
+    rows = np.flatnonzero(baseline >= MIN_BASELINE)
+    highest = recent[0][rows]
     for day in recent[1:]:
-        highest = np.maximum(highest, day)  # below on every day = the highest day is below
-    return (highest < WARNING_SHARE * baseline) & (baseline >= MIN_BASELINE)
+        np.maximum(highest, day[rows], out=highest)
+    warning = np.zeros(baseline.shape, dtype=bool)
+    warning[rows] = highest < WARNING_SHARE * baseline[rows]
+    return warning
 
 
 def warning_held_back(calendar: TermCalendar, as_of: int) -> bool:
@@ -140,15 +150,23 @@ def warning_held_back(calendar: TermCalendar, as_of: int) -> bool:
 
 
 def activity_from(
-    recent: list[np.ndarray], past: list[np.ndarray], calendar: TermCalendar, as_of: int
+    recent: list[np.ndarray] | np.ndarray,
+    past: list[np.ndarray],
+    calendar: TermCalendar,
+    as_of: int,
 ) -> Activity:
     """Activity from the daily indices: `recent` on as_of, as_of − 1, ... (WARNING_DAYS of
-    them), `past` on as_of − BASELINE_OFFSETS. Shared by the batch and rolling paths."""
-    stacked = np.stack(recent)
-    baseline = past[0]
-    for index in past[1:]:
-        baseline = baseline + index  # in order, as np.mean over the stacked days would add
-    baseline = baseline / len(past)
+    them, or those rows stacked already), `past` on as_of − BASELINE_OFFSETS. Shared by the
+    batch and rolling paths."""
+    stacked = recent if isinstance(recent, np.ndarray) and recent.ndim == 2 else np.stack(recent)
+    baseline = (
+        np.add(past[0], past[1], dtype=np.float64)
+        if len(past) > 1
+        else np.array(past[0], dtype=np.float64)
+    )
+    for index in past[2:]:
+        baseline += index  # in order, as np.mean over the stacked days would add
+    baseline /= len(past)
     warning = early_warning(stacked, baseline, warning_held_back(calendar, as_of))
     return Activity(stacked[0], stacked, baseline, warning)
 

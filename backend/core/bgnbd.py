@@ -114,7 +114,12 @@ def _condense(x: np.ndarray, t_x: np.ndarray, big_t: np.ndarray) -> _Condensed:
     wx_t = np.bincount(it, weights=x[buyers], minlength=nt)
     if xs.size * float(nt) * nt < 2.0**62:
         key = (ix * nt + it) * nt + itx
-        keys, counts = np.unique(key, return_counts=True)  # sorted: x-major
+        if xs.size * nt * nt <= _DENSE_TABLE_MAX:  # a tally instead of a sort, same result
+            tally = np.bincount(key, minlength=1)
+            keys = np.flatnonzero(tally)
+            counts = tally[keys]
+        else:
+            keys, counts = np.unique(key, return_counts=True)  # sorted: x-major
         ix, pair = np.divmod(keys, nt * nt)
     else:  # too many distinct values to pack into one int64: sort the triples instead
         rows, counts = np.unique(np.stack([ix, it, itx], axis=1), axis=0, return_counts=True)
@@ -145,6 +150,13 @@ def _condense(x: np.ndarray, t_x: np.ndarray, big_t: np.ndarray) -> _Condensed:
         ip=ip.ravel(),
         w=counts.astype(np.float64),
     )
+
+
+def _dot(x: np.ndarray, y: np.ndarray) -> float:
+    """x·y by numpy's own (pairwise) sum rather than BLAS: BLAS splits a long dot product
+    over the machine's cores, so its rounding, and so the fitted parameters' last bits,
+    would depend on how many cores run it. This is the same on every machine."""
+    return float(np.multiply(x, y).sum())
 
 
 def _objective(theta: np.ndarray, d: _Condensed, penalizer: float) -> tuple[float, np.ndarray]:
@@ -180,10 +192,10 @@ def _objective(theta: np.ndarray, d: _Condensed, penalizer: float) -> tuple[floa
     rx_row = np.repeat(rx_used, d.x_run)
     g = np.repeat(np.log(a) - log_b1, d.x_run) + rx_row * gap_t
     e = np.exp(np.minimum(g, 700.0))  # beyond 36 ln(1 + e^g) = g to double precision anyway
-    ll += d.w @ np.log1p(e)
+    ll += _dot(d.w, np.log1p(e))
     ww4 = d.w * e / (1.0 + e)
-    g_r += ww4 @ gap_t
-    g_alpha += (ww4 * rx_row) @ (inv_at[d.pair_t] - inv_at[d.pair_tx])[d.ip]
+    g_r += _dot(ww4, gap_t)
+    g_alpha += _dot(ww4 * rx_row, (inv_at[d.pair_t] - inv_at[d.pair_tx])[d.ip])
     per_x = np.add.reduceat(ww4, d.x_start) if ww4.size else np.zeros(0)
     g_a += per_x.sum() / a
     g_b -= per_x @ np.exp(-log_b1)
@@ -255,7 +267,7 @@ def _grid(frequency, recency, T) -> tuple[np.ndarray, np.ndarray, np.ndarray] | 
     x_top, t_top = int(x.max()), int(big_t.max())
     if (x_top + 1) * (t_top + 1) > _DENSE_TABLE_MAX:
         return None
-    if min(int(x.min()), int(t_x.min()), int((big_t - t_x).min())) < 0:
+    if min(int(x.min()), int(t_x.min())) < 0 or np.any(t_x > big_t):
         raise ValueError("need frequency >= 0 and 0 <= recency <= T")
     if np.any((x == 0) & (t_x > 0)):
         raise ValueError("recency must be 0 when frequency is 0")
@@ -269,20 +281,34 @@ def _alive_on_grid(params: BgNbdParams, x, t_x, big_t) -> np.ndarray:
     computed as (−A) + B·(D − C), which is exact, and x = 0 gets −A = +∞ so that expit
     gives exactly the 1 the general path puts there.
     """
+    return _alive_rows_on_grid(params, x, t_x, big_t, np.flatnonzero(x > 0))
+
+
+def _alive_rows_on_grid(params: BgNbdParams, x, t_x, big_t, rows: np.ndarray) -> np.ndarray:
+    """`_alive_on_grid`, worked out on `rows` (the repeat buyers, x > 0): everyone else's
+    −A is +∞ and their P(alive) exactly the 1 that expit gives there."""
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
     xs = np.arange(int(x.max()) + 1, dtype=np.float64)
     xb = np.where(xs > 0, xs, 1.0)
     minus_head = -(np.log(a) - np.log(b + xb - 1))
     minus_head[0] = np.inf
     log_at = np.log(alpha + np.arange(int(big_t.max()) + 1, dtype=np.float64))  # t_x ≤ T
-    return expit(minus_head[x] + (r + xs)[x] * (log_at[t_x] - log_at[big_t]))
+    xr = x[rows]
+    gap = log_at[t_x[rows]]
+    gap -= log_at[big_t[rows]]
+    gap *= (r + xs)[xr]
+    gap += minus_head[xr]
+    alive = np.ones(x.shape)
+    alive[rows] = expit(gap)
+    return alive
 
 
 def _numer_on_grid(params: BgNbdParams, t: float, a: float, x, big_t) -> np.ndarray:
     """expected_purchases' factor c/(a−1)·(1 − (1−z)^(a−1)·₂F₁(...)) that depends on (x, T)
     only: evaluated once per distinct pair present, then gathered."""
     n_t = int(big_t.max()) + 1
-    key = x * n_t + big_t
+    key = x * n_t
+    key += big_t
     present = np.zeros((int(x.max()) + 1) * n_t, dtype=bool)
     present[key] = True
     pairs = np.flatnonzero(present)
@@ -365,10 +391,13 @@ def alive_and_expected(
     nudged = params if a == params.a else replace(params, a=a)  # eq. 10 with the nudged a
     grid = _grid(frequency, recency, T)
     if grid is not None:
-        x, _, big_t = grid
-        alive = _alive_on_grid(params, *grid)
-        weight = alive if nudged is params else _alive_on_grid(nudged, *grid)
-        return alive, _numer_on_grid(params, t, a, x, big_t) * weight
+        x, t_x, big_t = grid
+        rows = np.flatnonzero(x > 0)  # repeat buyers: everyone else's P(alive) is exactly 1
+        alive = _alive_rows_on_grid(params, x, t_x, big_t, rows)
+        weight = alive if nudged is params else _alive_rows_on_grid(nudged, x, t_x, big_t, rows)
+        expected = _numer_on_grid(params, t, a, x, big_t)
+        expected[rows] *= weight[rows]  # × 1 elsewhere changes no bit
+        return alive, expected
     x, t_x, big_t = _columns(frequency, recency, T)
     numer = _numer(params, t, a, x.astype(np.float64), big_t.astype(np.float64))
     alive = _alive(params, x, t_x, big_t)

@@ -358,7 +358,11 @@ def visit_recency(
     since, term_since = on_days(
         last_visit, _calendar_days_since(as_of), _term_days_since(as_of, calendar)
     )
-    age = np.where(last_visit > LAST_NONE, as_of - np.minimum(first_visit, as_of), 0)
+    # age = as_of − min(first visit, as_of), 0 for those never seen: in one buffer, the zeros
+    # by multiplying (the same integers as np.where, without its masked pass).
+    age = np.minimum(first_visit, as_of)
+    np.subtract(as_of, age, out=age)
+    age *= last_visit > LAST_NONE
     return since, term_since, age
 
 
@@ -399,7 +403,9 @@ def repeat_from_span(
     """(frequency, recency, T) on `as_of` (see `repeat_purchases`)."""
     big_t = calendar.term_day_count(as_of) - span.at_start
     # Recency runs from the start to the last order; 0 for a non-buyer (start to start).
-    return span.frequency, np.minimum(span.at_end - span.at_start, big_t), big_t
+    recency = np.subtract(span.at_end, span.at_start)
+    np.minimum(recency, big_t, out=recency)
+    return span.frequency, recency, big_t
 
 
 def repeat_purchases(
@@ -424,7 +430,7 @@ def repeat_purchases(
 
 def shares(events: np.ndarray, *parts: np.ndarray) -> list[np.ndarray]:
     """Each part / events (0 for users without events: parts are subsets of the events)."""
-    per = np.maximum(events, 1).astype(np.float64)  # exact: counts are far below 2^53
+    per = np.maximum(events, 1.0)  # float64; exact: counts are far below 2^53
     return [part / per for part in parts]
 
 
@@ -437,9 +443,18 @@ def usual_hour(hour_sin: np.ndarray, hour_cos: np.ndarray, events: np.ndarray) -
     """The circular mean of event hours, rounded (23:00 and 01:00 average to midnight); -1
     without events. An exact tie between two hours goes whichever way the fixed-point
     rounding of the hour directions tips it."""
-    bucket = (np.arctan2(hour_sin, hour_cos) * (12 / np.pi) + 12.5).astype(np.int64)
-    np.putmask(bucket, events <= 0, 25)
+    angle = np.arctan2(hour_sin, hour_cos)
+    angle *= 12 / np.pi
+    angle += 12.5
+    bucket = angle.astype(np.int64)
+    bucket[np.flatnonzero(events <= 0)] = 25
     return _CLOCK[bucket]
+
+
+def _share_of(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """part / max(whole, 1) in float64, in one buffer."""
+    out = np.maximum(whole, 1.0)
+    return np.divide(part, out, out=out)
 
 
 def features_from(
@@ -451,6 +466,8 @@ def features_from(
     *,
     copy: bool = False,
     span: PurchaseSpan | None = None,
+    lazy: bool = False,
+    hour: np.ndarray | None = None,
 ) -> Features:
     """Every feature from the sums: the one implementation, for the batch and rolling paths.
 
@@ -458,25 +475,30 @@ def features_from(
     sums saw (the batch path sees only the look-back); `last_seen` after `as_of` counts as
     `as_of`. Sums that are features as they stand (visit days, orders, ...) go into the
     Features uncopied unless `copy` (for a caller that goes on updating them). `span` may
-    pass in `purchase_span` of these sums, already computed.
+    pass in `purchase_span` of these sums, already computed, and `hour` their `usual_hour`
+    (used as it is). With `lazy` the features no scoring rule reads (ON_READ) are worked out
+    when first read, from the sums as they are then: for a caller that reads them, if at
+    all, before changing the sums.
     """
     own = np.copy if copy else np.asarray
     last_visit, first_visit = sums.last_visit, sums.first_visit
     if last_seen is not None:
-        last_visit = np.maximum(last_visit, np.minimum(last_seen, as_of))
+        seen = np.minimum(last_seen, as_of)
+        last_visit = np.maximum(
+            last_visit, seen, out=seen if seen.dtype == last_visit.dtype else None
+        )
     if first_seen is not None:
         first_visit = np.minimum(first_visit, first_seen)
     since, term_since, age = visit_recency(last_visit, first_visit, as_of, calendar)
-    night, weekend = shares(sums.events, sums.night_events, sums.weekend_events)
     if span is None:
         span = purchase_span(
             sums.order_days, sums.first_order, sums.last_order, first_visit, as_of, calendar
         )
     frequency, recency, big_t = repeat_from_span(span, as_of, calendar)
-    return Features(
+    on_read = _on_read(sums, as_of)
+    eager = dict(
         days_since_visit=since,
         term_days_since_visit=term_since,
-        days_since_order=on_days(sums.last_order, _calendar_days_since(as_of))[0],
         age_days=age,
         visit_days_7=own(sums.visit_days_7),
         visit_days_14=own(sums.visit_days_14),
@@ -490,21 +512,72 @@ def features_from(
         spend_fen_90=own(sums.spend_fen_90),
         orders_total=own(sums.orders_total),
         spend_fen_total=own(sums.spend_fen_total),
-        session_min_7=session_minutes(sums.session_ms_7),
-        session_min_30=session_minutes(sums.session_ms_30),
         interactions_7=own(sums.interactions_7),
         interactions_30=own(sums.interactions_30),
         invites_total=own(sums.invites),
         content_total=own(sums.content),
         coupon_orders_total=own(sums.coupon_orders_total),
-        coupon_order_share=sums.coupon_orders_total / np.maximum(sums.orders_total, 1),
-        night_share=night,
-        weekend_share=weekend,
-        usual_hour=usual_hour(sums.hour_sin, sums.hour_cos, sums.events),
+        usual_hour=usual_hour(sums.hour_sin, sums.hour_cos, sums.events) if hour is None else hour,
         frequency=own(frequency),
         recency=recency,
         T=big_t,
     )
+    if lazy:
+        return _OnRead.of(eager, on_read)
+    return Features(**eager, **{name: on_read[name]() for name in ON_READ})
+
+
+# Features no scoring, tiering or targeting rule reads (shown to people and stored with the
+# scores): `features_from(lazy=True)` leaves them to be worked out when first read.
+ON_READ = (
+    "days_since_order",
+    "session_min_7",
+    "session_min_30",
+    "coupon_order_share",
+    "night_share",
+    "weekend_share",
+)
+
+
+def _on_read(sums: UserSums, as_of: int) -> dict:
+    """The ON_READ features of `sums` on `as_of`, each as a function of no arguments."""
+    both: list[np.ndarray] = []
+
+    def share(i: int):
+        def get() -> np.ndarray:
+            if not both:  # night and weekend shares share their divisor
+                both.extend(shares(sums.events, sums.night_events, sums.weekend_events))
+            return both[i]
+
+        return get
+
+    return {
+        "days_since_order": lambda: on_days(sums.last_order, _calendar_days_since(as_of))[0],
+        "session_min_7": lambda: session_minutes(sums.session_ms_7),
+        "session_min_30": lambda: session_minutes(sums.session_ms_30),
+        "coupon_order_share": lambda: _share_of(sums.coupon_orders_total, sums.orders_total),
+        "night_share": share(0),
+        "weekend_share": share(1),
+    }
+
+
+class _OnRead(Features):
+    """Features whose ON_READ columns are worked out when first read (then kept)."""
+
+    @classmethod
+    def of(cls, eager: dict, pending: dict) -> _OnRead:
+        out = object.__new__(cls)
+        out.__dict__.update(eager)
+        out.__dict__["_pending"] = pending
+        return out
+
+    def __getattr__(self, name: str):  # only called for what is not set yet
+        pending = self.__dict__.get("_pending", {})
+        if name not in pending:
+            raise AttributeError(name)
+        value = pending.pop(name)()
+        setattr(self, name, value)
+        return value
 
 
 def compute_features(

@@ -40,6 +40,7 @@ from backend.core.features import (
     KIND_CODES,
     LAST_NONE,
     LOOKBACK_WIDTH,
+    ON_READ,
     EventColumns,
     Features,
     OrderColumns,
@@ -49,6 +50,7 @@ from backend.core.features import (
     is_weekend,
     purchase_span,
     session_ms,
+    usual_hour,
 )
 
 # Which day total feeds which sum, per window width (None: all time). "visited" is a day with
@@ -176,6 +178,7 @@ class DayTotals:
 
 
 _COLUMNS = tuple(f.name for f in fields(DayTotals))[2:]
+_HOUR_COLUMNS = ("events", "hour_sin", "hour_cos")  # the look-back sums the usual hour reads
 _INDEX_COLUMNS = tuple(column for _, column in WINDOWED[7])  # what the activity index reads
 _NARROW = [np.dtype(t) for t in (np.int8, np.int16, np.int32)]
 COMPACT_AFTER = 30  # days: older kept days are read only when leaving the 90-day and look-back
@@ -292,6 +295,10 @@ class DailyFold:
         self._span_for: tuple[TermCalendar, np.ndarray | None] | None = None
         self._span_stale: list[np.ndarray] = []
         self._span_capped = np.zeros(0, dtype=np.intp)
+        # The usual hour of the last features(copy=False) call, and the users whose look-back
+        # hour sums moved since (only those are worked out again).
+        self._hour: np.ndarray | None = None
+        self._hour_stale: list[np.ndarray] = []
 
     def add_day(self, totals: DayTotals) -> None:
         """Fold in the day after the last one (any day to start with), or more of the last
@@ -312,7 +319,7 @@ class DailyFold:
                 raise ValueError(f"DayTotals.{name} must have one value per user row")
         kept = _Kept.of(totals, user)
         if day == self.day:
-            self._extend_last_day(kept)
+            self._extend_last_day(kept, user)
             return
         for pairs in WINDOWED.values():
             self._apply(kept, pairs, np.add.at)
@@ -355,7 +362,7 @@ class DailyFold:
         if sum(r.size for r in self._span_stale) > self.n_users:
             self._span, self._span_stale = None, []  # cheaper to compute afresh
 
-    def _extend_last_day(self, more: _Kept) -> None:
+    def _extend_last_day(self, more: _Kept, user: np.ndarray) -> None:
         """Add more totals to the last day: into every window it is in (nothing leaves), and
         into the day's kept totals so they leave their windows with it later. A user already
         active that day is not counted a second visit or order day."""
@@ -381,21 +388,26 @@ class DailyFold:
                 ones = np.ones(rows.size, np.int64) if values is None else values
                 merged = np.concatenate([ones0.astype(np.int64), ones.astype(np.int64)])
             today.columns[name] = (np.concatenate([rows0, rows]), merged)
-        self._update_index(day, today, extending=True)
+        # Only the rows of the added totals can have moved since the day's index was made.
+        self._update_index(day, more, extending=True, rows=user)
 
-    def _update_index(self, day: int, kept: _Kept, extending: bool = False) -> None:
+    def _update_index(
+        self, day: int, kept: _Kept, extending: bool = False, rows: np.ndarray | None = None
+    ) -> None:
         """Today's activity index. It is a function of each user's 7-day sums alone, which
         moved only for users active today or 7 days ago: the others keep yesterday's value
-        (or, when the day is being extended, the value it already has)."""
+        (or, when the day is being extended, the value it already has; `rows` then covers
+        every user whose sums the extension moved)."""
         s = self._sums
-        touched = [
-            k.columns[c][0]
-            for k in (kept, self._kept_day(day - 7))
-            if k is not None
-            for c in _INDEX_COLUMNS
-            if c in k.columns
-        ]
-        rows = self._union(touched)
+        if rows is None:
+            touched = [
+                k.columns[c][0]
+                for k in (kept, self._kept_day(day - 7))
+                if k is not None
+                for c in _INDEX_COLUMNS
+                if c in k.columns
+            ]
+            rows = self._union(touched)
         slot = self._index[day % HISTORY_DAYS]
         if (self.day is None and not extending) or 2 * rows.size > self.n_users:
             slot[:] = index_from_sums(s.visit_days_7, s.session_ms_7, s.orders_7, s.interactions_7)
@@ -408,7 +420,7 @@ class DailyFold:
 
     def _union(self, parts: list[np.ndarray]) -> np.ndarray:
         """The distinct users in some sorted row arrays, sorted."""
-        parts = [p for p in parts if p.size]
+        parts = list({id(p): p for p in parts if p.size}.values())  # columns share arrays
         if len(parts) <= 1:
             return parts[0].astype(np.intp, copy=False) if parts else np.zeros(0, dtype=np.intp)
         mask = np.zeros(self.n_users, dtype=bool)
@@ -427,6 +439,10 @@ class DailyFold:
             entry = kept.columns.get(column)
             if entry is not None:
                 rows, values = entry
+                if self._hour is not None and column in _HOUR_COLUMNS:
+                    self._hour_stale.append(rows)
+                    if len(self._hour_stale) > 3 * LOOKBACK_WIDTH:  # not asked for in a while
+                        self._hour, self._hour_stale = None, []
                 # int64 into int64 at intp rows: np.ufunc.at is ~100× slower when it casts.
                 values = 1 if values is None else values.astype(np.int64, copy=False)
                 op(getattr(self._sums, sum_name), rows.astype(np.intp, copy=False), values)
@@ -458,23 +474,50 @@ class DailyFold:
         Features that are running sums as they stand (visit days, orders, spend, ...) are
         copies; with `copy` false they are the fold's own arrays, read-only, and the next
         add_day or features() changes them: for a caller done with the night's features by
-        then (17 copies of a column of a million users are ~20 ms).
+        then (17 copies of a column of a million users are ~20 ms). With `copy` false the
+        features no scoring rule reads (core.features.ON_READ) are also only worked out if
+        read (`features_from(lazy=True)`): by then too.
         """
         day = self._as_of(as_of)
         span = self._purchase_span(day, calendar, first_seen)
+        hour = None if copy else self._usual_hour()
         feats = features_from(
-            self._sums, day, calendar, first_seen, last_seen, copy=copy, span=span
+            self._sums,
+            day,
+            calendar,
+            first_seen,
+            last_seen,
+            copy=copy,
+            span=span,
+            lazy=not copy,
+            hour=hour,
         )
         if not copy:
             owned = {id(getattr(self._sums, f.name)) for f in fields(UserSums)}
             owned |= {id(getattr(span, f.name)) for f in fields(PurchaseSpan)}
+            owned.add(id(hour))
             for f in fields(feats):
+                if f.name in ON_READ:
+                    continue  # worked out afresh when read: never the fold's own
                 value = getattr(feats, f.name)
                 if id(value) in owned:
                     value = value.view()
                     value.flags.writeable = False
                     setattr(feats, f.name, value)
         return feats
+
+    def _usual_hour(self) -> np.ndarray:
+        """The usual hour (core.features.usual_hour) of every user, kept between calls and
+        worked out again only for the users whose look-back hour sums moved since."""
+        s = self._sums
+        stale = sum(r.size for r in self._hour_stale)
+        if self._hour is None or 2 * stale > self.n_users:
+            self._hour = usual_hour(s.hour_sin, s.hour_cos, s.events)
+        elif stale:
+            rows = self._union(self._hour_stale)
+            self._hour[rows] = usual_hour(s.hour_sin[rows], s.hour_cos[rows], s.events[rows])
+        self._hour_stale = []
+        return self._hour
 
     def _purchase_span(
         self, day: int, calendar: TermCalendar, first_seen: np.ndarray | None
@@ -521,9 +564,19 @@ class DailyFold:
         self._span_stale = []
         return self._span
 
-    def activity(self, calendar: TermCalendar, as_of: int | None = None) -> Activity:
-        """What `compute_activity` gives on the same days' columns."""
+    def activity(
+        self, calendar: TermCalendar, as_of: int | None = None, *, copy: bool = True
+    ) -> Activity:
+        """What `compute_activity` gives on the same days' columns. With `copy` false the
+        recent indices (and today's) may be a read-only view of the fold's own days, which
+        the next add_day changes (see `features`)."""
         day = self._as_of(as_of)
-        recent = [self._index[(day - k) % HISTORY_DAYS] for k in range(WARNING_DAYS)]
+        slot = day % HISTORY_DAYS
+        recent: list[np.ndarray] | np.ndarray
+        if not copy and slot >= WARNING_DAYS - 1:  # today, yesterday, ... are adjacent rows
+            recent = self._index[slot - WARNING_DAYS + 1 : slot + 1][::-1]
+            recent.flags.writeable = False
+        else:
+            recent = [self._index[(day - k) % HISTORY_DAYS] for k in range(WARNING_DAYS)]
         past = [self._index[(day - k) % HISTORY_DAYS] for k in BASELINE_OFFSETS]
         return activity_from(recent, past, calendar, day)

@@ -53,8 +53,8 @@ class Scores:
 
 def fit_for(features: Features) -> bgnbd.BgNbdParams | None:
     """BG/NBD on the users who have bought (time 0 is a first purchase), when there are enough."""
-    buyers = features.frequency + (features.spend_fen_total > 0) > 0
-    if int(buyers.sum()) < MIN_BUYERS_TO_FIT or not np.any(features.frequency[buyers] > 0):
+    buyers = np.flatnonzero(features.frequency + (features.spend_fen_total > 0) > 0)
+    if buyers.size < MIN_BUYERS_TO_FIT or not np.any(features.frequency[buyers] > 0):
         return None
     params = bgnbd.fit_bgnbd(
         features.frequency[buyers], features.recency[buyers], features.T[buyers]
@@ -153,4 +153,5 @@ def score_fold(
     path): the same Scores as `score_users` on that day's columns. `copy`: see
     `DailyFold.features`."""
     feats = fold.features(calendar, first_seen=first_seen, last_seen=last_seen, copy=copy)
-    return scores_from(feats, fold.activity(calendar), config, params=params, fit=fit)
+    act = fold.activity(calendar, copy=copy)
+    return scores_from(feats, act, config, params=params, fit=fit)

@@ -86,16 +86,24 @@ def assign_tiers(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(tier index into TIERS, reason index into REASONS) per user."""
     silent = np.asarray(term_days_since_visit)
-    risky = np.nan_to_num(np.asarray(risk_score, dtype=np.float64), nan=0.0)
+    risk = np.asarray(risk_score, dtype=np.float64)
+    risky = risk >= config.risk_score_threshold
+    if config.risk_score_threshold <= 0:  # an unknown risk (NaN) counts as 0
+        risky |= np.isnan(risk)
     rules = [
         (silent >= config.churned_silent_days, CHURNED, 6),
         (silent >= config.risk_silent_days, RISK, 3),
-        (risky >= config.risk_score_threshold, RISK, 4),
+        (risky, RISK, 4),
         (np.asarray(warning, dtype=bool), RISK, 5),
         (np.asarray(age_days) <= config.new_days, NEW, 0),
         (np.asarray(visit_days_30) < config.low_frequency_visit_days, LOW, 2),
     ]
-    conditions = [c for c, _, _ in rules]
-    tier = np.select(conditions, [t for _, t, _ in rules], default=ACTIVE).astype(np.int8)
-    reason = np.select(conditions, [r for _, _, r in rules], default=1).astype(np.int8)
-    return tier, reason
+    # First match wins: rule k of the 6 ranks 6 − k, the best-ranked rule that holds is kept
+    # (small-integer arithmetic, no masked writes), then tier and reason are looked up.
+    shape = np.broadcast_shapes(*(np.shape(c) for c, _, _ in rules))
+    best = np.zeros(shape, dtype=np.int8)  # 0: no rule holds
+    for rank, (condition, _, _) in enumerate(reversed(rules), start=1):
+        np.maximum(best, np.multiply(condition, np.int8(rank), dtype=np.int8), out=best)
+    tiers = np.array([ACTIVE, *(t for _, t, _ in reversed(rules))], dtype=np.int8)
+    reasons = np.array([1, *(r for _, _, r in reversed(rules))], dtype=np.int8)
+    return np.take(tiers, best), np.take(reasons, best)

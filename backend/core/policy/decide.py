@@ -128,43 +128,58 @@ def touch_table(policy: Policy, coupon_face_fen: Mapping[str, int]):
 
 
 def _eligibility(policy: Policy, u: UserState) -> np.ndarray:
-    """Reason code per user; 0 means eligible. The first failed rule is the reason."""
+    """Reason code per user; 0 means eligible. The first failed rule is the reason.
+
+    Each rule is checked only on the users every earlier rule let through (the rules are
+    per user, so this gives the same codes): most users fail on the first ones, and the
+    later rules read a few columns of the few left, not a million rows each."""
     n = len(u)
     reason = np.zeros(n, dtype=np.int8)
+    left = np.arange(n)
 
-    def fail(mask: np.ndarray, name: str) -> None:
-        reason[(reason == 0) & mask] = R[name]
+    def fail(failed: np.ndarray, name: str) -> None:
+        nonlocal left
+        reason[left[np.flatnonzero(failed)]] = R[name]
+        left = left[np.flatnonzero(~failed)]
 
-    fail(np.asarray(u.opted_out, bool), "opted_out")
-    fail(~np.isin(u.tier, policy.tiers), "tier")
+    # The first two rules over everyone in small-integer arithmetic (no masked writes).
+    opted_out = np.asarray(u.opted_out, bool)
+    tier = np.asarray(u.tier)
+    in_tiers = np.zeros(n, dtype=bool)
+    for t in np.unique(np.asarray(policy.tiers)).tolist():  # as np.isin: any of the tiers
+        in_tiers |= tier == t
+    np.multiply(opted_out, np.int8(R["opted_out"]), out=reason)
+    reason += np.multiply(~(opted_out | in_tiers), np.int8(R["tier"]), dtype=np.int8)
+    left = np.flatnonzero(reason == 0)
     if policy.segments:
-        fail(~np.isin(u.segment, policy.segments), "segment")
+        fail(~np.isin(np.asarray(u.segment)[left], policy.segments), "segment")
     if policy.trigger is None:
-        silent = np.asarray(u.term_days_silent)
+        silent = np.asarray(u.term_days_silent)[left]
         fail((silent < policy.min_days_silent) | (silent > policy.max_days_silent), "silence")
     else:
         if u.days_since_trigger is None:
             raise ValueError("a trigger policy needs days_since_trigger")
-        fail(np.asarray(u.days_since_trigger) < 0, "no_trigger")
-    worth = np.asarray(u.worth_recalling, bool)
+        fail(np.asarray(u.days_since_trigger)[left] < 0, "no_trigger")
+    worth = np.asarray(u.worth_recalling, bool)[left]
     if policy.worth_recalling == "yes":
         fail(~worth, "not_worth")
     elif policy.worth_recalling == "no":
         fail(worth, "not_worth")
-    fail(np.asarray(u.value_fen) < policy.min_value_fen, "low_value")
+    fail(np.asarray(u.value_fen)[left] < policy.min_value_fen, "low_value")
     return reason
 
 
-def _priority(policy: Policy, u: UserState) -> np.ndarray:
-    """Higher first. Risk: 1 − P(alive), the churn-risk tiers first when the model is absent."""
+def _priority(policy: Policy, u: UserState, idx: np.ndarray) -> np.ndarray:
+    """Higher first, for the users `idx`. Risk: 1 − P(alive), the churn-risk tiers first when
+    the model is absent."""
     if policy.rank_by == "uplift":
         if u.uplift is None:
             raise ValueError(f"policy {policy.name} ranks by uplift but no uplift was given")
-        return np.nan_to_num(np.asarray(u.uplift, dtype=np.float64), nan=-np.inf)
+        return np.nan_to_num(np.asarray(u.uplift)[idx].astype(np.float64), nan=-np.inf)
     if policy.rank_by == "value":
-        return np.asarray(u.value_fen, dtype=np.float64)
-    risk = 1.0 - np.asarray(u.p_alive, dtype=np.float64)
-    fallback = np.isin(u.tier, (RISK, CHURNED)).astype(np.float64) * 0.5
+        return np.asarray(u.value_fen)[idx].astype(np.float64)
+    risk = 1.0 - np.asarray(u.p_alive)[idx].astype(np.float64)
+    fallback = np.isin(np.asarray(u.tier)[idx], (RISK, CHURNED)).astype(np.float64) * 0.5
     return np.where(np.isnan(risk), fallback, risk)
 
 
@@ -208,33 +223,38 @@ def decide(
     rng = np.random.default_rng(
         [seed & 0xFFFFFFFF, day & 0xFFFFFFFF, int(salt_of(salt, policy.name)) & 0xFFFFFFFF]
     )
+    if policy.rank_by == "uplift" and u.uplift is None:
+        raise ValueError(f"policy {policy.name} ranks by uplift but no uplift was given")
     days, channel_of, cost_of = touch_table(policy, state.coupon_face_fen)
     status = np.full(n, NOT_ELIGIBLE, dtype=np.int8)
     reason = _eligibility(policy, u)
-    arm = np.asarray(u.journey_arm, dtype=np.int16).copy()
     step = np.full(n, -1, dtype=np.int8)
     channel = np.full(n, -1, dtype=np.int8)
-    cost = np.zeros(n, dtype=np.int64)
-    tier = np.asarray(u.tier, dtype=np.int64)
 
+    # From here on only the eligible users are looked at: columns as `eligible` rows.
     eligible = np.flatnonzero(reason == 0)
+    arm_e = np.asarray(u.journey_arm)[eligible].astype(np.int16)
     if policy.trigger is None:
-        journey_day = np.asarray(u.term_days_silent, dtype=np.int64) - policy.lapse_after_days
+        journey_e = np.asarray(u.term_days_silent)[eligible].astype(np.int64)
+        journey_e -= policy.lapse_after_days
     else:
-        journey_day = np.asarray(u.days_since_trigger, dtype=np.int64)
+        journey_e = np.asarray(u.days_since_trigger)[eligible].astype(np.int64)
 
     # Arms for new journeys (continuing journeys keep theirs).
-    new = eligible[arm[eligible] < 0]
-    arm[new] = _assign(policy, state, u, new, tier[new], f"{salt}:{policy.name}", rng)
-    no_arm = eligible[arm[eligible] < 0]
-    reason[no_arm] = R["no_arm_for_tier"]
-    live = eligible[arm[eligible] >= 0]
+    fresh = arm_e < 0
+    new = eligible[fresh]
+    tier_new = np.asarray(u.tier)[new].astype(np.int64)
+    arm_e[fresh] = _assign(policy, state, u, new, tier_new, f"{salt}:{policy.name}", rng)
+    has_arm = arm_e >= 0
+    reason[eligible[~has_arm]] = R["no_arm_for_tier"]
+    live = eligible[has_arm]
 
     # Which touch is due: the latest one whose day has come, if not yet sent and not stale.
-    jd = journey_day[live]
-    a = arm[live].astype(np.int64)
+    jd = journey_e[has_arm]
+    live_arm = arm_e[has_arm]
+    a = live_arm.astype(np.int64)
     reached = (days[a] <= jd[:, None]).sum(axis=1) - 1
-    last = np.asarray(u.last_step, dtype=np.int64)[live]
+    last = np.asarray(u.last_step)[live].astype(np.int64)
     n_touches = (days[a] < (1 << 30)).sum(axis=1)
     # A journey already under way does not send a touch long after its day (a "day 1"
     # message on day 9 says the wrong thing); a new one starts at whatever step is reached.
@@ -248,70 +268,84 @@ def decide(
     status[live] = NOT_DUE
     due_idx = live[due]
     k = reached[due]
+    arm_due = live_arm[due]
     step[due_idx] = k
-    channel[due_idx] = channel_of[arm[due_idx], k]
-    cost[due_idx] = cost_of[arm[due_idx], k]
+    channel[due_idx] = channel_of[arm_due, k]
+    cost_due = cost_of[arm_due, k]
 
     # Targeting: new journeys below the top share are left alone; ongoing ones continue.
-    priority = _priority(policy, u)
-    starting = due_idx[np.asarray(u.last_step)[due_idx] < 0]
+    starting = due_idx[last[due] < 0]
     if policy.top_share < 1 and starting.size:
         keep = int(np.floor(policy.top_share * starting.size + 1e-9))
-        ranked = starting[np.argsort(-priority[starting], kind="stable")]
+        ranked = starting[np.argsort(-_priority(policy, u, starting), kind="stable")]
         reason[ranked[keep:]] = R["not_targeted"]
 
     # Guard rails, the same for holdout and treated users; the first failure is the reason.
+    reason_due = reason[due_idx]
+
     def guard(mask: np.ndarray, name: str) -> None:
-        sel = due_idx[(reason[due_idx] == 0) & mask]
-        reason[sel] = R[name]
+        reason_due[(reason_due == 0) & mask] = R[name]
 
     ch = channel[due_idx].astype(np.int64)
     guard(np.asarray(u.ignored_streak)[due_idx] >= policy.suppress_after_ignored, "suppressed")
-    guard(np.asarray(state.paused, bool)[arm[due_idx]], "stop_loss")
+    guard(np.asarray(state.paused, bool)[arm_due], "stop_loss")
     guard(np.asarray(u.touches_30d)[due_idx] >= policy.touches_per_30d, "capped_30d")
     week_cap = np.asarray(policy.per_channel_week)[ch]
     guard(np.asarray(u.channel_week)[due_idx, ch] >= week_cap, "capped_channel")
-    guard(~_permitted(policy, u, due_idx, arm[due_idx], step[due_idx], ch), "no_permission")
+    guard(~_permitted(policy, u, due_idx, arm_due, step[due_idx], ch), "no_permission")
 
     # Holdout by a stable hash of (tenant, policy, user): the same users every day.
-    held = stable_unit(u.user_key, salt_of(salt, policy.name, "holdout")) < policy.holdout_share
+    held = stable_unit(np.asarray(u.user_key)[due_idx], salt_of(salt, policy.name, "holdout"))
+    held = held < policy.holdout_share
 
     # Budget: walk the survivors by priority; once the treated spend would pass the budget,
     # everyone after (treated or holdout alike) is skipped.
-    ok = due_idx[reason[due_idx] == 0]
+    ok = np.flatnonzero(reason_due == 0)  # positions in due_idx
     if policy.run_budget_fen is not None and ok.size:
-        ranked = ok[np.argsort(-priority[ok], kind="stable")]
-        spend = np.cumsum(np.where(held[ranked], 0, cost[ranked]))
+        ranked = ok[np.argsort(-_priority(policy, u, due_idx[ok]), kind="stable")]
+        spend = np.cumsum(np.where(held[ranked], 0, cost_due[ranked]))
         over = spend > policy.run_budget_fen
-        reason[ranked[over]] = R["budget"]
-        ok = ranked[~over]
+        reason_due[ranked[over]] = R["budget"]
 
-    final = reason[due_idx] != 0
-    status[due_idx] = np.where(final, SKIPPED, np.where(held[due_idx], HOLDOUT, SEND))
+    final = reason_due != 0
+    status_due = np.where(final, SKIPPED, np.where(held, HOLDOUT, SEND)).astype(np.int8)
+    status[due_idx] = status_due
+    reason[due_idx] = reason_due
+    acting_due = ~final
+    acting = due_idx[acting_due]
+    reason[acting] = 0
+    sending = due_idx[status_due == SEND]
+    arm_out = np.full(n, -1, dtype=np.int16)  # for the due, not due and skipped
+    arm_out[live] = live_arm
+    cost = np.zeros(n, dtype=np.int64)
+    cost[sending] = cost_due[status_due == SEND]
 
     # When: a fixed hour or the user's own usual hour, moved out of quiet hours.
     planned = (
-        np.full(n, policy.send_hour, dtype=np.int16)
+        np.full(acting.size, policy.send_hour, dtype=np.int16)
         if policy.send_hour is not None
-        else np.asarray(u.usual_hour, dtype=np.int16)
+        else np.asarray(u.usual_hour)[acting].astype(np.int16)
     )
     hour, defer = out_of_quiet_hours(planned)
-    card = np.isin(channel, [CHANNELS.index(c) for c in QUIET_EXEMPT_CHANNELS])
+    card = np.isin(channel[acting], [CHANNELS.index(c) for c in QUIET_EXEMPT_CHANNELS])
     hour = np.where(card, planned, hour)
     defer = np.where(card, 0, defer)
-    quiet = hour != planned
-    acting = (status == SEND) | (status == HOLDOUT)
-    sent_arm = np.where(acting | (status == SKIPPED) | (status == NOT_DUE), arm, -1)
+    send_hour = np.full(n, -1, dtype=np.int8)
+    send_hour[acting] = hour
+    defer_days = np.zeros(n, dtype=np.int8)
+    defer_days[acting] = defer
+    quiet = np.zeros(n, dtype=bool)
+    quiet[acting] = hour != planned
     return Decisions(
         status=status,
-        reason=np.where(acting, 0, reason).astype(np.int8),
-        arm=sent_arm.astype(np.int16),
-        step=np.where(acting | (status == SKIPPED), step, -1).astype(np.int8),
-        channel=np.where(acting | (status == SKIPPED), channel, -1).astype(np.int8),
-        send_hour=np.where(acting, hour, -1).astype(np.int8),
-        defer_days=np.where(acting, defer, 0).astype(np.int8),
-        quiet_deferred=acting & quiet,
-        cost_fen=np.where(status == SEND, cost, 0),
+        reason=reason,
+        arm=arm_out,
+        step=step,
+        channel=channel,
+        send_hour=send_hour,
+        defer_days=defer_days,
+        quiet_deferred=quiet,
+        cost_fen=cost,
     )
 
 

@@ -34,8 +34,9 @@ UNKNOWN_HOUR_SENDS_AT = 12  # a user with no activity hour yet is written to at 
 
 def contact_hour(usual_hour: np.ndarray) -> np.ndarray:
     """The hour to write to each user: their usual hour, or noon when none is known (-1)."""
-    hour = np.asarray(usual_hour, dtype=np.int64)
-    return np.where(hour < 0, UNKNOWN_HOUR_SENDS_AT, hour)
+    hour = np.array(usual_hour, dtype=np.int64)  # a copy, the unknown ones then set
+    hour[np.flatnonzero(hour < 0)] = UNKNOWN_HOUR_SENDS_AT
+    return hour
 
 
 def planned_send_ms(day: int, defer_days: np.ndarray, send_hour: np.ndarray) -> np.ndarray:
@@ -99,10 +100,12 @@ def ignored_streaks(
     u = user_index[order]
     ig = np.asarray(ignored, dtype=bool)[order]
     starts = np.flatnonzero(np.diff(u, prepend=-1))
+    counts = np.diff(starts, append=u.size)  # touches per user (users with any, in order)
     # position of each touch within its user's newest-first list
-    pos = np.arange(u.size) - np.repeat(starts, np.diff(starts, append=u.size))
+    pos = np.arange(u.size) - np.repeat(starts, counts)
     # the first answered touch per user bounds the streak; none answered: all ignored
-    first_answered = np.full(n_users, np.iinfo(np.int64).max)
-    np.minimum.at(first_answered, u[~ig], pos[~ig])
-    counts = np.bincount(u, minlength=n_users)
-    return np.minimum(first_answered, counts)
+    first_answered = np.full(starts.size, np.iinfo(np.int64).max)
+    group = np.repeat(np.arange(starts.size), counts)
+    np.minimum.at(first_answered, group[~ig], pos[~ig])
+    out[u[starts]] = np.minimum(first_answered, counts)  # only users with touches: not n
+    return out

@@ -46,7 +46,9 @@ def history_state(h: TouchHistory, n: int, today: int, journey_start: np.ndarray
     touches_30d = np.bincount(h.user[h.active & (h.day >= today - 29)], minlength=n)
     channel_week = np.zeros((n, len(CHANNELS)), dtype=np.int64)
     week = h.active & (h.day >= today - 6)
-    np.add.at(channel_week, (h.user[week], h.channel[week]), 1)
+    # Counted at flat (user, channel) positions: the rows touched are few, the table large.
+    flat = h.user[week].astype(np.intp) * len(CHANNELS) + h.channel[week].astype(np.intp)
+    np.add.at(channel_week.reshape(-1), flat, 1)
     done = h.measured & h.attributed
     ignored = ignored_streaks(h.user[done], h.sent[done], ~h.returned[done], n)
     ours = (h.arm >= 0) & h.journey & (h.day >= journey_start[h.user])
