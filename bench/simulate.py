@@ -60,11 +60,20 @@ class Student(mesa.Agent):
         self.last_visit = NEVER
         self.orders = 0
         self.spend_fen = 0
+        self.friends: list[Student] = []
 
     def step(self) -> None:
         m, p, rnd = self.model, self.p, self.model.random
         factor, in_break = m.factor, m.in_break
         prob = p.revive_p * factor if self.churned else p.visit_p * self.engagement * factor
+        friend_hazard = 0.0
+        if p.follows_friends and self.friends:
+            k = len(self.friends)
+            out = sum(f.last_visit >= m.day - 1 for f in self.friends) / k
+            gone = sum(f.churned for f in self.friends) / k
+            prob = min(1.0, prob * (1 + p.follows_friends * m.params.friend_pull * out))
+            if gone > m.params.friend_leave_threshold:
+                friend_hazard = p.follows_friends * m.params.friend_leave_hazard
         visited = rnd.random() < prob
         if visited and self.churned:
             self.churned = False
@@ -78,6 +87,7 @@ class Student(mesa.Agent):
         self.engagement = min(1.0, self.engagement * self.decay + (p.boost if ordered else 0.0))
         if not in_break and not self.churned and not visited:
             hazard = p.churn_base + p.churn_slope * (1.0 - self.engagement) ** 2
+            hazard += friend_hazard
             self.churned = rnd.random() < hazard
 
 
@@ -89,6 +99,13 @@ class OrganicAgentsModel(mesa.Model):
         shares = [p.share for p in self.params.personas]
         for persona in self.random.choices(self.params.personas, weights=shares, k=users):
             Student(self, persona)
+        students = list(self.agents)
+        for s in students:
+            s.friends = [
+                f
+                for f in self.random.sample(students, self.params.friends_per_user + 1)
+                if f is not s
+            ][: self.params.friends_per_user]
         self.day = day_number(DEFAULT_START)
         self.factor, self.in_break = 1.0, False
 

@@ -479,7 +479,7 @@ def fit_response(touches: TouchColumns, log: Log, base: SimParams) -> tuple[dict
                 "holdout_rate": round(rh, 4),
                 "effect": round(rt - rh, 4),
                 "effect_se": round(se, 4),
-                "expected_effect": round(expected, 4),
+                "expected_effect": round(expected, 6),  # the factor divides by it
             }
         )
         if expected <= 0:
@@ -636,6 +636,8 @@ KEPT_AT_DEFAULTS = {
     "both silent; the decline is fitted as the half-life",
     "persona ratios": "each parameter is one factor over all personas (visit_p, half-life, "
     "order_p, aov, sigma): the ratios between personas are the defaults'",
+    "friends": "who is whose friend is not in the event log (invites name the inviter only "
+    "once): the friend graph and its pull and hazard are the defaults'",
 }
 
 

@@ -29,6 +29,7 @@ class CampusState:
     orders: np.ndarray
     spend_fen: np.ndarray
     usual_hour: np.ndarray  # China hour they usually open the mini-program
+    friends: np.ndarray  # (users × friends_per_user) row numbers of each user's friends
 
     def copy(self) -> CampusState:
         return replace(self, **{f.name: getattr(self, f.name).copy() for f in fields(self)})
@@ -50,6 +51,8 @@ class PersonaColumns:
     churn_base: np.ndarray
     churn_slope: np.ndarray
     revive_p: np.ndarray
+    follows: np.ndarray  # how much friends move each user (0 for most)
+    social_rows: np.ndarray  # the users friends move at all
 
     @classmethod
     def of(cls, params: SimParams, persona: np.ndarray) -> PersonaColumns:
@@ -67,6 +70,8 @@ class PersonaColumns:
             churn_base=col([p.churn_base for p in ps]),
             churn_slope=col([p.churn_slope for p in ps]),
             revive_p=col([p.revive_p for p in ps]),
+            follows=(follows := col([p.follows_friends for p in ps])),
+            social_rows=np.flatnonzero(follows > 0),
         )
 
 
@@ -112,16 +117,41 @@ def new_campus(params: SimParams, n: int, rng: np.random.Generator) -> CampusSta
     persona = rng.choice(len(shares), size=n, p=shares / shares.sum()).astype(np.int8)
     lo, hi = params.start_engagement
     hours = np.array([8, 11, 12, 12, 17, 18, 18, 21, 22, 23])  # meal times and late snacks
+    engagement = rng.uniform(lo, hi, n)
+    usual_hour = rng.choice(hours, size=n).astype(np.int8)
+    k = params.friends_per_user if n > 1 else 0
+    # Friends anywhere on campus but never oneself: an offset of 1..n−1 from one's own row.
+    friends = (np.arange(n)[:, None] + rng.integers(1, max(n, 2), size=(n, k))) % max(n, 1)
     return CampusState(
         persona=persona,
-        engagement=rng.uniform(lo, hi, n),
+        engagement=engagement,
         churned=np.zeros(n, dtype=bool),
         last_visit=np.full(n, NEVER, dtype=np.int64),
         visits=np.zeros(n, dtype=np.int32),
         orders=np.zeros(n, dtype=np.int32),
         spend_fen=np.zeros(n, dtype=np.int64),
-        usual_hour=rng.choice(hours, size=n).astype(np.int8),
+        usual_hour=usual_hour,
+        friends=friends.astype(np.int32),
     )
+
+
+def friend_effects(
+    state: CampusState, cols: PersonaColumns, params: SimParams, day: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For the users who follow their friends (`cols.social_rows`): the factor on today's
+    visit probability (friends who were around yesterday draw them in) and the added hazard
+    of leaving (more than the threshold share of their friends gone). Read before the day
+    changes anything, so the order users are visited in does not matter."""
+    rows = cols.social_rows
+    if rows.size == 0 or state.friends.shape[1] == 0:
+        return np.ones(0), np.zeros(0)
+    friends = state.friends[rows]
+    out_yesterday = (state.last_visit[friends] == day - 1).mean(axis=1)
+    gone = state.churned[friends].mean(axis=1)
+    follows = cols.follows[rows]
+    pull = 1.0 + follows * params.friend_pull * out_yesterday
+    hazard = follows * params.friend_leave_hazard * (gone > params.friend_leave_threshold)
+    return pull, hazard
 
 
 def organic_day(
@@ -141,6 +171,8 @@ def organic_day(
     twin passes None. During breaks nobody leaves: silence over a vacation is not churn.
     """
     churned = state.churned
+    social = cols.social_rows
+    pull, friend_hazard = friend_effects(state, cols, params, day)
     # p = visit_p · engagement · factor, or revive_p · factor for the churned: one of the two
     # over everyone, then the other over the fewer rows it is for (row lists, not masks:
     # masked writes are slow in numpy).
@@ -153,6 +185,8 @@ def organic_day(
         p = cols.revive_p * factor
         alive = np.flatnonzero(~churned)
         p[alive] = cols.visit_p[alive] * state.engagement[alive] * factor
+    if social.size:
+        p[social] = np.minimum(p[social] * pull, 1.0)
     if visit_lift is not None:
         # p + (1 − p)·lift, on the rows with a lift (elsewhere it adds 0 and changes nothing).
         lifted = np.flatnonzero(visit_lift)
@@ -191,6 +225,10 @@ def organic_day(
         np.square(hazard, out=hazard)
         hazard *= cols.churn_slope[stay]
         hazard += cols.churn_base[stay]
+        if social.size:  # friends leaving: the social follow them out
+            extra = np.zeros(len(state))
+            extra[social] = friend_hazard
+            hazard += extra[stay]
         left[stay] = draws.churn[stay] < hazard
         churned |= left
     return DayActivity(visited, ordered, amount, revived, left)

@@ -29,6 +29,7 @@ class Persona:
     churn_base: float  # daily hazard of leaving at full engagement
     churn_slope: float  # added hazard as engagement falls: base + slope·(1 − e)²
     revive_p: float  # daily probability a departed user comes back on their own
+    follows_friends: float = 0.0  # 0..1: how much friends' comings and goings move them
 
 
 PERSONAS: tuple[Persona, ...] = (
@@ -39,7 +40,20 @@ PERSONAS: tuple[Persona, ...] = (
     # Content-driven: come for what is new; tolerate ~7 days without it (SEED_DIGEST §1).
     Persona("content_driven", 0.18, 0.45, 12.6, 0.30, 2000, 0.35, 0.08, 0.0064, 1.00, 0.0003),
     # Social: follow their friends in and out (SEED_DIGEST §1: react when >15% of friends leave).
-    Persona("social", 0.14, 0.40, 12.6, 0.30, 2100, 0.35, 0.08, 0.0064, 1.00, 0.0003),
+    Persona(
+        "social",
+        0.14,
+        0.40,
+        12.6,
+        0.30,
+        2100,
+        0.35,
+        0.08,
+        0.0064,
+        1.00,
+        0.0003,
+        follows_friends=1.0,
+    ),
     # Coupon farmers (羊毛党): rarely come unprompted; redeem and vanish (SEED_DIGEST §2).
     Persona("coupon_farmer", 0.08, 0.10, 4.2, 0.20, 1500, 0.25, 0.02, 0.0160, 1.00, 0.0001),
     # Sleeping dogs: fine left alone; a message reminds them to leave (Ascarza 2018).
@@ -55,6 +69,13 @@ class SimParams:
     exam_factor: float = 0.7  # students study, order less
     break_factor: float = 0.05  # vacations: almost nobody; and nobody churns
     revive_engagement: float = 0.3  # engagement of a user who came back on their own
+    # Friends: everyone has a few (drawn at random across the campus); those who follow them
+    # (social) visit more on days after their friends were around, and start to leave once
+    # more than 15% of their friends have left (SEED_DIGEST §1).
+    friends_per_user: int = 6
+    friend_pull: float = 0.5  # visit probability × (1 + pull · share of friends out yesterday)
+    friend_leave_threshold: float = 0.15
+    friend_leave_hazard: float = 0.02  # added daily hazard of leaving past that threshold
     calendar: str = "campus_calendar.yaml"  # in seeds/
     # Overrides of simulator.response.ResponseParams fields (calibrated response rates);
     # empty: the defaults. A file without it loads with the defaults.
@@ -74,6 +95,10 @@ class SimParams:
                     raise ValueError(f"persona {p.name}: {name} must be a probability")
             if p.half_life_days <= 0 or p.aov_fen <= 0:
                 raise ValueError(f"persona {p.name}: half-life and order value must be positive")
+            if not 0 <= p.follows_friends <= 1:
+                raise ValueError(f"persona {p.name}: follows_friends must be between 0 and 1")
+        if self.friends_per_user < 0 or not 0 <= self.friend_leave_threshold <= 1:
+            raise ValueError("friends_per_user must be >= 0 and friend_leave_threshold in 0..1")
         self.response_params()
 
     def response_params(self) -> ResponseParams:

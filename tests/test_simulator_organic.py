@@ -180,3 +180,62 @@ def test_nightly_scores_come_from_the_production_scoring_function():
     seen = model.state.last_visit >= 0
     silent = model.day - model.state.last_visit
     assert np.array_equal(model.scores.features.days_since_visit[seen], silent[seen])
+
+
+def _two_circles(follows: float, n: int = 20_000):
+    """One persona at one engagement. Users 400..half have friends only among a block of
+    users who left; users half+400..n only among a block who were out yesterday. The two
+    halves throw the same dice (user i and i + half), so any difference is the friends'."""
+    persona = replace(PERSONAS[0], name="one", share=1.0, follows_friends=follows)
+    params = replace(SimParams(), personas=(persona,))
+    state = new_campus(params, n, np.random.default_rng(2))
+    day = day_number(date(2026, 3, 10))
+    half = n // 2
+    gone, around = np.arange(0, 200), np.arange(half, half + 200)
+    state.churned[gone] = True
+    state.last_visit[around] = day - 1
+    state.engagement[:] = 0.4
+    k = state.friends.shape[1]
+    state.friends[400:half] = gone[np.arange((half - 400) * k) % 200].reshape(-1, k)
+    state.friends[half + 400 :] = around[np.arange((half - 400) * k) % 200].reshape(-1, k)
+    one = DayDraws.draw(np.random.default_rng(5), half)
+    draws = DayDraws(
+        *(
+            np.concatenate([x, x])
+            for x in (one.visit, one.order, one.amount, one.churn, one.session)
+        )
+    )
+    cols = PersonaColumns.of(params, state.persona)
+    today = organic_day(state, cols, params, day, 1.0, False, draws)
+    return params, today, slice(400, half), slice(half + 400, n)
+
+
+def test_social_users_follow_their_friends_in_and_out():
+    """SEED_DIGEST §1: social users react when more than 15% of their friends leave; and
+    friends who were around draw them in."""
+    params, today, lonely, friendly = _two_circles(follows=1.0)
+    visited_l, visited_f = today.visited[lonely], today.visited[friendly]
+    # Friends out yesterday: visit probability × (1 + pull); on the same dice, everyone who
+    # came without them comes with them, and more besides.
+    assert (visited_f >= visited_l).all()
+    p = PERSONAS[0].visit_p * 0.4
+    assert visited_l.mean() == pytest.approx(p, abs=0.02)
+    assert visited_f.mean() == pytest.approx(p * (1 + params.friend_pull), abs=0.02)
+    # All friends gone: the friend hazard on top. On the same dice, among those who stayed
+    # in on both sides, whoever left with friends around also left without them.
+    both_in = ~visited_l & ~visited_f
+    left_l, left_f = today.left[lonely][both_in], today.left[friendly][both_in]
+    assert (left_l >= left_f).all()
+    assert left_l.mean() - left_f.mean() == pytest.approx(params.friend_leave_hazard, abs=0.008)
+
+
+def test_users_who_do_not_follow_friends_ignore_them():
+    _, today, lonely, friendly = _two_circles(follows=0.0)
+    assert (today.visited[lonely] == today.visited[friendly]).all()
+    assert (today.left[lonely] == today.left[friendly]).all()
+
+
+def test_nobody_is_their_own_friend():
+    state = new_campus(SimParams(), 5000, np.random.default_rng(3))
+    assert state.friends.shape == (5000, SimParams().friends_per_user)
+    assert not (state.friends == np.arange(5000)[:, None]).any()
