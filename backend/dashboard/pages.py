@@ -91,7 +91,7 @@ def _overview_figures(today, history, shown, spend) -> dict:
             [today["tiers"][t] for t in TIERS],
             "人",
         )
-    if history["dates"]:
+    if len(history["dates"]) >= 2:  # a trend needs two scored days
         figs["tiers_history"] = charts.stacked_area(
             "各分层人数变化",
             history["dates"],
