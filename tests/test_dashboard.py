@@ -409,3 +409,16 @@ def test_too_many_running_trials_are_refused(app, client, tenant, clock):
     clock.advance(seconds=simulations.STALLED_AFTER_MS // 1000 + 1)
     status = client.get("/admin/simulations/1/status").get_json()
     assert status["status"] == "stalled"
+
+
+def test_too_many_wrong_sign_ins_from_one_address_are_refused_for_a_while(client, tenant, clock):
+    from backend.dashboard.session import FAILED_WINDOW_MS, MAX_FAILED_SIGN_INS
+
+    for _ in range(MAX_FAILED_SIGN_INS):
+        assert sign_in(client, "hl_00000000_guess").status_code == 401
+    # Now even the right key waits: the address has used up its guesses.
+    resp = sign_in(client, tenant.api_key)
+    assert resp.status_code == 429 and "尝试次数过多" in resp.get_data(as_text=True)
+    assert client.get("/admin/").status_code == 302
+    clock.advance(seconds=FAILED_WINDOW_MS // 1000 + 1)
+    assert sign_in(client, tenant.api_key).status_code == 302

@@ -18,10 +18,13 @@ from backend.auth import tenant_for_key
 from backend.dashboard import bp
 from backend.errors import ApiError
 from backend.services import tenants
-from backend.store.models import ApiKey, Tenant
+from backend.store.db import database
+from backend.store.models import ApiKey, KeyValue, Tenant
 
 SESSION = "dash"
 CSRF = "csrf"
+MAX_FAILED_SIGN_INS = 10  # per client address, within ...
+FAILED_WINDOW_MS = 15 * 60 * 1000  # ... this window; then refused until it has passed
 
 
 def _now_s() -> int:
@@ -110,12 +113,43 @@ def _safe_next(target: str | None) -> str:
     return url_for("dashboard.overview")
 
 
+def _failures_key() -> str:
+    return f"dashboard-sign-in-failures:{request.remote_addr or 'unknown'}"
+
+
+def _failures(now_ms: int) -> int:
+    row = KeyValue.get_or_none(KeyValue.key == _failures_key())
+    if row is None or (row.expires_ms or 0) <= now_ms:
+        return 0
+    return int(row.value)
+
+
+def _count_failure(now_ms: int) -> None:
+    """One more wrong key or password from this address (shared by every worker)."""
+    with database.atomic():
+        if _failures(now_ms) == 0:  # a new window opens with this failure
+            fields = {KeyValue.value: "1", KeyValue.expires_ms: now_ms + FAILED_WINDOW_MS}
+            KeyValue.insert(
+                key=_failures_key(), value="1", expires_ms=now_ms + FAILED_WINDOW_MS
+            ).on_conflict(conflict_target=[KeyValue.key], update=fields).execute()
+        else:
+            count = _failures(now_ms) + 1
+            KeyValue.update(value=str(count)).where(KeyValue.key == _failures_key()).execute()
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if request.method == "GET":
         if signed_in_tenant() is not None:
             return redirect(url_for("dashboard.overview"))
         return render_template("dashboard/login.html", next=request.args.get("next", ""))
+    now_ms = current_app.config["CLOCK"].now_ms()
+    if _failures(now_ms) >= MAX_FAILED_SIGN_INS:
+        return render_template(
+            "dashboard/login.html",
+            error="尝试次数过多，请 15 分钟后再试",
+            next=request.form.get("next", ""),
+        ), 429
     api_key = request.form.get("api_key", "").strip()
     appid = request.form.get("appid", "").strip()
     password = request.form.get("password", "")
@@ -128,10 +162,13 @@ def login():
         tenant = tenants.check_dashboard_password(appid, password)
         via = ["password", _password_tag(tenant)] if tenant else []
     if tenant is None:
+        _count_failure(now_ms)
         message = "密钥或密码不正确" if (api_key or appid) else "请输入 API 密钥，或 AppID 与密码"
         return render_template(
             "dashboard/login.html", error=message, next=request.form.get("next", "")
         ), 401
+    # A success does not clear the count: a key of one's own must not reset the guessing
+    # at another tenant's password from the same address.
     _start_session(tenant, via)
     return redirect(_safe_next(request.form.get("next")))
 
