@@ -422,3 +422,37 @@ def test_too_many_wrong_sign_ins_from_one_address_are_refused_for_a_while(client
     assert client.get("/admin/").status_code == 302
     clock.advance(seconds=FAILED_WINDOW_MS // 1000 + 1)
     assert sign_in(client, tenant.api_key).status_code == 302
+
+
+def test_an_edited_policy_goes_to_the_simulator_as_edited(app, client, tenant, monkeypatch):
+    """The policy page's third button sends the text in the editor, unsaved, to a trial
+    against the presets. (The worker itself runs in the browser tests.)"""
+    from backend.services import simulations
+
+    started = []
+    monkeypatch.setattr(simulations, "launch", lambda run_id, *a: started.append(run_id))
+    add_policy(client, tenant, POLICY)
+    sign_in(client, tenant.api_key)
+    page = client.get("/admin/policies/comeback").get_data(as_text=True)
+    assert 'formaction="/admin/simulations"' in page
+    edited = POLICY.replace("holdout_share: 0.3", "holdout_share: 0.2")
+    resp = client.post("/admin/simulations", data={"source": edited, "csrf_token": csrf_from(page)})
+    assert resp.status_code == 302 and started, resp.get_data(as_text=True)[-1500:]
+    with app.app_context():
+        run = SimulationRun.get_by_id(started[0])
+        request = json.loads(run.request)
+    assert [p["name"] for p in request["policies"]] == [
+        "comeback",
+        "coupon_blast",
+        "tiered",
+        "golden_window",
+    ]
+    assert request["policies"][0]["source"] == edited
+    with app.app_context():
+        from backend.services import policies
+
+        assert policies.get(tenant.id, "comeback").source == POLICY  # nothing saved
+    bad = client.post(
+        "/admin/simulations", data={"source": "name: x\narms: [", "csrf_token": csrf_from(page)}
+    )
+    assert bad.status_code == 400 and len(started) == 1

@@ -61,14 +61,15 @@ def _int_field(name: str, default: int, lo: int, hi: int) -> int:
 
 
 def _chosen_policy() -> dict:
-    """The policy to trial: an uploaded file, one of the tenant's saved ones, or a preset."""
+    """The policy to trial: an uploaded file, a text edited on the policy page, one of the
+    tenant's saved ones, or a preset."""
     upload = request.files.get("policy_file")
-    if upload is not None and upload.filename:
-        data = upload.read(MAX_UPLOAD_BYTES + 1)
+    edited = request.form.get("source")
+    if (upload is not None and upload.filename) or edited:
+        data = edited.encode() if edited else upload.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
-            raise ApiError(
-                413, "policy_too_large", f"a policy file is at most {MAX_UPLOAD_BYTES} bytes"
-            )
+            limit = f"a policy file is at most {MAX_UPLOAD_BYTES} bytes"
+            raise ApiError(413, "policy_too_large", limit)
         try:
             source = data.decode("utf-8")
         except UnicodeDecodeError:
