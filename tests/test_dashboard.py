@@ -456,3 +456,27 @@ def test_an_edited_policy_goes_to_the_simulator_as_edited(app, client, tenant, m
         "/admin/simulations", data={"source": "name: x\narms: [", "csrf_token": csrf_from(page)}
     )
     assert bad.status_code == 400 and len(started) == 1
+
+
+def test_who_slipped_this_week_is_counted_from_the_nightly_scores(app, client, tenant, clock):
+    build(app, client, tenant, clock)
+    from backend.store.models import ScoreSnapshot, User
+
+    with app.app_context():
+        days = sorted({d for (d,) in ScoreSnapshot.select(ScoreSnapshot.day).tuples()})
+        assert days[-1] - days[0] >= 7
+        rank = {t: i for i, t in enumerate(TIERS)}
+
+        def tiers_on(day):
+            q = ScoreSnapshot.select(User.openid, ScoreSnapshot.tier).join(User)
+            return dict(q.where(ScoreSnapshot.day == day).tuples())
+
+        before, now = tiers_on(days[0]), tiers_on(days[-1])
+    worse = {o for o, t in now.items() if before[o] != "new" and rank[t] > rank[before[o]]}
+    assert worse  # the campus's users slipped from low frequency to churn risk
+    sign_in(client, tenant.api_key)
+    page = client.get("/admin/").get_data(as_text=True)
+    shown = re.findall(r'<table class="lapsed">(.*?)</table>', page, flags=re.S)[0]
+    assert int(re.search(r'data-metric="lapsed">(\d+)<', page).group(1)) == len(worse)
+    listed = set(re.findall(r"openid=([^\"&]+)", shown))
+    assert listed <= worse and len(listed) == min(len(worse), 20)

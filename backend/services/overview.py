@@ -52,37 +52,45 @@ def lapsed_this_week(tenant_id: int, limit: int = LAPSED_SHOWN) -> dict:
     )
     if before_day is None:
         return {"date": day_date(last).isoformat(), "since": None, "count": 0, "users": []}
-    earlier = dict(
-        ScoreSnapshot.select(ScoreSnapshot.user, ScoreSnapshot.tier)
-        .where((ScoreSnapshot.tenant == tenant_id) & (ScoreSnapshot.day == before_day))
-        .tuples()
-    )
-    now_rows = (
+    # Only users whose tier changed between the two days come out of the database.
+    before = ScoreSnapshot.alias()
+    changed = (
         ScoreSnapshot.select(
             User.openid,
-            ScoreSnapshot.user,
+            before.tier,
             ScoreSnapshot.tier,
             ScoreSnapshot.days_since_visit,
             ScoreSnapshot.value_fen,
         )
         .join(User, on=(ScoreSnapshot.user == User.id))
-        .where((ScoreSnapshot.tenant == tenant_id) & (ScoreSnapshot.day == last))
+        .join_from(
+            ScoreSnapshot,
+            before,
+            on=(
+                (before.user == ScoreSnapshot.user)
+                & (before.tenant == tenant_id)
+                & (before.day == before_day)
+            ),
+        )
+        .where(
+            (ScoreSnapshot.tenant == tenant_id)
+            & (ScoreSnapshot.day == last)
+            & (ScoreSnapshot.tier != before.tier)
+            & (before.tier != "new")  # not a level of engagement: new → active is no slip
+        )
         .tuples()
     )
-    slipped = []
-    for openid, user_id, tier, silent, value in now_rows:
-        was = earlier.get(user_id)
-        # "new" is not a level of engagement: a new user becoming active is not a slip.
-        if was is not None and was != "new" and rank[tier] > rank[was]:
-            slipped.append(
-                {
-                    "openid": openid,
-                    "from": was,
-                    "to": tier,
-                    "days_since_visit": int(silent),
-                    "value_fen": int(value),
-                }
-            )
+    slipped = [
+        {
+            "openid": openid,
+            "from": was,
+            "to": tier,
+            "days_since_visit": int(silent),
+            "value_fen": int(value),
+        }
+        for openid, was, tier, silent, value in changed
+        if rank[tier] > rank[was]
+    ]
     slipped.sort(key=lambda u: (-u["value_fen"], u["openid"]))
     return {
         "date": day_date(last).isoformat(),
