@@ -63,8 +63,9 @@ def register(app: Flask) -> None:
 def _trial(row, report) -> tuple[dict, str]:
     """Calibrate (or reuse) the twin, run every policy on it, render the report."""
     from backend.services.policies import parse
+    from backend.store.models import CouponTemplate
     from simulator.html import ranking_html, render
-    from simulator.run import compare, load_policy
+    from simulator.run import DEFAULT_COUPONS, compare, load_policy
 
     request = json.loads(row.request)
     policies = [
@@ -72,6 +73,10 @@ def _trial(row, report) -> tuple[dict, str]:
         for p in request["policies"]
     ]
     params, twin = _twin(row.tenant, request["day"])
+    # The tenant's own coupons (face value, minimum spend), beside the presets' coupon.
+    coupons = dict(DEFAULT_COUPONS)
+    templates = CouponTemplate.select().where(CouponTemplate.tenant == row.tenant_id)
+    coupons.update({t.name: (t.amount_off_fen, t.min_spend_fen) for t in templates})
     report(0.0, twin)
     total = (request["warmup"] + request["days"]) * len(policies)
     done = 0
@@ -92,6 +97,7 @@ def _trial(row, report) -> tuple[dict, str]:
         request["warmup"],
         progress=progress,
         params=params,
+        coupons=coupons,
     )
     out["twin"] = twin
     page = render(out["results"], ranking=ranking_html(out), script_urls=(PLOTLY_URL, RENDER_URL))

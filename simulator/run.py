@@ -40,7 +40,7 @@ def run_simulation(
     seed: int,
     warmup: int = 28,
     progress: Callable[[int], None] | None = None,
-    coupons: dict[str, int] | None = None,
+    coupons: dict[str, tuple[int, int]] | None = None,
     params: SimParams | None = None,
 ) -> dict:
     """`params`: the campus's parameters (a calibrated file, `SimParams.load`); None for the
@@ -135,12 +135,15 @@ def compare(
     warmup: int = 28,
     progress: Callable[[int], None] | None = None,
     params: SimParams | None = None,
+    coupons: dict[str, tuple[int, int]] | None = None,
 ) -> dict:
     """Every policy on the same population and the same organic dice (same seed), ranked by
     incremental recall against its own holdout; pairs whose difference is not significant
-    are said so."""
+    are said so. `coupons`: name -> (face value, minimum spend) in fen (the presets' by
+    default)."""
     results = [
-        run_simulation(p, users, days, seed, warmup, progress, params=params) for p in policies
+        run_simulation(p, users, days, seed, warmup, progress, coupons, params=params)
+        for p in policies
     ]
     rows = [{"policy": r["config"]["policy"], **pooled(r)} for r in results]
     rows.sort(key=lambda r: -(r["incremental"]["diff"] or float("-inf")))
