@@ -480,3 +480,34 @@ def test_who_slipped_this_week_is_counted_from_the_nightly_scores(app, client, t
     assert int(re.search(r'data-metric="lapsed">(\d+)<', page).group(1)) == len(worse)
     listed = set(re.findall(r"openid=([^\"&]+)", shown))
     assert listed <= worse and len(listed) == min(len(worse), 20)
+
+
+def test_the_trial_worker_runs_a_comparison_into_its_row(app, client, tenant, clock):
+    """`run-simulation ID` (what the page starts in the background), here in-process: the
+    comparison, the report page and the progress land in the row; a second start is refused."""
+    from backend.services import simulations
+
+    request = {
+        "policies": [{"name": "tiered", "source": None}, {"name": "coupon_blast", "source": None}],
+        "users": 150,
+        "days": 7,
+        "seed": 3,
+        "warmup": 14,
+        "day": TODAY,
+    }
+    with app.app_context():
+        run = simulations.start(tenant.id, request, clock.now_ms())
+    result = app.test_cli_runner().invoke(args=["run-simulation", str(run.id)])
+    assert result.exit_code == 0, result.output
+    sign_in(client, tenant.api_key)
+    status = client.get(f"/admin/simulations/{run.id}/status").get_json()
+    assert status["status"] == "done" and status["progress"] == 1.0
+    assert sorted(r["policy"] for r in status["ranking"]) == ["coupon_blast", "tiered"]
+    assert status["twin"]["source"] == "defaults"  # no history to calibrate from: said so
+    report = client.get(f"/admin/simulations/{run.id}/report")
+    page = report.get_data(as_text=True)
+    assert report.status_code == 200 and page.count('class="chart"') == 12
+    assert '<script src="/admin/assets/plotly.min.js">' in page
+    assert "script-src 'self'" in report.headers["Content-Security-Policy"]
+    again = app.test_cli_runner().invoke(args=["run-simulation", str(run.id)])
+    assert again.exit_code != 0 and "not waiting to run" in again.output
