@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from backend.clock import china_iso
@@ -54,7 +55,7 @@ def launch(run_id: int, database_url: str, secret_key: str, log_dir: Path) -> No
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DATABASE_URL": database_url, "SECRET_KEY": secret_key}
     with open(log_dir / f"simulation-{run_id}.log", "ab") as log:
-        subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        worker = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             [sys.executable, str(APP_PY), "run-simulation", str(run_id)],
             env=env,
             stdin=subprocess.DEVNULL,
@@ -63,6 +64,8 @@ def launch(run_id: int, database_url: str, secret_key: str, log_dir: Path) -> No
             start_new_session=True,
             cwd=str(APP_PY.parent),
         )
+    # Reap it when it ends, so a long-lived web worker does not collect zombie processes.
+    threading.Thread(target=worker.wait, name=f"reap-simulation-{run_id}", daemon=True).start()
 
 
 def get(tenant_id: int, run_id: int) -> SimulationRun:
