@@ -381,7 +381,7 @@ def run_end_to_end(
 ) -> dict:
     """`simulate --e2e`: the contract's output from the model's books, plus the production
     report read from the end-to-end database (`backend_report`) and what was delivered."""
-    from simulator.results import summarise
+    from simulator.results import play
 
     if users > MAX_E2E_USERS:
         raise ValueError(
@@ -395,12 +395,7 @@ def run_end_to_end(
         policy, policy_source, db_path, users=users, seed=seed, warmup_days=warmup, params=params
     )
     try:
-        for _ in range(warmup + days):
-            model.step()
-            if progress is not None:
-                progress(1)
-        arms, uplift = summarise(model.campaign, model.day - 1, seed)
-        daily = model.datacollector.get_model_vars_dataframe().drop(columns=["result"])
+        arms, uplift, daily = play(model, warmup + days, progress)
         return {
             "config": {
                 "policy": policy.name,

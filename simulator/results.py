@@ -90,3 +90,15 @@ def summarise(campaign: Campaign, last_day: int, seed: int):
             },
         }
     return arms, uplift
+
+
+def play(model, steps: int, progress=None):
+    """Step a campus model (fast or end to end) `steps` days; its (arms, uplift) against the
+    holdout with the truth, and the DataCollector's daily series."""
+    for _ in range(steps):
+        model.step()
+        if progress is not None:
+            progress(1)
+    out = model.result()
+    daily = model.datacollector.get_model_vars_dataframe().drop(columns=["result"])
+    return out["arms"], out["uplift"], daily

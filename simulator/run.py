@@ -11,7 +11,7 @@ from backend.core.display import pp, pp_interval, ratio
 from backend.core.policy import Policy, parse_policy
 from simulator.model import CampusModel
 from simulator.params import SimParams
-from simulator.results import summarise
+from simulator.results import play
 
 PRESETS = Path(__file__).resolve().parent.parent / "seeds" / "policies"
 # The preset policies hand out this coupon; its face value is what a redemption costs.
@@ -54,12 +54,7 @@ def run_simulation(
         warmup_days=warmup,
         params=params,
     )
-    for _ in range(warmup + days):
-        model.step()
-        if progress is not None:
-            progress(1)
-    arms, uplift = summarise(model.campaign, model.day - 1, seed)
-    daily = model.datacollector.get_model_vars_dataframe().drop(columns=["result"])
+    arms, uplift, daily = play(model, warmup + days, progress)
     config = {
         "policy": policy.name,
         "users": users,
