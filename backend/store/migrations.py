@@ -68,9 +68,7 @@ def _add_missing_columns(db: peewee.Database, table: str, columns: dict) -> None
     from playhouse.migrate import PostgresqlMigrator, SqliteMigrator
     from playhouse.migrate import migrate as run
 
-    migrator = (
-        PostgresqlMigrator(db) if isinstance(db, peewee.PostgresqlDatabase) else SqliteMigrator(db)
-    )
+    migrator = SqliteMigrator(db) if _is_sqlite(db) else PostgresqlMigrator(db)
     have = {c.name for c in db.get_columns(table)}
     ops = [migrator.add_column(table, name, f) for name, f in columns.items() if name not in have]
     if ops:
@@ -120,6 +118,50 @@ def _v6_dashboard(db: peewee.Database) -> None:
     db.create_tables([SimulationRun], safe=False)
 
 
+def _rebuild_user_table_sqlite(db: peewee.Database) -> None:
+    """SQLite cannot add AUTOINCREMENT to a table: build the new `user`, copy, swap (SQLite's
+    documented way to change a table; foreign keys are off during migrations, see migrate)."""
+    sql = db.execute_sql("SELECT sql FROM sqlite_master WHERE type='table' AND name='user'")
+    row = sql.fetchone()
+    if row is None or "AUTOINCREMENT" in row[0].upper():
+        return
+    create_sql, params = User._schema._create_table(safe=False).query()
+    create_sql = create_sql.replace('CREATE TABLE "user"', 'CREATE TABLE "user__new"', 1)
+    db.execute_sql(create_sql, params)
+    old = [c.name for c in db.get_columns("user")]
+    cols = [c for c in old if c != "token_key"]
+    names = ", ".join(f'"{c}"' for c in cols)
+    db.execute_sql(
+        f'INSERT INTO "user__new" ({names}, "token_key") '
+        f'SELECT {names}, lower(hex(randomblob(16))) FROM "user"'
+    )
+    db.execute_sql('DROP TABLE "user"')
+    db.execute_sql('ALTER TABLE "user__new" RENAME TO "user"')
+    User._schema.create_indexes(safe=True)
+
+
+def _is_sqlite(db: peewee.Database) -> bool:
+    return isinstance(getattr(db, "obj", db), peewee.SqliteDatabase)
+
+
+def _v7_hardening(db: peewee.Database) -> None:
+    """User ids never reused and a per-user token key; delivery claims fenced by a token; one
+    coupon per order."""
+    if _is_sqlite(db):
+        _rebuild_user_table_sqlite(db)
+    elif "token_key" not in {c.name for c in db.get_columns("user")}:
+        db.execute_sql('ALTER TABLE "user" ADD COLUMN "token_key" VARCHAR(32)')
+        db.execute_sql(
+            'UPDATE "user" SET token_key = substr(md5(random()::text || id::text), 1, 32)'
+        )
+        db.execute_sql('ALTER TABLE "user" ALTER COLUMN "token_key" SET NOT NULL')
+    _add_missing_columns(db, "touch", {"claim_token": peewee.CharField(max_length=32, null=True)})
+    db.execute_sql(
+        'CREATE UNIQUE INDEX IF NOT EXISTS "coupon_tenant_id_order_ref" '
+        'ON "coupon" ("tenant_id", "order_ref")'
+    )
+
+
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _v1_initial,
     _v2_scores,
@@ -127,6 +169,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _v4_touch_outcomes,
     _v5_drop_redundant_indexes,
     _v6_dashboard,
+    _v7_hardening,
 ]
 LATEST = len(MIGRATIONS)
 
@@ -141,13 +184,26 @@ def current_version(db: peewee.Database) -> int:
 def migrate(db: peewee.Database, now_ms: int) -> tuple[int, int]:
     """Bring the schema to LATEST; returns (from_version, to_version). Safe to run twice."""
     db.create_tables([SchemaVersion], safe=True)
-    with db.atomic():
-        start = current_version(db)
-        if start > LATEST:
-            raise SchemaTooNew(
-                f"database schema is version {start}, this code knows only up to {LATEST}"
-            )
-        for version in range(start + 1, LATEST + 1):
-            MIGRATIONS[version - 1](db)
-            SchemaVersion.create(version=version, applied_ms=now_ms)
+    sqlite = _is_sqlite(db)
+    if sqlite:
+        # A table rebuild must not cascade its DROP into the tables that refer to it; SQLite
+        # ignores this pragma inside a transaction, so it is set before and checked after.
+        db.execute_sql("PRAGMA foreign_keys=OFF")
+    try:
+        with db.atomic():
+            start = current_version(db)
+            if start > LATEST:
+                raise SchemaTooNew(
+                    f"database schema is version {start}, this code knows only up to {LATEST}"
+                )
+            for version in range(start + 1, LATEST + 1):
+                MIGRATIONS[version - 1](db)
+                SchemaVersion.create(version=version, applied_ms=now_ms)
+            if sqlite:
+                broken = db.execute_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
+    finally:
+        if sqlite:
+            db.execute_sql("PRAGMA foreign_keys=ON")
     return start, LATEST

@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import secrets
+
 import peewee as pw
 
 from backend.store.db import database
+
+
+class NeverReusedAutoField(pw.AutoField):
+    """An integer id no later row can get again once its row is deleted.
+
+    SQLite's plain rowid hands the highest id out again after that row is deleted (an erased
+    user's id would go to the next sign-up); AUTOINCREMENT keeps a high-water mark instead.
+    PostgreSQL's sequences never go back, so nothing is added there.
+    """
+
+    def ddl(self, ctx):
+        node_list = super().ddl(ctx)
+        db = getattr(self.model._meta.database, "obj", self.model._meta.database)
+        if isinstance(db, pw.SqliteDatabase):
+            return pw.NodeList((node_list, pw.SQL("AUTOINCREMENT")))
+        return node_list
+
+
+def new_token_key() -> str:
+    """A user's random token key: tokens carry it, erasure destroys it with the row."""
+    return secrets.token_hex(16)
 
 
 class BaseModel(pw.Model):
@@ -41,6 +64,7 @@ class ApiKey(BaseModel):
 
 
 class User(BaseModel):
+    id = NeverReusedAutoField()
     tenant = pw.ForeignKeyField(Tenant, backref="users", on_delete="CASCADE")
     openid = pw.CharField(max_length=128)
     unionid = pw.CharField(max_length=128, null=True)
@@ -49,6 +73,8 @@ class User(BaseModel):
     marketing_opt_out = pw.BooleanField(default=False)
     phone = pw.CharField(max_length=20, null=True)  # for the SMS channel; set by the merchant
     oa_openid = pw.CharField(max_length=128, null=True)  # Official Account follower id
+    # Every login token names this key; a token is only good for the row that holds it.
+    token_key = pw.CharField(max_length=32, default=new_token_key)
 
     class Meta:
         indexes = ((("tenant", "openid"), True),)
@@ -121,7 +147,11 @@ class Coupon(BaseModel):
     order_ref = pw.CharField(max_length=64, null=True)
 
     class Meta:
-        indexes = ((("template", "user", "seq"), True),)
+        indexes = (
+            (("template", "user", "seq"), True),
+            # One order redeems one coupon (NULLs, unredeemed coupons, are distinct).
+            (("tenant", "order_ref"), True),
+        )
 
 
 class Order(BaseModel):
@@ -281,6 +311,9 @@ class Touch(BaseModel):
     attempts = pw.SmallIntegerField(default=0)
     next_attempt_ms = pw.BigIntegerField(default=0)
     lease_until_ms = pw.BigIntegerField(null=True)
+    # Fencing: a random token written by each claim; only the holder of the current claim may
+    # send or record the touch (a deliverer whose lease ran out finds it changed).
+    claim_token = pw.CharField(max_length=32, null=True)
     sent_ms = pw.BigIntegerField(null=True)  # or when a holdout touch "would have" gone
     wechat_errcode = pw.IntegerField(null=True)
     provider_id = pw.CharField(max_length=64, null=True)  # WeChat msgid, SMS id
