@@ -28,11 +28,21 @@ def _serializer() -> URLSafeSerializer:
     return URLSafeSerializer(current_app.config["SECRET_KEY"], salt=TOKEN_SALT)
 
 
+def _key_digest(token_key: str) -> str:
+    """What a token carries of the user's token key: an HMAC, so the token (signed but not
+    encrypted) does not reveal the key itself."""
+    secret = str(current_app.config["SECRET_KEY"]).encode()
+    return hmac.new(secret, f"{TOKEN_SALT}:{token_key}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
 def issue_token(user: User) -> IssuedToken:
-    """A signed token naming tenant and user, expiring by the app's clock (not the wall's)."""
+    """A signed token naming tenant, user and the user's token key, expiring by the app's
+    clock (not the wall's). The key binds it to this row: a later row that somehow got the
+    same id, or a re-created account, has another key and refuses it."""
     ttl = int(current_app.config["TOKEN_TTL_S"])
     now_s = int(current_app.config["CLOCK"].now().timestamp())
-    token = _serializer().dumps({"t": user.tenant_id, "u": user.id, "exp": now_s + ttl})
+    payload = {"t": user.tenant_id, "u": user.id, "k": _key_digest(user.token_key)}
+    token = _serializer().dumps({**payload, "exp": now_s + ttl})
     return IssuedToken(token=token, expires_in=ttl)
 
 
@@ -43,11 +53,15 @@ def _user_from_token(raw: str) -> User:
         raise ApiError(401, "invalid_token", "token signature is invalid") from None
     if not isinstance(payload, dict) or not {"t", "u", "exp"} <= payload.keys():
         raise ApiError(401, "invalid_token", "token payload is malformed")
+    if not isinstance(payload.get("k"), str):
+        # Issued before tokens named the user's key: it cannot prove whose it is.
+        raise ApiError(401, "invalid_token", "token is from an older version; log in again")
     if payload["exp"] <= current_app.config["CLOCK"].now().timestamp():
         raise ApiError(401, "token_expired", "token has expired; log in again")
     user = User.get_or_none((User.id == payload["u"]) & (User.tenant == payload["t"]))
-    if user is None:
-        raise ApiError(401, "invalid_token", "the token's user no longer exists")
+    # Same answer whether the row is gone or holds another key (erased, or an id reused).
+    if user is None or not hmac.compare_digest(_key_digest(user.token_key), payload["k"]):
+        raise ApiError(401, "invalid_token", "the token's user no longer exists; log in again")
     return user
 
 
