@@ -13,7 +13,7 @@ from backend.services.event_validation import (
     clean_event,
     skew_from_sent_at,
 )
-from backend.spec import first_error
+from backend.spec import first_error, unstorable_value
 from backend.store.db import write_transaction
 from backend.store.models import Coupon, Event, Merchant, Order, User
 
@@ -72,6 +72,8 @@ def ingest(
 ) -> BatchResult:
     """Validate and store one batch request (the mini-program's or a historical import)."""
     problem = first_error(envelope, body)
+    if not problem:  # the events are checked one by one below, each rejected alone
+        problem = unstorable_value({k: v for k, v in body.items() if k != "events"})
     if problem:
         raise ApiError(400, "invalid_request", problem)
     if len(body["events"]) > max_batch:
