@@ -8,6 +8,7 @@ could not trust a trial run.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,14 +35,22 @@ def decisions_by_user(d) -> dict[int, tuple]:
     return out
 
 
-def both_modes(name: str, users: int, warmup: int, days: int, seed: int):
+@pytest.fixture
+def ram_dir():
+    """A folder on the RAM disk (SQLite commits per request: it keeps the test quick), removed
+    afterwards so runs do not leave databases behind in /dev/shm."""
+    shm = Path("/dev/shm")
+    folder = Path(tempfile.mkdtemp(prefix="huiliu-test-", dir=shm if shm.is_dir() else None))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def both_modes(folder: Path, name: str, users: int, warmup: int, days: int, seed: int):
     policy = load_policy(name)
     source = (PRESETS / f"{name}.yaml").read_text(encoding="utf-8")
     fast = CampusModel(
         users=users, seed=seed, policy=policy, warmup_days=warmup, coupon_face_fen=coupon_terms()
     )
-    shm = Path("/dev/shm")  # SQLite commits per request: a RAM disk keeps the test quick
-    folder = Path(tempfile.mkdtemp(dir=shm if shm.is_dir() else None))
     e2e = EndToEndModel(
         policy, source, folder / "campus.db", users=users, seed=seed, warmup_days=warmup
     )
@@ -60,8 +69,10 @@ def both_modes(name: str, users: int, warmup: int, days: int, seed: int):
     ("name", "users", "warmup", "days", "seed"),
     [("tiered", 200, 14, 14, 5), ("golden_window", 160, 14, 14, 7)],
 )
-def test_fast_and_end_to_end_modes_make_the_same_decisions(name, users, warmup, days, seed):
-    fast, e2e, per_day = both_modes(name, users, warmup, days, seed)
+def test_fast_and_end_to_end_modes_make_the_same_decisions(
+    ram_dir, name, users, warmup, days, seed
+):
+    fast, e2e, per_day = both_modes(ram_dir, name, users, warmup, days, seed)
     try:
         differing = {
             day: {u: (a.get(u), b.get(u)) for u in a.keys() | b.keys() if a.get(u) != b.get(u)}
@@ -101,12 +112,12 @@ def test_fast_and_end_to_end_modes_make_the_same_decisions(name, users, warmup, 
         e2e.close()
 
 
-def test_the_end_to_end_users_really_went_through_the_api():
+def test_the_end_to_end_users_really_went_through_the_api(ram_dir):
     """The database holds what the simulated users did: one login each, their visits as
     events, their orders, their subscribe grants."""
     from backend.store.models import Event, Order, SubscriptionAllowance, User
 
-    fast, e2e, _ = both_modes("tiered", 60, 7, 3, 2)
+    fast, e2e, _ = both_modes(ram_dir, "tiered", 60, 7, 3, 2)
     try:
         with e2e.app.app_context():
             assert User.select().count() == 60
