@@ -91,6 +91,7 @@ def test_export_holds_every_kind_of_data_with_its_purpose(client, tenant):
     h = _populate(client, tenant)
     data = client.get("/mp/v1/me/data", headers=h).get_json()
     kinds = {"profile", "events", "orders", "coupons", "subscriptions", "consent"}
+    kinds |= {"subscription_answers", "scores", "messages", "sms"}
     assert kinds <= data.keys()
     assert kinds == data["purposes"].keys()
     assert data["profile"]["openid"] == "dev_alice"
