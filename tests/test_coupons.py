@@ -227,3 +227,73 @@ def test_one_user_racing_claims_gets_only_their_limit(client, tenant, live_serve
     with app.app_context():
         assert Coupon.select().count() == 2
         assert CouponTemplate.get_by_id(t["id"]).issued_count == 2
+
+
+def _two_coupons(client, tenant) -> tuple[dict, list[dict]]:
+    t = make_template(client, tenant, per_user_limit=2)
+    h = login(client, tenant)
+    return h, [claim(client, h, t["id"]).get_json() for _ in range(2)]
+
+
+def _redeem(client, h, coupon_id: int, order_id: str):
+    return client.post(
+        f"/mp/v1/coupons/{coupon_id}/redeem",
+        json={"order_id": order_id, "order_amount_fen": 3000},
+        headers=h,
+    )
+
+
+def test_one_order_takes_one_coupon(client, tenant, app):
+    h, (first, second) = _two_coupons(client, tenant)
+    assert _redeem(client, h, first["id"], "order-1").status_code == 200
+    refused = _redeem(client, h, second["id"], "order-1")
+    assert refused.status_code == 409
+    assert refused.get_json()["error"]["code"] == "order_already_used"
+    with app.app_context():
+        assert Coupon.get_by_id(second["id"]).status == "issued"  # still the user's to spend
+        assert Coupon.get_by_id(second["id"]).order_ref is None
+    # The refused coupon still works on another order; another tenant's order ids are its own.
+    assert _redeem(client, h, second["id"], "order-2").status_code == 200
+
+
+def test_a_second_coupon_slipping_past_the_check_is_refused_by_the_index(
+    client, tenant, app, monkeypatch
+):
+    """Two racing redemptions both pass the check before either writes: the unique index on
+    (tenant, order_ref) refuses the second, answered with the same 409, not a 500."""
+    from backend.services import coupons
+
+    h, (first, second) = _two_coupons(client, tenant)
+    monkeypatch.setattr(coupons, "_order_taken", lambda tenant_id, order_ref: False)
+    assert _redeem(client, h, first["id"], "order-1").status_code == 200
+    refused = _redeem(client, h, second["id"], "order-1")
+    assert refused.status_code == 409, refused.get_json()
+    assert refused.get_json()["error"]["code"] == "order_already_used"
+    with app.app_context():
+        assert Coupon.get_by_id(second["id"]).status == "issued"
+        assert Coupon.select().where(Coupon.order_ref == "order-1").count() == 1
+
+
+def test_racing_coupons_on_one_order_exactly_one_wins(client, tenant, live_server, app):
+    t = make_template(client, tenant, per_user_limit=8)
+    h = login(client, tenant)
+    ids = [claim(client, h, t["id"]).get_json()["id"] for _ in range(8)]
+    barrier = threading.Barrier(len(ids))
+
+    def attempt(coupon_id: int):
+        barrier.wait()
+        resp = requests.post(
+            f"{live_server}/mp/v1/coupons/{coupon_id}/redeem",
+            json={"order_id": "shared-order", "order_amount_fen": 3000},
+            headers=h,
+            timeout=60,
+        )
+        return resp.status_code, resp.json()
+
+    with ThreadPoolExecutor(len(ids)) as pool:
+        answers = list(pool.map(attempt, ids))
+    assert sorted(code for code, _ in answers) == [200] + [409] * (len(ids) - 1)
+    codes = {body["error"]["code"] for code, body in answers if code == 409}
+    assert codes == {"order_already_used"}
+    with app.app_context():
+        assert Coupon.select().where(Coupon.order_ref == "shared-order").count() == 1

@@ -217,31 +217,57 @@ def redeem(
     order_amount_fen: int,
     now_ms: int,
 ) -> Coupon:
-    """Spend a coupon on an order; exactly one of any number of racing calls succeeds."""
-    with database.atomic():
-        c = Coupon.get_or_none(
-            (Coupon.id == coupon_id) & (Coupon.tenant == tenant_id) & (Coupon.user == user_id)
+    """Spend a coupon on an order; exactly one of any number of racing calls succeeds, and an
+    order takes at most one coupon (unique (tenant, order_ref): a race is refused by the
+    index, with the same 409 as the check before it)."""
+    try:
+        with database.atomic():
+            return _redeem(tenant_id, user_id, coupon_id, order_ref, order_amount_fen, now_ms)
+    except pw.IntegrityError:
+        raise _order_used(order_ref) from None
+
+
+def _order_used(order_ref: str) -> ApiError:
+    return ApiError(
+        409, "order_already_used", f"order {order_ref!r} has already been paid with a coupon"
+    )
+
+
+def _order_taken(tenant_id: int, order_ref: str) -> bool:
+    """Has another coupon of the tenant been redeemed against this order?"""
+    return (
+        Coupon.select()
+        .where((Coupon.tenant == tenant_id) & (Coupon.order_ref == order_ref))
+        .exists()
+    )
+
+
+def _redeem(tenant_id, user_id, coupon_id, order_ref, order_amount_fen, now_ms) -> Coupon:
+    c = Coupon.get_or_none(
+        (Coupon.id == coupon_id) & (Coupon.tenant == tenant_id) & (Coupon.user == user_id)
+    )
+    if c is None:
+        raise ApiError(404, "coupon_not_found", f"coupon {coupon_id} not found")
+    if order_amount_fen < c.template.min_spend_fen:
+        raise ApiError(
+            409,
+            "below_min_spend",
+            f"order of {order_amount_fen} fen is below the {c.template.min_spend_fen} "
+            "fen this coupon needs",
         )
-        if c is None:
-            raise ApiError(404, "coupon_not_found", f"coupon {coupon_id} not found")
-        if order_amount_fen < c.template.min_spend_fen:
-            raise ApiError(
-                409,
-                "below_min_spend",
-                f"order of {order_amount_fen} fen is below the {c.template.min_spend_fen} "
-                "fen this coupon needs",
-            )
-        won = (
-            Coupon.update(status="redeemed", redeemed_ms=now_ms, order_ref=order_ref)
-            .where((Coupon.id == c.id) & (Coupon.status == "issued") & (Coupon.expires_ms > now_ms))
-            .execute()
-        )
-        if won != 1:
-            fresh = Coupon.get_by_id(c.id)
-            if fresh.status == "redeemed":
-                raise ApiError(409, "already_redeemed", "this coupon has already been used")
-            raise ApiError(409, "coupon_expired", "this coupon has expired")
-        Order.update(coupon=c.id).where(
-            (Order.tenant == tenant_id) & (Order.order_ref == order_ref) & Order.coupon.is_null()
-        ).execute()
+    if c.status == "issued" and _order_taken(tenant_id, order_ref):
+        raise _order_used(order_ref)
+    won = (
+        Coupon.update(status="redeemed", redeemed_ms=now_ms, order_ref=order_ref)
+        .where((Coupon.id == c.id) & (Coupon.status == "issued") & (Coupon.expires_ms > now_ms))
+        .execute()
+    )
+    if won != 1:
+        fresh = Coupon.get_by_id(c.id)
+        if fresh.status == "redeemed":
+            raise ApiError(409, "already_redeemed", "this coupon has already been used")
+        raise ApiError(409, "coupon_expired", "this coupon has expired")
+    Order.update(coupon=c.id).where(
+        (Order.tenant == tenant_id) & (Order.order_ref == order_ref) & Order.coupon.is_null()
+    ).execute()
     return Coupon.get_by_id(c.id)
