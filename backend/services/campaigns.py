@@ -51,9 +51,9 @@ from backend.core.uplift import (
     uplift_features,
 )
 from backend.errors import ApiError
-from backend.services import policies
+from backend.services import delivery, policies
 from backend.services.attribution import attribute
-from backend.services.locks import DEFAULT_TTL_MS, acquire_lock, release_lock
+from backend.services.locks import LockLost, acquire_lock, release_lock, renew_lock
 from backend.store.db import database, write_transaction
 from backend.store.models import (
     CampaignRun,
@@ -68,7 +68,9 @@ from backend.store.models import Policy as PolicyRow
 
 log = logging.getLogger(__name__)
 
-LOCK_TTL_MS = DEFAULT_TTL_MS  # a crashed run's lock is taken over after this
+# A run renews its lock while it goes on, so a crashed run's lock lapses within minutes.
+LOCK_TTL_MS = 3 * 60 * 1000
+LOCK_RENEW_MS = 60 * 1000  # renewed at least this often (between phases, before sends)
 HISTORY_DAYS = 60  # touch history that caps, journeys and streaks look at
 ACTIVE_STATUSES = ("queued", "sending", "sent", "held_out")  # count against caps
 JOURNEY_STATUSES = ("queued", "sending", "sent", "held_out", "failed", "expired")
@@ -77,6 +79,10 @@ EXPIRY_MS = 24 * HOUR_MS  # a touch not sent within a day of its time is not sen
 
 class JobLocked(RuntimeError):
     pass
+
+
+class JobLockLost(LockLost):
+    """This run's lock lapsed (the run stalled past LOCK_TTL_MS) and another run took it."""
 
 
 # -- user state from the database -----------------------------------------------------------
@@ -543,6 +549,43 @@ def _expiring_coupon_days(tenant_id: int, day: int, now_ms: int) -> dict[int, in
     return {c.user_id: day for c in rows}
 
 
+def failure_reason(exc: BaseException) -> str:
+    """How a failed run's cause is stored and shown: the exception's class and message."""
+    text = str(exc).strip()
+    if isinstance(exc, JobLocked):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class RunLock:
+    """A run's tenant lock, short-lived and renewed by the holder as the run goes on.
+
+    `beat(now_ms)` is called between the job's phases and before each send; it renews the lock
+    once LOCK_RENEW_MS have passed since the last renewal, and raises JobLockLost if the lock
+    has been taken meanwhile (this run stalled past LOCK_TTL_MS), which stops the run.
+    """
+
+    def __init__(self, name: str, holder: str, now_ms: int, clock=None) -> None:
+        self.name = name
+        self.holder = holder
+        self.renewed_ms = now_ms
+        self.clock = clock
+        self.fixed_ms = now_ms
+
+    def now(self) -> int:
+        return self.clock.now_ms() if self.clock is not None else self.fixed_ms
+
+    def beat(self, now_ms: int | None = None) -> None:
+        at = self.now() if now_ms is None else now_ms
+        if at - self.renewed_ms < LOCK_RENEW_MS:
+            return
+        if not renew_lock(self.name, self.holder, at, LOCK_TTL_MS):
+            raise JobLockLost(
+                f"the run lock {self.name} lapsed and was taken over; this run stopped"
+            )
+        self.renewed_ms = at
+
+
 def run(
     tenant: Tenant,
     day: int,
@@ -551,32 +594,36 @@ def run(
     dry_run: bool = False,
     seed: int = 0,
     deliver=None,
+    clock=None,
 ) -> dict:
     """Decide every active nightly policy for `day`, write the outbox, then deliver.
 
     `deliver(tenant, now_ms) -> Counter` is the delivery step (delivery.deliver_due bound to
-    the app's channels); dry runs neither write nor deliver.
+    the app's channels); dry runs neither write nor deliver. `clock`, if given, is what the
+    run's lock renewals read as "now" while the run goes on (otherwise `now_ms` throughout).
     """
+    if dry_run:
+        return _run_locked(tenant, day, now_ms, dry_run=True, seed=seed, deliver=None, lock=None)
     holder = uuid.uuid4().hex
-    lock = f"campaigns:{tenant.id}"
-    if not dry_run and not acquire_lock(lock, holder, now_ms, LOCK_TTL_MS):
-        row = JobLock.get_or_none(JobLock.name == lock)
+    name = f"campaigns:{tenant.id}"
+    if not acquire_lock(name, holder, now_ms, LOCK_TTL_MS):
+        row = JobLock.get_or_none(JobLock.name == name)
         until = china_iso(row.expires_ms) if row else "soon"
         raise JobLocked(
             f"another run-campaigns holds the lock for tenant {tenant.appid}; if that run "
             f"crashed, the lock lapses at {until}"
         )
+    lock = RunLock(name, holder, now_ms, clock)
     try:
-        return _run_locked(tenant, day, now_ms, dry_run=dry_run, seed=seed, deliver=deliver)
+        return _run_locked(
+            tenant, day, now_ms, dry_run=False, seed=seed, deliver=deliver, lock=lock
+        )
     finally:
-        if not dry_run:
-            release_lock(lock, holder)
+        release_lock(name, holder)
 
 
-def _run_locked(tenant, day, now_ms, *, dry_run, seed, deliver) -> dict:
+def _run_locked(tenant, day, now_ms, *, dry_run, seed, deliver, lock: RunLock | None) -> dict:
     started = now_ms
-    if not dry_run:
-        attribute(tenant.id, now_ms)
     run_row = None
     if not dry_run:
         with write_transaction():
@@ -604,12 +651,21 @@ def _run_locked(tenant, day, now_ms, *, dry_run, seed, deliver) -> dict:
         "skipped_by_reason": {},
         "policies": {},
     }
+
+    def beat() -> None:
+        if lock is not None:
+            lock.beat()
+
     reasons: Counter = Counter()
     try:
+        if not dry_run:
+            attribute(tenant.id, now_ms)
+            beat()
         for row, policy in policies.active_rows(tenant.id):
             if policy.trigger in ("payment_failed", "cart_abandoned"):
                 continue  # decided when the event arrives
             pop, d = decide_policy(tenant, row, policy, day, now_ms, seed)
+            beat()
             rows = touch_rows(
                 tenant.id, row, policy, pop, d, day, now_ms, run_row.id if run_row else None
             )
@@ -635,20 +691,26 @@ def _run_locked(tenant, day, now_ms, *, dry_run, seed, deliver) -> dict:
             summary["quiet_hours_deferred"] += int(d.quiet_deferred.sum())
         summary["skipped_by_reason"] = dict(reasons)
         if not dry_run and deliver is not None:
-            delivered = deliver(tenant, now_ms)
+            with delivery.heartbeat(lock.beat):
+                delivered = deliver(tenant, now_ms)
             for key in ("sent", "deferred", "failed", "expired"):
                 summary[key] = int(delivered.get(key, 0))
         if run_row is not None:
+            beat()  # a run that lost its lock does not report itself done
             with write_transaction():
                 CampaignRun.update(
-                    status="done", finished_ms=now_ms, summary=json.dumps(summary)
+                    status="done", finished_ms=lock.now(), summary=json.dumps(summary)
                 ).where(CampaignRun.id == run_row.id).execute()
-    except Exception:
+    except Exception as exc:
         if run_row is not None:
-            with write_transaction():
-                CampaignRun.update(status="failed", finished_ms=now_ms).where(
-                    CampaignRun.id == run_row.id
-                ).execute()
+            summary["error"] = failure_reason(exc)
+            try:
+                with write_transaction():
+                    CampaignRun.update(
+                        status="failed", finished_ms=lock.now(), summary=json.dumps(summary)
+                    ).where(CampaignRun.id == run_row.id).execute()
+            except Exception:  # the original failure is the one to report
+                log.exception("could not record run %s as failed", run_row.id)
         raise
     return summary
 
@@ -718,7 +780,8 @@ def on_events(tenant: Tenant, triggers: dict[str, set[int]], now_ms: int, seed: 
     """Decide trigger policies for users whose events just arrived; returns touches queued.
 
     `triggers` maps an event type to the users who sent it. Decided within the request that
-    stored the event; delivery happens right after (see delivery.kick).
+    stored the event; delivery happens right after (see delivery.kick). One policy's failure
+    is logged and does not stop the others (the caller must not fail the request either).
     """
     queued = 0
     day = int(china_day(now_ms))
@@ -726,25 +789,34 @@ def on_events(tenant: Tenant, triggers: dict[str, set[int]], now_ms: int, seed: 
         users = sorted(triggers.get(policy.trigger or "", set()))
         if not users:
             continue
-        snapshot_day = _latest_snapshot_day(tenant.id, day)
-        if snapshot_day is None:
-            continue
-        pop = population(
-            tenant.id,
-            row,
-            policy,
-            day,
-            snapshot_day,
-            only=users,
-            trigger_day={u: day for u in users},
-        )
-        if not len(pop.user_ids):
-            continue
-        state = policy_state(tenant.id, row, policy)
-        d = decide(policy, pop.state, state, salt=tenant.appid, day=day, seed=seed)
-        rows = touch_rows(tenant.id, row, policy, pop, d, day, now_ms, None)
-        queued += write_touches(rows)["queued"]
+        try:
+            queued += _trigger_policy(tenant, row, policy, users, day, now_ms, seed)
+        except Exception:
+            log.exception("trigger policy %s of tenant %s failed", row.name, tenant.appid)
     return queued
+
+
+def _trigger_policy(
+    tenant: Tenant, row: PolicyRow, policy: Policy, users: list[int], day: int, now_ms: int, seed
+) -> int:
+    snapshot_day = _latest_snapshot_day(tenant.id, day)
+    if snapshot_day is None:
+        return 0
+    pop = population(
+        tenant.id,
+        row,
+        policy,
+        day,
+        snapshot_day,
+        only=users,
+        trigger_day={u: day for u in users},
+    )
+    if not len(pop.user_ids):
+        return 0
+    state = policy_state(tenant.id, row, policy)
+    d = decide(policy, pop.state, state, salt=tenant.appid, day=day, seed=seed)
+    rows = touch_rows(tenant.id, row, policy, pop, d, day, now_ms, None)
+    return write_touches(rows)["queued"]
 
 
 def _latest_snapshot_day(tenant_id: int, day: int) -> int | None:

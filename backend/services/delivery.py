@@ -1,16 +1,26 @@
 """Delivery from the outbox: claim due touches, re-check the guard rails, send, record.
 
-A touch is claimed by moving it from `queued` to `sending` with a lease in one conditional
-UPDATE, so two deliverers (two runs, two web workers) never send the same row. A worker that
-dies mid-send leaves a `sending` row whose lease runs out; it is queued again, which is the
-one window where a message can go out twice (WeChat accepted it, we did not record it).
+A batch is claimed by moving its touches from `queued` to `sending` with a lease and a fresh
+random claim token in one conditional UPDATE, so two deliverers (two runs, two web workers)
+never claim the same row. The token fences everything after the claim: right before each
+send the deliverer confirms, in one conditional UPDATE, that the touch still carries its token
+and its lease has time left, and renews the lease for that one send; the coupon, the result,
+a requeue are all written only `WHERE claim_token = ours`. A deliverer whose lease ran out (a
+slow WeChat, a stalled process) and whose touches were claimed again finds the token changed
+and neither sends nor records them. A worker that dies mid-send leaves a `sending` row whose
+lease runs out; it is queued again, which is the one window where a message can go out twice
+(WeChat accepted it, we did not record it).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 from backend.clock import china_iso
@@ -34,8 +44,24 @@ from backend.store.models import Policy as PolicyRow
 
 log = logging.getLogger(__name__)
 
-LEASE_MS = 5 * 60 * 1000
+LEASE_MS = 5 * 60 * 1000  # a claim, and each send's renewal of it, last this long
 BATCH = 200
+LOST = "lost_claim"  # the count of touches another deliverer took over from this one
+
+# Called with "now" before each send by a caller that must prove it is still entitled to run
+# (the campaign job renews its run lock); raising stops delivery cleanly. Per context, so a
+# background delivery thread never inherits the job's.
+_heartbeat: ContextVar[Callable[[int], None] | None] = ContextVar("heartbeat", default=None)
+
+
+@contextmanager
+def heartbeat(beat: Callable[[int], None]) -> Iterator[None]:
+    """Run `beat(now_ms)` before every send of deliver_due calls inside this block."""
+    token = _heartbeat.set(beat)
+    try:
+        yield
+    finally:
+        _heartbeat.reset(token)
 
 
 @dataclass(frozen=True)
@@ -68,7 +94,8 @@ def _housekeeping(tenant_id: int, now_ms: int) -> Counter:
     """Requeue touches whose lease ran out; expire those too late to be worth sending."""
     out: Counter = Counter()
     with write_transaction():
-        Touch.update(status="queued", lease_until_ms=None).where(
+        # A crashed or stalled deliverer's lapsed claim: clearing the token fences it out.
+        Touch.update(status="queued", lease_until_ms=None, claim_token=None).where(
             (Touch.tenant == tenant_id)
             & (Touch.status == "sending")
             & (Touch.lease_until_ms < now_ms)
@@ -85,45 +112,87 @@ def _housekeeping(tenant_id: int, now_ms: int) -> Counter:
     return out
 
 
+def _due(tenant_id: int, now_ms: int):
+    return (
+        (Touch.tenant == tenant_id)
+        & (Touch.status == "queued")
+        & (Touch.send_after_ms <= now_ms)
+        & (Touch.next_attempt_ms <= now_ms)
+    )
+
+
 def _claim(tenant_id: int, now_ms: int) -> list[Touch]:
-    candidates = list(
-        Touch.select(Touch.id)
-        .where(
-            (Touch.tenant == tenant_id)
-            & (Touch.status == "queued")
-            & (Touch.send_after_ms <= now_ms)
-            & (Touch.next_attempt_ms <= now_ms)
-        )
+    """Claim up to BATCH due touches under one fresh token; they come back carrying it."""
+    candidates = [
+        tid
+        for (tid,) in Touch.select(Touch.id)
+        .where(_due(tenant_id, now_ms))
         .order_by(Touch.send_after_ms, Touch.id)
         .limit(BATCH)
         .tuples()
-    )
-    claimed = []
-    for (tid,) in candidates:
-        with write_transaction():
-            got = (
-                Touch.update(
-                    status="sending",
-                    lease_until_ms=now_ms + LEASE_MS,
-                    attempts=Touch.attempts + 1,
-                )
-                .where((Touch.id == tid) & (Touch.status == "queued"))
-                .execute()
-            )
-        if got == 1:
-            claimed.append(Touch.get_by_id(tid))
-    return claimed
-
-
-def _finish(touch: Touch, status: str, **changes) -> None:
+    ]
+    if not candidates:
+        return []
+    token = secrets.token_hex(16)
     with write_transaction():
-        Touch.update(status=status, lease_until_ms=None, **changes).where(
-            (Touch.id == touch.id) & (Touch.status == "sending")
+        Touch.update(status="sending", lease_until_ms=now_ms + LEASE_MS, claim_token=token).where(
+            Touch.id.in_(candidates) & _due(tenant_id, now_ms)
         ).execute()
+    return list(
+        Touch.select()
+        .where((Touch.claim_token == token) & (Touch.status == "sending"))
+        .order_by(Touch.send_after_ms, Touch.id)
+    )
 
 
-def _requeue(touch: Touch, *, at_ms: int, reason: str = "", **changes) -> None:
-    _finish(touch, "queued", next_attempt_ms=at_ms, reason=reason, **changes)
+def _ours(touch: Touch):
+    """The fence: the row is still `sending` under this deliverer's claim."""
+    return (
+        (Touch.id == touch.id)
+        & (Touch.status == "sending")
+        & (Touch.claim_token == touch.claim_token)
+    )
+
+
+def _confirm(touch: Touch, now_ms: int) -> bool:
+    """Just before sending: is the claim still ours with lease left? If so the lease is
+    renewed for this send and the attempt counted, in the same UPDATE."""
+    with write_transaction():
+        got = (
+            Touch.update(lease_until_ms=now_ms + LEASE_MS, attempts=Touch.attempts + 1)
+            .where(_ours(touch) & (Touch.lease_until_ms > now_ms))
+            .execute()
+        )
+    if got == 1:
+        touch.attempts += 1
+    return got == 1
+
+
+def _release(touches: list[Touch]) -> None:
+    """Give claimed, unsent touches back to the queue (only those still ours)."""
+    for touch in touches:
+        with write_transaction():
+            Touch.update(status="queued", lease_until_ms=None, claim_token=None).where(
+                _ours(touch)
+            ).execute()
+
+
+def _finish(touch: Touch, status: str, **changes) -> bool:
+    """Move the touch on from `sending`; False (nothing written) if the claim is no longer
+    ours."""
+    with write_transaction():
+        got = (
+            Touch.update(status=status, lease_until_ms=None, claim_token=None, **changes)
+            .where(_ours(touch))
+            .execute()
+        )
+    if got != 1:
+        log.warning("touch %s: claim taken over by another deliverer; not recorded", touch.id)
+    return got == 1
+
+
+def _requeue(touch: Touch, *, at_ms: int, reason: str = "", **changes) -> bool:
+    return _finish(touch, "queued", next_attempt_ms=at_ms, reason=reason, **changes)
 
 
 def deliver_due(
@@ -136,12 +205,28 @@ def deliver_due(
     """Send every due touch of the tenant; returns counts (sent, failed, deferred, ...)."""
     counts = _housekeeping(tenant.id, now_ms)
     cache: dict = {}
+    beat = _heartbeat.get()
+
+    def now() -> int:
+        return clock.now_ms() if clock is not None else now_ms
+
     # Loops until nothing is due: a touch that must wait (backoff, quiet hours, a halted
     # channel) is requeued for later and not claimable now, so this ends.
-    while batch := _claim(tenant.id, clock.now_ms() if clock is not None else now_ms):
-        for touch in batch:
-            now = clock.now_ms() if clock is not None else now_ms
-            counts[_deliver_one(tenant, touch, now, channels, retry, cache)] += 1
+    while batch := _claim(tenant.id, now()):
+        for i, touch in enumerate(batch):
+            at = now()
+            try:
+                if beat is not None:
+                    beat(at)
+            except BaseException:
+                _release(batch[i:])
+                raise
+            try:
+                counts[_deliver_one(tenant, touch, at, channels, retry, cache)] += 1
+            except BaseException:
+                # This touch may have gone out (its lease decides); the rest surely did not.
+                _release(batch[i + 1 :])
+                raise
     counts["deferred"] = (
         Touch.select().where((Touch.tenant == tenant.id) & (Touch.status == "queued")).count()
     )
@@ -166,47 +251,46 @@ def _policy(cache: dict[int, Policy], policy_id: int) -> Policy:
 
 
 def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
+    def done(status: str, outcome: str, **changes) -> str:
+        return outcome if _finish(touch, status, **changes) else LOST
+
+    def later(outcome: str, **changes) -> str:
+        return outcome if _requeue(touch, **changes) else LOST
+
     policy = _policy(cache, touch.policy_id)
     user = User.get_or_none(User.id == touch.user_id)
     # Re-checked at the moment of sending: the world may have moved since the decision.
     allowed = next_send_ms(now_ms, touch.channel)
     if allowed != now_ms:
-        _requeue(
-            touch,
-            at_ms=allowed,
-            reason="quiet_hours",
-            attempts=Touch.attempts - 1,
-            quiet_deferred=True,
-        )
-        return "deferred"
+        return later("deferred", at_ms=allowed, reason="quiet_hours", quiet_deferred=True)
     if user is None or user.marketing_opt_out:
-        _finish(touch, "skipped", reason="opted_out")
-        return "skipped"
+        return done("skipped", "skipped", reason="opted_out")
     halt = halted_until(tenant.id, touch.channel, now_ms)
     if halt is not None:
-        _requeue(touch, at_ms=halt, reason="channel_halted", attempts=Touch.attempts - 1)
-        return "deferred"
+        return later("deferred", at_ms=halt, reason="channel_halted")
     if _paused(cache, touch.policy_id, policy, tenant.id).get(touch.arm):
-        _finish(touch, "skipped", reason="stop_loss")
-        return "skipped"
+        return done("skipped", "skipped", reason="stop_loss")
     cap = _cap_reason(touch, policy)
     if cap:
-        _finish(touch, "skipped", reason=cap)
-        return "skipped"
+        return done("skipped", "skipped", reason=cap)
     message = policy.messages[touch.message]
     if touch.channel == "subscribe" and _allowance(touch.user_id, message.template_id) < 1:
-        _finish(touch, "skipped", reason="no_permission")
-        return "skipped"
+        return done("skipped", "skipped", reason="no_permission")
+    if not _confirm(touch, now_ms):
+        # Another deliverer holds it now, or our lease ran out: give it back (if still ours)
+        # for a fresh claim, and send nothing.
+        _release([touch])
+        return LOST
     try:
         coupon = _coupon_for(tenant, touch, user, now_ms)
         rendered = render(message, touch.channel, message_context(tenant, touch, coupon))
+    except _ClaimLost:
+        return LOST
     except _CouponUnavailable as exc:
-        _finish(touch, "skipped", reason=str(exc))
-        return "skipped"
+        return done("skipped", "skipped", reason=str(exc))
     except MessageDefect as exc:
         log.error("touch %s not sent, message defect: %s", touch.id, exc)
-        _finish(touch, "failed", reason="bad_template_data")
-        return "failed"
+        return done("failed", "failed", reason="bad_template_data")
     if rendered.page:
         # The page the message opens carries the touch's id, so the mini-program can post a
         # message_open event naming it: the funnel's "opened", which WeChat never reports.
@@ -220,20 +304,28 @@ def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
 def _record(tenant, touch, outcome: Outcome, now_ms, retry: RetryPolicy, template_id) -> str:
     if outcome.kind == "sent":
         with write_transaction():
-            if touch.channel == "subscribe":
+            got = (
+                Touch.update(
+                    status="sent",
+                    sent_ms=now_ms,
+                    provider_id=outcome.provider_id,
+                    lease_until_ms=None,
+                    claim_token=None,
+                    reason="",
+                    wechat_errcode=None,  # an earlier attempt's error is not this touch's outcome
+                )
+                .where(_ours(touch))
+                .execute()
+            )
+            if got == 1 and touch.channel == "subscribe":
                 SubscriptionAllowance.update(remaining=SubscriptionAllowance.remaining - 1).where(
                     (SubscriptionAllowance.user == touch.user_id)
                     & (SubscriptionAllowance.template_id == template_id)
                     & (SubscriptionAllowance.remaining > 0)
                 ).execute()
-            Touch.update(
-                status="sent",
-                sent_ms=now_ms,
-                provider_id=outcome.provider_id,
-                lease_until_ms=None,
-                reason="",
-                wechat_errcode=None,  # an earlier attempt's error is not this touch's outcome
-            ).where((Touch.id == touch.id) & (Touch.status == "sending")).execute()
+        if got != 1:
+            log.warning("touch %s sent, but its claim was taken over; not recorded", touch.id)
+            return LOST
         return "sent"
     if outcome.allowance_gone:
         with write_transaction():
@@ -243,26 +335,27 @@ def _record(tenant, touch, outcome: Outcome, now_ms, retry: RetryPolicy, templat
             ).execute()
     if outcome.kind == "halt":
         _halt(tenant.id, touch.channel, outcome.until_ms or now_ms + MS_PER_DAY, outcome.reason)
-        _requeue(
+        # Not the touch's failure: the attempt the confirm counted is taken back.
+        held = _requeue(
             touch,
             at_ms=outcome.until_ms or now_ms + MS_PER_DAY,
             reason=outcome.reason,
             wechat_errcode=outcome.errcode,
             attempts=Touch.attempts - 1,
         )
-        return "deferred"
+        return "deferred" if held else LOST
     if outcome.kind == "retry":
-        attempts = touch.attempts  # the claim already counted this attempt
+        attempts = touch.attempts  # the confirm already counted this attempt
         if attempts >= retry.max_attempts:
-            _finish(touch, "failed", reason=outcome.reason, wechat_errcode=outcome.errcode)
-            return "failed"
+            held = _finish(touch, "failed", reason=outcome.reason, wechat_errcode=outcome.errcode)
+            return "failed" if held else LOST
         backoff = retry.base_ms * (2 ** (attempts - 1))
-        _requeue(
+        held = _requeue(
             touch, at_ms=now_ms + backoff, reason=outcome.reason, wechat_errcode=outcome.errcode
         )
-        return "retry"
-    _finish(touch, "failed", reason=outcome.reason, wechat_errcode=outcome.errcode)
-    return "failed"
+        return "retry" if held else LOST
+    held = _finish(touch, "failed", reason=outcome.reason, wechat_errcode=outcome.errcode)
+    return "failed" if held else LOST
 
 
 def _cap_reason(touch: Touch, policy: Policy) -> str:
@@ -294,8 +387,16 @@ class _CouponUnavailable(Exception):
     pass
 
 
+class _ClaimLost(Exception):
+    """The claim changed hands before the coupon could be linked: nothing was issued."""
+
+
 def _coupon_for(tenant: Tenant, touch: Touch, user: User, now_ms: int):
-    """Issue the touch's coupon once (a retried send reuses it)."""
+    """Issue the touch's coupon once (a retried send reuses it).
+
+    Issue and link are one transaction, fenced by the claim: a crash between them, or a
+    deliverer that lost its claim, leaves no coupon behind to be issued again on the retry.
+    """
     if not touch.coupon_template:
         return None
     if touch.coupon_id is not None:
@@ -306,11 +407,18 @@ def _coupon_for(tenant: Tenant, touch: Touch, user: User, now_ms: int):
     if template is None:
         raise _CouponUnavailable("coupon_template_missing")
     try:
-        coupon = coupons.issue(tenant.id, template.id, user, now_ms, source="policy")
+        with write_transaction():
+            coupon = coupons.issue(tenant.id, template.id, user, now_ms, source="policy")
+            linked = (
+                Touch.update(coupon=coupon.id)
+                .where(_ours(touch) & Touch.coupon.is_null())
+                .execute()
+            )
+            if linked != 1:
+                raise _ClaimLost()  # rolls the issue back with it
     except ApiError as exc:
         raise _CouponUnavailable(f"coupon_{exc.code}") from None
-    with write_transaction():
-        Touch.update(coupon=coupon.id).where(Touch.id == touch.id).execute()
+    touch.coupon = coupon
     return coupon
 
 

@@ -2,6 +2,8 @@
 
 Used where two processes must not do the same thing at once: two campaign runs for a tenant,
 two workers refreshing one WeChat access token (each fetch invalidates the previous token).
+A long holder keeps a short lock alive with renew_lock, so a crashed holder's lock lapses in
+minutes while a live one never loses it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from backend.store.db import write_transaction
 from backend.store.models import JobLock
 
 DEFAULT_TTL_MS = 30 * 60 * 1000  # a crashed holder's lock is taken over after this
+
+
+class LockLost(RuntimeError):
+    """The holder's lock lapsed and was taken (or released) by someone else."""
 
 
 def acquire_lock(name: str, holder: str, now_ms: int, ttl_ms: int = DEFAULT_TTL_MS) -> bool:
@@ -37,3 +43,18 @@ def acquire_lock(name: str, holder: str, now_ms: int, ttl_ms: int = DEFAULT_TTL_
 def release_lock(name: str, holder: str) -> None:
     with write_transaction():
         JobLock.delete().where((JobLock.name == name) & (JobLock.holder == holder)).execute()
+
+
+def renew_lock(name: str, holder: str, now_ms: int, ttl_ms: int) -> bool:
+    """Extend the holder's lock to now + ttl; False if the lock is no longer theirs.
+
+    Conditioned on the holder only: a lapsed lock nobody has taken is still safely ours (a
+    takeover changes the holder in one conditional UPDATE, so exactly one of the two wins).
+    """
+    with write_transaction():
+        got = (
+            JobLock.update(expires_ms=now_ms + ttl_ms)
+            .where((JobLock.name == name) & (JobLock.holder == holder))
+            .execute()
+        )
+    return got == 1
