@@ -1,0 +1,281 @@
+"""What bench/load.py and tests/test_load_fault.py share.
+
+A real `python app.py serve` on loopback in a process group of its own, so the gunicorn master
+and its workers can be killed together with one SIGKILL, as a crash or an OOM kill would take
+them; seeding through the command line; event batches whose every answer is recorded; and the
+audit of the database against what the clients were told.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+# The same key across restarts: tokens issued before a kill must still work after it.
+SECRET_KEY = "load-bench-secret-key-not-for-production"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def environment(database_url: str) -> dict:
+    """The server's and the command line's environment: dev-mode login, a fixed secret."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "WECHAT_MODE": "dev",
+        "SECRET_KEY": SECRET_KEY,
+    }
+    env.pop("WECHAT_APPID", None)
+    return env
+
+
+def run_cli(env: dict, *args: str, timeout: float = 120) -> str:
+    done = subprocess.run(
+        [sys.executable, "app.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"app.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def reset_postgres(url: str) -> None:
+    """Drop every table of the schema (a run starts from an empty database)."""
+    from backend.store.db import open_database
+    from backend.store.models import ALL_MODELS, SchemaVersion
+
+    db = open_database(url)
+    with db.bind_ctx(ALL_MODELS + [SchemaVersion]):
+        db.drop_tables(ALL_MODELS + [SchemaVersion], safe=True, cascade=True)
+    db.close_all()
+
+
+def seed(env: dict) -> tuple[str, str]:
+    """`init-db` and `seed-demo --json`: the demo tenant's appid and admin API key."""
+    if env["DATABASE_URL"].startswith("postgres"):
+        reset_postgres(env["DATABASE_URL"])
+    run_cli(env, "init-db")
+    out = json.loads(run_cli(env, "seed-demo", "--json").strip().splitlines()[-1])
+    return out["appid"], out["api_key"]
+
+
+class Server:
+    """`app.py serve --workers N` as a subprocess; start() waits for /healthz."""
+
+    def __init__(self, env: dict, log_path: Path, workers: int = 2, port: int | None = None):
+        self.env, self.log_path, self.workers = env, log_path, workers
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60.0) -> Server:
+        command = ["app.py", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, *command, "--workers", str(self.workers)],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: master and workers
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                if requests.get(f"{self.base}/healthz", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"server not healthy after {timeout_s:.0f} s: {self.log_tail()}")
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def _signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)  # the group id is the master's pid (new session)
+
+    def kill(self) -> None:
+        """SIGKILL to the master and every worker at once: nothing gets to clean up."""
+        if self.proc is None:
+            return
+        self._signal_group(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._wait_group_gone()
+
+    def stop(self) -> None:
+        """A graceful stop (SIGTERM: gunicorn finishes its requests), SIGKILL if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._wait_group_gone()
+            return
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._signal_group(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self._wait_group_gone()
+
+    def _wait_group_gone(self, timeout_s: float = 10.0) -> None:
+        """Workers orphaned by a killed master are reaped by init; wait until none is left."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        self._signal_group(signal.SIGKILL)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def login(session: requests.Session, base: str, appid: str, code: str) -> tuple[str, str]:
+    """(openid, bearer token) of a dev-mode student."""
+    resp = session.post(
+        f"{base}/mp/v1/login", json={"code": code}, headers={"X-Huiliu-Appid": appid}, timeout=30
+    )
+    resp.raise_for_status()
+    return f"dev_{code}", resp.json()["token"]
+
+
+@dataclass
+class Batch:
+    """One event batch of one student, and every answer the server gave to it."""
+
+    openid: str
+    token: str
+    events: list[dict]
+    answers: list[dict | None] = field(default_factory=list)  # None: no answer (a dead server)
+
+    def body(self, now_ms: int) -> bytes:
+        return json.dumps({"events": self.events, "sent_at": now_ms}).encode()
+
+    @property
+    def answered(self) -> bool:
+        return any(a is not None for a in self.answers)
+
+    def acknowledged(self) -> set[str]:
+        """Ids the server has said it holds: every event of a 200 answer that was not rejected."""
+        out: set[str] = set()
+        for answer in self.answers:
+            if answer is not None:
+                rejected = {r["index"] for r in answer["rejected"]}
+                out |= {e["id"] for i, e in enumerate(self.events) if i not in rejected}
+        return out
+
+
+def post_batch(
+    session: requests.Session, base: str, batch: Batch, timeout: float = 30
+) -> tuple[int | None, float]:
+    """Send the batch; records the answer on it. (HTTP status or None, seconds taken)."""
+    t0 = time.perf_counter()
+    try:
+        resp = session.post(
+            f"{base}/mp/v1/events",
+            data=batch.body(time.time_ns() // 1_000_000),
+            headers={"Authorization": f"Bearer {batch.token}", "Content-Type": "application/json"},
+            timeout=timeout,
+        )
+    except requests.RequestException:
+        batch.answers.append(None)
+        return None, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    batch.answers.append(resp.json() if resp.status_code == 200 else None)
+    return resp.status_code, seconds
+
+
+def stored_events(database_url: str, appid: str) -> Counter:
+    """(openid, client id) -> rows stored, for the tenant's events."""
+    from backend.store.db import open_database
+    from backend.store.models import ALL_MODELS, Event, Tenant, User
+
+    db = open_database(database_url)
+    try:
+        with db.bind_ctx(ALL_MODELS):
+            tenant = Tenant.get(Tenant.appid == appid)
+            rows = (
+                Event.select(User.openid, Event.client_id)
+                .join(User, on=(Event.user == User.id))
+                .where(Event.tenant == tenant.id)
+                .tuples()
+            )
+            return Counter(rows)
+    finally:
+        db.close_all()
+
+
+def audit_events(database_url: str, appid: str, batches: list[Batch]) -> dict:
+    """What the clients were told against what the database holds."""
+    stored = stored_events(database_url, appid)
+    acknowledged = {(b.openid, i) for b in batches for i in b.acknowledged()}
+    accepted = sum(a["accepted"] for b in batches for a in b.answers if a is not None)
+    return {
+        "events_accepted": accepted,
+        "events_acknowledged": len(acknowledged),
+        "events_stored": sum(stored.values()),
+        "events_distinct": len(stored),
+        "duplicates_stored": sum(n - 1 for n in stored.values()),
+        "events_lost": len(acknowledged - stored.keys()),
+        "stored_not_acknowledged": len(stored.keys() - acknowledged),
+    }
+
+
+def audit_coupons(database_url: str, template_id: int) -> dict:
+    """Coupons of one template: issued within its budget, each redeemed at most once, one
+    coupon per order."""
+    from backend.store.db import open_database
+    from backend.store.models import ALL_MODELS, Coupon, CouponTemplate
+
+    db = open_database(database_url)
+    try:
+        with db.bind_ctx(ALL_MODELS):
+            template = CouponTemplate.get_by_id(template_id)
+            coupons = list(Coupon.select().where(Coupon.template == template_id))
+    finally:
+        db.close_all()
+    refs = Counter(c.order_ref for c in coupons if c.order_ref is not None)
+    return {
+        "coupon_budget": template.budget,
+        "coupons_issued": len(coupons),
+        "issued_count": template.issued_count,
+        "coupons_redeemed": sum(c.status == "redeemed" for c in coupons),
+        "orders_with_two_coupons": sum(n > 1 for n in refs.values()),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
