@@ -143,9 +143,14 @@ def post_events():
     )
     if result.triggers:
         # Trigger policies decide now; delivery runs on a thread so this answer is not held.
-        tenant = Tenant.get_by_id(g.tenant_id)
-        if campaigns.on_events(tenant, result.triggers, now):
-            delivery.kick(current_app._get_current_object(), g.tenant_id)
+        # The events are stored: a failing trigger is logged, never the phone's problem (a
+        # 500 would make it resend the batch for ever).
+        try:
+            tenant = Tenant.get_by_id(g.tenant_id)
+            if campaigns.on_events(tenant, result.triggers, now):
+                delivery.kick(current_app._get_current_object(), g.tenant_id)
+        except Exception:
+            current_app.logger.exception("event triggers failed for tenant %s", g.tenant_id)
     return jsonify(result.as_dict())
 
 
