@@ -143,11 +143,22 @@ def register(app: Flask) -> None:
         from backend.services.scoring import score_tenant
 
         day, tenants = _day_and_tenants(on, appid, _now_ms())
-        results = [score_tenant(t, day) for t in tenants]
+        results, failed = [], []
+        for t in tenants:
+            # One tenant's failure must not leave every later tenant unscored.
+            try:
+                results.append(score_tenant(t, day))
+            except Exception as exc:
+                current_app.logger.exception("score failed for tenant %s", t.appid)
+                failed.append({"tenant": t.appid, "error": f"{type(exc).__name__}: {exc}"})
         if as_json:
-            click.echo(json.dumps(results, ensure_ascii=False))
-            return
-        for r in results:
+            click.echo(
+                json.dumps(
+                    {"tenants": results, "failed": failed} if failed else results,
+                    ensure_ascii=False,
+                )
+            )
+        for r in [] if as_json else results:
             tiers = ", ".join(f"{k} {v}" for k, v in r["tiers"].items())
             model = r["model"]
             fit = (
@@ -157,6 +168,11 @@ def register(app: Flask) -> None:
                 else "BG/NBD not fitted (too few buyers)"
             )
             click.echo(f"{r['tenant']} {r['date']}: {r['users']} users; {tiers}; {fit}")
+        if failed:
+            lines = [f"score failed for {len(failed)} of {len(tenants)} tenants:"]
+            lines += [f"  {f['tenant']}: {f['error']}" for f in failed]
+            click.echo("\n".join(lines), err=True)
+            click.get_current_context().exit(1)
 
     @app.cli.command("run-campaigns")
     @click.option("--date", "on", default=None, help="YYYY-MM-DD China date (default: today)")
@@ -178,20 +194,38 @@ def register(app: Flask) -> None:
         def deliver(tenant, now_ms):
             return delivery.deliver_due(tenant, now_ms, channels, retry, clock=clock)
 
-        results = []
+        results, failed = [], []
         for tenant in tenants:
+            # Each tenant's run is isolated: a failure is recorded (the run row says `failed`
+            # and why) and the other tenants still get their nightly sends.
             try:
                 results.append(
-                    campaigns.run(tenant, day, now, dry_run=dry_run, seed=seed, deliver=deliver)
+                    campaigns.run(
+                        tenant,
+                        day,
+                        clock.now_ms(),
+                        dry_run=dry_run,
+                        seed=seed,
+                        deliver=deliver,
+                        clock=clock,
+                    )
                 )
-            except campaigns.JobLocked as exc:
-                raise click.ClickException(str(exc)) from None
+            except Exception as exc:
+                if not isinstance(exc, campaigns.JobLocked):
+                    current_app.logger.exception("run-campaigns failed for tenant %s", tenant.appid)
+                failed.append({"tenant": tenant.appid, "error": campaigns.failure_reason(exc)})
         if as_json:
             out = results[0] if len(results) == 1 else {"tenants": results}
+            if failed:
+                out = {"tenants": results, "failed": failed}
             click.echo(json.dumps(out, ensure_ascii=False))
-            return
-        for r in results:
+        for r in [] if as_json else results:
             click.echo(_campaign_text(r))
+        if failed:
+            lines = [f"run-campaigns failed for {len(failed)} of {len(tenants)} tenants:"]
+            lines += [f"  {f['tenant']}: {f['error']}" for f in failed]
+            click.echo("\n".join(lines), err=True)
+            click.get_current_context().exit(1)
 
     @app.cli.command("report")
     @click.option("--policy", default=None, help="only this policy (default: all)")

@@ -4,9 +4,10 @@ What a merchant would notice if any of these broke: a recall message sent twice,
 sent to someone who opted out or at midnight, a lost touch, a card that never shows (or
 shows forever), a user lost in an upgrade.
 
-Tests that run `python app.py run-campaigns` as a subprocess are SQLite-only (the subprocess
-needs its own database file; marked `sqlite_only`). The subprocess uses the real system clock,
-so their history is prepared relative to the real current time.
+Tests that run the `run-campaigns` command as a subprocess are SQLite-only (the subprocess
+needs its own database file; marked `sqlite_only`). Every test, subprocesses included, runs
+on an injected clock at a fixed time (18:00 China time, or a quiet-hours time where quiet
+hours are the point), so "sent exactly once" is checked whatever the wall clock says.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +26,7 @@ import pytest
 from conftest import T0, login
 from test_campaigns import POLICY, add_policy, import_history, run_job, statuses
 
-from backend.clock import SystemClock, to_ms
+from backend.clock import to_ms
 from backend.core.calendar import CHINA_OFFSET_MS, MS_PER_DAY, china_day
 from backend.core.policy.allocation import salt_of, stable_unit
 from backend.core.policy.guards import HOUR_MS, next_allowed_ms
@@ -50,12 +50,11 @@ ROOT = Path(__file__).resolve().parent.parent
 NOW = to_ms(T0)  # 2026-03-10 18:00 China time
 TODAY = int(china_day(NOW))
 CHINA_MIDNIGHT_AFTER_T0 = (TODAY + 1) * MS_PER_DAY - CHINA_OFFSET_MS
+NIGHT = CHINA_MIDNIGHT_AFTER_T0 - HOUR_MS  # 23:00 China time: quiet hours
+MINUTE = 60_000
 
 # The subprocess tests need a database file of their own: run them on the SQLite lane only.
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-
-# What the subprocess's app uses for "now".
-REAL_CLOCK = SystemClock()
 
 PAY_AGAIN_TITLE = "订单还在等你"
 PAY_AGAIN_TEXT = "刚才的支付没有成功，购物车已为你保留，点击继续支付。"
@@ -165,47 +164,51 @@ def is_quiet(ms: int) -> bool:
 # -- the CLI as a subprocess (SQLite only) --------------------------------------------------
 
 
-def cli_env(db_url: str, crash: bool = False) -> dict:
+def cli_env(db_url: str, now_ms: int, crash: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "HUILIU_CRASH_AFTER"}
-    env.update({"DATABASE_URL": db_url, "WECHAT_MODE": "dev"})
+    env.update({"DATABASE_URL": db_url, "WECHAT_MODE": "dev", "TEST_NOW_MS": str(now_ms)})
     if crash:
         env["HUILIU_CRASH_AFTER"] = "decide"
     return env
 
 
-def run_cli(db_url: str, *args: str, crash: bool = False) -> subprocess.CompletedProcess:
+# `python app.py ARGS`, but with the app's clock fixed at TEST_NOW_MS: a process of its own
+# (a crash is a real os._exit) on the injected clock.
+CLI_AT = """
+import os, sys
+from flask.cli import FlaskGroup
+from backend import create_app
+from backend.clock import FixedClock, from_ms
+clock = FixedClock(from_ms(int(os.environ["TEST_NOW_MS"])))
+group = FlaskGroup(create_app=lambda: create_app({"CLOCK": clock}), add_default_commands=False)
+group.main(args=sys.argv[1:], prog_name="app.py")
+"""
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-c", CLI_AT, "run-campaigns", "--json", *args]
+
+
+def run_cli(db_url: str, *args: str, now_ms: int, crash: bool = False):
     return subprocess.run(
-        [sys.executable, "app.py", "run-campaigns", "--json", *args],
+        cli_command(*args),
         cwd=ROOT,
-        env=cli_env(db_url, crash),
+        env=cli_env(db_url, now_ms, crash),
         capture_output=True,
         text=True,
         timeout=120,
     )
 
 
-def away_from_quiet_boundary(margin_s: int = 20) -> None:
-    """Wait out the last seconds before 08:00 or 22:00 China time, so whether the next run is
-    inside quiet hours is known in advance."""
-    for _ in range(2):
-        now = REAL_CLOCK.now_ms()
-        h, m = china_hm(now)
-        secs = ((now + CHINA_OFFSET_MS) % 60_000) // 1000
-        if h in (7, 21) and m == 59 and secs >= 60 - margin_s:
-            time.sleep(61 - secs)
-
-
-def prepare_real_time_tenant(app, client, clock, tenant, users: int) -> list[str]:
-    """A tenant whose history is relative to the real now, with an active nightly policy that
-    sends its subscribe message at 08:00 (already past on any day outside quiet hours).
+def prepare_tenant(app, client, tenant, users: int, now_ms: int = NOW) -> list[str]:
+    """A tenant with an active nightly policy that sends its subscribe message at 08:00
+    (already past at 18:00, and the next morning at 23:00).
 
     Each user holds two allowances: every dev-mode subscribe send spends one, so a user left
     with 0 was sent the message twice."""
-    clock.set(REAL_CLOCK.now())
-    now = clock.now_ms()
     openids = [f"r{u:03d}" for u in range(users)]
-    import_users(client, tenant, openids, silent_days=5, now_ms=now)
-    grant(app, tenant, openids, count=2, now_ms=now)
+    import_users(client, tenant, openids, silent_days=5, now_ms=now_ms)
+    grant(app, tenant, openids, count=2, now_ms=now_ms)
     add_policy(client, tenant, POLICY.replace("send_hour: 10", "send_hour: 8"))
     return openids
 
@@ -214,12 +217,15 @@ def prepare_real_time_tenant(app, client, clock, tenant, users: int) -> list[str
 
 
 @sqlite_only
+@pytest.mark.parametrize("at", [NOW, NIGHT], ids=["18h", "23h-quiet"])
 def test_crash_after_deciding_loses_nothing_and_sends_each_touch_once(
-    app, client, clock, tenant, db_url
+    app, client, tenant, db_url, at
 ):
-    prepare_real_time_tenant(app, client, clock, tenant, users=12)
+    prepare_tenant(app, client, tenant, users=12, now_ms=at)
+    quiet = is_quiet(at)
+    assert quiet == (at == NIGHT)
 
-    crashed = run_cli(db_url, crash=True)
+    crashed = run_cli(db_url, now_ms=at, crash=True)
     assert crashed.returncode == 70, crashed.stderr[-2000:]
     assert crashed.stdout.strip() == ""  # no summary: it died before finishing
     decided = touches(app, tenant)
@@ -229,19 +235,17 @@ def test_crash_after_deciding_loses_nothing_and_sends_each_touch_once(
     assert set(by_status) <= {"queued", "held_out"}
     assert_unique_touches(decided)
 
-    # Straight after the crash the dead run still holds the tenant's lock (documented: taken
-    # over after 30 minutes); the rerun refuses, naming the lock, and changes nothing.
-    refused = run_cli(db_url)
+    # Straight after the crash the dead run still holds the tenant's lock; the rerun refuses,
+    # naming the lock, and changes nothing.
+    refused = run_cli(db_url, now_ms=at + MINUTE)
     assert refused.returncode != 0
     assert "lock" in refused.stderr
     assert touches(app, tenant) == decided
 
-    # Thirty minutes later the stale lock is taken over.
-    with app.app_context():
-        JobLock.update(expires_ms=JobLock.expires_ms - campaigns.LOCK_TTL_MS - 1).execute()
-    away_from_quiet_boundary()
-    quiet = is_quiet(REAL_CLOCK.now_ms())
-    second = run_cli(db_url)
+    # The dead run renews its lock no more: minutes later it has lapsed and is taken over.
+    later = at + campaigns.LOCK_TTL_MS + MINUTE
+    assert later - at <= 5 * MINUTE
+    second = run_cli(db_url, now_ms=later)
     assert second.returncode == 0, second.stderr[-2000:]
     summary = json.loads(second.stdout)
     assert summary["decided"] == 0 and summary["queued"] == 0  # nothing decided twice
@@ -262,7 +266,7 @@ def test_crash_after_deciding_loses_nothing_and_sends_each_touch_once(
         assert by_status["queued"] == queued and by_status["sent"] == 0
         assert allowances(app, queued_users) == [2] * queued
 
-    third = run_cli(db_url)
+    third = run_cli(db_url, now_ms=later + MINUTE)
     assert third.returncode == 0, third.stderr[-2000:]
     again = json.loads(third.stdout)
     assert again["decided"] == 0 and again["sent"] == 0
@@ -273,14 +277,12 @@ def test_crash_after_deciding_loses_nothing_and_sends_each_touch_once(
 
 
 @sqlite_only
-def test_crashed_run_is_not_listed_as_running_forever(app, client, clock, tenant, db_url):
+def test_crashed_run_is_not_listed_as_running_forever(app, client, tenant, db_url):
     """GET /admin/v1/campaign-runs after a crash and a successful rerun: the merchant must not
     see the dead run as still "running" (with no finish time) for ever."""
-    prepare_real_time_tenant(app, client, clock, tenant, users=5)
-    assert run_cli(db_url, crash=True).returncode == 70
-    with app.app_context():
-        JobLock.update(expires_ms=JobLock.expires_ms - campaigns.LOCK_TTL_MS - 1).execute()
-    rerun = run_cli(db_url)
+    prepare_tenant(app, client, tenant, users=5)
+    assert run_cli(db_url, now_ms=NOW, crash=True).returncode == 70
+    rerun = run_cli(db_url, now_ms=NOW + campaigns.LOCK_TTL_MS + MINUTE)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     runs = client.get("/admin/v1/campaign-runs", headers=tenant.admin).get_json()["runs"]
     assert len(runs) == 2
@@ -293,15 +295,14 @@ def test_crashed_run_is_not_listed_as_running_forever(app, client, clock, tenant
 
 
 @sqlite_only
-def test_two_concurrent_runs_send_each_touch_once(app, client, clock, tenant, db_url):
-    prepare_real_time_tenant(app, client, clock, tenant, users=60)
-    away_from_quiet_boundary()
-    quiet = is_quiet(REAL_CLOCK.now_ms())
+def test_two_concurrent_runs_send_each_touch_once(app, client, tenant, db_url):
+    prepare_tenant(app, client, tenant, users=60)
+    assert not is_quiet(NOW)
     procs = [
         subprocess.Popen(
-            [sys.executable, "app.py", "run-campaigns", "--json"],
+            cli_command(),
             cwd=ROOT,
-            env=cli_env(db_url),
+            env=cli_env(db_url, NOW),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -326,12 +327,38 @@ def test_two_concurrent_runs_send_each_touch_once(app, client, clock, tenant, db
     by_status = Counter(r["status"] for r in rows)
     queued_users = [r["openid"] for r in rows if r["status"] in ("queued", "sent")]
     assert len(queued_users) == queued
-    if not quiet:
-        assert sum(s["sent"] for s in summaries) == queued == by_status["sent"] > 0
-        assert allowances(app, queued_users) == [1] * queued  # nobody got the message twice
-    else:
-        assert by_status["queued"] == queued
-        assert allowances(app, queued_users) == [2] * queued
+    assert sum(s["sent"] for s in summaries) == queued == by_status["sent"] > 0
+    assert allowances(app, queued_users) == [1] * queued  # nobody got the message twice
+
+
+def test_two_deliverers_racing_for_one_batch_send_each_touch_once(app, client, tenant, monkeypatch):
+    """A web worker's trigger delivery and the nightly run both pick the same due touches;
+    the second to claim must get none of them. Deterministic: the other deliverer runs in
+    full between this one's SELECT of candidates and its claiming UPDATE."""
+    prepare_tenant(app, client, tenant, users=20)
+    decided = decide_only(app, tenant)
+    queued = decided["queued"]
+    assert queued > 0 and not is_quiet(NOW)
+    queued_users = sorted(r["openid"] for r in touches(app, tenant) if r["status"] == "queued")
+    first, second = Recording(), Recording()
+    real = delivery.secrets.token_hex
+    raced: list[int] = []
+
+    class Racing:
+        @staticmethod
+        def token_hex(n: int) -> str:
+            if not raced:  # the first claim's candidates are chosen: now the rival runs
+                raced.append(1)
+                raced.append(deliver(app, tenant, NOW, second)["sent"])
+            return real(n)
+
+    monkeypatch.setattr(delivery, "secrets", Racing)
+    counts = deliver(app, tenant, NOW, first)
+    assert raced == [1, queued]
+    assert sorted(second.sent_to) == queued_users
+    assert first.sent_to == [] and counts["sent"] == 0
+    assert allowances(app, queued_users) == [1] * queued  # nobody got the message twice
+    assert Counter(r["status"] for r in touches(app, tenant))["sent"] == queued
 
 
 def test_lock_refuses_a_second_holder_takes_over_a_stale_one_and_releases(app):
@@ -659,10 +686,11 @@ def test_v2_database_migrates_to_latest_keeping_users(app):
         )
         tenant_id = Tenant.get(Tenant.appid == "wxold0000000001").id
         param = "?" if store_db.is_sqlite() else "%s"
+        # v1 builds today's user table (token_key NOT NULL since v7): give the row one.
         db.execute_sql(
-            f'INSERT INTO "user" (tenant_id, openid, created_ms, marketing_opt_out) '
-            f"VALUES ({param}, {param}, {param}, {param})",
-            (tenant_id, "old-user", NOW, True),
+            f'INSERT INTO "user" (tenant_id, openid, created_ms, marketing_opt_out, token_key) '
+            f"VALUES ({param}, {param}, {param}, {param}, {param})",
+            (tenant_id, "old-user", NOW, True, "0" * 32),
         )
 
         assert migrate(db, NOW) == (2, LATEST)

@@ -1,0 +1,179 @@
+"""One tenant's failure never costs another tenant its job, nor a phone its event batch.
+
+`run-campaigns` and `score` without --tenant walk every tenant: a tenant whose run raises
+(anything, a bad stored policy for one) is recorded as failed with its reason, the others
+run, and the command exits non-zero naming the failed tenant. A trigger policy that raises
+while an event batch is stored is logged; the batch is still answered 200 and kept.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import login, make_tenant
+from test_campaign_safety import NOW, TODAY, grant, import_users, is_quiet, touches
+from test_campaigns import add_policy
+
+from backend.services import campaigns, policies, scoring
+from backend.store.models import CampaignRun, Event, JobLock, ScoreSnapshot, Tenant
+
+BOOM = "this tenant's policy cannot be decided"
+
+
+@pytest.fixture
+def three_tenants(app, client):
+    """Three tenants with due users and an active nightly policy; the first (lowest id, so
+    walked first) is the one that will fail."""
+    out = []
+    for n in range(3):
+        t = make_tenant(app, f"wxiso00000000{n:03d}")
+        openids = [f"i{n}-{u:02d}" for u in range(10)]
+        import_users(client, t, openids, silent_days=5, now_ms=NOW)
+        grant(app, t, openids)
+        add_policy(client, t)
+        out.append(t)
+    return out
+
+
+def fail_for(monkeypatch, module, name: str, tenant_id: int) -> None:
+    """Make `module.name` raise for one tenant only (its first argument is the tenant)."""
+    real = getattr(module, name)
+
+    def patched(tenant, *args, **kwargs):
+        tid = tenant if isinstance(tenant, int) else tenant.id
+        if tid == tenant_id:
+            raise RuntimeError(BOOM)
+        return real(tenant, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, patched)
+
+
+def test_a_failing_tenant_does_not_stop_the_others_nightly_sends(
+    app, client, three_tenants, monkeypatch
+):
+    bad, good1, good2 = three_tenants
+    assert not is_quiet(NOW)
+    fail_for(monkeypatch, campaigns, "decide_policy", bad.id)
+    result = app.test_cli_runner().invoke(args=["run-campaigns", "--json"])
+    assert result.exit_code == 1, result.output
+    out = json.loads(result.stdout)
+    assert out["failed"] == [{"tenant": bad.appid, "error": f"RuntimeError: {BOOM}"}]
+    ran = {r["tenant"]: r for r in out["tenants"]}
+    assert sorted(ran) == sorted([good1.appid, good2.appid])
+    for t in (good1, good2):
+        assert ran[t.appid]["sent"] == ran[t.appid]["queued"] > 0
+        rows = touches(app, t)
+        assert sum(r["status"] == "sent" for r in rows) == ran[t.appid]["sent"]
+    assert touches(app, bad) == []
+    assert bad.appid in result.stderr and BOOM in result.stderr
+    with app.app_context():
+        runs = {r.tenant_id: r for r in CampaignRun.select()}
+        assert runs[bad.id].status == "failed" and runs[bad.id].finished_ms is not None
+        assert json.loads(runs[bad.id].summary)["error"] == f"RuntimeError: {BOOM}"
+        assert runs[good1.id].status == runs[good2.id].status == "done"
+        assert CampaignRun.select().where(CampaignRun.status == "running").count() == 0
+        assert JobLock.select().count() == 0  # no lock left held behind
+
+    # The text form says the same; the failed tenant, once mended, runs normally.
+    again = app.test_cli_runner().invoke(args=["run-campaigns"])
+    assert again.exit_code == 1
+    assert f"{bad.appid}: RuntimeError: {BOOM}" in again.stderr
+    assert "failed for 1 of 3 tenants" in again.stderr
+    monkeypatch.undo()
+    mended = app.test_cli_runner().invoke(args=["run-campaigns", "--json"])
+    assert mended.exit_code == 0, mended.output
+    assert {r["tenant"]: r["sent"] > 0 for r in json.loads(mended.stdout)["tenants"]} == {
+        bad.appid: True,
+        good1.appid: False,  # already sent last time, nothing twice
+        good2.appid: False,
+    }
+
+
+def test_a_locked_tenant_is_reported_and_the_others_run(app, three_tenants):
+    locked, good1, good2 = three_tenants
+    with app.app_context():
+        assert campaigns.acquire_lock(f"campaigns:{locked.id}", "another-run", NOW)
+    result = app.test_cli_runner().invoke(args=["run-campaigns", "--json"])
+    assert result.exit_code == 1
+    out = json.loads(result.stdout)
+    assert [f["tenant"] for f in out["failed"]] == [locked.appid]
+    assert "holds the lock" in out["failed"][0]["error"]
+    assert sorted(r["tenant"] for r in out["tenants"]) == sorted([good1.appid, good2.appid])
+    assert "holds the lock" in result.stderr
+
+
+def test_a_failing_tenant_does_not_stop_the_others_scores(app, three_tenants, monkeypatch):
+    bad, good1, good2 = three_tenants
+    fail_for(monkeypatch, scoring, "score_tenant", bad.id)
+    result = app.test_cli_runner().invoke(args=["score", "--json"])
+    assert result.exit_code == 1, result.output
+    out = json.loads(result.stdout)
+    assert out["failed"] == [{"tenant": bad.appid, "error": f"RuntimeError: {BOOM}"}]
+    assert sorted(r["tenant"] for r in out["tenants"]) == sorted([good1.appid, good2.appid])
+    with app.app_context():
+        scored = {s.tenant_id for s in ScoreSnapshot.select().where(ScoreSnapshot.day == TODAY)}
+    assert scored == {good1.id, good2.id}
+    assert bad.appid in result.stderr and BOOM in result.stderr
+
+
+# -- event triggers -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trigger_tenant(app, client, tenant):
+    """A scored tenant with the payment_failed trigger policy switched on."""
+    import_users(client, tenant, [f"dev_t{u}" for u in range(5)], silent_days=5, now_ms=NOW)
+    with app.app_context():
+        scoring.score_tenant(Tenant.get_by_id(tenant.id), TODAY)
+    resp = client.post(
+        "/admin/v1/policies",
+        json={"preset": "payment_failed", "active": True},
+        headers=tenant.admin,
+    )
+    assert resp.status_code == 201, resp.get_json()
+    return tenant
+
+
+def post_batch(client, tenant, prefix: str):
+    h = login(client, tenant, "t1")
+    batch = [
+        {"id": f"{prefix}-open", "type": "app_open", "ts": NOW - 120_000},
+        {"id": f"{prefix}-pf", "type": "payment_failed", "ts": NOW - 60_000},
+    ]
+    return client.post("/mp/v1/events", json={"events": batch}, headers=h)
+
+
+def stored(app, prefix: str) -> int:
+    with app.app_context():
+        return Event.select().where(Event.client_id.startswith(prefix)).count()
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        # one trigger policy's decision raises (isolated in campaigns.on_events)
+        (campaigns, "population"),
+        # the triggers as a whole raise (caught by the events view)
+        (policies, "active_rows"),
+    ],
+    ids=["policy", "all-triggers"],
+)
+def test_a_failing_trigger_does_not_fail_the_event_batch(
+    app, client, trigger_tenant, monkeypatch, where
+):
+    module, name = where
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("trigger policy blew up")
+
+    monkeypatch.setattr(module, name, broken)
+    resp = post_batch(client, trigger_tenant, "b1")
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["accepted"] == 2
+    assert stored(app, "b1") == 2
+    assert touches(app, trigger_tenant) == []
+    # The phone's resend of the same batch is a duplicate, not a second failure.
+    again = post_batch(client, trigger_tenant, "b1")
+    assert again.status_code == 200 and again.get_json()["accepted"] == 0
+    assert stored(app, "b1") == 2
