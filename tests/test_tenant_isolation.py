@@ -539,3 +539,32 @@ def test_the_checker_sees_a_leak(app, client, tenant, clock):
     with pytest.raises(pytest.fail.Exception, match="tenant A's"):
         resp = client.get("/admin/v1/policies/alpha_recall", headers=tenant.admin)
         checker.check("policy", resp, {"name": "alpha_recall"})
+
+
+KNOWN = {k: ["x"] for k in ("template_id", "coupon_id", "name", "openid", "run_id")}
+KNOWN |= {k: ["2026-03-10"] for k in ("date", "from", "to")} | {"policy": ["x"]}
+
+
+def test_a_new_route_it_cannot_fill_fails_the_sweep(app, client):
+    """Nobody adds a route without saying how to try it against another tenant."""
+    from backend.spec import documented
+
+    @documented("a route added later", auth="api_key")
+    def gadget(gadget_id: str):
+        return {"gadget": gadget_id}
+
+    app.add_url_rule("/admin/v1/gadgets/<gadget_id>", view_func=gadget)
+    with pytest.raises(pytest.fail.Exception, match="gadget_id"):
+        api_calls(app, client, KNOWN)
+
+
+def test_a_new_route_with_a_body_it_has_no_body_for_fails_the_sweep(app, client):
+    from backend.spec import documented
+
+    @documented("a route added later", request={"type": "object"}, auth="api_key")
+    def gadgets():
+        return {}
+
+    app.add_url_rule("/admin/v1/gadgets", view_func=gadgets, methods=["POST"])
+    with pytest.raises(pytest.fail.Exception, match="POST /admin/v1/gadgets takes a body"):
+        api_calls(app, client, KNOWN)
