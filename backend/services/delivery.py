@@ -170,11 +170,14 @@ def _confirm(touch: Touch, now_ms: int) -> bool:
 
 def _release(touches: list[Touch]) -> None:
     """Give claimed, unsent touches back to the queue (only those still ours)."""
-    for touch in touches:
-        with write_transaction():
-            Touch.update(status="queued", lease_until_ms=None, claim_token=None).where(
-                _ours(touch)
-            ).execute()
+    if not touches:
+        return
+    with write_transaction():  # one batch shares one token: a single fenced UPDATE
+        Touch.update(status="queued", lease_until_ms=None, claim_token=None).where(
+            Touch.id.in_([t.id for t in touches])
+            & (Touch.status == "sending")
+            & (Touch.claim_token == touches[0].claim_token)
+        ).execute()
 
 
 def _finish(touch: Touch, status: str, **changes) -> bool:
