@@ -39,6 +39,12 @@ def from_env(instance_path: str) -> dict:
         "DELIVERY_MAX_ATTEMPTS": int(os.environ.get("HUILIU_SEND_ATTEMPTS", 5)),
         "MAX_CONTENT_LENGTH": int(os.environ.get("HUILIU_MAX_BODY_BYTES", 2 * 1024 * 1024)),
         "TOKEN_TTL_S": int(os.environ.get("HUILIU_TOKEN_TTL_S", 7200)),
+        # Live-mode mini-program logins (each one spends the app's code2Session quota): per
+        # client address per minute, and failed code exchanges per tenant per minute.
+        "LOGIN_PER_ADDRESS_PER_MIN": int(os.environ.get("HUILIU_LOGIN_PER_ADDRESS_MIN", 60)),
+        "LOGIN_FAILURES_PER_TENANT_PER_MIN": int(
+            os.environ.get("HUILIU_LOGIN_FAILURES_PER_TENANT_MIN", 100)
+        ),
         # Dashboard sessions: signed cookies that expire this long after login.
         "DASHBOARD_SESSION_TTL_S": session_ttl,
         "PERMANENT_SESSION_LIFETIME": timedelta(seconds=session_ttl),

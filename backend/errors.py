@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -13,11 +13,14 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """An error a client can act on: a status, a stable snake_case code and a message."""
 
-    def __init__(self, status: int, code: str, message: str, **extra) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict | None = None, **extra
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}  # e.g. Retry-After on a 429
         self.extra = extra
 
 
@@ -41,17 +44,27 @@ def _http_code(exc: HTTPException) -> str:
     }.get(exc.code or 500, "http_error")
 
 
+def _too_large_message(exc: HTTPException) -> str:
+    """Name the limit that applied to this request: a route may allow more than the app-wide
+    MAX_CONTENT_LENGTH (the historical import allows 16 MiB), and a form's field or part
+    limits are not the body limit at all."""
+    limit = request.max_content_length  # this request's own limit when its route set one
+    length = request.content_length
+    if limit is not None and (length is None or length > limit):
+        return f"request body exceeds the limit of {limit} bytes for this endpoint"
+    return exc.description or "request entity too large"
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api(exc: ApiError):
-        return jsonify(error_body(exc.code, exc.message, **exc.extra)), exc.status
+        return jsonify(error_body(exc.code, exc.message, **exc.extra)), exc.status, exc.headers
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         message = exc.description or exc.name
         if exc.code == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            message = f"request body exceeds the limit of {limit} bytes"
+            message = _too_large_message(exc)
         resp = jsonify(error_body(_http_code(exc), message))
         if exc.code == 405 and exc.valid_methods:
             resp.headers["Allow"] = ", ".join(exc.valid_methods)

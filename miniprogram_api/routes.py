@@ -15,6 +15,7 @@ from backend.services import (
     delivery,
     events,
     privacy,
+    ratelimit,
     subscriptions,
     tenants,
     users,
@@ -95,6 +96,27 @@ def _login_appid() -> str:
     return request.headers.get("X-Huiliu-Appid") or current_app.config["WECHAT_APPID"]
 
 
+LOGIN_WINDOW_MS = 60_000
+
+
+def _limited_code_exchange(tenant: Tenant, code: str) -> wechat.WechatIdentity:
+    """code2Session behind two limits counted in the database (every worker agrees): logins
+    per client address, and failed exchanges per tenant, so junk codes cannot spend the app's
+    quota for everyone. Each attempt is reserved before WeChat is asked; a success gives back
+    its tenant-failure reservation."""
+    cfg, now = current_app.config, _now_ms()
+    address = request.remote_addr or "unknown"
+    limit = cfg["LOGIN_PER_ADDRESS_PER_MIN"]
+    ratelimit.enforce(f"mp-login:{address}", limit, LOGIN_WINDOW_MS, now, "too many logins")
+    limit = cfg["LOGIN_FAILURES_PER_TENANT_PER_MIN"]
+    failure = ratelimit.enforce(
+        f"mp-login-failed:{tenant.id}", limit, LOGIN_WINDOW_MS, now, "too many failed logins"
+    )
+    identity = wechat.code_to_session(current_app.extensions["wechat_client"](), code)
+    ratelimit.refund(failure)  # the exchange worked: not a failure
+    return identity
+
+
 @bp.post("/login")
 @documented(
     "Exchange a wx.login code for a bearer token",
@@ -114,7 +136,7 @@ def login():
     else:
         if tenant.appid != cfg["WECHAT_APPID"] or not cfg["WECHAT_SECRET"]:
             raise ApiError(502, "wechat_not_configured", "no WeChat secret configured for this app")
-        identity = wechat.code_to_session(current_app.extensions["wechat_client"](), body["code"])
+        identity = _limited_code_exchange(tenant, body["code"])
     user = users.get_or_create(tenant.id, identity.openid, identity.unionid, _now_ms())
     issued = issue_token(user)
     return jsonify({"token": issued.token, "expires_in": issued.expires_in})

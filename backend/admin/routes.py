@@ -275,7 +275,8 @@ SETTINGS_SCHEMA = {
             "additionalProperties": {"type": "number", "minimum": 0},
         },
         "calendar": {
-            "description": "a calendar file in seeds/, or the breaks themselves",
+            "description": "a calendar file in seeds/ (one of "
+            f"{', '.join(tenants.CALENDAR_FILES)}), or the breaks themselves",
             "oneOf": [
                 {"type": "string", "maxLength": 100},
                 {

@@ -3,6 +3,10 @@
 A merchant signs in with the tenant's admin API key, or with its appid and the dashboard
 password (`python app.py set-dashboard-password`). The session remembers how: revoking that
 key or changing that password ends the session at the next request, not when it expires.
+
+The cookie alone is not the session: it names a server-side session row (`KeyValue`
+`dash-session:<hash of the id>`, expiring with the session) that every request must find.
+Signing out deletes the row, so a copy of the cookie taken before is worth nothing after.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ from flask import current_app, g, redirect, render_template, request, session, u
 from backend.auth import tenant_for_key
 from backend.dashboard import bp
 from backend.errors import ApiError
-from backend.services import tenants
-from backend.store.db import database
+from backend.services import ratelimit, tenants
+from backend.store.db import write_transaction
 from backend.store.models import ApiKey, KeyValue, Tenant
 
 SESSION = "dash"
 CSRF = "csrf"
 MAX_FAILED_SIGN_INS = 10  # per client address, within ...
 FAILED_WINDOW_MS = 15 * 60 * 1000  # ... this window; then refused until it has passed
+SIGN_IN_PREFIX = "dashboard-sign-in-failures:"  # + client address: the limiter's counter
+SESSION_PREFIX = "dash-session:"  # + sha256 of the session id: the server-side session row
 
 
 def _now_s() -> int:
@@ -68,13 +74,29 @@ def _still_valid(via: list, tenant: Tenant) -> bool:
     return kind == "password" and hmac.compare_digest(tag, _password_tag(tenant))
 
 
+def _session_key(sid: str) -> str:
+    """The row's key holds a hash of the id: reading the table does not give a usable id."""
+    return SESSION_PREFIX + hashlib.sha256(sid.encode()).hexdigest()
+
+
+def _session_alive(sid: object, tenant_id: object) -> bool:
+    """The server still holds this session, for this tenant, and it has not expired."""
+    if not isinstance(sid, str) or not sid:
+        return False
+    row = KeyValue.get_or_none(KeyValue.key == _session_key(sid))
+    now_ms = current_app.config["CLOCK"].now_ms()
+    return row is not None and (row.expires_ms or 0) > now_ms and row.value == str(tenant_id)
+
+
 def signed_in_tenant() -> Tenant | None:
     data = session.get(SESSION)
-    if not isinstance(data, dict) or not {"t", "via", "iat"} <= data.keys():
+    if not isinstance(data, dict) or not {"t", "via", "iat", "sid"} <= data.keys():
         return None
     ttl = int(current_app.config["DASHBOARD_SESSION_TTL_S"])
     if not 0 <= _now_s() - int(data["iat"]) < ttl:
         return None
+    if not _session_alive(data["sid"], data["t"]):
+        return None  # signed out (or never started here): a copied cookie opens nothing
     tenant = Tenant.get_or_none(Tenant.id == data["t"])
     if tenant is None or not _still_valid(data["via"], tenant):
         return None
@@ -99,10 +121,25 @@ def login_required(view):
     return wrapped
 
 
-def _start_session(tenant: Tenant, via: list) -> None:
-    session.clear()  # a fresh session (and CSRF token) on sign-in: no fixation
+def _end_session() -> None:
+    """Delete the server-side row of the cookie's session (if any), then the cookie's data."""
+    data = session.get(SESSION)
+    sid = data.get("sid") if isinstance(data, dict) else None
+    if isinstance(sid, str) and sid:
+        with write_transaction():
+            KeyValue.delete().where(KeyValue.key == _session_key(sid)).execute()
+    session.clear()
+
+
+def _start_session(tenant: Tenant, via: list, now_ms: int) -> None:
+    _end_session()  # a fresh session (and CSRF token) on sign-in: no fixation
+    ttl_ms = int(current_app.config["DASHBOARD_SESSION_TTL_S"]) * 1000
+    sid = secrets.token_urlsafe(32)
+    with write_transaction():
+        KeyValue.create(key=_session_key(sid), value=str(tenant.id), expires_ms=now_ms + ttl_ms)
+    ratelimit.forget_expired(SESSION_PREFIX, now_ms)  # ended sessions do not pile up
     session.permanent = True  # the cookie lives PERMANENT_SESSION_LIFETIME (the TTL)
-    session[SESSION] = {"t": tenant.id, "via": via, "iat": _now_s()}
+    session[SESSION] = {"t": tenant.id, "via": via, "iat": _now_s(), "sid": sid}
     csrf_token()
 
 
@@ -113,28 +150,8 @@ def _safe_next(target: str | None) -> str:
     return url_for("dashboard.overview")
 
 
-def _failures_key() -> str:
-    return f"dashboard-sign-in-failures:{request.remote_addr or 'unknown'}"
-
-
-def _failures(now_ms: int) -> int:
-    row = KeyValue.get_or_none(KeyValue.key == _failures_key())
-    if row is None or (row.expires_ms or 0) <= now_ms:
-        return 0
-    return int(row.value)
-
-
-def _count_failure(now_ms: int) -> None:
-    """One more wrong key or password from this address (shared by every worker)."""
-    with database.atomic():
-        if _failures(now_ms) == 0:  # a new window opens with this failure
-            fields = {KeyValue.value: "1", KeyValue.expires_ms: now_ms + FAILED_WINDOW_MS}
-            KeyValue.insert(
-                key=_failures_key(), value="1", expires_ms=now_ms + FAILED_WINDOW_MS
-            ).on_conflict(conflict_target=[KeyValue.key], update=fields).execute()
-        else:
-            count = _failures(now_ms) + 1
-            KeyValue.update(value=str(count)).where(KeyValue.key == _failures_key()).execute()
+def _sign_in_key() -> str:
+    return f"{SIGN_IN_PREFIX}{request.remote_addr or 'unknown'}"
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -144,12 +161,16 @@ def login():
             return redirect(url_for("dashboard.overview"))
         return render_template("dashboard/login.html", next=request.args.get("next", ""))
     now_ms = current_app.config["CLOCK"].now_ms()
-    if _failures(now_ms) >= MAX_FAILED_SIGN_INS:
-        return render_template(
+    # The attempt is counted (atomically) before the slow check it pays for: of any number of
+    # parallel guesses only MAX_FAILED_SIGN_INS reach a check; the rest are refused unchecked.
+    attempt = ratelimit.reserve(_sign_in_key(), MAX_FAILED_SIGN_INS, FAILED_WINDOW_MS, now_ms)
+    if not attempt.allowed:
+        page = render_template(
             "dashboard/login.html",
             error="尝试次数过多，请 15 分钟后再试",
             next=request.form.get("next", ""),
-        ), 429
+        )
+        return page, 429, {"Retry-After": str(attempt.retry_after_s(now_ms))}
     api_key = request.form.get("api_key", "").strip()
     appid = request.form.get("appid", "").strip()
     password = request.form.get("password", "")
@@ -162,18 +183,18 @@ def login():
         tenant = tenants.check_dashboard_password(appid, password)
         via = ["password", _password_tag(tenant)] if tenant else []
     if tenant is None:
-        _count_failure(now_ms)
         message = "密钥或密码不正确" if (api_key or appid) else "请输入 API 密钥，或 AppID 与密码"
         return render_template(
             "dashboard/login.html", error=message, next=request.form.get("next", "")
         ), 401
-    # A success does not clear the count: a key of one's own must not reset the guessing
-    # at another tenant's password from the same address.
-    _start_session(tenant, via)
+    # A success gives back only its own attempt; it does not clear the count: a key of one's
+    # own must not reset the guessing at another tenant's password from the same address.
+    ratelimit.refund(attempt)
+    _start_session(tenant, via, now_ms)
     return redirect(_safe_next(request.form.get("next")))
 
 
 @bp.post("/logout")
 def logout():
-    session.clear()
+    _end_session()  # server-side: the session is over for every copy of its cookie
     return redirect(url_for("dashboard.login"))

@@ -117,12 +117,16 @@ def simulation_start():
     except ApiError as exc:
         return _list_page(exc.message, exc.status)
     cfg = current_app.config
-    simulations.launch(
-        row.id,
-        cfg["DATABASE_URL"],
-        cfg["SECRET_KEY"],
-        Path(current_app.instance_path) / "logs",
-    )
+    try:
+        simulations.launch(
+            row.id,
+            cfg["DATABASE_URL"],
+            cfg["SECRET_KEY"],
+            Path(current_app.instance_path) / "logs",
+        )
+    except OSError as exc:  # no worker: the row must not hold one of the tenant's slots
+        simulations.fail(row.id, f"the worker could not start: {exc}", _now_ms())
+        return _list_page("试算进程无法启动，请稍后再试", 503)
     return redirect(url_for("dashboard.simulation_page", run_id=row.id))
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from backend.clock import china_iso
 from backend.errors import ApiError
-from backend.store.models import SimulationRun
+from backend.store.db import is_sqlite, write_transaction
+from backend.store.models import SimulationRun, Tenant
 
 MAX_USERS = 5000
 MAX_DAYS = 180
@@ -27,27 +28,42 @@ APP_PY = Path(__file__).resolve().parents[2] / "app.py"
 
 
 def start(tenant_id: int, request: dict, now_ms: int) -> SimulationRun:
-    """Record a trial; refuses a tenant that already has too many running."""
-    busy = (
-        SimulationRun.select()
-        .where(
-            (SimulationRun.tenant == tenant_id)
-            & SimulationRun.status.in_(("queued", "running"))
-            & (SimulationRun.updated_ms > now_ms - STALLED_AFTER_MS)
+    """Record a trial; refuses a tenant that already has too many running.
+
+    Count and insert are one write transaction holding the tenant's lock, so parallel starts
+    queue and exactly MAX_RUNNING_PER_TENANT of them get a row. (They used to be two
+    autocommit statements: every parallel start counted before any inserted, and 12 parallel
+    starts launched 5 against a limit of 2, on SQLite as on PostgreSQL.)
+    """
+    with write_transaction():
+        _lock_tenant(tenant_id)
+        busy = (
+            SimulationRun.select()
+            .where(
+                (SimulationRun.tenant == tenant_id)
+                & SimulationRun.status.in_(("queued", "running"))
+                & (SimulationRun.updated_ms > now_ms - STALLED_AFTER_MS)
+            )
+            .count()
         )
-        .count()
-    )
-    if busy >= MAX_RUNNING_PER_TENANT:
-        raise ApiError(
-            429, "too_many_simulations", f"{busy} trials are still running; wait for one to end"
+        if busy >= MAX_RUNNING_PER_TENANT:
+            raise ApiError(
+                429, "too_many_simulations", f"{busy} trials are still running; wait for one to end"
+            )
+        return SimulationRun.create(
+            tenant=tenant_id,
+            created_ms=now_ms,
+            updated_ms=now_ms,
+            status="queued",
+            request=json.dumps(request, ensure_ascii=False),
         )
-    return SimulationRun.create(
-        tenant=tenant_id,
-        created_ms=now_ms,
-        updated_ms=now_ms,
-        status="queued",
-        request=json.dumps(request, ensure_ascii=False),
-    )
+
+
+def _lock_tenant(tenant_id: int) -> None:
+    """Serialise this tenant's starts until the transaction ends. SQLite's write transaction
+    already is one writer at a time (BEGIN IMMEDIATE); PostgreSQL locks the tenant's row."""
+    if not is_sqlite():
+        list(Tenant.select(Tenant.id).where(Tenant.id == tenant_id).for_update())
 
 
 def launch(run_id: int, database_url: str, secret_key: str, log_dir: Path) -> None:

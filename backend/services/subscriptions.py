@@ -1,13 +1,27 @@
-"""Subscribe-message allowances: each `accept` permits exactly one later message."""
+"""Subscribe-message allowances: each `accept` permits exactly one later message.
+
+Bounded, because the client's word is all we have (a grant cannot be verified with WeChat):
+a prompt names at most MAX_TEMPLATES_PER_PROMPT templates (wx.requestSubscribeMessage asks for
+1-3 at a time), and accepts stop adding at MAX_ALLOWANCE per template. WeChat documents one
+send per accept but not whether accepts accumulate (WECHAT_RULES.md: "unconfirmed"), so a
+small ceiling is kept: a client posting grants in a loop, with fresh request ids, cannot
+inflate its allowance past it, and at most that many sends can fail with 43101 before WeChat's
+answer zeroes it.
+"""
 
 from __future__ import annotations
 
 import json
 
+from peewee import Case
+
+from backend.errors import ApiError
 from backend.store.db import database
 from backend.store.models import SubscriptionAllowance, SubscriptionGrant
 
 RESULTS = ("accept", "reject", "ban", "filter")
+MAX_TEMPLATES_PER_PROMPT = 3  # wx.requestSubscribeMessage's tmplIds: 1-3 per call
+MAX_ALLOWANCE = 3  # one-time sends held per user and template; accepts beyond it are ignored
 
 SUBSCRIPTION_SCHEMA = {
     "type": "object",
@@ -25,7 +39,7 @@ SUBSCRIPTION_SCHEMA = {
             "description": "the object wx.requestSubscribeMessage resolved with: template id -> "
             "accept | reject | ban | filter (its errMsg key is ignored)",
             "minProperties": 1,
-            "maxProperties": 10,
+            "maxProperties": MAX_TEMPLATES_PER_PROMPT + 1,  # and errMsg
             "propertyNames": {"minLength": 1, "maxLength": 128},
             "properties": {"errMsg": {"type": "string"}},
             "additionalProperties": {"enum": list(RESULTS)},
@@ -37,10 +51,18 @@ SUBSCRIPTION_SCHEMA = {
 def record(tenant_id: int, user_id: int, body: dict, now_ms: int) -> tuple[dict, bool]:
     """Apply one prompt's answers; returns (template -> remaining allowance, was_duplicate).
 
-    accept adds one allowance; ban (the user switched the template off) zeroes it; reject and
-    filter leave earlier allowances alone: a refusal now does not take back an earlier yes.
+    accept adds one allowance (up to MAX_ALLOWANCE); ban (the user switched the template off)
+    zeroes it; reject and filter leave earlier allowances alone: a refusal now does not take
+    back an earlier yes.
     """
     results = {k: v for k, v in body["results"].items() if k != "errMsg"}
+    if len(results) > MAX_TEMPLATES_PER_PROMPT:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"results: at most {MAX_TEMPLATES_PER_PROMPT} template ids "
+            "(one wx.requestSubscribeMessage prompt)",
+        )
     with database.atomic():
         duplicate = False
         if "id" in body:
@@ -74,7 +96,8 @@ def _apply(tenant_id: int, user_id: int, template_id: str, outcome: str, now_ms:
     ).on_conflict_ignore().as_rowcount().execute()
     changes: dict = {"last_result": outcome, "updated_ms": now_ms}
     if outcome == "accept":
-        changes["remaining"] = SubscriptionAllowance.remaining + 1
+        remaining = SubscriptionAllowance.remaining
+        changes["remaining"] = Case(None, [(remaining < MAX_ALLOWANCE, remaining + 1)], remaining)
     elif outcome == "ban":
         changes["remaining"] = 0
     SubscriptionAllowance.update(**changes).where(

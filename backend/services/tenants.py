@@ -45,12 +45,26 @@ def settings(tenant: Tenant) -> dict:
     return json.loads(tenant.settings or "{}")
 
 
+# The calendar files in seeds/ a tenant may name: a named set, not "any file under seeds/"
+# (a policy preset or the demo tenant there is YAML too, and is not a calendar).
+CALENDAR_FILES = ("campus_calendar.yaml",)
+
+
 def update_settings(tenant: Tenant, changes: dict) -> dict:
     """Merge `changes` into the tenant's settings after checking they can be used."""
     from backend.core.tiers import TierConfig
     from backend.services.scoring import load_calendar
 
     merged = {**settings(tenant), **changes}
+    calendar = merged.get("calendar")
+    if isinstance(calendar, str) and calendar not in CALENDAR_FILES:
+        allowed = ", ".join(CALENDAR_FILES)
+        raise ApiError(
+            400,
+            "invalid_settings",
+            f"calendar {calendar!r} is not a calendar file; name one of: {allowed} "
+            "(or give the breaks themselves)",
+        )
     try:
         TierConfig.from_settings(merged.get("tiers"))
         load_calendar(merged)
