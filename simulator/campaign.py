@@ -25,7 +25,12 @@ from backend.core.attribution import in_window
 from backend.core.calendar import MS_PER_DAY, day_start_ms
 from backend.core.policy import HOLDOUT, SEND, SKIPPED, Decisions, Policy, PolicyState, UserState
 from backend.core.policy import decide as core_decide
-from backend.core.policy.guards import HOUR_MS, contact_hour, planned_send_ms
+from backend.core.policy.guards import (
+    HOUR_MS,
+    MAX_SUBSCRIBE_ALLOWANCE,
+    contact_hour,
+    planned_send_ms,
+)
 from backend.core.policy.history import TouchHistory, history_state
 from backend.core.policy.learning import LearningTotals
 from backend.core.policy.spec import CHANNELS, MESSAGE_KINDS, SUBSCRIBE
@@ -283,7 +288,9 @@ class Campaign:
         draws = self.draw_grants() if grant_draws is None else grant_draws
         for template, dice in zip(self.templates, draws, strict=True):
             accept = campus.visited & (dice < self.grant_p)
-            self.permissions.allowance[template][np.flatnonzero(accept)] += 1
+            held = self.permissions.allowance[template]
+            rows = np.flatnonzero(accept)
+            held[rows] = np.minimum(held[rows] + 1, MAX_SUBSCRIBE_ALLOWANCE)
             self.last_grants[template] = accept
         return used
 

@@ -348,6 +348,16 @@ def test_the_calendar_files_and_inline_breaks_are_accepted(client, tenant):
         assert resp.status_code == 200 and resp.get_json()["calendar"] == calendar
 
 
+@pytest.mark.parametrize("name", ["demo_tenant.yaml", "policies/tiered.yaml", "../README.md"])
+def test_a_stored_calendar_name_outside_the_set_is_not_read(name):
+    """The loader checks the name too, so a value stored before the settings check cannot
+    make the nightly job read another file."""
+    from backend.services.scoring import load_calendar
+
+    with pytest.raises(ValueError, match="not one of"):
+        load_calendar({"calendar": name})
+
+
 # g. Subscribe allowances are bounded -------------------------------------------------------
 
 

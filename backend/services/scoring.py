@@ -34,6 +34,9 @@ from backend.store.models import Event, ModelFit, Order, ScoreSnapshot, Tenant, 
 
 SEEDS_DIR = Path(__file__).resolve().parent.parent.parent / "seeds"
 DEFAULT_CALENDAR = "campus_calendar.yaml"
+# The calendar files in seeds/ a tenant may name: a named set, not "any file under seeds/"
+# (a policy preset or the demo tenant there is YAML too, and is not a calendar).
+CALENDAR_FILES = (DEFAULT_CALENDAR,)
 CHUNK = 500
 
 
@@ -46,10 +49,9 @@ def load_calendar(settings: dict) -> TermCalendar:
     spec = settings.get("calendar", DEFAULT_CALENDAR)
     try:
         if isinstance(spec, str):
-            path = (SEEDS_DIR / spec).resolve()
-            if SEEDS_DIR.resolve() not in path.parents:
-                raise ValueError(f"calendar {spec!r} must be a file in seeds/")
-            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if spec not in CALENDAR_FILES:
+                raise ValueError(f"calendar {spec!r} is not one of {', '.join(CALENDAR_FILES)}")
+            spec = yaml.safe_load((SEEDS_DIR / spec).read_text(encoding="utf-8"))
         return calendar_from_spec(spec)
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"calendar {settings.get('calendar')!r} cannot be read: {exc}") from None

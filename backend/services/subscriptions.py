@@ -15,13 +15,15 @@ import json
 
 from peewee import Case
 
+from backend.core.policy.guards import MAX_SUBSCRIBE_ALLOWANCE
 from backend.errors import ApiError
 from backend.store.db import database
 from backend.store.models import SubscriptionAllowance, SubscriptionGrant
 
 RESULTS = ("accept", "reject", "ban", "filter")
 MAX_TEMPLATES_PER_PROMPT = 3  # wx.requestSubscribeMessage's tmplIds: 1-3 per call
-MAX_ALLOWANCE = 3  # one-time sends held per user and template; accepts beyond it are ignored
+# one-time sends held per user and template; accepts beyond it are ignored
+MAX_ALLOWANCE = MAX_SUBSCRIBE_ALLOWANCE
 
 SUBSCRIPTION_SCHEMA = {
     "type": "object",

@@ -7,6 +7,7 @@ from functools import cache
 
 from backend.auth import new_api_key
 from backend.errors import ApiError
+from backend.services.scoring import CALENDAR_FILES, load_calendar
 from backend.store.db import database
 from backend.store.models import Merchant, Tenant
 
@@ -45,15 +46,9 @@ def settings(tenant: Tenant) -> dict:
     return json.loads(tenant.settings or "{}")
 
 
-# The calendar files in seeds/ a tenant may name: a named set, not "any file under seeds/"
-# (a policy preset or the demo tenant there is YAML too, and is not a calendar).
-CALENDAR_FILES = ("campus_calendar.yaml",)
-
-
 def update_settings(tenant: Tenant, changes: dict) -> dict:
     """Merge `changes` into the tenant's settings after checking they can be used."""
     from backend.core.tiers import TierConfig
-    from backend.services.scoring import load_calendar
 
     merged = {**settings(tenant), **changes}
     calendar = merged.get("calendar")

@@ -13,6 +13,10 @@ from backend.core.calendar import CHINA_OFFSET_MS, MS_PER_DAY, day_start_ms
 QUIET_START_HOUR = 22  # China time; nothing is sent from 22:00 ...
 QUIET_END_HOUR = 8  # ... until 08:00
 HOUR_MS = 3_600_000
+# One-time subscribe sends held per user and template: each accept adds one, up to this many.
+# The client's word is all there is (a grant cannot be checked with WeChat), so it is bounded;
+# production's grants and the simulator's draws both stop here.
+MAX_SUBSCRIBE_ALLOWANCE = 3
 
 
 def in_quiet_hours(china_hour: np.ndarray | int) -> np.ndarray:
