@@ -6,14 +6,13 @@ body is the one /openapi.json publishes, so the document cannot drift from the c
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, request
 from jsonschema import Draft202012Validator
 
+from backend.core import documents
 from backend.errors import ApiError
 
 ERROR_SCHEMA = {
@@ -59,29 +58,27 @@ def documented(
     return mark
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def read_json() -> Any:
-    """The request body as JSON, or a 400 naming what is wrong with it."""
+    """The request body as JSON, parsed within documents' limits (the size is werkzeug's
+    max_content_length, a 413), or a 400 naming what is wrong with it.
+
+    Strings that cannot be stored are left to the caller: `validated` refuses the body, an
+    event batch rejects only the events that carry them.
+    """
     raw = request.get_data(cache=True)
     if not raw:
         raise ApiError(400, "empty_body", "request body is empty; send a JSON object")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        raise ApiError(400, "malformed_json", "request body is not UTF-8") from None
-    except ValueError as exc:
-        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+        return documents.load_json(raw, max_bytes=len(raw), check_strings=False)
+    except documents.DocumentError as exc:
+        if exc.code == documents.INVALID_JSON:
+            raise ApiError(400, "malformed_json", f"request body is {exc.problem}") from None
+        raise ApiError(400, exc.code, f"request body: {exc}") from None
 
 
 def json_path(parts, root: str = "") -> str:
     """`events[3].ts` style path of a JSON location, under an optional root name."""
-    out = root
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "body"
+    return documents.json_path(parts, root) or "body"
 
 
 _validators: dict[int, Draft202012Validator] = {}
@@ -102,32 +99,16 @@ def first_error(schema: dict, value: Any, root: str = "") -> str | None:
 def validated(schema: dict) -> Any:
     """Read the body and validate it whole; 400 `invalid_request` naming the field."""
     body = read_json()
-    problem = first_error(schema, body) or unstorable_value(body)
+    problem = unstorable_value(body) or first_error(schema, body)
     if problem:
         raise ApiError(400, "invalid_request", problem)
     return body
 
 
-def unstorable_value(value: Any) -> str | None:
-    """Why a parsed JSON value cannot be stored faithfully on every database, or None.
-
-    PostgreSQL text cannot hold U+0000; NaN and Infinity are not JSON.
-    """
-    if isinstance(value, str):
-        return "strings must not contain U+0000" if "\x00" in value else None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else "NaN and Infinity are not allowed"
-    if isinstance(value, dict):
-        items = [*value.keys(), *value.values()]
-    elif isinstance(value, list):
-        items = value
-    else:
-        return None
-    for item in items:
-        problem = unstorable_value(item)
-        if problem:
-            return problem
-    return None
+def unstorable_value(value: Any, root: str = "") -> str | None:
+    """'path: why' for the first value that cannot be stored faithfully on every database
+    (U+0000, an unpaired surrogate such as `"\\ud800"`, NaN, Infinity), or None."""
+    return documents.unstorable(value, root)
 
 
 def _path_template(rule: str) -> tuple[str, list[dict]]:

@@ -13,7 +13,10 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from backend.core import documents
 from simulator.response import ResponseParams
+
+MAX_PARAMS_BYTES = 1024 * 1024  # a calibrated file is a few kB
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,11 @@ class SimParams:
 
     @classmethod
     def from_json(cls, text: str) -> SimParams:
-        d = json.loads(text)
+        """Parameters from a JSON text, read within the bounded loader's limits (a `--params`
+        file is untrusted input); ValueError (documents.DocumentError) when it is not."""
+        d = documents.load_json(text, max_bytes=MAX_PARAMS_BYTES, reject_duplicates=True)
+        if not isinstance(d, dict):
+            raise ValueError("a parameter file is a JSON object")
         d["personas"] = tuple(Persona(**p) for p in d["personas"])
         d["start_engagement"] = tuple(d["start_engagement"])
         params = cls(**d)

@@ -197,10 +197,12 @@ def clean_event(
         # An error at the event's root reads better named "event" than "body".
         raise InvalidEvent(problem.replace("body: ", "event: ", 1))
     assert isinstance(raw, dict)
-    check_type(raw["type"])
+    # Before anything reads a string: one that cannot be stored (an unpaired surrogate in a
+    # custom type, U+0000 in props) must reject this event here, not fail the batch's insert.
     unstorable = unstorable_value(raw)
     if unstorable:
         raise InvalidEvent(unstorable)
+    check_type(raw["type"])
     props = raw.get("props", {})
     props_json = json.dumps(props, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     if len(props_json.encode()) > MAX_PROPS_BYTES:

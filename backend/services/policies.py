@@ -28,13 +28,15 @@ def preset_source(name: str) -> str:
 
 
 def parse(source: str | dict) -> Policy:
+    """The policy, or a 400: `invalid_policy`, or the document limit it broke (e.g.
+    `too_many_aliases`), naming the field and line."""
     try:
         return parse_policy(source)
     except PolicyError as exc:
         extra = {"field": exc.field}
         if exc.line is not None:
             extra["line"] = exc.line
-        raise ApiError(400, "invalid_policy", str(exc), **extra) from None
+        raise ApiError(400, exc.code, str(exc), **extra) from None
 
 
 def check_coupons(tenant_id: int, policy: Policy) -> None:
@@ -69,10 +71,9 @@ def coupon_faces(tenant_id: int, policy: Policy) -> dict[str, int]:
 
 
 def loaded(row: PolicyRow) -> Policy:
-    """The stored source parsed again (it was valid when stored; the parser is the truth)."""
-    text = row.source
-    source: str | dict = json.loads(text) if text.lstrip().startswith("{") else text
-    return parse_policy(source)
+    """The stored source parsed again by the very parser that validated it when stored
+    (JSON text as JSON, YAML as YAML, flow-style YAML included): the parser is the truth."""
+    return parse_policy(row.source)
 
 
 def as_dict(row: PolicyRow, with_source: bool = True) -> dict:
@@ -104,13 +105,19 @@ def _source_text(body: dict) -> str:
     return json.dumps(body["policy"], ensure_ascii=False)
 
 
+def _stored_loads(row_id: int) -> None:
+    """Read the row just written back and load it, inside the writing transaction: a policy
+    that cannot be loaded as stored is never committed (a failure rolls the write back)."""
+    loaded(PolicyRow.get_by_id(row_id))
+
+
 def create(tenant_id: int, body: dict, now_ms: int) -> PolicyRow:
     text = _source_text(body)
     policy = parse(text)
-    check_coupons(tenant_id, policy)
     try:
         with write_transaction():
-            return PolicyRow.create(
+            check_coupons(tenant_id, policy)
+            row = PolicyRow.create(
                 tenant=tenant_id,
                 name=policy.name,
                 source=text,
@@ -118,6 +125,8 @@ def create(tenant_id: int, body: dict, now_ms: int) -> PolicyRow:
                 created_ms=now_ms,
                 updated_ms=now_ms,
             )
+            _stored_loads(row.id)
+            return row
     except peewee.IntegrityError:
         raise ApiError(
             409, "policy_exists", f"a policy named {policy.name!r} exists; PUT to replace it"
@@ -137,14 +146,15 @@ def replace(tenant_id: int, name: str, body: dict, now_ms: int) -> PolicyRow:
     policy = parse(text)
     if policy.name != name:
         raise ApiError(400, "invalid_policy", "name: a policy cannot be renamed", field="name")
-    check_coupons(tenant_id, policy)
     with write_transaction():
+        check_coupons(tenant_id, policy)
         PolicyRow.update(
             source=text,
             version=PolicyRow.version + 1,
             updated_ms=now_ms,
             active=bool(body.get("active", row.active)),
         ).where(PolicyRow.id == row.id).execute()
+        _stored_loads(row.id)
     return get(tenant_id, name)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
+from backend.core import documents
 from backend.core.rfm import SEGMENT_NAMES
 from backend.core.tiers import TIERS
 
@@ -192,13 +193,16 @@ _VALIDATOR = Draft202012Validator(SCHEMA)
 class PolicyError(ValueError):
     """A policy that cannot be used; the message names the field (and line, for YAML)."""
 
-    def __init__(self, message: str, field: str = "", line: int | None = None) -> None:
+    def __init__(
+        self, message: str, field: str = "", line: int | None = None, code: str = "invalid_policy"
+    ) -> None:
         where = field or "policy"
         if line is not None:
             where = f"line {line}: {where}"
         super().__init__(f"{where}: {message}")
         self.field = field
         self.line = line
+        self.code = code  # the API error code: invalid_policy, or a document limit's code
 
 
 @dataclass(frozen=True)
@@ -303,33 +307,27 @@ def _path(parts) -> str:
 
 
 def load_yaml(text: str) -> tuple[Any, yaml.Node | None]:
-    """The document and its node tree (for line numbers). Duplicate keys are an error."""
+    """The document and its node tree (for line numbers), read by the bounded loader.
+
+    JSON text is read as JSON and YAML as YAML (documents.load_text), the same way when a
+    policy is checked and every time it is loaded again: what validates is what runs.
+    Duplicate keys, unsafe tags, unstorable strings and oversized documents are errors.
+    """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        # The context mark is where the unfinished construct began (an unclosed bracket's
-        # line), nearer the mistake than where the parser noticed it.
-        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        line = mark.line + 1 if mark else None
-        raise PolicyError(f"not valid YAML: {problem}", line=line) from None
-    if root is not None:
-        _reject_duplicate_keys(root)
-    return yaml.safe_load(text), root
+        return documents.load_text(text)
+    except documents.DocumentError as exc:
+        code = exc.code if exc.code in documents.LIMIT_CODES else "invalid_policy"
+        raise PolicyError(exc.problem, field=exc.path, line=exc.line, code=code) from None
 
 
-def _reject_duplicate_keys(node: yaml.Node, path: tuple = ()) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for k, v in node.value:
-            if k.value in seen:
-                where = _path([*path, k.value])
-                raise PolicyError("duplicate key", field=where, line=k.start_mark.line + 1)
-            seen.add(k.value)
-            _reject_duplicate_keys(v, (*path, k.value))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _reject_duplicate_keys(v, (*path, i))
+def _lines_for(text: str) -> yaml.Node | None:
+    """Line numbers for a policy read as JSON: JSON text is (almost always) YAML too."""
+    try:
+        root, loader = documents.compose_yaml(text)
+    except documents.DocumentError:
+        return None
+    loader.dispose()
+    return root
 
 
 def parse_policy(source: str | dict) -> Policy:
@@ -338,6 +336,8 @@ def parse_policy(source: str | dict) -> Policy:
     data = source
     if isinstance(source, str):
         data, root = load_yaml(source)
+        if root is None and documents.looks_like_json(source):
+            root = _lines_for(source)
     if not isinstance(data, dict):
         raise PolicyError("a policy must be a mapping of fields", line=1 if root else None)
     errors = sorted(_VALIDATOR.iter_errors(data), key=lambda e: (len(e.absolute_path), e.path))
