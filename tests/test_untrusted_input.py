@@ -497,6 +497,25 @@ def test_a_flow_style_row_stored_by_an_older_version_loads(app, client, tenant, 
     assert client.post("/mp/v1/events", json={"events": [event]}, headers=h).status_code == 200
 
 
+def test_a_stored_row_the_parser_now_refuses_does_not_break_the_list(app, client, tenant, clock):
+    from backend.store.models import Policy as PolicyRow
+
+    with app.app_context():
+        PolicyRow.create(
+            tenant=tenant.id,
+            name="old",
+            source=LAUGHS,
+            active=False,
+            created_ms=clock.now_ms(),
+            updated_ms=clock.now_ms(),
+        )
+    listed = client.get("/admin/v1/policies", headers=tenant.admin)
+    assert listed.status_code == 200
+    assert "aliases are expanded" in listed.get_json()["policies"][0]["error"]
+    on = client.post("/admin/v1/policies/old/activate", headers=tenant.admin)
+    assert on.status_code == 400 and on.get_json()["error"]["code"] == "too_many_aliases"
+
+
 def test_a_policy_that_does_not_load_as_stored_is_not_committed(app, client, tenant, monkeypatch):
     """Create and replace write and load back in one transaction: a failure leaves no row."""
     from backend.services import policies
