@@ -72,7 +72,7 @@ class RequestClock:
     def start(self, what: str, now: float | None = None) -> None:
         with self._lock:
             self._running[threading.get_ident()] = (
-                time.perf_counter() if now is None else now,
+                time.monotonic() if now is None else now,
                 what,
             )
 
@@ -82,7 +82,7 @@ class RequestClock:
 
     def overdue(self, timeout_s: float, now: float | None = None) -> list[tuple[float, str]]:
         """(seconds running, request) of every request older than `timeout_s`."""
-        now = time.perf_counter() if now is None else now
+        now = time.monotonic() if now is None else now
         with self._lock:
             return [(now - t, what) for t, what in self._running.values() if now - t > timeout_s]
 

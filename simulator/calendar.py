@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from backend.core.calendar import TermCalendar, calendar_from_spec, exam_ranges
+from backend.core.calendar import CALENDAR_FILES, TermCalendar, calendar_from_spec, exam_ranges
 from simulator.params import SimParams
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
@@ -20,6 +20,8 @@ class CampusCalendar:
 
     @classmethod
     def load(cls, name: str) -> CampusCalendar:
+        if name not in CALENDAR_FILES:
+            raise ValueError(f"calendar {name!r} is not one of {', '.join(CALENDAR_FILES)}")
         spec = yaml.safe_load((SEEDS / name).read_text(encoding="utf-8"))
         return cls(calendar_from_spec(spec), exam_ranges(spec))
 

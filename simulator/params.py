@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from backend.core import documents
+from backend.core.calendar import CALENDAR_FILES, DEFAULT_CALENDAR
 from simulator.response import ResponseParams
 
 MAX_PARAMS_BYTES = 1024 * 1024  # a calibrated file is a few kB
@@ -79,7 +80,7 @@ class SimParams:
     friend_pull: float = 0.5  # visit probability × (1 + pull · share of friends out yesterday)
     friend_leave_threshold: float = 0.15
     friend_leave_hazard: float = 0.02  # added daily hazard of leaving past that threshold
-    calendar: str = "campus_calendar.yaml"  # in seeds/
+    calendar: str = DEFAULT_CALENDAR  # one of CALENDAR_FILES in seeds/
     # Overrides of simulator.response.ResponseParams fields (calibrated response rates);
     # empty: the defaults. A file without it loads with the defaults.
     response: dict = field(default_factory=dict)
@@ -100,6 +101,8 @@ class SimParams:
                 raise ValueError(f"persona {p.name}: half-life and order value must be positive")
             if not 0 <= p.follows_friends <= 1:
                 raise ValueError(f"persona {p.name}: follows_friends must be between 0 and 1")
+        if self.calendar not in CALENDAR_FILES:
+            raise ValueError(f"calendar must be one of {', '.join(CALENDAR_FILES)}")
         if self.friends_per_user < 0 or not 0 <= self.friend_leave_threshold <= 1:
             raise ValueError("friends_per_user must be >= 0 and friend_leave_threshold in 0..1")
         self.response_params()

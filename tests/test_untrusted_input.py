@@ -179,6 +179,19 @@ def test_params_files_are_bounded():
         assert caught.value.code == code
 
 
+@pytest.mark.parametrize("name", ["demo_tenant.yaml", "policies/tiered.yaml", "../README.md"])
+def test_a_params_file_names_only_a_calendar_file(name):
+    """A `--params` file cannot make the simulator read another file under seeds/."""
+    text = json.loads(SimParams().to_json())
+    text["calendar"] = name
+    with pytest.raises(ValueError, match="calendar must be one of"):
+        SimParams.from_json(json.dumps(text))
+    from simulator.calendar import CampusCalendar
+
+    with pytest.raises(ValueError, match="not one of"):
+        CampusCalendar.load(name)
+
+
 # -- the server: access log and request watchdog ------------------------------------------------
 
 

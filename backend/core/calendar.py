@@ -14,6 +14,10 @@ import numpy as np
 MS_PER_DAY = 86_400_000
 CHINA_OFFSET_MS = 8 * 3_600_000  # China has no daylight saving time
 EPOCH = date(1970, 1, 1)
+# The calendar files in seeds/ a tenant or a simulation may name: a named set, never "any file
+# under seeds/" (policy presets and the demo tenant there are YAML too, and are not calendars).
+DEFAULT_CALENDAR = "campus_calendar.yaml"
+CALENDAR_FILES = (DEFAULT_CALENDAR,)
 
 
 def china_day(ts_ms: np.ndarray | int) -> np.ndarray:

@@ -16,6 +16,8 @@ import yaml
 
 from backend.core.bgnbd import BgNbdParams
 from backend.core.calendar import (
+    CALENDAR_FILES,
+    DEFAULT_CALENDAR,
     TermCalendar,
     calendar_from_spec,
     china_day,
@@ -33,10 +35,6 @@ from backend.store.db import database
 from backend.store.models import Event, ModelFit, Order, ScoreSnapshot, Tenant, User
 
 SEEDS_DIR = Path(__file__).resolve().parent.parent.parent / "seeds"
-DEFAULT_CALENDAR = "campus_calendar.yaml"
-# The calendar files in seeds/ a tenant may name: a named set, not "any file under seeds/"
-# (a policy preset or the demo tenant there is YAML too, and is not a calendar).
-CALENDAR_FILES = (DEFAULT_CALENDAR,)
 CHUNK = 500
 
 
