@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from loadlib import free_port, percentile, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 20240601
@@ -152,26 +152,6 @@ class ClientStats:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_cli(env: dict, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "app.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"app.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    return done.stdout
 
 
 def wait_healthy(base: str, server: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -331,14 +311,6 @@ def count_events(db_path: str) -> int:
         return conn.execute("SELECT count(*) FROM event").fetchone()[0]
     finally:
         conn.close()
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[k]
 
 
 def main() -> None:
