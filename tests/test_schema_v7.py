@@ -4,13 +4,16 @@ migrated from v6 must have all of it."""
 
 from __future__ import annotations
 
+import json
+
 import peewee
 import pytest
 
+from backend.services import coupons
 from backend.services.users import get_or_create
 from backend.store import db as store_db
-from backend.store.migrations import LATEST, migrate
-from backend.store.models import ConsentLog, SchemaVersion, User
+from backend.store.migrations import DOUBLE_REDEMPTIONS_KEY, LATEST, migrate
+from backend.store.models import ConsentLog, Coupon, CouponTemplate, KeyValue, SchemaVersion, User
 
 # The `user` table exactly as schema v6 created it on SQLite (plain rowid ids).
 V6_SQLITE_USER = (
@@ -79,6 +82,39 @@ def test_migrating_v6_keeps_rows_and_foreign_keys_and_stops_id_reuse(app, tenant
         User.delete().where(User.id == users[1].id).execute()
         assert ConsentLog.select().count() == 0
         _ids_are_never_reused(tenant.id, now)
+
+
+def test_migrating_v6_with_an_order_redeemed_twice_keeps_the_first_and_records_the_rest(
+    app, tenant, clock
+):
+    """v6 let two coupons be redeemed against one order; the unique index of v7 cannot be
+    built over them, and `init-db` must not fail on a database that has them."""
+    db = store_db.database
+    now = clock.now_ms()
+    with app.app_context():
+        template = CouponTemplate.create(
+            tenant=tenant.id,
+            name="5 off",
+            amount_off_fen=500,
+            validity_days=7,
+            budget=10,
+            per_user_limit=3,
+            created_ms=now,
+        )
+        user = get_or_create(tenant.id, "carol", None, now)
+        got = [coupons.issue(tenant.id, template.id, user, now, "admin") for _ in range(3)]
+        _back_to_v6(db)
+        for i, c in enumerate(got):  # the first two on one order, as v6 allowed
+            Coupon.update(
+                status="redeemed", redeemed_ms=now + i, order_ref="o-1" if i < 2 else "o-2"
+            ).where(Coupon.id == c.id).execute()
+
+        assert migrate(db, now) == (6, LATEST)
+
+        refs = {c.id: c.order_ref for c in Coupon.select()}
+        assert refs == {got[0].id: "o-1", got[1].id: None, got[2].id: "o-2"}
+        kept = json.loads(KeyValue.get(KeyValue.key == DOUBLE_REDEMPTIONS_KEY).value)
+        assert kept == [{"coupon": got[1].id, "tenant": tenant.id, "order_ref": "o-1"}]
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

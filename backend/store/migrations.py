@@ -5,6 +5,7 @@ Add a migration by appending a function to MIGRATIONS; never edit one that has s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import peewee
@@ -156,10 +157,33 @@ def _v7_hardening(db: peewee.Database) -> None:
         )
         db.execute_sql('ALTER TABLE "user" ALTER COLUMN "token_key" SET NOT NULL')
     _add_missing_columns(db, "touch", {"claim_token": peewee.CharField(max_length=32, null=True)})
+    _set_aside_double_redemptions(db)
     db.execute_sql(
         'CREATE UNIQUE INDEX IF NOT EXISTS "coupon_tenant_id_order_ref" '
         'ON "coupon" ("tenant_id", "order_ref")'
     )
+
+
+DOUBLE_REDEMPTIONS_KEY = "migration-v7-double-redemptions"
+
+
+def _set_aside_double_redemptions(db: peewee.Database) -> None:
+    """Before v7, two coupons could be redeemed against one order (the hole v7 closes). The
+    unique index cannot be built over such rows, so the first redemption of each order keeps
+    its `order_ref`; the later ones lose it, and what they said is kept in a KeyValue row
+    (`DOUBLE_REDEMPTIONS_KEY`) so the books can still be put right by hand."""
+    rows = db.execute_sql(
+        'SELECT c.id, c.tenant_id, c.order_ref FROM "coupon" c WHERE c.order_ref IS NOT NULL '
+        'AND EXISTS (SELECT 1 FROM "coupon" d WHERE d.tenant_id = c.tenant_id '
+        "AND d.order_ref = c.order_ref AND (d.redeemed_ms < c.redeemed_ms "
+        "OR (d.redeemed_ms = c.redeemed_ms AND d.id < c.id))) ORDER BY c.id"
+    ).fetchall()
+    if not rows:
+        return
+    ids = [int(r[0]) for r in rows]
+    kept = [{"coupon": int(r[0]), "tenant": int(r[1]), "order_ref": r[2]} for r in rows]
+    Coupon.update(order_ref=None).where(Coupon.id.in_(ids)).execute()
+    KeyValue.create(key=DOUBLE_REDEMPTIONS_KEY, value=json.dumps(kept))
 
 
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
