@@ -40,10 +40,15 @@ def from_env(instance_path: str) -> dict:
         "MAX_CONTENT_LENGTH": int(os.environ.get("HUILIU_MAX_BODY_BYTES", 2 * 1024 * 1024)),
         "TOKEN_TTL_S": int(os.environ.get("HUILIU_TOKEN_TTL_S", 7200)),
         # Live-mode mini-program logins (each one spends the app's code2Session quota): per
-        # client address per minute, and failed code exchanges per tenant per minute.
+        # client address per minute, failed code exchanges per address per minute, and failed
+        # exchanges per tenant per minute (a high circuit breaker: a low one would let a few
+        # probing addresses lock every new student of the tenant out).
         "LOGIN_PER_ADDRESS_PER_MIN": int(os.environ.get("HUILIU_LOGIN_PER_ADDRESS_MIN", 60)),
+        "LOGIN_FAILURES_PER_ADDRESS_PER_MIN": int(
+            os.environ.get("HUILIU_LOGIN_FAILURES_PER_ADDRESS_MIN", 10)
+        ),
         "LOGIN_FAILURES_PER_TENANT_PER_MIN": int(
-            os.environ.get("HUILIU_LOGIN_FAILURES_PER_TENANT_MIN", 100)
+            os.environ.get("HUILIU_LOGIN_FAILURES_PER_TENANT_MIN", 600)
         ),
         # Dashboard sessions: signed cookies that expire this long after login.
         "DASHBOARD_SESSION_TTL_S": session_ttl,

@@ -100,20 +100,25 @@ LOGIN_WINDOW_MS = 60_000
 
 
 def _limited_code_exchange(tenant: Tenant, code: str) -> wechat.WechatIdentity:
-    """code2Session behind two limits counted in the database (every worker agrees): logins
-    per client address, and failed exchanges per tenant, so junk codes cannot spend the app's
-    quota for everyone. Each attempt is reserved before WeChat is asked; a success gives back
-    its tenant-failure reservation."""
+    """code2Session behind limits counted in the database (every worker agrees), so junk
+    codes cannot spend the app's quota for everyone: logins per client address, failed
+    exchanges per address (one prober stops long before the tenant does), and failed exchanges
+    per tenant, a high circuit breaker against many addresses at once. Each attempt is
+    reserved before WeChat is asked; a success gives its failure reservations back."""
     cfg, now = current_app.config, _now_ms()
     address = request.remote_addr or "unknown"
     limit = cfg["LOGIN_PER_ADDRESS_PER_MIN"]
     ratelimit.enforce(f"mp-login:{address}", limit, LOGIN_WINDOW_MS, now, "too many logins")
-    limit = cfg["LOGIN_FAILURES_PER_TENANT_PER_MIN"]
-    failure = ratelimit.enforce(
-        f"mp-login-failed:{tenant.id}", limit, LOGIN_WINDOW_MS, now, "too many failed logins"
-    )
+    failures = [
+        ratelimit.enforce(key, limit, LOGIN_WINDOW_MS, now, "too many failed logins")
+        for key, limit in (
+            (f"mp-login-failed-addr:{address}", cfg["LOGIN_FAILURES_PER_ADDRESS_PER_MIN"]),
+            (f"mp-login-failed:{tenant.id}", cfg["LOGIN_FAILURES_PER_TENANT_PER_MIN"]),
+        )
+    ]
     identity = wechat.code_to_session(current_app.extensions["wechat_client"](), code)
-    ratelimit.refund(failure)  # the exchange worked: not a failure
+    for reservation in failures:  # the exchange worked: not a failure
+        ratelimit.refund(reservation)
     return identity
 
 

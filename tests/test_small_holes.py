@@ -229,6 +229,7 @@ def live_app(db_url, clock, fake):
         WECHAT_SECRET=SECRET,
         WECHAT_API_BASE=fake.base_url,
         LOGIN_PER_ADDRESS_PER_MIN=5,
+        LOGIN_FAILURES_PER_ADDRESS_PER_MIN=2,
         LOGIN_FAILURES_PER_TENANT_PER_MIN=3,
     )
     make_tenant(app, APPID)
@@ -276,6 +277,18 @@ def test_failed_code_exchanges_are_limited_per_tenant(live_app, fake, clock):
     assert len(fake.requests_to(LOGIN_PATH)) == asked
     clock.advance(seconds=61)
     assert _mp_login(client, "ok_again", address="10.0.4.1").status_code == 200
+
+
+def test_one_address_probing_with_junk_codes_stops_before_the_tenant_does(live_app, fake):
+    """A single prober spends its own failures, not the tenant's: other addresses still log in
+    (the tenant-wide ceiling is for many addresses at once)."""
+    client = live_app.test_client()
+    statuses = [_mp_login(client, f"bad_{i}", address="10.7.0.1").status_code for i in range(5)]
+    assert statuses == [400, 400, 429, 429, 429]
+    assert len(fake.requests_to(LOGIN_PATH)) == 2
+    # The prober's refused attempts never reached the tenant's count: 2 of 3 are used.
+    assert _mp_login(client, "ok_1", address="10.7.0.3").status_code == 200
+    assert _mp_login(client, "bad_x", address="10.7.0.2").status_code == 400
 
 
 def test_parallel_junk_logins_reach_wechat_at_most_the_tenant_ceiling(live_app, fake):
