@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from datetime import date
 
 import mesa
@@ -82,6 +83,34 @@ class Student(mesa.Agent):
     def last_visit(self) -> date | None:
         day = int(self.model.state.last_visit[self.row])
         return day_date(day) if day >= 0 else None
+
+
+@dataclass
+class TrialBooks:
+    """One world's per-user totals over the trial days."""
+
+    visited: np.ndarray
+    visit_days: np.ndarray
+    orders: np.ndarray
+    revenue_fen: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> TrialBooks:
+        return cls(
+            np.zeros(n, dtype=bool),
+            np.zeros(n, dtype=np.int32),
+            np.zeros(n, dtype=np.int32),
+            np.zeros(n, dtype=np.int64),
+        )
+
+    def add(self, day: DayActivity) -> None:
+        self.visited |= day.visited
+        self.visit_days += day.visited
+        self.orders += day.ordered
+        self.revenue_fen += day.amount_fen
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class CampusModel(mesa.Model):
@@ -153,6 +182,13 @@ class CampusModel(mesa.Model):
         # messaged. Only a simulation has it; it is what the holdout estimate is checked by.
         self.twin = self.state.copy() if policy is not None else None
         self.twin_today: DayActivity | None = None
+        # Per-user books over the trial days (after warm-up), in both worlds: what the paired
+        # verdict (backend/core/paired.py) is computed from, user by user.
+        self.trial_books = (
+            {world: TrialBooks.empty(users) for world in ("treated", "twin")}
+            if policy is not None
+            else None
+        )
         self.response_rng = np.random.default_rng(streams[3])
         self.response_params = response_params or self.params.response_params()
         # Answers to messages, waiting for the day the message lands (-1: none).
@@ -232,6 +268,9 @@ class CampusModel(mesa.Model):
             used_coupon = self.campaign.after_day(
                 day, self.today, self.twin_today, self.state.usual_hour, grant_draws
             )
+            if day >= self.policy_from:
+                self.trial_books["treated"].add(self.today)
+                self.trial_books["twin"].add(self.twin_today)
         self._draws, self._session_s = draws, None
         self.used_coupon = used_coupon
         self._fold_day(day, used_coupon)
@@ -280,6 +319,36 @@ class CampusModel(mesa.Model):
 
         arms, uplift = summarise(self.campaign, self.day - 1, self.seed)
         return {"arms": arms, "uplift": uplift}
+
+    def per_user(self) -> dict[str, np.ndarray] | None:
+        """Each user's outcomes over the trial days in the treated world and in the untreated
+        twin (`twin_*`), and what the treatment spent on them, as named columns (one row per
+        user, the same rows in both worlds, so outcomes pair user by user):
+
+        - `visited`: came at least once during the trial (a *returning student*);
+          `visit_days`, `orders` (days with an order), `revenue_fen`;
+        - `message_cost_fen`: fees of the messages sent; `coupon_cost_fen`: face value of the
+          coupons redeemed; `cost_fen`: their sum, the money actually spent;
+        - `committed_coupon_fen`: face value of every coupon sent (a commitment, not spend).
+        """
+        if self.campaign is None:
+            return None
+        out = {}
+        for world, prefix in (("treated", ""), ("twin", "twin_")):
+            out |= {prefix + k: v.copy() for k, v in self.trial_books[world].columns().items()}
+        log, n = self.campaign.log, len(self.state)
+        user, sent = log.column("user", skipped=False), log.column("status", skipped=False) == 0
+        face = log.column("coupon_face_fen", skipped=False)
+        redeemed = log.column("redeemed", skipped=False)
+
+        def per(values: np.ndarray) -> np.ndarray:
+            return np.bincount(user, weights=values, minlength=n).astype(np.int64)
+
+        out["message_cost_fen"] = per(log.column("message_cost_fen", skipped=False))
+        out["coupon_cost_fen"] = per(np.where(redeemed & sent, face, 0))
+        out["cost_fen"] = out["message_cost_fen"] + out["coupon_cost_fen"]
+        out["committed_coupon_fen"] = per(np.where(sent, face, 0))
+        return out
 
     def _fold_day(self, day: int, used_coupon: np.ndarray | None) -> None:
         """The day's activity into the scoring fold: each visit is an app_open and a
