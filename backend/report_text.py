@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from backend.core.display import pct as _pct
+from backend.core.display import pp as _pp1
 from backend.core.display import pp_interval as _pp
 from backend.core.display import ratio as _ratio
 from backend.core.display import yuan as _yuan
@@ -16,6 +17,38 @@ def _row(label: str, g: dict) -> str:
         f"{_pct(g['holdout_recall_rate']['rate'])}  {_pp(g['incremental_recall']):<26} "
         f"{_yuan(g['revenue_per_user_fen']):>9} {_ratio(roi):>6}"
     )
+
+
+def power_line(w: dict) -> str:
+    """How far the policy's holdout comparison is from detecting its effect (reports.power)."""
+    if w["p_control"] is None:
+        return f"  power: {w['note']}"
+    why = "observed" if w["effect_source"] == "observed" else "planning"
+    base = "holdout" if w["p_control_source"] == "holdout" else "all users"
+    aim = (
+        f"to detect {_pp1(w['effect'])} ({why} effect) over {_pct(w['p_control']).strip()} "
+        f"({base})\n         at 80% power with a {_pct(w['holdout_share']).strip()} holdout"
+    )
+    if w["users_needed"] is None:
+        size = f"no size is enough {aim}"
+    else:
+        size = (
+            f"{w['users_so_far']} of {w['users_needed']} users needed "
+            f"({_pct(w['share_of_needed']).strip()}; holdout {w['holdout_users_so_far']} of "
+            f"{w['holdout_users_needed']}) {aim}"
+        )
+    days = w["days_needed_at_current_volume"]
+    when = (
+        "reached"
+        if days == 0
+        else f"about {days} more days at {w['eligible_per_day']:.1f} new users/day"
+        if days is not None
+        else "not reachable at the current volume"
+    )
+    mde = w["detectable_now"]
+    seen = f"detectable now {_pp1(mde)}" if mde is not None else "nothing detectable yet"
+    note = f" ({w['note']})" if w["note"] else ""
+    return f"  power: {size}; {when}{note}; {seen}"
 
 
 def render(report: dict) -> str:
@@ -49,6 +82,8 @@ def render(report: dict) -> str:
             f"  retention after recall: D7 {_pct(d7['rate'])} of {d7['n']}, "
             f"D30 {_pct(d30['rate'])} of {d30['n']}"
         )
+        if p.get("power"):
+            lines.append(power_line(p["power"]))
         if p["funnel"]:
             lines.append("  funnel   channel       sent delivered opened returned ordered")
             for f in p["funnel"]:

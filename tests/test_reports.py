@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 
-from test_campaigns import DAY_MS, NOW, POLICY, add_policy, grant_all, import_history, run_job
+import pytest
+from test_campaigns import (
+    DAY_MS,
+    NOW,
+    POLICY,
+    TODAY,
+    add_policy,
+    grant_all,
+    import_history,
+    run_job,
+)
 
+from backend.core import metrics
+from backend.store.models import Policy as PolicyRow
 from backend.store.models import Touch, User
 
 
@@ -84,11 +97,33 @@ def test_report_matches_a_hand_count(app, client, tenant, clock):
     ledger = report["ledger"]
     assert ledger[0]["sent"] == len(treated) and ledger[0]["held_out"] == len(held)
 
+    # How far the policy is from the size its holdout needs: the holdout is under 30 users,
+    # so the baseline is the rate over everyone decided; the effect is the +5 pp planning one
+    # (the interval is not clear of 0); the volume is the 60 users decided on the one day.
+    w = p["power"]
+    n_users = len(treated) + len(held)
+    assert w["p_control_source"] == "all_users" and w["effect_source"] == "planning"
+    assert w["p_control"] == (len(back_t) + len(back_h)) / n_users
+    assert w["effect"] == 0.05 and w["holdout_share"] == 0.3 and w["live"] is True
+    assert w["users_so_far"] == n_users and w["eligible_per_day"] == 60.0
+    n_h, n_t = metrics.sample_size_two_proportions(
+        w["p_control"], w["p_control"] + 0.05, ratio=0.7 / 0.3
+    )
+    assert w["users_needed"] == n_h + n_t and w["holdout_users_needed"] == n_h
+    assert w["share_of_needed"] == n_users / (n_h + n_t)
+    assert w["days_needed_at_current_volume"] == math.ceil(
+        max((n_h - len(held)) / (60 * 0.3), (n_t - len(treated)) / (60 * 0.7))
+    )
+    assert w["detectable_now"] == metrics.detectable_effect(w["p_control"], len(held), len(treated))
+
     # The admin API returns the same numbers.
     api = client.get("/admin/v1/reports", headers=tenant.admin).get_json()
     assert api["policies"][0]["recall_rate"] == p["recall_rate"]
+    assert api["policies"][0]["power"] == p["power"]
     text = app.test_cli_runner().invoke(args=["report"])
     assert "policy comeback" in text.output and "incremental recall" in text.output
+    assert f"{n_users} of {n_h + n_t} users needed" in text.output
+    assert "+5.0 pp (planning effect)" in text.output
 
 
 def test_report_of_nothing_is_empty_not_an_error(app, client, tenant):
@@ -191,3 +226,112 @@ def test_retention_after_recall_is_filled_in_when_the_weeks_have_passed(app, cli
     assert (p["retention_d30"]["k"], p["retention_d30"]["n"]) == (1, 3)
     (cohort,) = p["cohorts"]
     assert cohort["recalled"] == 3 and cohort["d7"]["k"] == 2 and cohort["d30"]["k"] == 1
+
+
+def _decided(app, tenant, name, day, n, returned, *, holdout, status=None, tag=""):
+    """`n` first decisions of the policy on `day` (one new user each), `returned` of them back;
+    finished (window closed, attributed) unless a status such as "queued" is given."""
+    with app.app_context():
+        policy = PolicyRow.get((PolicyRow.tenant == tenant.id) & (PolicyRow.name == name))
+        at = NOW + (day - TODAY) * DAY_MS
+        for k in range(n):
+            user = User.create(
+                tenant=tenant.id, openid=f"p-{tag}{day}-{int(holdout)}-{k}", created_ms=at
+            )
+            Touch.create(
+                tenant=tenant.id,
+                policy=policy.id,
+                user=user.id,
+                day=day,
+                arm="care",
+                step=0,
+                channel="subscribe",
+                message="saved",
+                tier="low_frequency",
+                holdout=holdout,
+                status=status or ("held_out" if holdout else "sent"),
+                send_after_ms=at,
+                expires_ms=at + DAY_MS,
+                sent_ms=None if status == "queued" else at,
+                returned_ms=at + DAY_MS if k < returned else None,
+                attributed=status is None,
+            )
+
+
+def test_power_says_how_far_a_live_policy_is_from_its_holdout_sample_size(app, client, tenant):
+    add_policy(client, tenant, POLICY)  # holdout_share 0.3
+    # Ten days, 20 users first decided a day: 6 held out (1 back), 14 treated (3 back);
+    # and today 20 more decided whose windows are still open.
+    for day in range(TODAY - 20, TODAY - 10):
+        _decided(app, tenant, "comeback", day, 6, 1, holdout=True)
+        _decided(app, tenant, "comeback", day, 14, 3, holdout=False)
+    _decided(app, tenant, "comeback", TODAY, 6, 0, holdout=True, status="queued")
+    _decided(app, tenant, "comeback", TODAY, 14, 0, holdout=False, status="queued")
+
+    (p,) = client.get("/admin/v1/reports", headers=tenant.admin).get_json()["policies"]
+    assert (p["holdout_users"], p["treated_users"]) == (60, 140)  # finished ones only
+    w = p["power"]
+    assert w["p_control_source"] == "holdout" and w["p_control"] == 10 / 60
+    assert w["effect_source"] == "planning" and w["effect"] == 0.05
+    # volume: 220 users first decided over the 21 days from the first decision to today
+    assert w["eligible_per_day"] == pytest.approx(220 / 21)
+    plan = metrics.holdout_plan(10 / 60, 0.05, 0.3, 220 / 21, n_holdout_now=60, n_treated_now=140)
+    assert w["users_needed"] == plan.users_needed > 200
+    assert w["users_so_far"] == 200 and w["share_of_needed"] == 200 / plan.users_needed
+    expected_days = math.ceil(
+        max(
+            (plan.n_holdout_needed - 60) / (220 / 21 * 0.3),
+            (plan.n_treated_needed - 140) / (220 / 21 * 0.7),
+        )
+    )
+    assert w["days_needed_at_current_volume"] == expected_days == plan.days_needed
+    assert 0.05 < w["detectable_now"] < 1
+
+    # A date filter narrows what has been measured, not the current volume.
+    narrow = client.get(
+        f"/admin/v1/reports?to={_iso(TODAY - 16)}", headers=tenant.admin
+    ).get_json()["policies"][0]["power"]
+    assert narrow["users_so_far"] == 100 and narrow["eligible_per_day"] == w["eligible_per_day"]
+
+    # Paused: the sample stops growing, so no day count; the distance is still shown.
+    with app.app_context():
+        PolicyRow.update(active=False).where(PolicyRow.tenant == tenant.id).execute()
+    paused = client.get("/admin/v1/reports", headers=tenant.admin).get_json()["policies"][0]
+    assert paused["power"]["live"] is False
+    assert paused["power"]["days_needed_at_current_volume"] is None
+    assert paused["power"]["users_needed"] == w["users_needed"]
+    assert "not running" in paused["power"]["note"]
+
+
+def test_power_uses_the_observed_effect_once_it_is_significant(app, client, tenant):
+    add_policy(client, tenant, POLICY)
+    for day in range(TODAY - 20, TODAY - 10):
+        _decided(app, tenant, "comeback", day, 6, 1, holdout=True)
+        _decided(app, tenant, "comeback", day, 14, 9, holdout=False)
+    result = app.test_cli_runner().invoke(args=["report", "--json"])
+    (p,) = json.loads(result.output)["policies"]
+    w = p["power"]
+    assert p["incremental_recall"]["lo"] > 0
+    assert w["effect_source"] == "observed"
+    assert w["effect"] == pytest.approx(90 / 140 - 10 / 60)
+    # a big effect needs few users: this trial already has them
+    assert w["share_of_needed"] >= 1 and w["days_needed_at_current_volume"] == 0
+    text = app.test_cli_runner().invoke(args=["report"]).output
+    assert "(observed effect)" in text and "reached" in text
+
+
+def test_power_of_a_policy_without_holdout_says_so(app, client, tenant):
+    add_policy(client, tenant, POLICY.replace("holdout_share: 0.3", "holdout_share: 0"))
+    _decided(app, tenant, "comeback", TODAY - 20, 40, 10, holdout=False)
+    (p,) = client.get("/admin/v1/reports", headers=tenant.admin).get_json()["policies"]
+    w = p["power"]
+    assert w["users_needed"] is None and w["detectable_now"] is None
+    assert w["days_needed_at_current_volume"] is None and "no holdout" in w["note"]
+    text = app.test_cli_runner().invoke(args=["report"]).output
+    assert "no size is enough" in text
+
+
+def _iso(day: int) -> str:
+    from backend.core.calendar import day_date
+
+    return day_date(day).isoformat()
