@@ -192,7 +192,7 @@ def register(app: Flask) -> None:
         clock = current_app.config["CLOCK"]
 
         def deliver(tenant, now_ms):
-            return delivery.deliver_due(tenant, now_ms, channels, retry, clock=clock)
+            return delivery.deliver_due(tenant, channels, retry, clock=clock)
 
         results, failed = [], []
         for tenant in tenants:

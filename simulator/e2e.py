@@ -287,7 +287,7 @@ class EndToEndModel(CampusModel):
             tenant = Tenant.get_by_id(self.tenant_id)
             for hour in range(24):
                 self.clock.set(from_ms(start + hour * HOUR_MS))
-                delivery.deliver_due(tenant, start + hour * HOUR_MS, self.sink.channels)
+                delivery.deliver_due(tenant, self.sink.channels, clock=self.clock)
                 at = start + hour * HOUR_MS + VISIT_MINUTE * 60_000
                 self.clock.set(from_ms(at))
                 for row in np.flatnonzero(today.visited & (hour_of == hour)).tolist():

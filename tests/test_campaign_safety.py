@@ -26,7 +26,7 @@ import pytest
 from conftest import T0, login
 from test_campaigns import POLICY, add_policy, import_history, run_job, statuses
 
-from backend.clock import to_ms
+from backend.clock import FixedClock, from_ms, to_ms
 from backend.core.calendar import CHINA_OFFSET_MS, MS_PER_DAY, china_day
 from backend.core.policy.allocation import salt_of, stable_unit
 from backend.core.policy.guards import HOUR_MS, next_allowed_ms
@@ -143,7 +143,8 @@ def deliver(app, tenant, now_ms: int, recorder: Recording | None = None):
         channels = channels_for(app)
         if recorder is not None:
             channels["subscribe"] = recorder
-        return delivery.deliver_due(t, now_ms, channels, delivery.RetryPolicy(0, 3))
+        at = FixedClock(from_ms(now_ms))  # a delivery pass at that instant
+        return delivery.deliver_due(t, channels, delivery.RetryPolicy(0, 3), clock=at)
 
 
 def decide_only(app, tenant, *, now_ms: int = NOW, day: int = TODAY) -> dict:

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 from conftest import T0
 
+from backend.clock import FixedClock, from_ms
 from backend.core.calendar import china_day
 from backend.services import campaigns, delivery
 from backend.services.channels import channels_for
@@ -92,7 +93,8 @@ def run_job(app, tenant, *, dry_run=False, now=NOW, day=TODAY):
         channels = channels_for(app)
 
         def deliver(tt, now_ms):
-            return delivery.deliver_due(tt, now_ms, channels, delivery.RetryPolicy(0, 3))
+            at = FixedClock(from_ms(now_ms))  # the job's instant, standing still
+            return delivery.deliver_due(tt, channels, delivery.RetryPolicy(0, 3), clock=at)
 
         return campaigns.run(t, day, now, dry_run=dry_run, deliver=deliver)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pytest
 from conftest import T0, TenantInfo, build_app, close_app, make_tenant
 
+from backend.clock import FixedClock, from_ms
 from backend.core.calendar import MS_PER_DAY, china_day, day_start_ms
 from backend.services import campaigns, delivery
 from backend.services.channels import channels_for
@@ -149,7 +150,7 @@ def run_job(live: Live, *, now: int = NOW, day: int = TODAY, deliver: bool = Tru
         channels = channels_for(live.app)
 
         def send(tenant, now_ms):
-            return delivery.deliver_due(tenant, now_ms, channels, RETRY)
+            return delivery.deliver_due(tenant, channels, RETRY, clock=FixedClock(from_ms(now_ms)))
 
         tenant = Tenant.get_by_id(live.tenant.id)
         return campaigns.run(tenant, day, now, deliver=send if deliver else None)
@@ -159,7 +160,8 @@ def deliver(live: Live, now: int):
     """A later delivery pass over the outbox (what the next job's delivery step does)."""
     with live.app.app_context():
         tenant = Tenant.get_by_id(live.tenant.id)
-        return delivery.deliver_due(tenant, now, channels_for(live.app), RETRY)
+        at = FixedClock(from_ms(now))
+        return delivery.deliver_due(tenant, channels_for(live.app), RETRY, clock=at)
 
 
 def touch_of(live: Live, openid: str) -> Touch:

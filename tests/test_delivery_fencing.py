@@ -8,6 +8,9 @@ time, outside quiet hours), and count who was sent what.
 
 from __future__ import annotations
 
+import inspect
+import threading
+import time
 from collections import Counter
 
 import pytest
@@ -23,7 +26,9 @@ from test_campaign_safety import (
 )
 from test_campaigns import POLICY, add_policy
 
+from backend.clock import FixedClock, from_ms
 from backend.services import campaigns, coupons, delivery
+from backend.services import channels as channels_module
 from backend.services.channels import Outcome, channels_for
 from backend.services.locks import acquire_lock, release_lock, renew_lock
 from backend.store.models import CampaignRun, Coupon, CouponTemplate, JobLock, Tenant, Touch
@@ -68,9 +73,10 @@ def channels(app, channel: Channel) -> dict:
 
 
 def deliver(app, tenant, channel: Channel, clock=None, now_ms: int | None = None):
+    """Deliver on `clock`, or on a clock standing at `now_ms` (a deliverer at another time)."""
     t = Tenant.get_by_id(tenant.id)
-    at = now_ms if now_ms is not None else clock.now_ms()
-    return delivery.deliver_due(t, at, channels(app, channel), RETRY, clock=clock)
+    at = clock if now_ms is None else FixedClock(from_ms(now_ms))
+    return delivery.deliver_due(t, channels(app, channel), RETRY, clock=at)
 
 
 def prepare(app, client, tenant, users: int = 12, policy: str = POLICY) -> list[str]:
@@ -201,6 +207,47 @@ def test_a_crash_between_issuing_a_coupon_and_linking_it_leaves_no_coupon(
     assert sorted(sent) == queued
 
 
+def test_a_kicked_delivery_renews_its_leases_on_the_apps_clock(
+    app, client, tenant, clock, monkeypatch
+):
+    """The thread an event trigger starts (delivery.kick) sends slowly, 2 minutes a call on
+    the app's clock; during its third send a deliverer on the same clock (the nightly job, a
+    later kick) runs. The kicked thread renewed the lease of the touch it is sending from the
+    clock's "now", so nobody takes that touch over; the second deliverer takes only the
+    claimed-but-unsent rest, whose claim lapsed. Every touch goes out once."""
+    queued = prepare(app, client, tenant)
+    assert not is_quiet(NOW)
+    sent: list[str] = []
+    b_counts: list[Counter] = []
+
+    def second_deliverer():
+        b_counts.append(deliver(app, tenant, Channel(sent), clock=clock))
+
+    a = Channel(sent, clock, minutes=2, during={3: second_deliverer})
+    real = channels_module.channels_for
+    monkeypatch.setattr(channels_module, "channels_for", lambda app: {**real(app), "subscribe": a})
+    thread = delivery.kick(app, tenant.id)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+
+    assert Counter(sent).most_common(1)[0][1] == 1  # nobody was sent a message twice
+    assert sorted(sent) == queued
+    assert a.calls == 3 and b_counts[0]["sent"] == len(queued) - 3
+    rows = [r for r in touches(app, tenant) if r["openid"] in queued]
+    assert {r["status"] for r in rows} == {"sent"}
+    assert all(r["attempts"] == 1 for r in rows)
+    assert allowances(app, queued) == [1] * len(queued)
+
+
+def test_deliver_due_has_no_frozen_now():
+    """`clock` is required and there is no fixed "now" to pass instead: a caller cannot
+    forget it and deliver on a time frozen at the start."""
+    params = inspect.signature(delivery.deliver_due).parameters
+    assert "now_ms" not in params
+    assert params["clock"].default is inspect.Parameter.empty
+    assert params["clock"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
 # -- the job's run lock --------------------------------------------------------------------------
 
 
@@ -239,7 +286,7 @@ def run_with(app, tenant, channel: Channel, clock) -> dict:
     chans = channels(app, channel)
 
     def send(tt, now_ms):
-        return delivery.deliver_due(tt, now_ms, chans, RETRY, clock=clock)
+        return delivery.deliver_due(tt, chans, RETRY, clock=clock)
 
     return campaigns.run(t, TODAY, clock.now_ms(), deliver=send, clock=clock)
 
@@ -291,3 +338,65 @@ def test_a_run_that_loses_its_lock_stops_cleanly(app, client, tenant, clock):
         (run,) = CampaignRun.select()
         assert run.status == "failed" and "lock" in run.summary
         assert JobLock.get(JobLock.name == name).holder == "thief"  # not released by the loser
+
+
+def test_a_decision_phase_longer_than_the_ttl_keeps_the_lock(
+    app, client, tenant, clock, monkeypatch
+):
+    """Deciding one policy takes longer than the lock's TTL (the clock moves on by TTL + 1
+    minute inside it, with no phase boundary or send to renew at). The run's heartbeat renews
+    the lock on the clock meanwhile, so an intruder is refused and the run ends `done`."""
+    openids = [f"f{u:03d}" for u in range(12)]
+    import_users(client, tenant, openids, silent_days=5, now_ms=NOW)
+    grant(app, tenant, openids, count=2)
+    add_policy(client, tenant)
+    name = f"campaigns:{tenant.id}"
+    monkeypatch.setattr(campaigns, "LOCK_HEARTBEAT_S", 0.01)  # real seconds between renewals
+    real = campaigns.decide_policy
+    refused: list[bool] = []
+
+    def held_past_now() -> bool:
+        return JobLock.get(JobLock.name == name).expires_ms > clock.now_ms()
+
+    def slow_decide(*args, **kwargs):
+        out = real(*args, **kwargs)
+        clock.advance(milliseconds=campaigns.LOCK_TTL_MS + MINUTE)
+        for _ in range(3000):  # wait for the heartbeat to renew (it ticks every 10 ms)
+            if held_past_now():
+                break
+            time.sleep(0.01)
+        assert held_past_now(), "the lock lapsed during the long phase"
+        refused.append(not acquire_lock(name, "intruder", clock.now_ms(), campaigns.LOCK_TTL_MS))
+        return out
+
+    monkeypatch.setattr(campaigns, "decide_policy", slow_decide)
+    sent: list[str] = []
+    with app.app_context():
+        out = run_with(app, tenant, Channel(sent), clock)
+        assert refused == [True]
+        assert out["sent"] == len(sent) >= 6
+        assert [r.status for r in CampaignRun.select()] == ["done"]
+        assert JobLock.select().count() == 0  # released, and not renewed after the run
+        assert not [t for t in threading.enumerate() if t.name == f"lock-{name}"]  # stopped
+
+
+def test_the_heartbeat_stops_renewing_once_its_lock_was_taken(app, clock, monkeypatch):
+    """A heartbeat that finds its lock taken never renews again, and the run's next beat
+    raises: a run that died (or lost its lock) does not hold the tenant's job."""
+    monkeypatch.setattr(campaigns, "LOCK_HEARTBEAT_S", 0.01)
+    ttl = campaigns.LOCK_TTL_MS
+    with app.app_context():
+        assert acquire_lock("campaigns:x", "run", NOW, ttl)
+        lock = campaigns.RunLock("campaigns:x", "run", NOW, clock)
+        clock.advance(milliseconds=ttl + MINUTE)
+        assert acquire_lock("campaigns:x", "thief", clock.now_ms(), ttl)
+        lock.start()
+        for _ in range(3000):
+            if lock.lost:
+                break
+            time.sleep(0.01)
+        lock.stop()
+        assert lock.lost
+        assert JobLock.get(JobLock.name == "campaigns:x").holder == "thief"
+        with pytest.raises(campaigns.JobLockLost):
+            lock.beat()

@@ -12,11 +12,21 @@ import json
 
 import pytest
 from conftest import login, make_tenant
-from test_campaign_safety import NOW, TODAY, grant, import_users, is_quiet, touches
-from test_campaigns import add_policy
+from test_campaign_safety import (
+    NOW,
+    TODAY,
+    decide_only,
+    grant,
+    import_users,
+    is_quiet,
+    touches,
+)
+from test_campaigns import POLICY, add_policy
 
+from backend.core.policy import PolicyError
 from backend.services import campaigns, policies, scoring
 from backend.store.models import CampaignRun, Event, JobLock, ScoreSnapshot, Tenant
+from backend.store.models import Policy as PolicyRow
 
 BOOM = "this tenant's policy cannot be decided"
 
@@ -115,6 +125,59 @@ def test_a_failing_tenant_does_not_stop_the_others_scores(app, three_tenants, mo
         scored = {s.tenant_id for s in ScoreSnapshot.select().where(ScoreSnapshot.day == TODAY)}
     assert scored == {good1.id, good2.id}
     assert bad.appid in result.stderr and BOOM in result.stderr
+
+
+STALE = POLICY.replace("name: comeback", "name: stale").replace(
+    "holdout_share: 0.3", "holdout_share: 0"
+)
+# What an older, laxer parser stored and today's refuses (an unknown field, a mapping of arms).
+UNREADABLE = "name: stale\nsurprise: yes\narms: {care: {touches: []}}\n"
+
+
+def test_an_unreadable_policy_is_named_and_the_tenants_other_policy_still_runs(app, client, tenant):
+    """A tenant's active policy whose stored source no longer parses: the nightly job skips it
+    and names it, decides and delivers the tenant's good policy, and finishes the unreadable
+    policy's queued touches as `failed` (`policy_unreadable`) instead of stopping on them."""
+    assert not is_quiet(NOW)
+    openids = [f"r{u:02d}" for u in range(12)]
+    import_users(client, tenant, openids, silent_days=5, now_ms=NOW)
+    grant(app, tenant, openids, count=2)
+    # Decided while it still parsed; no holdout, so nothing of it is measured yet.
+    add_policy(client, tenant, STALE)
+    assert decide_only(app, tenant)["queued"] >= 6
+    with app.app_context():
+        PolicyRow.update(source=UNREADABLE).where(PolicyRow.name == "stale").execute()
+        with pytest.raises(PolicyError):
+            policies.loaded(PolicyRow.get(PolicyRow.name == "stale"))
+    add_policy(client, tenant)  # comeback: the good one
+
+    result = app.test_cli_runner().invoke(args=["run-campaigns", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    (bad,) = out["policies_unreadable"]
+    assert bad["policy"] == "stale" and "surprise" in bad["error"]
+    assert list(out["policies"]) == ["comeback"]
+    with app.app_context():
+        ids = {r.name: r.id for r in PolicyRow.select()}
+        run = CampaignRun.select().order_by(CampaignRun.id.desc()).first()
+        assert run.status == "done"
+        assert json.loads(run.summary)["policies_unreadable"] == [bad]
+    rows = touches(app, tenant)
+    stale = [r for r in rows if r["policy"] == ids["stale"]]
+    assert stale and {(r["status"], r["reason"]) for r in stale} == {
+        ("failed", "policy_unreadable")
+    }
+    assert all(r["claim_token"] is None and r["lease_until_ms"] is None for r in stale)
+    good = [r for r in rows if r["policy"] == ids["comeback"] and r["status"] != "held_out"]
+    assert out["queued"] > 0 and out["sent"] == out["queued"]
+    assert sum(r["status"] == "sent" for r in good) == out["sent"]
+    assert out["failed"] == len(stale)
+
+    # Every reader of the active policies skips it: the nightly and the trigger ones.
+    with app.app_context():
+        for trigger in (None, False, True):
+            names = [r.name for r, _ in policies.active_rows(tenant.id, trigger=trigger)]
+            assert names == ([] if trigger else ["comeback"])
 
 
 # -- event triggers -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from backend.core.policy import (
     SKIPPED,
     Decisions,
     Policy,
+    PolicyError,
     PolicyState,
     UserState,
     decide,
@@ -71,6 +73,7 @@ log = logging.getLogger(__name__)
 # A run renews its lock while it goes on, so a crashed run's lock lapses within minutes.
 LOCK_TTL_MS = 3 * 60 * 1000
 LOCK_RENEW_MS = 60 * 1000  # renewed at least this often (between phases, before sends)
+LOCK_HEARTBEAT_S = 60.0  # and by a heartbeat thread every this many seconds of real time
 HISTORY_DAYS = 60  # touch history that caps, journeys and streaks look at
 ACTIVE_STATUSES = ("queued", "sending", "sent", "held_out")  # count against caps
 JOURNEY_STATUSES = ("queued", "sending", "sent", "held_out", "failed", "expired")
@@ -372,10 +375,12 @@ def _reserved(tenant_id: int, policy_id: int, day: int) -> list[tuple[int, str, 
         .group_by(Touch.user, Touch.policy, Touch.message)
         .tuples()
     )
-    specs = {
-        r.id: policies.loaded(r)
-        for r in PolicyRow.select().where(PolicyRow.id.in_({p for _, p, _, _ in rows}))
-    }
+    specs = {}
+    for r in PolicyRow.select().where(PolicyRow.id.in_({p for _, p, _, _ in rows})):
+        try:
+            specs[r.id] = policies.loaded(r)
+        except PolicyError:
+            continue  # its queued touches fail at delivery (policy_unreadable): nothing reserved
     out = []
     for user, pid, message, count in rows:
         spec = specs.get(pid)
@@ -560,9 +565,15 @@ def failure_reason(exc: BaseException) -> str:
 class RunLock:
     """A run's tenant lock, short-lived and renewed by the holder as the run goes on.
 
-    `beat(now_ms)` is called between the job's phases and before each send; it renews the lock
-    once LOCK_RENEW_MS have passed since the last renewal, and raises JobLockLost if the lock
-    has been taken meanwhile (this run stalled past LOCK_TTL_MS), which stops the run.
+    Two kinds of renewal. `beat(now_ms)` is called on the run's own thread between the job's
+    phases and before each send; it renews the lock once LOCK_RENEW_MS have passed since the
+    last renewal, and raises JobLockLost if the lock has been taken meanwhile (this run stalled
+    past LOCK_TTL_MS), which stops the run. And while the lock is held a heartbeat thread
+    renews it every LOCK_HEARTBEAT_S seconds of real time, on the run's clock, so one long
+    phase (attribution, scoring, deciding a big policy) does not outlive the TTL. The heartbeat
+    never raises: if its renewal finds the lock taken it stops renewing for good and the run's
+    next `beat` raises. It is stopped before the lock is released, so nothing renews a lock
+    after its run ended; a process that dies takes the thread with it, so its lock lapses.
     """
 
     def __init__(self, name: str, holder: str, now_ms: int, clock=None) -> None:
@@ -571,19 +582,60 @@ class RunLock:
         self.renewed_ms = now_ms
         self.clock = clock
         self.fixed_ms = now_ms
+        self.lost = False
+        self._guard = threading.Lock()  # one renewal at a time: beat and heartbeat
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def now(self) -> int:
         return self.clock.now_ms() if self.clock is not None else self.fixed_ms
 
+    def _renew(self, at: int) -> bool:
+        """Renew at `at`; False (and lost for good) if the lock is no longer ours."""
+        with self._guard:
+            if self.lost:
+                return False
+            if not renew_lock(self.name, self.holder, at, LOCK_TTL_MS):
+                self.lost = True
+                return False
+            self.renewed_ms = max(self.renewed_ms, at)
+            return True
+
     def beat(self, now_ms: int | None = None) -> None:
         at = self.now() if now_ms is None else now_ms
-        if at - self.renewed_ms < LOCK_RENEW_MS:
+        if not self.lost and at - self.renewed_ms < LOCK_RENEW_MS:
             return
-        if not renew_lock(self.name, self.holder, at, LOCK_TTL_MS):
+        if not self._renew(at):
             raise JobLockLost(
                 f"the run lock {self.name} lapsed and was taken over; this run stopped"
             )
-        self.renewed_ms = at
+
+    # -- the heartbeat thread --------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._heartbeat, name=f"lock-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _heartbeat(self) -> None:
+        try:  # renewals connect on demand: this thread's own pooled connection
+            while not self._stop.wait(LOCK_HEARTBEAT_S):
+                try:
+                    if not self._renew(self.now()):
+                        log.error("run lock %s was taken over; heartbeat stopped", self.name)
+                        return
+                except Exception:  # a failed renewal is retried at the next tick
+                    log.exception("run lock %s: heartbeat renewal failed", self.name)
+        finally:
+            if not database.is_closed():
+                database.close()
 
 
 def run(
@@ -599,8 +651,10 @@ def run(
     """Decide every active nightly policy for `day`, write the outbox, then deliver.
 
     `deliver(tenant, now_ms) -> Counter` is the delivery step (delivery.deliver_due bound to
-    the app's channels); dry runs neither write nor deliver. `clock`, if given, is what the
-    run's lock renewals read as "now" while the run goes on (otherwise `now_ms` throughout).
+    the app's channels and clock; `now_ms` is the time delivery starts); dry runs neither write
+    nor deliver. `clock`, if given, is what the run's lock renewals read as "now" while the
+    run goes on (otherwise `now_ms` throughout). Active policies whose stored source no longer
+    parses are skipped and named in the summary's `policies_unreadable`.
     """
     if dry_run:
         return _run_locked(tenant, day, now_ms, dry_run=True, seed=seed, deliver=None, lock=None)
@@ -614,11 +668,13 @@ def run(
             f"crashed, the lock lapses at {until}"
         )
     lock = RunLock(name, holder, now_ms, clock)
+    lock.start()
     try:
         return _run_locked(
             tenant, day, now_ms, dry_run=False, seed=seed, deliver=deliver, lock=lock
         )
     finally:
+        lock.stop()  # before the release: nothing renews the lock after its run ended
         release_lock(name, holder)
 
 
@@ -650,6 +706,7 @@ def _run_locked(tenant, day, now_ms, *, dry_run, seed, deliver, lock: RunLock | 
         "quiet_hours_now": next_allowed_ms(now_ms) != now_ms,
         "skipped_by_reason": {},
         "policies": {},
+        "policies_unreadable": [],
     }
 
     def beat() -> None:
@@ -661,7 +718,8 @@ def _run_locked(tenant, day, now_ms, *, dry_run, seed, deliver, lock: RunLock | 
         if not dry_run:
             attribute(tenant.id, now_ms)
             beat()
-        for row, policy in policies.active_rows(tenant.id):
+        unreadable: list[dict] = summary["policies_unreadable"]
+        for row, policy in policies.active_rows(tenant.id, unreadable=unreadable):
             if policy.trigger in ("payment_failed", "cart_abandoned"):
                 continue  # decided when the event arrives
             pop, d = decide_policy(tenant, row, policy, day, now_ms, seed)
@@ -692,7 +750,7 @@ def _run_locked(tenant, day, now_ms, *, dry_run, seed, deliver, lock: RunLock | 
         summary["skipped_by_reason"] = dict(reasons)
         if not dry_run and deliver is not None:
             with delivery.heartbeat(lock.beat):
-                delivered = deliver(tenant, now_ms)
+                delivered = deliver(tenant, lock.now())
             for key in ("sent", "deferred", "failed", "expired"):
                 summary[key] = int(delivered.get(key, 0))
         if run_row is not None:

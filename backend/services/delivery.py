@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 from backend.clock import china_iso
 from backend.core.calendar import MS_PER_DAY
-from backend.core.policy import CHANNELS, Policy
+from backend.core.policy import CHANNELS, Policy, PolicyError
 from backend.core.policy.guards import next_send_ms
 from backend.errors import ApiError
 from backend.services import coupons, policies
@@ -200,24 +200,27 @@ def _requeue(touch: Touch, *, at_ms: int, reason: str = "", **changes) -> bool:
 
 def deliver_due(
     tenant: Tenant,
-    now_ms: int,
     channels: dict[str, Channel],
     retry: RetryPolicy = RetryPolicy(),
-    clock=None,
+    *,
+    clock,
 ) -> Counter:
-    """Send every due touch of the tenant; returns counts (sent, failed, deferred, ...)."""
-    counts = _housekeeping(tenant.id, now_ms)
+    """Send every due touch of the tenant; returns counts (sent, failed, deferred, ...).
+
+    `clock` (the app's) is read afresh for every claim, confirm and record: a run that lasts
+    (a slow WeChat) must renew each lease from the real "now", or its renewals would fall
+    behind and a deliverer on the real clock would take over touches it is still sending.
+    There is deliberately no fixed `now_ms` to pass instead.
+    """
+    counts = _housekeeping(tenant.id, clock.now_ms())
     cache: dict = {}
     beat = _heartbeat.get()
 
-    def now() -> int:
-        return clock.now_ms() if clock is not None else now_ms
-
     # Loops until nothing is due: a touch that must wait (backoff, quiet hours, a halted
     # channel) is requeued for later and not claimable now, so this ends.
-    while batch := _claim(tenant.id, now()):
+    while batch := _claim(tenant.id, clock.now_ms()):
         for i, touch in enumerate(batch):
-            at = now()
+            at = clock.now_ms()
             try:
                 if beat is not None:
                     beat(at)
@@ -247,10 +250,17 @@ def _paused(cache: dict, policy_id: int, policy: Policy, tenant_id: int) -> dict
     return cache[key]
 
 
-def _policy(cache: dict[int, Policy], policy_id: int) -> Policy:
-    if policy_id not in cache:
-        cache[policy_id] = policies.loaded(PolicyRow.get_by_id(policy_id))
-    return cache[policy_id]
+def _policy(cache: dict, policy_id: int) -> Policy | None:
+    """The touch's policy, or None if its stored source no longer parses (a row stored
+    before the parser got stricter): such touches fail alone instead of blocking the outbox."""
+    key = ("policy", policy_id)
+    if key not in cache:
+        try:
+            cache[key] = policies.loaded(PolicyRow.get_by_id(policy_id))
+        except PolicyError as exc:
+            log.warning("policy %s cannot be read, its touches fail: %s", policy_id, exc)
+            cache[key] = None
+    return cache[key]
 
 
 def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
@@ -261,6 +271,8 @@ def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
         return outcome if _requeue(touch, **changes) else LOST
 
     policy = _policy(cache, touch.policy_id)
+    if policy is None:
+        return done("failed", "failed", reason="policy_unreadable")
     user = User.get_or_none(User.id == touch.user_id)
     # Re-checked at the moment of sending: the world may have moved since the decision.
     allowed = next_send_ms(now_ms, touch.channel)
@@ -456,9 +468,9 @@ def kick(app, tenant_id: int) -> threading.Thread:
             store_db.database.connect(reuse_if_open=True)
             try:
                 tenant = Tenant.get_by_id(tenant_id)
-                deliver_due(
-                    tenant, app.config["CLOCK"].now_ms(), channels_for(app), retry_policy(app)
-                )
+                # The app's clock, read as the run goes on: a "now" frozen at the start would
+                # let this thread's leases lapse while it still sends (see deliver_due).
+                deliver_due(tenant, channels_for(app), retry_policy(app), clock=app.config["CLOCK"])
             except Exception:  # a background thread must log, not die silently
                 log.exception("background delivery failed for tenant %s", tenant_id)
             finally:

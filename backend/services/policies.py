@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import peewee
@@ -12,6 +13,8 @@ from backend.errors import ApiError
 from backend.store.db import write_transaction
 from backend.store.models import CouponTemplate
 from backend.store.models import Policy as PolicyRow
+
+log = logging.getLogger(__name__)
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "seeds" / "policies"
 
@@ -196,11 +199,28 @@ def delete(tenant_id: int, name: str) -> None:
         row.delete_instance()
 
 
-def active_rows(tenant_id: int, trigger: bool | None = None) -> list[tuple[PolicyRow, Policy]]:
+def active_rows(
+    tenant_id: int, trigger: bool | None = None, unreadable: list[dict] | None = None
+) -> list[tuple[PolicyRow, Policy]]:
+    """The tenant's active policies, parsed (all, or only trigger / only nightly ones).
+
+    A stored row the parser now refuses (stored before it got stricter) is skipped with a
+    warning, never raised: one bad row must not stop the tenant's other policies every night.
+    If `unreadable` is given, each skipped row is appended to it as {"policy", "error"} so the
+    caller can report it (the job's summary names them).
+    """
     rows = PolicyRow.select().where((PolicyRow.tenant == tenant_id) & PolicyRow.active)
     out = []
     for row in rows.order_by(PolicyRow.name):
-        p = loaded(row)
+        try:
+            p = loaded(row)
+        except PolicyError as exc:
+            log.warning(
+                "tenant %s: active policy %s cannot be read, skipped: %s", tenant_id, row.name, exc
+            )
+            if unreadable is not None:
+                unreadable.append({"policy": row.name, "error": str(exc)})
+            continue
         if trigger is None or (p.trigger is not None) == trigger:
             out.append((row, p))
     return out
