@@ -335,3 +335,21 @@ def _iso(day: int) -> str:
     from backend.core.calendar import day_date
 
     return day_date(day).isoformat()
+
+
+def test_the_overview_shows_how_far_each_policy_is_from_its_sample_size(app, client, tenant):
+    from dashboard_campus import sign_in
+
+    add_policy(client, tenant, POLICY)
+    for day in range(TODAY - 20, TODAY - 10):
+        _decided(app, tenant, "comeback", day, 6, 1, holdout=True)
+        _decided(app, tenant, "comeback", day, 14, 3, holdout=False)
+    w = client.get("/admin/v1/reports", headers=tenant.admin).get_json()["policies"][0]["power"]
+    sign_in(client, tenant.api_key)
+    page = client.get("/admin/").get_data(as_text=True)
+    line = page[page.index('data-power="comeback"') :].split("</p>")[0]
+    assert f"需要 {w['users_needed']} 名用户（对照组 {w['holdout_users_needed']} 名）" in line
+    assert f"目前 {w['users_so_far']} 名（{100 * w['share_of_needed']:.1f}%）" in line
+    assert f"约还需 {w['days_needed_at_current_volume']} 天" in line
+    assert "+5.0 个百分点" in line and "计划效果" in line
+    assert f"{100 * w['detectable_now']:+.1f} 个百分点" in line
