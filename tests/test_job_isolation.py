@@ -127,24 +127,27 @@ def test_a_failing_tenant_does_not_stop_the_others_scores(app, three_tenants, mo
     assert bad.appid in result.stderr and BOOM in result.stderr
 
 
-STALE = POLICY.replace("name: comeback", "name: stale").replace(
-    "holdout_share: 0.3", "holdout_share: 0"
-)
+STALE = POLICY.replace("name: comeback", "name: stale")
 # What an older, laxer parser stored and today's refuses (an unknown field, a mapping of arms).
 UNREADABLE = "name: stale\nsurprise: yes\narms: {care: {touches: []}}\n"
 
 
-def test_an_unreadable_policy_is_named_and_the_tenants_other_policy_still_runs(app, client, tenant):
+@pytest.mark.parametrize("holdout", ["0", "0.3"])
+def test_an_unreadable_policy_is_named_and_the_tenants_other_policy_still_runs(
+    app, client, tenant, holdout
+):
     """A tenant's active policy whose stored source no longer parses: the nightly job skips it
     and names it, decides and delivers the tenant's good policy, and finishes the unreadable
-    policy's queued touches as `failed` (`policy_unreadable`) instead of stopping on them."""
+    policy's queued touches as `failed` (`policy_unreadable`) instead of stopping on them.
+    With a holdout, its held-out touches are due for attribution too: attribution leaves them
+    open (their window is unknown) instead of stopping the run."""
     assert not is_quiet(NOW)
     openids = [f"r{u:02d}" for u in range(12)]
     import_users(client, tenant, openids, silent_days=5, now_ms=NOW)
     grant(app, tenant, openids, count=2)
     # Decided while it still parsed; no holdout, so nothing of it is measured yet.
-    add_policy(client, tenant, STALE)
-    assert decide_only(app, tenant)["queued"] >= 6
+    add_policy(client, tenant, STALE.replace("holdout_share: 0.3", f"holdout_share: {holdout}"))
+    assert decide_only(app, tenant)["queued"] >= 4
     with app.app_context():
         PolicyRow.update(source=UNREADABLE).where(PolicyRow.name == "stale").execute()
         with pytest.raises(PolicyError):
@@ -163,7 +166,9 @@ def test_an_unreadable_policy_is_named_and_the_tenants_other_policy_still_runs(a
         assert run.status == "done"
         assert json.loads(run.summary)["policies_unreadable"] == [bad]
     rows = touches(app, tenant)
-    stale = [r for r in rows if r["policy"] == ids["stale"]]
+    stale = [r for r in rows if r["policy"] == ids["stale"] and r["status"] != "held_out"]
+    held = [r for r in rows if r["policy"] == ids["stale"] and r["status"] == "held_out"]
+    assert bool(held) == (holdout != "0") and not any(r["attributed"] for r in held)
     assert stale and {(r["status"], r["reason"]) for r in stale} == {
         ("failed", "policy_unreadable")
     }

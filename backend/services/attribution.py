@@ -78,6 +78,19 @@ class _EventCache:
         return ev
 
 
+def _windows(tenant_id: int) -> dict[int, int]:
+    """Attribution window (ms) of each of the tenant's readable policies."""
+    from backend.core.policy import PolicyError, parse_policy
+
+    windows = {}
+    for pid, src in _query("SELECT id, source FROM policy WHERE tenant_id = ?", [tenant_id]):
+        try:
+            windows[int(pid)] = parse_policy(src).attribution_window_days * MS_PER_DAY
+        except PolicyError:
+            continue
+    return windows
+
+
 def _returns(tenant_id: int, now_ms: int, retention_from: int | None):
     rows = _query(
         "SELECT id, user_id, COALESCE(sent_ms, send_after_ms), coupon_id, policy_id "
@@ -93,12 +106,12 @@ def _returns(tenant_id: int, now_ms: int, retention_from: int | None):
     events = _EventCache(tenant_id, since, now_ms)
     if not len(t):
         return 0, events
-    from backend.services.policies import parse  # local: policies imports services
-
-    windows = {
-        pid: parse(src).attribution_window_days * MS_PER_DAY
-        for pid, src in _query("SELECT id, source FROM policy WHERE tenant_id = ?", [tenant_id])
-    }
+    windows = _windows(tenant_id)
+    # A policy whose stored source cannot be read has no known window: its touches stay open
+    # (attributed once it is fixed) instead of stopping the tenant's whole run.
+    t = t[np.array([int(p) in windows for p in t[:, 3]], dtype=bool)]
+    if not len(t):
+        return 0, events
     ids, user, sent = t[:, 0], t[:, 1], t[:, 2]
     window = np.array([windows[int(p)] for p in t[:, 3]], dtype=np.int64)
     users = np.unique(user)

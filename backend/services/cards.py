@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from backend.core.calendar import MS_PER_DAY
+from backend.core.policy import PolicyError
 from backend.services import policies
 from backend.services.delivery import message_context
 from backend.services.messages import MessageDefect, render
@@ -48,7 +49,10 @@ def take_cards(tenant: Tenant, user_id: int, now_ms: int) -> list[dict]:
     )
     cards = []
     for t in rows:
-        message = policies.loaded(t.policy).messages[t.message]
+        try:
+            message = policies.loaded(t.policy).messages[t.message]
+        except PolicyError:  # its policy's stored source cannot be read: no card, no 500
+            continue
         try:
             shown = render(message, "in_app", message_context(tenant, t, t.coupon))
         except MessageDefect:
