@@ -30,6 +30,11 @@ def _campaign_text(r: dict) -> str:
     if r["skipped_by_reason"]:
         why = ", ".join(f"{k} {v}" for k, v in sorted(r["skipped_by_reason"].items()))
         lines.append(f"  skipped because: {why}")
+    for bad in r.get("policies_unreadable", []):
+        lines.append(
+            f"  policy {bad['policy']} not run: its stored source cannot be read "
+            f"({bad['error']}); fix it with PUT /admin/v1/policies/{bad['policy']}"
+        )
     for name, p in r["policies"].items():
         lines.append(
             f"  policy {name} decides: {p['send']} send, {p['holdout']} holdout, "
