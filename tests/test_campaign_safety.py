@@ -4,8 +4,9 @@ What a merchant would notice if any of these broke: a recall message sent twice,
 sent to someone who opted out or at midnight, a lost touch, a card that never shows (or
 shows forever), a user lost in an upgrade.
 
-Tests that run the `run-campaigns` command as a subprocess are SQLite-only (the subprocess
-needs its own database file; marked `sqlite_only`). Every test, subprocesses included, runs
+Tests that run the `run-campaigns` command as a subprocess point it at the test's database,
+SQLite file or the PostgreSQL lane alike, so crashes and concurrent runs are checked on both.
+Every test, subprocesses included, runs
 on an injected clock at a fixed time (18:00 China time, or a quiet-hours time where quiet
 hours are the point), so "sent exactly once" is checked whatever the wall clock says.
 """
@@ -54,8 +55,6 @@ NIGHT = CHINA_MIDNIGHT_AFTER_T0 - HOUR_MS  # 23:00 China time: quiet hours
 MINUTE = 60_000
 
 # The subprocess tests need a database file of their own: run them on the SQLite lane only.
-sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-
 PAY_AGAIN_TITLE = "订单还在等你"
 PAY_AGAIN_TEXT = "刚才的支付没有成功，购物车已为你保留，点击继续支付。"
 
@@ -217,7 +216,6 @@ def prepare_tenant(app, client, tenant, users: int, now_ms: int = NOW) -> list[s
 # -- 1. a crash between deciding and delivering ------------------------------------------------
 
 
-@sqlite_only
 @pytest.mark.parametrize("at", [NOW, NIGHT], ids=["18h", "23h-quiet"])
 def test_crash_after_deciding_loses_nothing_and_sends_each_touch_once(
     app, client, tenant, db_url, at
@@ -277,7 +275,6 @@ def test_crash_after_deciding_loses_nothing_and_sends_each_touch_once(
     assert allowances(app, queued_users) == [2 if quiet else 1] * queued
 
 
-@sqlite_only
 def test_crashed_run_is_not_listed_as_running_forever(app, client, tenant, db_url):
     """GET /admin/v1/campaign-runs after a crash and a successful rerun: the merchant must not
     see the dead run as still "running" (with no finish time) for ever."""
@@ -295,7 +292,6 @@ def test_crashed_run_is_not_listed_as_running_forever(app, client, tenant, db_ur
 # -- 2. two runs at once -------------------------------------------------------------------------
 
 
-@sqlite_only
 def test_two_concurrent_runs_send_each_touch_once(app, client, tenant, db_url):
     prepare_tenant(app, client, tenant, users=60)
     assert not is_quiet(NOW)
