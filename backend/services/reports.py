@@ -291,21 +291,25 @@ def _designs(tenant_id: int, policy: str | None = None) -> dict[str, Design]:
     from backend.core.policy import PolicyError
     from backend.services.policies import loaded
 
-    rows = Policy.select().where(Policy.tenant == tenant_id)
+    query = Policy.select().where(Policy.tenant == tenant_id)
     if policy is not None:
-        rows = rows.where(Policy.name == policy)
-    ph = database.param
-    statuses = ", ".join(f"'{s}'" for s in (*SEND_STATUSES, "held_out"))
-    sql = f"""
-        SELECT f.policy_id, f.first_day, COUNT(*) FROM (
-            SELECT policy_id, user_id, MIN(day) AS first_day FROM touch
-            WHERE tenant_id = {ph} AND status IN ({statuses})
-            GROUP BY policy_id, user_id
-        ) f GROUP BY f.policy_id, f.first_day
-    """
+        query = query.where(Policy.name == policy)
+    rows = list(query)
+    live = [row.id for row in rows if row.active]  # only a running policy has a volume
     per_day: dict[int, dict[int, int]] = defaultdict(dict)
-    for pid, day, count in database.execute_sql(sql, [tenant_id]).fetchall():
-        per_day[int(pid)][int(day)] = int(count)
+    if live:
+        ph = database.param
+        statuses = ", ".join(f"'{s}'" for s in (*SEND_STATUSES, "held_out"))
+        sql = f"""
+            SELECT f.policy_id, f.first_day, COUNT(*) FROM (
+                SELECT policy_id, user_id, MIN(day) AS first_day FROM touch
+                WHERE tenant_id = {ph} AND policy_id IN ({", ".join([ph] * len(live))})
+                  AND status IN ({statuses})
+                GROUP BY policy_id, user_id
+            ) f GROUP BY f.policy_id, f.first_day
+        """
+        for pid, day, count in database.execute_sql(sql, [tenant_id, *live]).fetchall():
+            per_day[int(pid)][int(day)] = int(count)
     out = {}
     for row in rows:
         try:
