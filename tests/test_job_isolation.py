@@ -185,6 +185,23 @@ def test_an_unreadable_policy_is_named_and_the_tenants_other_policy_still_runs(
             assert names == ([] if trigger else ["comeback"])
 
 
+def test_an_unreadable_policy_is_a_409_or_named_on_every_page_not_a_500(app, client, tenant):
+    """The routes and pages that read one stored policy answer for an unreadable one."""
+    from dashboard_campus import sign_in
+
+    add_policy(client, tenant, STALE)
+    with app.app_context():
+        PolicyRow.update(source=UNREADABLE).where(PolicyRow.name == "stale").execute()
+    resp = client.get("/admin/v1/policies/stale/preview", headers=tenant.admin)
+    assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "policy_unreadable"
+    listed = client.get("/admin/v1/policies", headers=tenant.admin)
+    assert listed.status_code == 200 and "surprise" in listed.get_json()["policies"][0]["error"]
+    assert sign_in(client, tenant.api_key).status_code == 302
+    page = client.get("/admin/policies")
+    assert page.status_code == 200 and "无法读取" in page.get_data(as_text=True)
+    assert client.get("/admin/policies/stale").status_code == 409
+
+
 # -- event triggers -------------------------------------------------------------------------------
 
 

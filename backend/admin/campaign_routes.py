@@ -140,13 +140,13 @@ def delete_policy(name: str):
     response={"type": "object"},
     auth="api_key",
     query=DAY_QUERY,
-    errors=(404,),
+    errors=(404, 409),
 )
 @require_api_key
 def preview_policy(name: str):
     row = policies.get(g.tenant_id, name)
     day = scoring.parse_day(request.args.get("date"), _today())
-    return jsonify(campaigns.preview(row, policies.loaded(row), day, _now_ms()))
+    return jsonify(campaigns.preview(row, policies.readable(row), day, _now_ms()))
 
 
 @bp.post("/policies/<name>/uplift-model")

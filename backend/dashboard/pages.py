@@ -156,7 +156,7 @@ def _overview_figures(today, history, shown, spend) -> dict:
 def policy_list():
     rows = PolicyRow.select().where(PolicyRow.tenant == g.tenant_id).order_by(PolicyRow.name)
     return render_template(
-        "dashboard/policies.html", rows=[(r, policies.loaded(r).description) for r in rows]
+        "dashboard/policies.html", rows=[(r, policies.description(r)) for r in rows]
     )
 
 
@@ -190,7 +190,7 @@ def policy_check(name: str):
 
 def _policy_view(name: str, check: dict | None = None):
     row = policies.get(g.tenant_id, name)
-    spec = policies.loaded(row)
+    spec = policies.readable(row)
     ledger = reports.ledger(g.tenant_id, name)
     rep = reports.report(g.tenant_id, name)
     entry = next((p for p in rep["policies"] if p["policy"] == name), None)

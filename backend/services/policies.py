@@ -79,6 +79,27 @@ def loaded(row: PolicyRow) -> Policy:
     return parse_policy(row.source)
 
 
+def readable(row: PolicyRow) -> Policy:
+    """`loaded` for a request: a stored row the parser now refuses is a 409 naming why (fix it
+    with PUT), not a 500."""
+    try:
+        return loaded(row)
+    except PolicyError as exc:
+        raise ApiError(
+            409,
+            "policy_unreadable",
+            f"policy {row.name!r} as stored cannot be read ({exc}); replace it with PUT",
+        ) from None
+
+
+def description(row: PolicyRow) -> str:
+    """The policy's description, or why its stored source cannot be read."""
+    try:
+        return loaded(row).description
+    except PolicyError as exc:
+        return f"无法读取：{exc}"
+
+
 def as_dict(row: PolicyRow, with_source: bool = True) -> dict:
     """The row as the API shows it. A row stored by an older version that the parser now
     refuses is listed with its `error` (so one bad row never breaks the list, and the merchant
