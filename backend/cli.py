@@ -322,8 +322,43 @@ def register(app: Flask) -> None:
     @click.option("--json", "json_path", default=None, help="write the comparison to this file")
     @click.option("--html", "html_path", default=None, help="write a self-contained HTML report")
     @click.option("--params", "params_path", default=None, help=PARAMS_HELP)
-    def compare_command(policy_refs, users, days, seed, warmup, json_path, html_path, params_path):
-        """Several policies on the same simulated population and dice, ranked."""
+    @click.option(
+        "--replicates",
+        default=1,
+        show_default=True,
+        type=click.IntRange(1, 1000),
+        help="seeds seed..seed+R-1, pooled: the interval then holds across seeds",
+    )
+    @click.option(
+        "--rank-by",
+        "rank_by",
+        default="profit",
+        show_default=True,
+        type=click.Choice(["profit", "students", "revenue"]),
+        help="the merchant's objective, measured against the untreated twin",
+    )
+    @click.option(
+        "--margin",
+        default=None,
+        type=click.FloatRange(0.0, 1.0),
+        help="the merchant's margin on extra revenue, for profit (default 0.20)",
+    )
+    def compare_command(
+        policy_refs,
+        users,
+        days,
+        seed,
+        warmup,
+        json_path,
+        html_path,
+        params_path,
+        replicates,
+        rank_by,
+        margin,
+    ):
+        """Several policies on the same simulated population and dice, ranked by their paired
+        effect against the untreated twin, every pair judged (docs/simulator.md)."""
+        from backend.core.paired import DEFAULT_MARGIN
         from simulator.run import compare, compare_table, load_policy
 
         if len(policy_refs) < 2:
@@ -333,9 +368,22 @@ def register(app: Flask) -> None:
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
         params = _load_params(params_path)
-        total = (warmup + days) * len(policies)
+        if len({p.name for p in policies}) != len(policies):
+            raise click.ClickException("each policy once: two --policy options name the same")
+        total = (warmup + days) * len(policies) * replicates
         with click.progressbar(length=total, label="simulating") as bar:
-            out = compare(policies, users, days, seed, warmup, progress=bar.update, params=params)
+            out = compare(
+                policies,
+                users,
+                days,
+                seed,
+                warmup,
+                progress=bar.update,
+                params=params,
+                replicates=replicates,
+                rank_by=rank_by,
+                margin=DEFAULT_MARGIN if margin is None else margin,
+            )
         click.echo(compare_table(out))
         if json_path:
             _write(json_path, json.dumps(out, ensure_ascii=False, indent=2), "comparison")

@@ -64,7 +64,7 @@ def _trial(row, report) -> tuple[dict, str]:
     """Calibrate (or reuse) the twin, run every policy on it, render the report."""
     from backend.services.policies import parse
     from backend.store.models import CouponTemplate
-    from simulator.html import ranking_html, render
+    from simulator.html import ranking_html, render, verdict_zh
     from simulator.run import DEFAULT_COUPONS, compare, load_policy
 
     request = json.loads(row.request)
@@ -100,6 +100,7 @@ def _trial(row, report) -> tuple[dict, str]:
         coupons=coupons,
     )
     out["twin"] = twin
+    out["summary_zh"] = verdict_zh(out)  # the page's verdict sentence, in the merchant's words
     page = render(out["results"], ranking=ranking_html(out), script_urls=(PLOTLY_URL, RENDER_URL))
     return out, page
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from backend.core import metrics
-from simulator.campaign import HELD_OUT, SENT, Campaign
+from simulator.campaign import HELD_OUT, SENT, SKIP, Campaign
 
 
 def _first(user: np.ndarray, order: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -22,7 +22,12 @@ def _first(user: np.ndarray, order: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def summarise(campaign: Campaign, last_day: int, seed: int):
-    """The `arms` and `uplift` parts of the simulation output."""
+    """The `arms` and `uplift` parts of the simulation output.
+
+    Each user is counted once, in the group of their first decision of the trial (sent in an
+    arm, or held out from one): their recall, retention and attributed revenue are those of
+    that first touch; the messages and money spent on them (every later touch too) are their
+    group's. An arm is compared with the holdout users who would have received that arm."""
     policy = campaign.policy
     log = campaign.log
     o = {name: log.column(name) for name in ("returned", "return_day", "revenue_fen")}
@@ -30,20 +35,26 @@ def summarise(campaign: Campaign, last_day: int, seed: int):
     o |= {name: log.column(name) for name in ("returned_twin", "revenue_fen_twin")}
     user, arm, status = log.column("user"), log.column("arm"), log.column("status")
     step = log.column("step")
-    coupon_cost = np.where(o["redeemed"], log.column("coupon_face_fen"), 0)
+    sent = status == SENT
+    coupon_cost = np.where(o["redeemed"] & sent, log.column("coupon_face_fen"), 0)
+    committed = np.where(sent, log.column("coupon_face_fen"), 0)
     message_cost = log.column("message_cost_fen")
     r = o["return_day"]
     order = log.column("day") * 10 + step
+    first = np.zeros(user.size, dtype=bool)
+    first[_first(user, order, (status == SENT) | (status == HELD_OUT))] = True
 
     def group(rows: np.ndarray) -> dict:
-        first = _first(user, order, rows)
-        n, recalled = first.size, int(o["returned"][first].sum())
+        """`rows`: the first decisions of the group's users."""
+        n = int(rows.sum())
+        recalled = int(o["returned"][rows].sum())
+        theirs = np.isin(user, user[rows]) & sent  # every message sent to them
         known7 = rows & (r >= 0) & (last_day >= r + 14)
         known30 = rows & (r >= 0) & (last_day >= r + 37)
         money = metrics.roi(
             int(o["revenue_fen"][rows].sum()),
-            int(coupon_cost[rows].sum()),
-            int(message_cost[rows].sum()),
+            int(coupon_cost[theirs].sum()),
+            int(message_cost[theirs].sum()),
         )
         return {
             "users": n,
@@ -54,27 +65,31 @@ def summarise(campaign: Campaign, last_day: int, seed: int):
             "retention_d7": metrics.rate(
                 int(o["retained_d7"][known7].sum()), int(known7.sum())
             ).rate,
+            "retention_d7_n": int(known7.sum()),
             "retention_d30": metrics.rate(
                 int(o["retained_d30"][known30].sum()), int(known30.sum())
             ).rate,
-            "messages": int((rows & (status == SENT)).sum()),
-            "touches": int(rows.sum()),
+            "retention_d30_n": int(known30.sum()),
+            "messages": int(theirs.sum()),
+            "touches": int((np.isin(user, user[rows]) & (status != SKIP)).sum()),
             "coupon_cost": money.coupon_cost_fen,
             "message_cost": money.message_cost_fen,
+            "cost": money.coupon_cost_fen + money.message_cost_fen,
+            "committed_coupon_value": int(committed[theirs].sum()),
             "revenue": money.revenue_fen,
+            "revenue_twin": int(o["revenue_fen_twin"][rows].sum()),
             "roi": money.roi,
             "revenue_per_cost": money.revenue_per_cost,
         }
 
     arms = {}
     uplift = {}
-    held = status == HELD_OUT
+    held = first & (status == HELD_OUT)
     arms["holdout"] = group(held)
     for a, spec in enumerate(policy.arms):
-        treated = (status == SENT) & (arm == a)
-        control = held & (arm == a)  # the holdout users this arm would have touched
-        arms[spec.name] = group(treated)
-        ft, fc = _first(user, order, treated), _first(user, order, control)
+        ft = np.flatnonzero(first & sent & (arm == a))
+        fc = np.flatnonzero(held & (arm == a))  # the holdout users this arm would have touched
+        arms[spec.name] = group(first & sent & (arm == a))
         nt, kt = ft.size, int(o["returned"][ft].sum())
         nc, kc = fc.size, int(o["returned"][fc].sum())
         kt_twin = int(o["returned_twin"][ft].sum())
@@ -84,6 +99,8 @@ def summarise(campaign: Campaign, last_day: int, seed: int):
         uplift[spec.name] = {
             "recall_rate": metrics.newcombe_diff(kt, nt, kc, nc).as_dict(),
             "revenue_per_user_fen": metrics.mean_diff(rev_t, rev_c, seed=seed).as_dict(),
+            "holdout_users": nc,
+            "holdout_recalled": kc,
             "true_uplift": {
                 "recall_rate": (kt - kt_twin) / nt if nt else None,
                 "revenue_per_user_fen": float((rev_t - rev_twin).mean()) if nt else None,

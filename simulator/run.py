@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from backend.core import metrics
+import numpy as np
+
+from backend.core import metrics, paired
 from backend.core.display import pct as _pct
 from backend.core.display import pp, pp_interval, ratio
 from backend.core.policy import Policy, parse_policy
@@ -45,6 +47,21 @@ def run_simulation(
 ) -> dict:
     """`params`: the campus's parameters (a calibrated file, `SimParams.load`); None for the
     defaults. Its response overrides, if any, drive the answers to messages."""
+    return simulate_paired(policy, users, days, seed, warmup, progress, coupons, params)[0]
+
+
+def simulate_paired(
+    policy: Policy,
+    users: int,
+    days: int,
+    seed: int,
+    warmup: int = 28,
+    progress: Callable[[int], None] | None = None,
+    coupons: dict[str, tuple[int, int]] | None = None,
+    params: SimParams | None = None,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """One simulation: its simulate-shaped results and each user's trial books in both
+    worlds (`CampusModel.per_user`)."""
     faces = dict(DEFAULT_COUPONS if coupons is None else coupons)
     model = CampusModel(
         users=users,
@@ -57,6 +74,7 @@ def run_simulation(
     arms, uplift, daily = play(model, warmup + days, progress)
     config = {
         "policy": policy.name,
+        "description": policy.description,
         "users": users,
         "days": days,
         "seed": seed,
@@ -64,12 +82,13 @@ def run_simulation(
     }
     if params is not None:
         config["params"] = params.extra.get("summary", "custom parameters")
-    return {
+    result = {
         "config": config,
         "arms": arms,
         "uplift": uplift,
         "daily": daily.iloc[warmup:].to_dict(orient="list"),
     }
+    return result, model.per_user()
 
 
 def summary_table(result: dict) -> str:
@@ -98,28 +117,94 @@ def summary_table(result: dict) -> str:
 
 
 def pooled(result: dict) -> dict:
-    """All arms of a policy together: treated users and recalled, against the holdout."""
-    arms = [g for name, g in result["arms"].items() if name != "holdout"]
+    """What production's report would show for this policy: every arm against the holdout
+    users who would have received it, each user counted once (at their first decision),
+    the arms combined weighted by their treated users (a stratified difference whose
+    interval combines the arms' half-widths in quadrature); beside it the twin's truth for the
+    same users, weighted the same way."""
+    names = [n for n in result["arms"] if n != "holdout"]
+    arms = [result["arms"][n] for n in names]
+    held = result["arms"]["holdout"]
     treated = sum(g["users"] for g in arms)
     recalled = sum(g["recalled"] for g in arms)
-    held = result["arms"]["holdout"]
-    true = [
-        (u["true_uplift"]["recall_rate"], result["arms"][name]["users"])
-        for name, u in result["uplift"].items()
-        if u["true_uplift"]["recall_rate"] is not None
+    parts = [
+        (result["uplift"][n]["recall_rate"], result["uplift"][n]["true_uplift"]["recall_rate"], g)
+        for n, g in zip(names, arms, strict=True)
     ]
-    weight = sum(n for _, n in true)
+    est = [(d, g["users"]) for d, _, g in parts if d["diff"] is not None]
+    weight = sum(n for _, n in est)
+    if weight:
+        diff = sum(d["diff"] * n for d, n in est) / weight
+        lo = diff - sum(((d["diff"] - d["lo"]) * n / weight) ** 2 for d, n in est) ** 0.5
+        hi = diff + sum(((d["hi"] - d["diff"]) * n / weight) ** 2 for d, n in est) ** 0.5
+        notes = sorted({d["note"] for d, _ in est if d["note"]})
+        incremental = {"diff": diff, "lo": lo, "hi": hi, "note": "; ".join(notes)}
+    else:
+        incremental = {"diff": None, "lo": None, "hi": None, "note": "no holdout to compare"}
+    true = [(t, g["users"]) for _, t, g in parts if t is not None]
+    true_weight = sum(n for _, n in true)
     return {
         "treated": treated,
         "recalled": recalled,
-        "incremental": metrics.newcombe_diff(
-            recalled, treated, held["recalled"], held["users"]
-        ).as_dict(),
-        "true_incremental": sum(t * n for t, n in true) / weight if weight else None,
+        "recall": metrics.rate(recalled, treated).as_dict(),
+        "holdout_users": held["users"],
+        "holdout_recalled": held["recalled"],
+        "holdout_recall": metrics.rate(held["recalled"], held["users"]).as_dict(),
+        "incremental": incremental,
+        "true_incremental": sum(t * n for t, n in true) / true_weight if true_weight else None,
         "messages": sum(g["messages"] for g in arms),
-        "cost": sum(g["coupon_cost"] + g["message_cost"] for g in arms),
+        "cost": sum(g["cost"] for g in arms),
+        "committed_coupon_value": sum(g["committed_coupon_value"] for g in arms),
         "revenue": sum(g["revenue"] for g in arms),
     }
+
+
+METRICS = ("students", "orders", "revenue", "cost", "profit")
+RANK_BY = ("profit", "students", "revenue")
+UNITS = {"students": "students", "orders": "orders", "revenue": "fen", "cost": "fen"}
+
+
+def per_user_effects(books: dict[str, np.ndarray], margin: float) -> dict[str, np.ndarray]:
+    """Each user's outcome under the policy minus their untreated twin's: returning (visited
+    in the trial), orders, revenue (fen); what was spent on them (fen; the twin spends
+    nothing) and the extra profit at `margin`; and the coupon value committed to them."""
+    revenue = books["revenue_fen"] - books["twin_revenue_fen"]
+    return {
+        "students": books["visited"].astype(np.int64) - books["twin_visited"],
+        "orders": books["orders"].astype(np.int64) - books["twin_orders"],
+        "revenue": revenue,
+        "cost": books["cost_fen"],
+        "profit": paired.profit(revenue, books["cost_fen"], margin),
+        "committed_coupon_value": books["committed_coupon_fen"],
+        "gross_revenue": books["revenue_fen"],
+    }
+
+
+def _effect(rows: list[np.ndarray]) -> dict:
+    e = paired.paired_effect(np.vstack(rows)).as_dict()
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in e.items()}
+
+
+def power_plan(policy: Policy, estimate: dict, days: int) -> dict | None:
+    """Whether this policy's own holdout can detect its own predicted effect (the twin's, on
+    recall at first decision): backend.core.metrics.holdout_plan at the volume simulated."""
+    plan = getattr(metrics, "holdout_plan", None)
+    p0, effect = estimate["holdout_recall"]["rate"], estimate["true_incremental"]
+    if plan is None or p0 is None or effect is None:
+        return None
+    eligible = (estimate["treated"] + estimate["holdout_users"]) / max(days, 1)
+    try:
+        out = plan(
+            p0,
+            effect,
+            policy.holdout_share,
+            eligible,
+            n_holdout_now=estimate["holdout_users"],
+            n_treated_now=estimate["treated"],
+        ).as_dict()
+    except ValueError as exc:  # e.g. no effect to detect
+        return {"error": str(exc), "detectable_now": False}
+    return out
 
 
 def compare(
@@ -131,76 +216,204 @@ def compare(
     progress: Callable[[int], None] | None = None,
     params: SimParams | None = None,
     coupons: dict[str, tuple[int, int]] | None = None,
+    replicates: int = 1,
+    rank_by: str = "profit",
+    margin: float = paired.DEFAULT_MARGIN,
 ) -> dict:
-    """Every policy on the same population and the same organic dice (same seed), ranked by
-    incremental recall against its own holdout; pairs whose difference is not significant
-    are said so. `coupons`: name -> (face value, minimum spend) in fen (the presets' by
-    default)."""
-    results = [
-        run_simulation(p, users, days, seed, warmup, progress, coupons, params=params)
-        for p in policies
-    ]
-    rows = [{"policy": r["config"]["policy"], **pooled(r)} for r in results]
-    rows.sort(key=lambda r: -(r["incremental"]["diff"] or float("-inf")))
-    verdicts = []
-    for a, b in zip(rows, rows[1:], strict=False):
-        da, db = a["incremental"], b["incremental"]
-        if da["diff"] is None or db["diff"] is None:
-            continue
-        # Two independent holdout estimates: their difference's interval (Newcombe-style
-        # square-root combination of each side's half-widths).
-        d = da["diff"] - db["diff"]
-        lo = d - ((da["diff"] - da["lo"]) ** 2 + (db["hi"] - db["diff"]) ** 2) ** 0.5
-        hi = d + ((da["hi"] - da["diff"]) ** 2 + (db["diff"] - db["lo"]) ** 2) ** 0.5
-        verdicts.append(
-            {
-                "better": a["policy"],
-                "than": b["policy"],
-                "difference": d,
-                "lo": lo,
-                "hi": hi,
-                "significant": lo > 0,
-            }
-        )
+    """Every policy on the same population and the same dice (seeds seed..seed+R-1), ranked
+    by its paired effect against the untreated twin on `rank_by`, every pair judged on the
+    same users (backend/core/paired.py). Beside it, per policy, the holdout estimate
+    production would see in one trial of this size (seed `seed`) and its power plan.
+    `coupons`: name -> (face value, minimum spend) in fen (the presets' by default)."""
+    if rank_by not in RANK_BY:
+        raise ValueError(f"rank by one of {RANK_BY}, not {rank_by!r}")
+    if replicates < 1:
+        raise ValueError("at least one replicate")
+    names = [p.name for p in policies]
+    if len(set(names)) != len(names):
+        raise ValueError(f"each policy once: {names}")
+    per: dict[str, dict[str, list[np.ndarray]]] = {n: {} for n in names}
+    results: dict[str, dict] = {}
+    seeds = list(range(seed, seed + replicates))
+    for s in seeds:
+        for p in policies:
+            result, books = simulate_paired(p, users, days, s, warmup, progress, coupons, params)
+            if s == seed:
+                results[p.name] = result
+            for k, v in per_user_effects(books, margin).items():
+                per[p.name].setdefault(k, []).append(v)
+    rows = []
+    for p in policies:
+        d = per[p.name]
+        estimate = pooled(results[p.name])
+        plan = power_plan(p, estimate, days)
+        row = {"policy": p.name, **{m: _effect(d[m]) for m in METRICS}}
+        row["committed_coupon_value"] = _effect(d["committed_coupon_value"])
+        row["gross_revenue"] = float(np.mean([g.sum() for g in d["gross_revenue"]]))
+        row["holdout"] = estimate
+        row["power"] = plan
+        row["warning"] = _power_warning(p.name, plan)
+        rows.append(row)
+    rows.sort(key=lambda r: -r[rank_by]["value"])
+    verdict = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1 :]:
+            j = paired.judge(
+                np.vstack(per[a["policy"]][rank_by]),
+                np.vstack(per[b["policy"]][rank_by]),
+                (a["policy"], b["policy"]),
+            )
+            diff = j.difference
+            verdict.append(
+                {
+                    "a": j.a,
+                    "b": j.b,
+                    "metric": rank_by,
+                    "outcome": j.outcome,
+                    "better": j.a if j.outcome == paired.BETTER else None,
+                    "worse": j.b if j.outcome == paired.BETTER else None,
+                    "significant": j.outcome != paired.TIE,
+                    "difference": round(diff.value, 4),
+                    "lo": round(diff.lo, 4),
+                    "hi": round(diff.hi, 4),
+                    "min_detectable": round(j.min_detectable, 4),
+                }
+            )
     config = {
-        "policies": [p.name for p in policies],
+        "policies": names,
         "users": users,
         "days": days,
         "seed": seed,
+        "seeds": seeds,
+        "replicates": replicates,
         "warmup_days": warmup,
+        "rank_by": rank_by,
+        "margin": margin,
+        "units": {"students": "students", "orders": "orders", "money": "fen"},
     }
     if params is not None:
-        config["params"] = results[0]["config"]["params"]
-    return {
+        config["params"] = results[names[0]]["config"]["params"]
+    out = {
         "config": config,
         "ranking": rows,
-        "verdicts": verdicts,
-        "results": results,
+        "verdict": verdict,
+        "results": [results[n] for n in names],
     }
+    out["summary"] = verdict_sentence(out)
+    return out
+
+
+def _power_warning(name: str, plan: dict | None) -> str:
+    if not plan or plan.get("detectable_now", True):
+        return ""
+    days = plan.get("days_needed")
+    more = f"; it would need about {days} days at this volume" if days else ""
+    return f"{name}'s own holdout cannot detect its predicted effect at this size{more}"
+
+
+def _amount(metric: str, value: float, signed: bool = False) -> str:
+    """A students/orders count or a money amount (fen) as a merchant reads it."""
+    if metric in ("students", "orders"):
+        return f"{value:+,.0f}" if signed else f"{abs(value):,.0f}"
+    text = f"¥{abs(value) / 100:,.0f}"
+    return ("-" if value < 0 else "+") + text if signed else text
+
+
+def verdict_sentence(out: dict) -> str:
+    """The verdict in one paragraph: what the best policy did against doing nothing, which
+    pairs the trial separates and which it cannot (with the smallest resolvable difference)."""
+    c, rows, by = out["config"], out["ranking"], out["config"]["rank_by"]
+    best = rows[0]
+    s, p = best["students"], best["profit"]
+    size = f"{c['users']:,} students"
+    if c["replicates"] > 1:
+        size += f", {c['replicates']} seeds"
+    more = "more" if p["value"] >= 0 else "less"
+    parts = [
+        f"{best['policy']} brings back about {s['value']:,.0f} more students "
+        f"(95%: {s['lo']:,.0f} to {s['hi']:,.0f}) and {_amount('profit', p['value'])} {more} "
+        f"profit (at a {c['margin']:.0%} margin) than doing nothing over {c['days']} days"
+    ]
+    beaten = [v["b"] for v in out["verdict"] if v["a"] == best["policy"] and v["significant"]]
+    if beaten:
+        parts.append(f"it beats {' and '.join(beaten)} on {by}")
+    ties = [v for v in out["verdict"] if not v["significant"]]
+    for v in ties:
+        parts.append(
+            f"{v['a']} and {v['b']} cannot be told apart on {by} at this size ({size}; "
+            f"smallest resolvable difference {_amount(by, v['min_detectable'])})"
+        )
+    clear = [v for v in out["verdict"] if v["significant"] and v["a"] != best["policy"]]
+    for v in clear:
+        parts.append(f"{v['a']} beats {v['b']}")
+    return "; ".join(parts) + "."
+
+
+def _with_interval(metric: str, e: dict) -> str:
+    return (
+        f"{_amount(metric, e['value'], True)} [{_amount(metric, e['lo'], True)}, "
+        f"{_amount(metric, e['hi'], True)}]"
+    )
+
+
+def _n(rate: dict) -> str:
+    return "–" if rate["rate"] is None else f"{100 * rate['rate']:.1f}% of {rate['n']:,}"
 
 
 def compare_table(out: dict) -> str:
     c = out["config"]
+    seeds = (
+        f"seed {c['seed']}"
+        if c["replicates"] == 1
+        else f"seeds {c['seeds'][0]}..{c['seeds'][-1]} pooled"
+    )
     lines = [
-        f"{len(c['policies'])} policies on the same {c['users']} simulated users and dice, "
-        f"{c['days']} days after {c['warmup_days']} of history, seed {c['seed']}",
-        f"  {'rank':<4} {'policy':<16} {'treated':>7} {'recall':>7} "
-        f"{'incremental recall [95%]':<28} {'true':>8} {'messages':>8} {'cost ¥':>8} "
-        f"{'revenue ¥':>10}",
+        out["summary"],
+        "",
+        f"{len(c['policies'])} policies on the same {c['users']:,} simulated students and dice, "
+        f"{c['days']} days after {c['warmup_days']} of history, {seeds}; ranked by {c['rank_by']}.",
+        "Against the untreated twin, over the whole campus (95% intervals); money actually "
+        "spent = redeemed coupons + message fees:",
+        f"  {'rank':<4} {'policy':<16} {'extra students':<22} {'extra orders':<22} "
+        f"{'extra revenue':<28} {'spent':>8} {'extra profit':<28} {'gross revenue':>13} "
+        f"{'coupons sent (committed)':>24}",
     ]
     if "params" in c:
-        lines.insert(1, f"  campus parameters: {c['params']}")
+        lines.insert(3, f"campus parameters: {c['params']}")
     for i, r in enumerate(out["ranking"], 1):
-        est, true = pp_interval(r["incremental"]), pp(r["true_incremental"])
-        rate = r["recalled"] / r["treated"] if r["treated"] else None
         lines.append(
-            f"  {i:<4} {r['policy']:<16} {r['treated']:>7} {_pct(rate):>7} {est:<28} "
-            f"{true:>8} {r['messages']:>8} {r['cost'] / 100:>8.2f} {r['revenue'] / 100:>10.2f}"
+            f"  {i:<4} {r['policy']:<16} {_with_interval('students', r['students']):<22} "
+            f"{_with_interval('orders', r['orders']):<22} "
+            f"{_with_interval('revenue', r['revenue']):<28} "
+            f"{_amount('cost', r['cost']['value']):>8} "
+            f"{_with_interval('profit', r['profit']):<28} "
+            f"{_amount('revenue', r['gross_revenue']):>13} "
+            f"{_amount('cost', r['committed_coupon_value']['value']):>24}"
         )
-    for v in out["verdicts"]:
-        verdict = "better" if v["significant"] else "not significantly better"
+    lines.append(f"Every pair on {c['rank_by']} (A minus B on the same students):")
+    for v in out["verdict"]:
+        said = {
+            paired.BETTER: f"{v['a']} is better than {v['b']}",
+            paired.WORSE: f"{v['a']} is worse than {v['b']}",
+            paired.TIE: f"{v['a']} and {v['b']} cannot be told apart",
+        }[v["outcome"]]
+        m = c["rank_by"]
         lines.append(
-            f"  {v['better']} is {verdict} than {v['than']}: {100 * v['difference']:+.1f} pp "
-            f"[{100 * v['lo']:+.1f}, {100 * v['hi']:+.1f}]"
+            f"  {said}: {_amount(m, v['difference'], True)} [{_amount(m, v['lo'], True)}, "
+            f"{_amount(m, v['hi'], True)}]; smallest resolvable {_amount(m, v['min_detectable'])}"
         )
+    lines.append(
+        f"What production's holdout would show in one trial of this size (seed {c['seed']}; each "
+        "student once, at first decision; each arm against the holdout it would have reached):"
+    )
+    for r in out["ranking"]:
+        h = r["holdout"]
+        lines.append(
+            f"  {r['policy']:<16} recalled {_n(h['recall'])} vs holdout {_n(h['holdout_recall'])}: "
+            f"{pp_interval(h['incremental'])} (twin's truth {pp(h['true_incremental'])}); "
+            f"{h['messages']:,} messages, {_amount('cost', h['cost'])} spent, "
+            f"{_amount('revenue', h['revenue'])} gross revenue in the touched students' windows"
+        )
+        if r["warning"]:
+            lines.append(f"    warning: {r['warning']}")
     return "\n".join(lines)

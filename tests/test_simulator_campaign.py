@@ -122,6 +122,7 @@ def test_simulate_command_writes_the_contract_json_and_is_reproducible(tmp_path)
     data = json.loads(outputs[0])
     assert data["config"] == {
         "policy": "coupon_blast",
+        "description": "一刀切发券：所有流失用户同一天收到同一张券（用作对照的朴素做法）",
         "users": 1500,
         "days": 30,
         "seed": 5,
@@ -169,13 +170,22 @@ def test_compare_ranks_policies_on_the_same_campus(tmp_path):
     result = app.test_cli_runner().invoke(args=args)
     assert result.exit_code == 0, result.output
     out = json.loads(path.read_text(encoding="utf-8"))
-    ranked = [r["incremental"]["diff"] for r in out["ranking"]]
+    assert out["config"]["rank_by"] == "profit" and out["config"]["margin"] == 0.2
+    ranked = [r["profit"]["value"] for r in out["ranking"]]
     assert ranked == sorted(ranked, reverse=True)
-    (verdict,) = out["verdicts"]
-    assert verdict["significant"] == (verdict["lo"] > 0)
-    assert "significantly better" in result.output or " is better than " in result.output
+    for r in out["ranking"]:
+        for m in ("students", "orders", "revenue", "cost", "profit"):
+            assert r[m]["lo"] <= r[m]["value"] <= r[m]["hi"], (r["policy"], m)
+        assert r["holdout"]["true_incremental"] is not None
+        assert "power" in r
+    (verdict,) = out["verdict"]
+    assert {verdict["a"], verdict["b"]} == {"coupon_blast", "golden_window"}
+    assert verdict["significant"] == (verdict["lo"] > 0 or verdict["hi"] < 0)
+    assert verdict["min_detectable"] > 0
+    assert out["summary"] in result.output  # the table leads with the verdict
+    assert "than doing nothing over 30 days" in result.output
     assert {r["policy"] for r in out["ranking"]} == {"coupon_blast", "golden_window"}
-    assert all(r["true_incremental"] is not None for r in out["ranking"])
+    assert [r["config"]["policy"] for r in out["results"]] == ["coupon_blast", "golden_window"]
 
 
 def test_the_holdout_interval_covers_the_true_effect_about_95_percent_of_the_time():

@@ -124,7 +124,8 @@ def status(row: SimulationRun, now_ms: int) -> dict:
     if row.status == "done" and row.result:
         result = json.loads(row.result)
         out["ranking"] = result.get("ranking", [])
-        out["verdicts"] = result.get("verdicts", [])
+        out["verdict"] = result.get("verdict", [])
+        out["summary"] = result.get("summary_zh") or result.get("summary", "")
     return out
 
 
