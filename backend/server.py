@@ -1,12 +1,18 @@
 """The production WSGI server: gunicorn, embedded so `python app.py serve` is all it takes.
 
-Two guards beyond gunicorn's defaults:
+Three guards beyond gunicorn's defaults:
 - A request watchdog. gthread workers answer gunicorn's heartbeat from their main thread, so
   a request thread that never returns (a runaway parse, a hung call) leaves the worker "alive"
-  for ever and `timeout` never recycles it. Each worker records when each request thread
-  started (pre_request/post_request) and a watchdog thread exits the worker, logging the
-  request, once one has run longer than `HUILIU_REQUEST_TIMEOUT_S` (default 60 s); the master
-  then forks a fresh worker.
+  for ever and `timeout` never recycles it. A watchdog thread in each worker exits it, logging
+  the request, once the application has worked on one longer than `HUILIU_REQUEST_TIMEOUT_S`
+  (default 60 s); the master then forks a fresh worker. Only the application's own time
+  counts: `guard` reads the whole body before it starts the clock and stops it while the
+  response is written, because a client that is slow to send or to read must not make the
+  worker (and every other request in it) die.
+- A client timeout. gthread reads headers and bodies from blocking sockets with no timeout, so
+  a client that sends half a request and waits held a thread for ever. Every connection gets a
+  kernel read and write timeout (`HUILIU_CLIENT_TIMEOUT_S`, default 30 s): a stalled body is
+  a 408 for that request alone, stalled headers or an unread response close that connection.
 - An access log that cannot be forged: gunicorn logs the decoded path, so `%0A` in a URL would
   write a line of the attacker's choosing. Control characters, quotes and backslashes in
   logged values are escaped.
@@ -14,11 +20,18 @@ Two guards beyond gunicorn's defaults:
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import logging
 import os
 import re
+import socket
+import struct
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
@@ -26,12 +39,9 @@ from gunicorn.glogging import Logger
 log = logging.getLogger(__name__)
 
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
+DEFAULT_CLIENT_TIMEOUT_S = 30.0
 # Exit code of a worker the watchdog ended (not gunicorn's 3 or 4, which halt the master).
 WATCHDOG_EXIT = 70
-# Test-only: with this set to "1", GET /__test__/hang sleeps for an hour, to prove that the
-# watchdog recycles a worker whose request never returns. Never set it in production.
-HANG_ENV = "HUILIU_TEST_HANG_ROUTE"
-HANG_PATH = "/__test__/hang"
 
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f"\\]')
 
@@ -49,20 +59,29 @@ class SafeAccessLogger(Logger):
         return {k: escape_for_log(v) if isinstance(v, str) else v for k, v in atoms.items()}
 
 
-def request_timeout_s() -> float:
-    raw = os.environ.get("HUILIU_REQUEST_TIMEOUT_S", "")
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
     try:
-        value = float(raw) if raw else DEFAULT_REQUEST_TIMEOUT_S
+        value = float(raw) if raw else default
     except ValueError:
-        value = DEFAULT_REQUEST_TIMEOUT_S
-    return value if value > 0 else DEFAULT_REQUEST_TIMEOUT_S
+        value = default
+    return value if value > 0 else default
+
+
+def request_timeout_s() -> float:
+    return _seconds("HUILIU_REQUEST_TIMEOUT_S", DEFAULT_REQUEST_TIMEOUT_S)
+
+
+def client_timeout_s() -> float:
+    return _seconds("HUILIU_CLIENT_TIMEOUT_S", DEFAULT_CLIENT_TIMEOUT_S)
 
 
 class RequestClock:
-    """When each of a worker's request threads started its current request.
+    """When each of a worker's request threads handed its current request to the application
+    (`guard` starts it after the body is read and stops it while the response is written).
 
-    Durations only, on the process's performance counter: a watchdog measures how long a
-    request has run, never the time of day (that comes from backend.clock).
+    Durations only, on the monotonic clock: a watchdog measures how long a request has run,
+    never the time of day (that comes from backend.clock).
     """
 
     def __init__(self) -> None:
@@ -99,12 +118,134 @@ def watch(clock: RequestClock, timeout_s: float, on_overdue, poll_s: float | Non
         time.sleep(poll)
 
 
-def _pre_request(worker, req) -> None:
-    worker.huiliu_requests.start(f"{req.method} {escape_for_log(req.path or '')}")
+class _BodyTimeout(Exception):
+    """The client stopped sending its body for longer than the client timeout."""
 
 
-def _post_request(worker, req, environ, resp) -> None:
-    worker.huiliu_requests.stop()
+def _read_body(environ: dict, max_bytes: int, spool_bytes: int) -> io.IOBase | None:
+    """The request body, read to its end (a chunked one to at most `max_bytes` + 1, which every
+    route refuses), as a file to hand the application in place of the socket; None to leave
+    the input as is.
+
+    A body the headers say is larger than `max_bytes` is not read: werkzeug answers 413 from
+    Content-Length alone. Above `spool_bytes` the body goes to a temporary file, so a client
+    cannot make a worker hold many large bodies in memory.
+    """
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH") or ""
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if length.isdigit():
+        want = int(length)
+        if want == 0 or want > max_bytes:
+            return None
+    elif chunked:
+        want = max_bytes + 1
+    else:
+        return None
+    body = tempfile.SpooledTemporaryFile(max_size=spool_bytes)  # noqa: SIM115 (returned)
+    got = 0
+    try:
+        while got < want:
+            chunk = stream.read(min(want - got, 1024 * 1024))
+            if not chunk:
+                break
+            body.write(chunk)
+            got += len(chunk)
+    except (BlockingIOError, TimeoutError):  # the socket's read timeout (SO_RCVTIMEO)
+        body.close()
+        raise _BodyTimeout from None
+    except BaseException:
+        body.close()
+        raise
+    if length.isdigit() and got < want:
+        body.close()
+        raise ConnectionAbortedError("the client closed the connection mid-body")
+    if chunked:
+        # Now of known length: werkzeug answers 413 for one over the route's limit (a chunked
+        # stream it would cut at the limit and hand on), and reads the rest as usual.
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        environ["CONTENT_LENGTH"] = str(got)
+    body.seek(0)
+    return body
+
+
+def _error(start_response, status: str, code: str, message: str) -> list[bytes]:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    start_response(
+        status,
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ],
+    )
+    return [body]
+
+
+class _Timed:
+    """The application's response iterable, with the clock running only while the
+    application produces it (not while gunicorn writes it to a slow client)."""
+
+    def __init__(self, result: Iterable[bytes], clock: RequestClock, what: str, body) -> None:
+        self._result = result
+        self._iter = iter(result)
+        self._clock = clock
+        self._what = what
+        self._body = body
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        self._clock.start(self._what)
+        try:
+            return next(self._iter)
+        finally:
+            self._clock.stop()
+
+    def close(self) -> None:
+        try:
+            if hasattr(self._result, "close"):
+                self._clock.start(self._what)
+                try:
+                    self._result.close()
+                finally:
+                    self._clock.stop()
+        finally:
+            if self._body is not None:
+                self._body.close()
+
+
+def guard(app: Callable, clock: RequestClock, max_body: int, spool_bytes: int) -> Callable:
+    """WSGI middleware: read the whole body first, then time the application's work."""
+
+    def guarded(environ: dict, start_response):
+        what = f"{environ.get('REQUEST_METHOD', '')} {escape_for_log(environ.get('PATH_INFO', ''))}"
+        try:
+            body = _read_body(environ, max_body, spool_bytes)
+        except _BodyTimeout:
+            return _error(
+                start_response,
+                "408 Request Timeout",
+                "request_timeout",
+                f"the request body stopped arriving for {client_timeout_s():g} s",
+            )
+        except ConnectionAbortedError as exc:
+            return _error(start_response, "400 Bad Request", "incomplete_body", str(exc))
+        if body is not None:
+            environ["wsgi.input"] = body
+        clock.start(what)
+        try:
+            result = app(environ, start_response)
+        except BaseException:
+            if body is not None:
+                body.close()
+            raise
+        finally:
+            clock.stop()
+        return _Timed(result, clock, what, body)
+
+    return guarded
 
 
 def _recycle(worker, seconds: float, what: str) -> None:
@@ -120,31 +261,47 @@ def _recycle(worker, seconds: float, what: str) -> None:
 
 
 def _post_worker_init(worker) -> None:
-    worker.huiliu_requests = RequestClock()  # before the worker's loop takes any request
+    # worker.app is this process's _Gunicorn, whose load() built the guarded app and its clock.
+    requests = worker.app.requests
     timeout_s = request_timeout_s()
     threading.Thread(
         target=watch,
-        args=(worker.huiliu_requests, timeout_s, lambda s, w: _recycle(worker, s, w)),
+        args=(requests, timeout_s, lambda s, w: _recycle(worker, s, w)),
         name="huiliu-request-watchdog",
         daemon=True,
     ).start()
 
 
-def _hang_middleware(app):
-    """Test-only (HANG_ENV): a route whose request never returns in useful time."""
+def _set_client_timeout(sock: socket.socket, seconds: float) -> None:
+    """Kernel read and write timeouts: gthread switches its sockets between blocking and
+    non-blocking, which resets Python's own timeout but not these."""
+    whole = int(seconds)
+    timeval = struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        sock.setsockopt(socket.SOL_SOCKET, option, timeval)
 
-    def wrapped(environ, start_response):
-        if environ.get("PATH_INFO") == HANG_PATH:
-            logging.getLogger("gunicorn.error").warning("test hang route: request started")
-            time.sleep(3600)
-        return app(environ, start_response)
 
-    return wrapped
+def _worker_class():
+    from gunicorn.workers.gthread import ThreadWorker
+
+    class Worker(ThreadWorker):
+        """gthread, with a client timeout on every connection before any of it is read."""
+
+        client_timeout = client_timeout_s()
+
+        def handle(self, conn):
+            with contextlib.suppress(OSError):  # closed already: super().handle() finds out
+                _set_client_timeout(conn.sock, self.client_timeout)
+            return super().handle(conn)
+
+    return Worker
 
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, options: dict) -> None:
+    def __init__(self, options: dict, wrap: Callable[[Callable], Callable] | None = None) -> None:
         self.options = options
+        self.wrap = wrap
+        self.requests: RequestClock | None = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -154,19 +311,28 @@ class _Gunicorn(BaseApplication):
     def load(self):
         # Each worker builds its own app (and database connections) after forking.
         from backend import create_app
+        from backend.admin.routes import MAX_IMPORT_BODY
 
         app = create_app()
-        if os.environ.get(HANG_ENV) == "1":
-            return _hang_middleware(app)
-        return app
+        usual = app.config["MAX_CONTENT_LENGTH"]
+        self.requests = RequestClock()
+        inner = self.wrap(app) if self.wrap else app
+        return guard(inner, self.requests, max(usual, MAX_IMPORT_BODY), usual)
 
 
-def run(host: str, port: int, workers: int, threads: int = 4) -> None:
+def run(
+    host: str,
+    port: int,
+    workers: int,
+    threads: int = 4,
+    wrap: Callable[[Callable], Callable] | None = None,
+) -> None:
+    """Serve the API; `wrap` (tests only) wraps the app inside the guard, as a route would."""
     _Gunicorn(
         {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": "gthread",
+            "worker_class": _worker_class(),
             "threads": threads,
             # The master's heartbeat timeout; a stuck request thread is the watchdog's job.
             "timeout": 60,
@@ -175,7 +341,6 @@ def run(host: str, port: int, workers: int, threads: int = 4) -> None:
             # Query strings never carry secrets here, but keep the log line short anyway.
             "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
             "post_worker_init": _post_worker_init,
-            "pre_request": _pre_request,
-            "post_request": _post_request,
-        }
+        },
+        wrap,
     ).run()

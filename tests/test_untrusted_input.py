@@ -32,7 +32,7 @@ from test_campaigns import POLICY
 from backend.core import documents
 from backend.core.documents import DocumentError
 from backend.core.policy import PolicyError, parse_policy
-from backend.server import RequestClock, SafeAccessLogger, escape_for_log, watch
+from backend.server import RequestClock, SafeAccessLogger, escape_for_log, guard, watch
 from simulator.params import SimParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +52,11 @@ FLOW_POLICY = yaml.safe_dump(
     width=10**6,
 )
 LONE = "\ud800"
+# Shallow but large: 30,000 values in 60 KB (under every byte limit, over the value limit), and
+# 200,000 in 400 KB; the pure-Python YAML parser spends ~15 µs on each value it reaches.
+SHALLOW = "name: x\narms: [" + ",".join(["1"] * 30_000) + "]\n"
+FLAT_FLOW = "a: [" + ",".join(["1"] * 200_000) + "]\n"
+FLAT_BLOCK = "a:\n" + "- 1\n" * 200_000
 
 
 def refused(text: str, **limits) -> DocumentError:
@@ -132,6 +137,53 @@ def test_too_many_values_is_refused():
     assert refused("a: " + text, max_nodes=100).code == "document_too_large"
 
 
+@pytest.mark.parametrize("text", [FLAT_FLOW, FLAT_BLOCK], ids=["flow", "block"])
+def test_a_large_flat_document_stops_composing_at_the_value_limit(text, monkeypatch):
+    """The value limit stops the composer when it is reached: counting only after the whole
+    node graph was built cost 6-12 s of CPU for 1 MiB of `[1,1,…]` before its 400."""
+    calls = 0
+    compose_node = yaml.composer.Composer.compose_node
+
+    def counted(self, parent, index):
+        nonlocal calls
+        calls += 1
+        return compose_node(self, parent, index)
+
+    monkeypatch.setattr(yaml.composer.Composer, "compose_node", counted)
+    err = refused(text, max_bytes=len(text))  # past the byte limit, to reach the composer
+    assert err.code == "document_too_large"
+    assert f"more than {documents.MAX_NODES} values" in str(err)
+    assert calls <= documents.MAX_NODES + 2  # the root mapping, its key, then the list
+
+
+def test_policies_are_held_to_a_small_size_and_value_count():
+    """A real policy is a few KB and ~150 values; the loader refuses far more of either at
+    once, whichever syntax carries it."""
+    for text, says in (
+        (FLAT_FLOW, "the limit is 65536"),
+        ("a: " + "x" * 70_000 + "\n", "the limit is 65536"),
+        (SHALLOW, f"more than {documents.MAX_NODES} values"),
+        (json.dumps({"name": "x", "arms": [1] * 6_000}), f"more than {documents.MAX_NODES} values"),
+        (json.dumps({"name": "x", "m": {str(k): 1 for k in range(3_000)}}), "values"),
+    ):
+        with pytest.raises(PolicyError) as caught:
+            parse_policy(text)
+        assert caught.value.code == "document_too_large" and says in str(caught.value), text[:40]
+    assert documents.load_json(json.dumps([1] * 6_000)) == [1] * 6_000  # request bodies: no count
+
+
+def test_an_unterminated_json_string_is_read_once():
+    """`"\\"\\"…` with no closing quote: the string pattern used to fail at the end and start
+    again from the next quote, O(n²) (80 KB took 12 s; a 2 MiB request body, hours)."""
+    trap = "[" * 65 + '"' + '\\"' * 20
+    found = documents._JSON_STRING.search(trap)
+    assert found is not None and found.end() == len(trap)  # one match, to the end of the text
+    body = ("[" * 65 + '"' + '\\"' * 1_000_000).encode()
+    with pytest.raises(DocumentError) as caught:
+        documents.load_json(body, max_bytes=len(body))
+    assert caught.value.code == "document_too_deep"
+
+
 def test_duplicate_keys_name_path_and_line():
     err = refused("a:\n  b: 1\n  b: 2\n")
     assert (err.code, err.path, err.line) == ("duplicate_key", "a.b", 3)
@@ -149,6 +201,23 @@ def test_unstorable_strings_name_their_path():
     assert "U+DC00" in documents.unstorable({"p": {"\udc00": 1}})
     assert documents.unstorable({"x": float("nan")}) == "x: NaN and Infinity are not allowed"
     assert documents.unstorable({"ok": ["好", "😀", 1.5]}) is None
+
+
+def test_a_clean_body_is_cleared_without_a_python_walk(monkeypatch):
+    """Walking every value of a 2 MiB body in Python cost a second of CPU on every JSON route,
+    /mp/v1/login included; a value with nothing wrong is cleared by one json.dumps."""
+    # the text `\\u0000` looks like U+0000 to the fast path; the walk clears it
+    assert documents.unstorable({"s": "\\u0000 is only text"}) is None
+    assert "U+0000" in documents.unstorable({"s": ["ok", "a\x00b"]})
+
+    def walked(text):
+        raise AssertionError("walked in Python")
+
+    monkeypatch.setattr(documents, "string_problem", walked)
+    body = {
+        "events": [{"type": "page_view", "props": {"页面": "首页 😀"}, "n": i} for i in range(1000)]
+    }
+    assert documents.unstorable(body) is None
 
 
 def test_json_is_read_as_json_and_flow_yaml_as_yaml():
@@ -223,7 +292,7 @@ def test_logged_paths_cannot_forge_lines():
 def test_the_watchdog_reports_the_oldest_overdue_request():
     clock = RequestClock()
     seen = []
-    worker = threading.Thread(target=lambda: clock.start("GET /slow", now=time.perf_counter() - 99))
+    worker = threading.Thread(target=lambda: clock.start("GET /slow", now=time.monotonic() - 99))
     worker.start()
     worker.join()
     clock.start("GET /fresh")
@@ -231,6 +300,51 @@ def test_the_watchdog_reports_the_oldest_overdue_request():
     assert seen == [(True, "GET /slow")]
     clock.stop()
     assert [w for _, w in clock.overdue(10.0)] == ["GET /slow"]
+
+
+def test_the_guard_reads_the_body_before_the_watchdog_clock_starts():
+    """The application's time is timed, the client's is not: a body is read whole first, a
+    stalled one (the socket's read timeout) is a 408 that never reaches the application."""
+    clock = RequestClock()
+    seen: dict = {}
+
+    def app(environ, start_response):
+        seen["running"] = [what for _, what in clock.overdue(-1.0)]
+        seen["body"] = environ["wsgi.input"].read()
+        seen["length"] = environ["CONTENT_LENGTH"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    class Stalled(io.RawIOBase):
+        def read(self, size=-1):
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    guarded = guard(app, clock, max_body=100, spool_bytes=10)
+    statuses: list[str] = []
+
+    def call(stream, length: str, **headers: str) -> bytes:
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/p\n", "CONTENT_LENGTH": length}
+        environ.update(headers, **{"wsgi.input": stream})
+        result = guarded(environ, lambda status, headers: statuses.append(status))
+        try:
+            return b"".join(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+
+    assert call(io.BytesIO(b"x" * 50), "50") == b"ok"
+    assert seen == {"running": ["POST /p\\x0a"], "body": b"x" * 50, "length": "50"}
+    assert clock.overdue(-1.0) == []  # stopped once the response was produced
+    # a chunked body is read to at most one byte over the limit, and given its length (so
+    # werkzeug refuses it with a 413 instead of cutting it at the route's limit)
+    chunked = {"HTTP_TRANSFER_ENCODING": "chunked"}
+    assert call(io.BytesIO(b"y" * 30), "", **chunked) == b"ok" and seen["length"] == "30"
+    assert call(io.BytesIO(b"y" * 500), "", **chunked) == b"ok"
+    assert (seen["body"], seen["length"]) == (b"y" * 101, "101")
+    seen.clear()
+    assert b'"request_timeout"' in call(Stalled(), "50") and statuses[-1].startswith("408")
+    assert b'"incomplete_body"' in call(io.BytesIO(b"x" * 5), "50")
+    assert statuses[-1].startswith("400") and seen == {} and clock.overdue(-1.0) == []
 
 
 def _free_port() -> int:
@@ -247,16 +361,35 @@ def _get(url: str, timeout: float) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_a_runaway_request_does_not_take_the_server(tmp_path):
-    """Every request thread of both workers stuck: the watchdog recycles them, /healthz answers.
+# `python app.py serve --workers 2`, through the same server.run, with one route added inside
+# its guard that never returns in useful time. Production code has no such route: `wrap` is
+# the only hook, and only tests pass it.
+SERVE_WITH_HANG = """
+import sys, time
+from backend.server import run
 
-    Without the watchdog gthread's heartbeat keeps the stuck workers alive for ever."""
+def hang(app):
+    def wrapped(environ, start_response):
+        if environ["PATH_INFO"] == "/__test__/hang":
+            print("test hang route: request started", flush=True)
+            time.sleep(3600)
+        return app(environ, start_response)
+    return wrapped
+
+run("127.0.0.1", int(sys.argv[1]), workers=2, wrap=hang)
+"""
+
+
+@contextlib.contextmanager
+def _serving(tmp_path: Path, command: list[str], **env_extra: str):
+    """A live server (master and workers) started by `command` + `--port N`; yields its base
+    URL, port and log file, and kills its whole process group after."""
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'serve.sqlite3'}",
-        "HUILIU_REQUEST_TIMEOUT_S": "1",
-        "HUILIU_TEST_HANG_ROUTE": "1",
+        "PYTHONPATH": str(ROOT),
         "PYTHONUNBUFFERED": "1",
+        **env_extra,
     }
     app_py = str(ROOT / "app.py")
     subprocess.run([sys.executable, app_py, "init-db"], env=env, check=True, capture_output=True)
@@ -264,44 +397,98 @@ def test_a_runaway_request_does_not_take_the_server(tmp_path):
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
-            [sys.executable, app_py, "serve", "--port", str(port), "--workers", "2"],
+            [*command, str(port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=tmp_path,
             start_new_session=True,
         )
-    base = f"http://127.0.0.1:{port}"
     try:
+        yield f"http://127.0.0.1:{port}", port, log_path
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # master and workers, stuck threads and all
+        server.wait(timeout=30)
+
+
+def _wait_for(what: str, log_path: Path, deadline: float, count: int = 1) -> None:
+    while _text(log_path).count(what) < count:
+        assert time.monotonic() < deadline, _text(log_path)
+        time.sleep(0.05)
+
+
+def test_a_runaway_request_does_not_take_the_server(tmp_path):
+    """Every request thread of both workers stuck: the watchdog recycles them, /healthz answers.
+
+    Without the watchdog gthread's heartbeat keeps the stuck workers alive for ever."""
+    command = [sys.executable, "-c", SERVE_WITH_HANG]
+    with _serving(tmp_path, command, HUILIU_REQUEST_TIMEOUT_S="1") as (base, _, log_path):
         deadline = time.monotonic() + 60  # deadlines to give up, not speed requirements
-        while _text(log_path).count("Booting worker") < 2:
-            assert time.monotonic() < deadline, _text(log_path)
-            time.sleep(0.05)
+        _wait_for("Booting worker", log_path, deadline, count=2)
         hangs = [
             threading.Thread(target=_swallow, args=(base + "/__test__/hang",), daemon=True)
             for _ in range(40)  # more than the 2 x 4 request threads
         ]
         for t in hangs:
             t.start()
-        while "recycling worker" not in _text(log_path):  # never happens without the watchdog
-            assert time.monotonic() < deadline, _text(log_path)
-            time.sleep(0.05)
+        _wait_for("recycling worker", log_path, deadline)  # never happens without the watchdog
+        _wait_for("exited with code 70", log_path, deadline)  # the master saw it go
         status = None
         while status is None and time.monotonic() < deadline:
             with contextlib.suppress(OSError):
                 status, _ = _get(base + "/healthz", 2)
         assert status == 200
         assert _get(base + "/x%0Aforged%20line", 5)[0] == 404
-        while "forged line" not in _text(log_path):  # the access line follows the response
-            assert time.monotonic() < deadline, _text(log_path)
-            time.sleep(0.05)
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)  # master and workers, stuck threads and all
-        server.wait(timeout=30)
+        _wait_for("forged line", log_path, deadline)  # the access line follows the response
     text = _text(log_path)
     assert "request GET /__test__/hang has run" in text and "exited with code 70" in text
     assert not any(line.startswith("forged") for line in text.splitlines())
     assert "/x\\x0aforged line" in text
+
+
+def test_a_client_slow_to_send_does_not_recycle_the_worker(tmp_path):
+    """A client that sends headers and holds its body, or half its headers and waits, is the
+    client's time, not the application's: that request alone fails (408 or a closed
+    connection) once the client timeout passes, and the one worker keeps answering.
+
+    Before, the watchdog's clock started before the body was read, so a held body (no login
+    needed) had the worker os._exit-ed with every other request in it; and held headers kept a
+    thread for ever, so eight such connections stopped the server."""
+    command = [sys.executable, str(ROOT / "app.py"), "serve", "--workers", "1", "--port"]
+    env = {"HUILIU_REQUEST_TIMEOUT_S": "1", "HUILIU_CLIENT_TIMEOUT_S": "3"}
+    with _serving(tmp_path, command, **env) as (base, port, log_path):
+        deadline = time.monotonic() + 60  # deadlines to give up, not speed requirements
+        _wait_for("Booting worker", log_path, deadline)
+        held = socket.create_connection(("127.0.0.1", port))
+        held.sendall(
+            b"POST /mp/v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"code": '
+        )
+        # the request is in the worker now, for longer than HUILIU_REQUEST_TIMEOUT_S
+        assert _get(base + "/healthz", 30)[0] == 200
+        held.settimeout(30)
+        reply = _read_all(held)
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b'"request_timeout"' in reply
+        # more half-sent headers than the worker has threads
+        stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+        for conn in stalled:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+        assert _get(base + "/healthz", 30)[0] == 200
+        for conn in stalled:
+            conn.settimeout(30)
+            assert _read_all(conn) == b""  # closed by the server, nothing answered
+        assert _get(base + "/healthz", 30)[0] == 200
+    text = _text(log_path)
+    assert "recycling worker" not in text and "exited with code" not in text, text
+
+
+def _read_all(conn: socket.socket) -> bytes:
+    out = b""
+    with conn:
+        while chunk := conn.recv(65536):
+            out += chunk
+    return out
 
 
 def _text(path: Path) -> str:
@@ -323,6 +510,7 @@ def _swallow(url: str) -> None:
         (DEEP_YAML_FLOW, "document_too_deep"),
         (DEEP_YAML_BLOCK, "document_too_deep"),
         (PYTHON_TAG, "unsafe_tag"),
+        (SHALLOW, "document_too_large"),
         ('name: "comeback\\ud800"\n', "invalid_policy"),
     ],
 )
@@ -358,7 +546,7 @@ def test_the_dashboard_forms_use_the_bounded_loader(app, client, tenant):
     add_policy(client, tenant, POLICY)
     sign_in(client, tenant.api_key)
     token = csrf_from(client.get("/admin/policies/comeback").get_data(as_text=True))
-    for source in (LAUGHS, DEEP_YAML_FLOW, PYTHON_TAG):
+    for source in (LAUGHS, DEEP_YAML_FLOW, PYTHON_TAG, SHALLOW):
         resp = client.post(
             "/admin/policies/comeback/check",
             data={"source": source, "csrf_token": token, "action": "validate"},

@@ -8,11 +8,14 @@ the interpreter's stack. Each limit below is checked up front, in time proportio
 `DocumentError`, whose `code` callers turn into a 400.
 
 Limits (defaults; callers may pass tighter or looser ones):
-- `MAX_BYTES` of UTF-8 text;
+- `MAX_BYTES` of UTF-8 JSON text, `MAX_YAML_BYTES` of YAML text: PyYAML's scanner is pure
+  Python (about 1 s of CPU per MiB of blank lines, and some 15 µs per value), and the only
+  YAML we are sent is a policy, a few KB;
 - `MAX_DEPTH` nested lists/mappings, counted after alias expansion;
 - `MAX_ALIASES` alias uses (`*name`) in one YAML document;
-- `MAX_NODES` values in a YAML document after alias expansion (each use of an alias counts
-  the whole aliased value again).
+- `MAX_NODES` values in a YAML document, counted while it is composed (so a flat list of a
+  million values stops at the limit) and again after alias expansion (each use of an alias
+  counts the whole aliased value again). The largest seed policy has 144.
 Only plain data tags are accepted (str, int, float, bool, null, list, mapping, the `<<` merge
 key); anything else (`!!python/object/apply:…`, `!!binary`, `!!set`, custom tags) is refused,
 and dates stay strings as in JSON. Pure Python plus PyYAML: no Flask, no peewee.
@@ -28,9 +31,10 @@ from typing import Any
 import yaml
 
 MAX_BYTES = 1024 * 1024
+MAX_YAML_BYTES = 64 * 1024
 MAX_DEPTH = 64
 MAX_ALIASES = 1000
-MAX_NODES = 20_000
+MAX_NODES = 5_000
 
 TOO_LARGE = "document_too_large"
 TOO_DEEP = "document_too_deep"
@@ -98,8 +102,12 @@ def string_problem(text: str) -> str | None:
 def unstorable(value: Any, root: str = "") -> str | None:
     """'path: problem' for the first string (key or value) or number that cannot be stored.
 
-    NaN and Infinity are not JSON. Iterative, so any depth the parser allowed is fine.
+    NaN and Infinity are not JSON. Iterative, so any depth the parser allowed is fine. A value
+    with nothing wrong in it (nearly all) is cleared by one C-speed `json.dumps`; walking it
+    in Python cost a second of CPU for a 2 MiB request body of `[1,1,…]`.
     """
+    if _plainly_storable(value):
+        return None
     stack: list[tuple[Any, tuple]] = [(value, ())]
     while stack:
         item, parts = stack.pop()
@@ -120,9 +128,29 @@ def unstorable(value: Any, root: str = "") -> str | None:
     return None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _plainly_storable(value: Any) -> bool:
+    """True when no string or number in `value` can be a problem; False means "walk it".
+
+    `ensure_ascii=False` keeps a lone surrogate as it is and writes U+0000 as `\\u0000`
+    (which a string holding that text also gives: a false alarm the walk then clears).
+    """
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, check_circular=False)
+    except (TypeError, ValueError, RecursionError):  # NaN, Infinity, a non-JSON type
+        return False
+    return "\\u0000" not in text and _SURROGATE.search(text) is None
+
+
 # ---------------------------------------------------------------------------------------- JSON
 
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+# A JSON string, or an unterminated one to the end of the text (json.loads refuses that text
+# anyway). The closing quote is optional so that a match never fails once it has started: a
+# required quote made `"\"\"\"…` with no closing quote rescan the rest of the text from every
+# quote, O(n²) (80 KB took 12 s).
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.S)
 _BRACKET = re.compile(r"[\[\]{}]")
 
 
@@ -166,6 +194,7 @@ def load_json(
     *,
     max_bytes: int = MAX_BYTES,
     max_depth: int = MAX_DEPTH,
+    max_nodes: int | None = None,
     reject_duplicates: bool = False,
     check_strings: bool = True,
 ) -> Any:
@@ -173,7 +202,9 @@ def load_json(
 
     Bytes may be UTF-8 (with or without BOM), UTF-16 or UTF-32, as json.loads accepts.
     `check_strings=False` leaves unstorable strings to the caller (an event batch rejects the
-    one event that has them, not the whole body).
+    one event that has them, not the whole body). `max_nodes` (keys count, as in YAML) is for
+    documents whose every value is then checked in Python: json.loads itself is fast, but
+    validating 30,000 policy values against the schema is not.
     """
     _size_ok(data, max_bytes)
     if isinstance(data, bytes):
@@ -199,9 +230,27 @@ def load_json(
         raise DocumentError(INVALID_JSON, f"not valid JSON: {exc}", line=exc.lineno) from None
     except ValueError as exc:  # NaN/Infinity, integers of more than 4,300 digits
         raise DocumentError(INVALID_JSON, f"not valid JSON: {exc}") from None
+    if max_nodes is not None:
+        _count_values(value, max_nodes)
     if check_strings:
         _raise_unstorable(value)
     return value
+
+
+def _count_values(value: Any, max_nodes: int) -> None:
+    """Refuse parsed JSON of more than `max_nodes` values, counting as the YAML loader does."""
+    count = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            count += len(item)  # the keys
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        if count > max_nodes:
+            raise DocumentError(TOO_LARGE, f"more than {max_nodes} values")
 
 
 def _raise_unstorable(value: Any) -> None:
@@ -215,16 +264,23 @@ def _raise_unstorable(value: Any) -> None:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that counts alias uses and nesting while composing (the composer recurses
-    once per level, so the count must stop it before Python's stack does)."""
+    """SafeLoader that counts alias uses, nesting and values while composing.
+
+    The composer recurses once per level, so the depth count must stop it before Python's
+    stack does; and the pure-Python scanner, parser and composer cost some 20 µs a value, so
+    the value count must stop it at `max_nodes`, not after it has built every node of a
+    500,000-element list (10 s of CPU for 1 MiB of `[1,1,…]`).
+    """
 
     max_depth = MAX_DEPTH
     max_aliases = MAX_ALIASES
+    max_nodes = MAX_NODES
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
         self._aliases = 0
+        self._nodes = 0
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -235,6 +291,11 @@ class _Loader(yaml.SafeLoader):
                     TOO_MANY_ALIASES, f"more than {self.max_aliases} alias uses", line=line
                 )
             return super().compose_node(parent, index)
+        # Distinct values only: what aliases expand to is counted by _check_graph, from these.
+        self._nodes += 1
+        if self._nodes > self.max_nodes:
+            line = self.peek_event().start_mark.line + 1
+            raise DocumentError(TOO_LARGE, f"more than {self.max_nodes} values", line=line)
         nested = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
         if nested:
             self._depth += 1
@@ -361,7 +422,7 @@ def _check_graph(root: yaml.Node, max_depth: int, max_nodes: int, aliased: bool)
 def compose_yaml(
     text: str,
     *,
-    max_bytes: int = MAX_BYTES,
+    max_bytes: int = MAX_YAML_BYTES,
     max_depth: int = MAX_DEPTH,
     max_aliases: int = MAX_ALIASES,
     max_nodes: int = MAX_NODES,
@@ -369,7 +430,7 @@ def compose_yaml(
     """The checked node graph of a YAML text (None if empty) and the loader that made it."""
     _size_ok(text, max_bytes)
     loader = _Loader(text)
-    loader.max_depth, loader.max_aliases = max_depth, max_aliases
+    loader.max_depth, loader.max_aliases, loader.max_nodes = max_depth, max_aliases, max_nodes
     try:
         root = loader.get_single_node()
     except yaml.YAMLError as exc:
@@ -395,7 +456,7 @@ def compose_yaml(
 def load_yaml(
     text: str,
     *,
-    max_bytes: int = MAX_BYTES,
+    max_bytes: int = MAX_YAML_BYTES,
     max_depth: int = MAX_DEPTH,
     max_aliases: int = MAX_ALIASES,
     max_nodes: int = MAX_NODES,
@@ -433,10 +494,14 @@ def load_text(text: str, **limits: int) -> tuple[Any, yaml.Node | None]:
     JSON text (duplicate keys refused) is read as JSON, since YAML 1.1 reads some JSON
     differently (`1e-05` is a string to it, `"\\ud83d\\ude00"` two lone surrogates); anything
     else, flow-style YAML like `{name: x}` included, is read as YAML. The root node is None for
-    JSON.
+    JSON. Either is held to the YAML limits (size, values), so its cost does not depend on
+    which syntax the sender chose.
     """
+    limits = {"max_bytes": MAX_YAML_BYTES, "max_nodes": MAX_NODES, **limits}
     if looks_like_json(text):
-        json_limits = {k: v for k, v in limits.items() if k in ("max_bytes", "max_depth")}
+        json_limits = {
+            k: v for k, v in limits.items() if k in ("max_bytes", "max_depth", "max_nodes")
+        }
         try:
             return load_json(text, reject_duplicates=True, **json_limits), None
         except DocumentError as exc:

@@ -311,10 +311,11 @@ def load_yaml(text: str) -> tuple[Any, yaml.Node | None]:
 
     JSON text is read as JSON and YAML as YAML (documents.load_text), the same way when a
     policy is checked and every time it is loaded again: what validates is what runs.
-    Duplicate keys, unsafe tags, unstorable strings and oversized documents are errors.
+    Duplicate keys, unsafe tags, unstorable strings and oversized documents are errors; JSON
+    policies are held to the YAML size limit too (a real policy is a few KB).
     """
     try:
-        return documents.load_text(text)
+        return documents.load_text(text, max_bytes=documents.MAX_YAML_BYTES)
     except documents.DocumentError as exc:
         code = exc.code if exc.code in documents.LIMIT_CODES else "invalid_policy"
         raise PolicyError(exc.problem, field=exc.path, line=exc.line, code=code) from None
