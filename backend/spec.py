@@ -84,6 +84,9 @@ def json_path(parts, root: str = "") -> str:
 _validators: dict[int, Draft202012Validator] = {}
 
 
+MAX_ERROR_CHARS = 300  # an error message names the problem; it does not echo a huge value
+
+
 def first_error(schema: dict, value: Any, root: str = "") -> str | None:
     """The most relevant validation error, as 'path: message', or None if valid."""
     validator = _validators.get(id(schema))
@@ -93,7 +96,10 @@ def first_error(schema: dict, value: Any, root: str = "") -> str | None:
     if not errors:
         return None
     err = errors[0]
-    return f"{json_path(err.absolute_path, root)}: {err.message}"
+    message = err.message  # it quotes the offending value, which may be megabytes long
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 1] + "…"
+    return f"{json_path(err.absolute_path, root)}: {message}"
 
 
 def validated(schema: dict) -> Any:

@@ -742,3 +742,17 @@ def test_a_policy_that_does_not_load_as_stored_is_not_committed(app, client, ten
     with app.app_context():
         row = PolicyRow.get()
         assert row.version == 1 and row.source == POLICY
+
+
+def test_a_validation_error_does_not_echo_a_huge_value(client, tenant):
+    """The message names the problem; a megabyte value is not sent back whole."""
+    body = json.dumps({"code": [1] * 200_000})
+    resp = client.post(
+        "/mp/v1/login",
+        data=body,
+        content_type="application/json",
+        headers={"X-Huiliu-Appid": tenant.appid},
+    )
+    assert resp.status_code == 400
+    assert resp.get_json()["error"]["message"].startswith("code: ")
+    assert len(resp.get_data()) < 1_000
