@@ -250,7 +250,8 @@ def _report_span() -> tuple[str | None, int | None, int | None]:
 @bp.get("/reports")
 @documented(
     "Recall rate, retention, ROI and incremental effect against the holdout, by policy, arm, "
-    "tier and channel (the numbers `python app.py report --json` prints)",
+    "tier and channel (the numbers `python app.py report --json` prints), and per policy "
+    "`power`: how far its holdout is from the size that detects its effect at 80% power",
     response={"type": "object"},
     auth="api_key",
     query=REPORT_QUERY,
