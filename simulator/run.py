@@ -304,17 +304,32 @@ def compare(
 
 
 def _power_warning(name: str, plan: dict | None) -> str:
-    if not plan or plan.get("detectable_now", True):
+    """Said when this policy's own holdout, at the size simulated, cannot detect the effect
+    the twin predicts for it (80% power): production's report would read it as noise."""
+    if not plan or plan.get("days_needed") == 0:
         return ""
-    days = plan.get("days_needed")
-    more = f"; it would need about {days} days at this volume" if days else ""
-    return f"{name}'s own holdout cannot detect its predicted effect at this size{more}"
+    detectable = plan.get("detectable_now")
+    can = f" (it detects {100 * detectable:.1f} pp at best)" if detectable else ""
+    effect = f"{100 * plan['effect']:+.1f} pp" if plan.get("effect") is not None else "its"
+    more = ""
+    if plan.get("users_needed"):
+        need, now = plan["users_needed"], plan.get("users_now", 0)
+        more = f"; it needs about {need:,} decided students (has {now:,})"
+    if plan.get("days_needed"):
+        more += f", {plan['days_needed']} more days at this volume"
+    elif plan.get("note"):
+        more += f"; {plan['note']}"
+    return (
+        f"{name}'s own holdout cannot detect its predicted effect ({effect} on recall) at "
+        f"this size{can}{more}"
+    )
 
 
 def _amount(metric: str, value: float, signed: bool = False) -> str:
     """A students/orders count or a money amount (fen) as a merchant reads it."""
     if metric in ("students", "orders"):
-        return f"{value:+,.0f}" if signed else f"{abs(value):,.0f}"
+        v = int(round(value))  # no "-0"
+        return f"{v:+,d}" if signed else f"{abs(v):,d}"
     text = f"¥{abs(value) / 100:,.0f}"
     return ("-" if value < 0 else "+") + text if signed else text
 

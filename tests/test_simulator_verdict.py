@@ -57,3 +57,29 @@ def test_paired_intervals_cover_the_population_effect_about_95_percent_of_the_ti
         assert lowest <= covered <= highest, (metric, covered)
         # Informative: the effect is resolved from zero when the seeds are pooled.
         assert paired.paired_effect(d).lo > 0, metric
+
+
+def test_compare_with_replicates_is_reproducible_and_ranks_by_the_objective(tmp_path):
+    from backend import create_app
+
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})
+    args = ["compare", "--policy", "tiered", "--policy", "coupon_blast", "--users", "400"]
+    args += ["--days", "7", "--warmup", "14", "--seed", "3", "--replicates", "2"]
+    args += ["--rank-by", "students", "--margin", "0.3"]
+    texts = []
+    for i in range(2):
+        path = tmp_path / f"cmp{i}.json"
+        result = app.test_cli_runner().invoke(args=[*args, "--json", str(path)])
+        assert result.exit_code == 0, result.output
+        texts.append(path.read_bytes())
+    assert texts[0] == texts[1]  # byte for byte, for a seed
+    import json
+
+    out = json.loads(texts[0])
+    assert out["config"]["seeds"] == [3, 4] and out["config"]["margin"] == 0.3
+    assert all(r["students"]["replicates"] == 2 for r in out["ranking"])
+    ranked = [r["students"]["value"] for r in out["ranking"]]
+    assert ranked == sorted(ranked, reverse=True)
+    (v,) = out["verdict"]
+    assert v["metric"] == "students" and v["lo"] <= v["difference"] <= v["hi"]
+    assert out["summary"].startswith(out["ranking"][0]["policy"])
