@@ -83,3 +83,29 @@ def test_compare_with_replicates_is_reproducible_and_ranks_by_the_objective(tmp_
     (v,) = out["verdict"]
     assert v["metric"] == "students" and v["lo"] <= v["difference"] <= v["hi"]
     assert out["summary"].startswith(out["ranking"][0]["policy"])
+
+
+def test_each_user_is_counted_once_at_their_first_decision():
+    # tiered moves students between arms as their tier changes: counted by touch, some would
+    # sit in two arms (and in the holdout too); counted at first decision, the groups
+    # partition the students decided.
+    from simulator.campaign import HELD_OUT, SENT
+    from simulator.model import CampusModel
+    from simulator.results import summarise
+    from simulator.run import DEFAULT_COUPONS
+
+    model = CampusModel(
+        users=1500,
+        seed=2,
+        policy=load_policy("tiered"),
+        coupon_face_fen=dict(DEFAULT_COUPONS),
+        warmup_days=28,
+    )
+    for _ in range(28 + 40):
+        model.step()
+    log = model.campaign.log
+    status, user = log.column("status"), log.column("user")
+    decided = np.unique(user[(status == SENT) | (status == HELD_OUT)])
+    arms, _ = summarise(model.campaign, model.day - 1, 2)
+    assert sum(g["users"] for g in arms.values()) == decided.size
+    assert sum(g["messages"] for g in arms.values()) == int((status == SENT).sum())
