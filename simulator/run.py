@@ -46,8 +46,16 @@ def run_simulation(
     params: SimParams | None = None,
 ) -> dict:
     """`params`: the campus's parameters (a calibrated file, `SimParams.load`); None for the
-    defaults. Its response overrides, if any, drive the answers to messages."""
-    return simulate_paired(policy, users, days, seed, warmup, progress, coupons, params)[0]
+    defaults. Its response overrides, if any, drive the answers to messages. The result carries
+    `holdout` (what production's report would show, `pooled`), `power` (can this policy's own
+    holdout detect the effect the twin predicts? `power_plan`) and `warning` (said when not)."""
+    result = simulate_paired(policy, users, days, seed, warmup, progress, coupons, params)[0]
+    estimate = pooled(result)
+    plan = power_plan(policy, estimate, days)
+    result["holdout"] = estimate
+    result["power"] = plan
+    result["warning"] = _power_warning(policy.name, plan)
+    return result
 
 
 def simulate_paired(
@@ -113,7 +121,29 @@ def summary_table(result: dict) -> str:
         shown, true_text = pp_interval(est), pp(truth)
         note = f"  ({est['note']})" if est["note"] else ""
         lines.append(f"  {name:<28} estimate {shown}; true {true_text}{note}")
+    if "power" in result:
+        lines.append(power_line(result["power"], result["config"]["policy"]))
+    if result.get("warning"):
+        lines.append(f"  warning: {result['warning']}")
     return "\n".join(lines)
+
+
+def power_line(plan: dict | None, name: str) -> str:
+    """The holdout's power plan in one line: the effect the twin predicts on recall, the
+    smallest effect the holdout detects at this size (80% power) and the size it needs."""
+    if not plan:
+        return f"  power plan for {name}'s holdout: unknown (no holdout or no predicted effect)"
+    if plan.get("error"):
+        return f"  power plan for {name}'s holdout: {plan['error']}"
+    now = plan.get("detectable_now")
+    can = "unknown" if now is None else f"{100 * now:.1f} pp"
+    need = plan.get("users_needed")
+    needs = "cannot be reached" if need is None else f"{need:,} decided students"
+    return (
+        f"  power plan for {name}'s holdout ({plan['holdout_share']:.0%} held out): predicted "
+        f"effect {100 * plan['effect']:+.1f} pp on recall; detectable now {can} with "
+        f"{plan['users_now']:,} decided students; 80% power needs {needs}"
+    )
 
 
 def pooled(result: dict) -> dict:
@@ -160,6 +190,9 @@ def pooled(result: dict) -> dict:
 
 
 METRICS = ("students", "orders", "revenue", "cost", "profit")
+# The merchant's unit of time: effects are also said per 30 days, the trial's total scaled by
+# 30/days (a straight proportion: it assumes the effect accrues evenly over the trial).
+MONTH_DAYS = 30
 RANK_BY = ("profit", "students", "revenue")
 UNITS = {"students": "students", "orders": "orders", "revenue": "fen", "cost": "fen"}
 
@@ -183,6 +216,12 @@ def per_user_effects(books: dict[str, np.ndarray], margin: float) -> dict[str, n
 def _effect(rows: list[np.ndarray]) -> dict:
     e = paired.paired_effect(np.vstack(rows)).as_dict()
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in e.items()}
+
+
+def per_month(e: dict, days: int) -> dict:
+    """A trial total (value/lo/hi/se) as a 30-day figure: scaled by MONTH_DAYS / days."""
+    k = MONTH_DAYS / max(days, 1)
+    return {key: round(e[key] * k, 4) for key in ("value", "lo", "hi", "se") if key in e}
 
 
 def power_plan(policy: Policy, estimate: dict, days: int) -> dict | None:
@@ -250,9 +289,16 @@ def compare(
         row = {"policy": p.name, **{m: _effect(d[m]) for m in METRICS}}
         row["committed_coupon_value"] = _effect(d["committed_coupon_value"])
         row["gross_revenue"] = float(np.mean([g.sum() for g in d["gross_revenue"]]))
+        row["per_month"] = {
+            m: per_month(row[m], days) for m in (*METRICS, "committed_coupon_value")
+        }
+        row["per_month"]["gross_revenue"] = round(row["gross_revenue"] * MONTH_DAYS / days, 4)
+        row["description"] = p.description
         row["holdout"] = estimate
         row["power"] = plan
         row["warning"] = _power_warning(p.name, plan)
+        # The simulate-shaped result carries them too, as `simulate` does (the report's pages).
+        results[p.name].update(holdout=estimate, power=plan, warning=row["warning"])
         rows.append(row)
     rows.sort(key=lambda r: -r[rank_by]["value"])
     verdict = []
@@ -277,6 +323,15 @@ def compare(
                     "lo": round(diff.lo, 4),
                     "hi": round(diff.hi, 4),
                     "min_detectable": round(j.min_detectable, 4),
+                    "per_month": {
+                        k: round(v * MONTH_DAYS / days, 4)
+                        for k, v in (
+                            ("difference", diff.value),
+                            ("lo", diff.lo),
+                            ("hi", diff.hi),
+                            ("min_detectable", j.min_detectable),
+                        )
+                    },
                 }
             )
     config = {
@@ -290,6 +345,8 @@ def compare(
         "rank_by": rank_by,
         "margin": margin,
         "units": {"students": "students", "orders": "orders", "money": "fen"},
+        "month_days": MONTH_DAYS,
+        "per_month_scale": round(MONTH_DAYS / days, 6),
     }
     if params is not None:
         config["params"] = results[names[0]]["config"]["params"]
@@ -335,11 +392,12 @@ def _amount(metric: str, value: float, signed: bool = False) -> str:
 
 
 def verdict_sentence(out: dict) -> str:
-    """The verdict in one paragraph: what the best policy did against doing nothing, which
-    pairs the trial separates and which it cannot (with the smallest resolvable difference)."""
+    """The verdict in one paragraph: what the best policy did against doing nothing a month
+    (the trial's total × 30/days, said so), which pairs the trial separates and which it
+    cannot (with the smallest difference it could have resolved, a month too)."""
     c, rows, by = out["config"], out["ranking"], out["config"]["rank_by"]
     best = rows[0]
-    s, p = best["students"], best["profit"]
+    s, p = best["per_month"]["students"], best["per_month"]["profit"]
     size = f"{c['users']:,} students"
     if c["replicates"] > 1:
         size += f", {c['replicates']} seeds"
@@ -347,16 +405,20 @@ def verdict_sentence(out: dict) -> str:
     parts = [
         f"{best['policy']} brings back about {s['value']:,.0f} more students "
         f"(95%: {s['lo']:,.0f} to {s['hi']:,.0f}) and {_amount('profit', p['value'])} {more} "
-        f"profit (at a {c['margin']:.0%} margin) than doing nothing over {c['days']} days"
+        f"profit (at a {c['margin']:.0%} margin) a month than doing nothing (a month = "
+        f"{MONTH_DAYS} days: the {c['days']}-day trial's effect × {MONTH_DAYS}/{c['days']}; "
+        f"over the {c['days']} days {best['students']['value']:,.0f} students and "
+        f"{_amount('profit', best['profit']['value'], True)} profit)"
     ]
     beaten = [v["b"] for v in out["verdict"] if v["a"] == best["policy"] and v["significant"]]
     if beaten:
         parts.append(f"it beats {' and '.join(beaten)} on {by}")
     ties = [v for v in out["verdict"] if not v["significant"]]
     for v in ties:
+        least = v["per_month"]["min_detectable"]
         parts.append(
             f"{v['a']} and {v['b']} cannot be told apart on {by} at this size ({size}; "
-            f"smallest resolvable difference {_amount(by, v['min_detectable'])})"
+            f"smallest resolvable difference {_amount(by, least)} a month)"
         )
     clear = [v for v in out["verdict"] if v["significant"] and v["a"] != best["policy"]]
     for v in clear:
@@ -387,7 +449,8 @@ def compare_table(out: dict) -> str:
         "",
         f"{len(c['policies'])} policies on the same {c['users']:,} simulated students and dice, "
         f"{c['days']} days after {c['warmup_days']} of history, {seeds}; ranked by {c['rank_by']}.",
-        "Against the untreated twin, over the whole campus (95% intervals); money actually "
+        f"Against the untreated twin, over the whole campus and all {c['days']} days (95% "
+        "intervals); money actually "
         "spent = redeemed coupons + message fees:",
         f"  {'rank':<4} {'policy':<16} {'extra students':<22} {'extra orders':<22} "
         f"{'extra revenue':<28} {'spent':>8} {'extra profit':<28} {'gross revenue':>13} "
@@ -405,6 +468,25 @@ def compare_table(out: dict) -> str:
             f"{_amount('revenue', r['gross_revenue']):>13} "
             f"{_amount('cost', r['committed_coupon_value']['value']):>24}"
         )
+    k = c["days"]
+    lines.append(
+        f"A month ({MONTH_DAYS} days: the {k}-day totals above × {MONTH_DAYS}/{k}, assuming the "
+        "effect accrues evenly):"
+    )
+    lines.append(
+        f"  {'rank':<4} {'policy':<16} {'extra students':<22} {'extra orders':<22} "
+        f"{'extra revenue':<28} {'spent':>8} {'extra profit':<28} {'gross revenue':>13}"
+    )
+    for i, r in enumerate(out["ranking"], 1):
+        m = r["per_month"]
+        lines.append(
+            f"  {i:<4} {r['policy']:<16} {_with_interval('students', m['students']):<22} "
+            f"{_with_interval('orders', m['orders']):<22} "
+            f"{_with_interval('revenue', m['revenue']):<28} "
+            f"{_amount('cost', m['cost']['value']):>8} "
+            f"{_with_interval('profit', m['profit']):<28} "
+            f"{_amount('revenue', m['gross_revenue']):>13}"
+        )
     lines.append(f"Every pair on {c['rank_by']} (A minus B on the same students):")
     for v in out["verdict"]:
         said = {
@@ -413,9 +495,13 @@ def compare_table(out: dict) -> str:
             paired.TIE: f"{v['a']} and {v['b']} cannot be told apart",
         }[v["outcome"]]
         m = c["rank_by"]
+        pm = v["per_month"]
         lines.append(
             f"  {said}: {_amount(m, v['difference'], True)} [{_amount(m, v['lo'], True)}, "
-            f"{_amount(m, v['hi'], True)}]; smallest resolvable {_amount(m, v['min_detectable'])}"
+            f"{_amount(m, v['hi'], True)}] over {k} days, {_amount(m, pm['difference'], True)} "
+            f"[{_amount(m, pm['lo'], True)}, {_amount(m, pm['hi'], True)}] a month; smallest "
+            f"resolvable {_amount(m, v['min_detectable'])} ({_amount(m, pm['min_detectable'])} "
+            "a month)"
         )
     lines.append(
         f"What production's holdout would show in one trial of this size (seed {c['seed']}; each "
@@ -429,6 +515,7 @@ def compare_table(out: dict) -> str:
             f"{h['messages']:,} messages, {_amount('cost', h['cost'])} spent, "
             f"{_amount('revenue', h['revenue'])} gross revenue in the touched students' windows"
         )
+        lines.append("  " + power_line(r["power"], r["policy"]))
         if r["warning"]:
             lines.append(f"    warning: {r['warning']}")
     return "\n".join(lines)

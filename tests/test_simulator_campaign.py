@@ -183,7 +183,7 @@ def test_compare_ranks_policies_on_the_same_campus(tmp_path):
     assert verdict["significant"] == (verdict["lo"] > 0 or verdict["hi"] < 0)
     assert verdict["min_detectable"] > 0
     assert out["summary"] in result.output  # the table leads with the verdict
-    assert "than doing nothing over 30 days" in result.output
+    assert "a month than doing nothing (a month = 30 days" in result.output
     assert {r["policy"] for r in out["ranking"]} == {"coupon_blast", "golden_window"}
     assert [r["config"]["policy"] for r in out["results"]] == ["coupon_blast", "golden_window"]
 
