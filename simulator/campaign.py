@@ -8,6 +8,16 @@ small hours (JOB_HOUR, China time) before the day's activity: `Campaign.job` bui
 Nothing here decides anything itself: it keeps the books a database would keep (touches with
 their send times, outcomes attributed by `backend.core.attribution`, allowances, consent).
 
+Two presets need more than the morning job, and get it as production does:
+
+* `rank_by: uplift` ranks by the two-model learner (`backend.core.uplift`) once it is fitted
+  on the finished treated and holdout touches — production fits it when the merchant asks
+  (`POST /admin/v1/policies/{name}/uplift-model`); the simulator follows the documented
+  procedure `refit_uplift` (first fit as soon as the learner accepts the data, then weekly)
+  and records, day by day, whether the ranking came from a fitted model or fell back to risk;
+* event-triggered policies (`trigger: payment_failed`) are decided when the campus's events
+  happen (`Campaign.trigger`), one user per request as production's `on_events` does.
+
 Times follow production exactly, so the end-to-end mode (simulator/e2e.py) must make the same
 decisions: a touch is due at `planned_send_ms`; a simulated user's events of a day happen at
 their usual hour and VISIT_MINUTE; a touch's window is (sent, sent + window] in milliseconds;
@@ -23,29 +33,67 @@ import numpy as np
 
 from backend.core.attribution import in_window
 from backend.core.calendar import MS_PER_DAY, day_start_ms
-from backend.core.policy import HOLDOUT, SEND, SKIPPED, Decisions, Policy, PolicyState, UserState
+from backend.core.policy import (
+    HOLDOUT,
+    NOT_ELIGIBLE,
+    SEND,
+    SKIPPED,
+    Decisions,
+    Policy,
+    PolicyState,
+    UserState,
+)
 from backend.core.policy import decide as core_decide
 from backend.core.policy.guards import (
     HOUR_MS,
     MAX_SUBSCRIBE_ALLOWANCE,
     contact_hour,
+    next_send_ms,
     planned_send_ms,
 )
 from backend.core.policy.history import TouchHistory, history_state
 from backend.core.policy.learning import LearningTotals
 from backend.core.policy.spec import CHANNELS, MESSAGE_KINDS, SUBSCRIBE
 from backend.core.scoring import Scores
-from backend.core.uplift import risk_instead_of_uplift
+from backend.core.uplift import (
+    UpliftModel,
+    fit_two_model,
+    predict_uplift,
+    risk_instead_of_uplift,
+    uplift_features,
+)
 
 SENT, HELD_OUT, SKIP = 0, 1, 2
 JOB_HOUR = 2  # China time the daily job runs, before anyone is up
 VISIT_MINUTE = 30  # a simulated visit happens at the user's usual hour and this minute
 HISTORY_DAYS = 60  # as the backend's campaign job: caps, journeys and streaks look this far
 RETENTION_TAIL_DAYS = 37  # D30 retention is known 37 days after the return
+UPLIFT_REFIT_DAYS = 7  # the operating procedure: refit the uplift learner weekly
+# Triggers production decides when the event arrives (the nightly job leaves them alone:
+# services/campaigns.py `_run_locked`), and the one event the simulated campus produces.
+EVENT_TRIGGERS = ("payment_failed", "cart_abandoned")
+SIMULATED_EVENTS = ("payment_failed",)
 
 
 def job_ms(day: int) -> int:
     return day_start_ms(day) + JOB_HOUR * HOUR_MS
+
+
+def uplift_x(scores: Scores, rows: np.ndarray) -> np.ndarray:
+    """The uplift learner's features of `rows` from a morning's scores, as production reads
+    them from that day's score snapshot (the activity index is stored to 2 places:
+    services/scoring.py `_rows`; the usual hour raw)."""
+    f = scores.features
+    return uplift_features(
+        f.term_days_since_visit[rows],
+        f.visit_days_30[rows],
+        f.orders_total[rows],
+        f.spend_fen_total[rows],
+        scores.p_alive[rows],
+        np.round(scores.activity.index[rows], 2),
+        scores.worth_recalling[rows],
+        f.usual_hour[rows],
+    )
 
 
 def visit_ms(day: int, usual_hour: np.ndarray) -> np.ndarray:
@@ -88,6 +136,7 @@ class DayTouches:
     message_cost_fen: np.ndarray
     coupon_face_fen: np.ndarray  # 0: no coupon
     coupon_min_fen: np.ndarray
+    uplift_x: np.ndarray  # (touches × uplift FEATURES) from the day's scores, as stored
     outcome: dict[str, np.ndarray] = field(default_factory=dict)
     learnt: np.ndarray | None = None  # folded into the policy's learning (once final)
 
@@ -246,6 +295,23 @@ class Campaign:
         self.last_grants: dict[str, np.ndarray] = {}  # template -> accepted on today's visit
         self._reachable: np.ndarray | None = None
         self._coupon_table()
+        if policy.trigger is not None and policy.trigger not in SIMULATED_EVENTS:
+            raise ValueError(
+                f"policy {policy.name} is triggered by {policy.trigger}, an event the simulated "
+                f"campus does not produce (it produces: {', '.join(SIMULATED_EVENTS)})"
+            )
+        # The uplift learner as production stores it on the policy row (None: not fitted;
+        # the policy then ranks by risk), when it was last fitted, and per decided day which
+        # ranking was used: "model" or "risk" (`ranking`), with every fit tried (`fits`).
+        self.uplift_model: UpliftModel | None = None
+        self.uplift_fit_day: int | None = None
+        self.ranking: dict[int, str] = {}
+        self.fits: list[dict] = []
+
+    @property
+    def listens(self) -> bool:
+        """Decided when its event arrives, not by the morning job."""
+        return self.policy.trigger in EVENT_TRIGGERS
 
     def _coupon_table(self) -> None:
         """Per (arm, step): message kind, coupon face and minimum spend."""
@@ -340,10 +406,17 @@ class Campaign:
             b.learnt |= final
         return self.learning.state(self.policy, self.faces)
 
-    def user_state(self, today: int, scores: Scores) -> UserState:
+    def user_state(
+        self, today: int, scores: Scores, triggered: np.ndarray | None = None
+    ) -> UserState:
+        """`triggered`: the users whose event fires a trigger policy today (their journey
+        starts today, as production's `population(trigger_day=...)`)."""
         f = scores.features
         # The current lapse began the day after the last visit.
         start = np.subtract(today + 1, f.days_since_visit)
+        if triggered is not None:
+            start = np.full(self.n, today + 1, dtype=np.int64)
+            start[triggered] = today
         past = history_state(self.history(today), self.n, today, start)
         if self._reachable is None:  # who follows the OA or gave a phone never changes here
             reachable = np.zeros((self.n, len(CHANNELS)), dtype=bool)
@@ -369,14 +442,61 @@ class Campaign:
             reachable=self._reachable,
             allowance=self.permissions.allowance,
             ignored_streak=past.ignored_streak,
-            # No fitted uplift model in the simulator yet: rank as production does without one.
-            uplift=(
-                risk_instead_of_uplift(scores.p_alive) if self.policy.rank_by == "uplift" else None
-            ),
+            uplift=self._uplift(today, scores),
+            days_since_trigger=None if triggered is None else today - start,
         )
 
+    def _uplift(self, today: int, scores: Scores) -> np.ndarray | None:
+        """As production's `campaigns._uplift`: the fitted learner's estimate, or risk until
+        there is one; which of the two ranked the day is recorded (`ranking`)."""
+        if self.policy.rank_by != "uplift":
+            return None
+        if self.uplift_model is None:
+            self.ranking[today] = "risk"
+            return risk_instead_of_uplift(scores.p_alive)
+        self.ranking[today] = "model"
+        return predict_uplift(self.uplift_model, uplift_x(scores, np.arange(self.n)))
+
+    def refit_uplift(self, today: int) -> UpliftModel | None:
+        """The operating procedure for `rank_by: uplift` (production fits only when asked,
+        `POST /admin/v1/policies/{name}/uplift-model`): each morning before the job, while no
+        model is fitted, and then a week after the last fit, fit production's learner on the
+        touches the previous job had marked final (sent or held out; features from each
+        touch's day's scores; outcome: returned in the window), in the order production
+        reads them (day, user). Too few outcomes (`fit_two_model`'s minimum, 10 a side): no
+        model yet, tried again the next morning. Returns the model fitted today, if any."""
+        if self.policy.rank_by != "uplift":
+            return None
+        if self.uplift_fit_day is not None and today - self.uplift_fit_day < UPLIFT_REFIT_DAYS:
+            return None
+        done = job_ms(today - 1)
+        window = self.policy.attribution_window_days * MS_PER_DAY
+        blocks = [b for b in self.log.days if b.user.size]
+        final = [done >= b.sent_ms + window for b in blocks]
+        x = [b.uplift_x[f] for b, f in zip(blocks, final, strict=True)]
+        treated = [b.status[f] == SENT for b, f in zip(blocks, final, strict=True)]
+        returned = [b.outcome["returned"][f] for b, f in zip(blocks, final, strict=True)]
+        try:
+            if not blocks:
+                raise ValueError("no finished touches to learn uplift from")
+            model = fit_two_model(
+                np.concatenate(x), np.concatenate(treated), np.concatenate(returned)
+            )
+        except ValueError as exc:
+            self.fits.append({"day": today, "fitted": False, "reason": str(exc)})
+            return None
+        self.uplift_model, self.uplift_fit_day = model, today
+        self.fits.append(
+            {"day": today, "fitted": True, "treated": model.n_treated, "holdout": model.n_control}
+        )
+        return model
+
     def job(self, today: int, scores: Scores) -> Decisions:
-        """Decide this morning with production's function."""
+        """Decide this morning with production's function (a trigger policy waits for its
+        events: nothing decided)."""
+        if self.listens:
+            return nothing_decided(self.n)
+        self.refit_uplift(today)
         users = self.user_state(today, scores)
         self.last_users = users
         state = self._learn(today)
@@ -384,8 +504,36 @@ class Campaign:
         self.book(today, d, scores)
         return d
 
-    def book(self, today: int, d: Decisions, scores: Scores) -> None:
-        """Keep the books of a morning's decisions: touches logged, allowances spent."""
+    def trigger(
+        self, today: int, scores: Scores, users: np.ndarray, usual_hour: np.ndarray
+    ) -> Decisions:
+        """Production's trigger path for the users whose event came today, each at their
+        visit (`visit_ms`): `on_events` decides one request's users — here one user — with
+        the day's scores, the journey starting today, seed 0 (the route passes none), and
+        the touch goes out at `next_send_ms` of the request's time. Booked like the job's."""
+        state_all = self.user_state(today, scores, triggered=users)
+        self.last_users = state_all
+        state = self._learn(today)
+        d = nothing_decided(self.n)
+        for u in np.asarray(users, dtype=np.int64).tolist():
+            one = core_decide(
+                self.policy, rows_of(state_all, np.array([u])), state, salt=self.salt, day=today
+            )
+            for name in DECISION_FIELDS:
+                getattr(d, name)[u] = getattr(one, name)[0]
+        at = visit_ms(today, usual_hour)
+        when = np.zeros(self.n, dtype=np.int64)
+        acting = np.flatnonzero((d.status >= SEND) & (d.status <= SKIPPED))
+        for i in acting.tolist():
+            when[i] = next_send_ms(int(at[i]), CHANNELS[int(d.channel[i])])
+        self.book(today, d, scores, sent_ms=when)
+        return d
+
+    def book(
+        self, today: int, d: Decisions, scores: Scores, sent_ms: np.ndarray | None = None
+    ) -> None:
+        """Keep the books of a morning's decisions: touches logged, allowances spent.
+        `sent_ms`: when each user's touch goes out, if not the planned hour (a trigger's)."""
         assert (HOLDOUT, SKIPPED) == (SEND + 1, SEND + 2)  # the acting statuses: a range
         acting = np.flatnonzero((d.status >= SEND) & (d.status <= SKIPPED))
         status = np.select(
@@ -402,12 +550,17 @@ class Campaign:
                 channel=channel,
                 arm=arm,
                 status=status,
-                sent_ms=planned_send_ms(today, d.defer_days[acting], d.send_hour[acting]),
+                sent_ms=(
+                    planned_send_ms(today, d.defer_days[acting], d.send_hour[acting])
+                    if sent_ms is None
+                    else sent_ms[acting]
+                ),
                 tier=scores.tier[acting].astype(np.int64),
                 value_fen=scores.value_fen[acting].astype(np.int64),
                 message_cost_fen=np.where(status == SENT, costs[channel], 0),
                 coupon_face_fen=self.face_table[arm, step],
                 coupon_min_fen=self.min_table[arm, step],
+                uplift_x=uplift_x(scores, acting),
             )
         )
         sent = acting[status == SENT]
@@ -420,3 +573,47 @@ class Campaign:
                 template = self.policy.messages[touch.message].template_id
                 spend = sent[(d.arm[sent] == a) & (d.step[sent] == s)]
                 self.permissions.allowance[template][spend] -= 1
+
+
+DECISION_FIELDS = (
+    "status",
+    "reason",
+    "arm",
+    "step",
+    "channel",
+    "send_hour",
+    "defer_days",
+    "quiet_deferred",
+    "cost_fen",
+)
+
+
+def nothing_decided(n: int) -> Decisions:
+    """Decisions for `n` users of whom none is eligible (a day without a decision)."""
+    return Decisions(
+        status=np.full(n, NOT_ELIGIBLE, dtype=np.int8),
+        reason=np.zeros(n, dtype=np.int8),
+        arm=np.full(n, -1, dtype=np.int16),
+        step=np.full(n, -1, dtype=np.int8),
+        channel=np.full(n, -1, dtype=np.int8),
+        send_hour=np.full(n, -1, dtype=np.int8),
+        defer_days=np.zeros(n, dtype=np.int8),
+        quiet_deferred=np.zeros(n, dtype=bool),
+        cost_fen=np.zeros(n, dtype=np.int64),
+    )
+
+
+def rows_of(users: UserState, rows: np.ndarray) -> UserState:
+    """The state of `rows` only (production's trigger population holds just the request's
+    users): every per-user column sliced, allowances per template too."""
+    n = len(users)
+    out = {}
+    for f in fields(users):
+        v = getattr(users, f.name)
+        if isinstance(v, np.ndarray) and v.ndim and v.shape[0] == n:
+            out[f.name] = v[rows]
+        elif isinstance(v, dict):
+            out[f.name] = {k: np.asarray(a)[rows] for k, a in v.items()}
+        else:
+            out[f.name] = v
+    return UserState(**out)

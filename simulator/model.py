@@ -32,7 +32,14 @@ from backend.core.scoring import Scores, refit_due, score_fold
 from backend.core.tiers import TIERS, TierConfig
 from simulator.calendar import CampusCalendar
 from simulator.campaign import JOB_HOUR, VISIT_MINUTE, Campaign
-from simulator.campus import DayActivity, DayDraws, PersonaColumns, new_campus, organic_day
+from simulator.campus import (
+    PAYMENT_FAIL_SHARE,
+    DayActivity,
+    DayDraws,
+    PersonaColumns,
+    new_campus,
+    organic_day,
+)
 from simulator.eventlog import EventLog
 from simulator.params import SimParams
 from simulator.response import ResponseParams, respond
@@ -145,7 +152,7 @@ class CampusModel(mesa.Model):
         self.params = params or SimParams()
         self.params.check()
         self.calendar = CampusCalendar.load(self.params.calendar)
-        streams = np.random.SeedSequence(seed).spawn(4)
+        streams = np.random.SeedSequence(seed).spawn(5)  # the first four as before
         self.organic_rng = np.random.default_rng(streams[1])
         self.state = new_campus(self.params, users, np.random.default_rng(streams[0]))
         self.cols = PersonaColumns.of(self.params, self.state.persona)
@@ -190,6 +197,10 @@ class CampusModel(mesa.Model):
             else None
         )
         self.response_rng = np.random.default_rng(streams[3])
+        # Failed payment attempts (campus.PAYMENT_FAIL_SHARE): a stream of their own, one
+        # draw per user a day, so every policy's campus fails the same attempts.
+        self.payment_rng = np.random.default_rng(streams[4])
+        self.payment_failed = np.zeros(users, dtype=bool)
         self.response_params = response_params or self.params.response_params()
         # Answers to messages, waiting for the day the message lands (-1: none).
         self.pull_day = np.full(users, -1, dtype=np.int64)  # comes back that day
@@ -220,6 +231,11 @@ class CampusModel(mesa.Model):
                 "quiet_deferred": lambda m: m._quiet(),
                 "group_active": lambda m: m._group_active(),
                 "committed_cost_fen": lambda m: m._committed_cost(),
+                # rank_by uplift: "model" (a fitted learner ranked the day), "risk" (none
+                # yet: production's fallback), "" for other policies or no decision.
+                "uplift_ranking": lambda m: (
+                    "" if m.campaign is None else m.campaign.ranking.get(m.day - 1, "")
+                ),
                 "result": lambda m: None if m.running else m.result(),
                 "incremental_revenue_fen": lambda m: (
                     0
@@ -273,10 +289,22 @@ class CampusModel(mesa.Model):
                 self.trial_books["twin"].add(self.twin_today)
         self._draws, self._session_s = draws, None
         self.used_coupon = used_coupon
+        fail = self.payment_rng.random(len(self.state)) < PAYMENT_FAIL_SHARE
+        self.payment_failed = self.today.ordered & fail
+        # Before the fold: the morning's scores are views that the day's totals move.
+        self.after_day(day)
+        if self.campaign is not None and self.campaign.listens and day >= self.policy_from:
+            self._triggered(day, self.run_triggers(day))
         self._fold_day(day, used_coupon)
         if self.log is not None:
-            self.log.add_day(day, self.today, self.state.usual_hour, self.session_s, used_coupon)
-        self.after_day(day)
+            self.log.add_day(
+                day,
+                self.today,
+                self.state.usual_hour,
+                self.session_s,
+                used_coupon,
+                self.payment_failed,
+            )
 
     def _start_ahead(self, day: int) -> None:
         """Start the part of `day` that needs nothing decided that morning, on the worker
@@ -362,7 +390,7 @@ class CampusModel(mesa.Model):
                 day,
                 u,
                 self.state.usual_hour[u],
-                2 * vis + bought,
+                2 * vis + bought + self.payment_failed[u],
                 session_ms=session_ms(
                     self._session_s[u] if self._session_s is not None else self._draws.session_s(u)
                 )
@@ -379,7 +407,22 @@ class CampusModel(mesa.Model):
         return self.campaign.job(day, self.scores)
 
     def after_day(self, day: int) -> None:
-        """Hook for the end-to-end model: the day's activity is known."""
+        """Hook for the end-to-end model: the day's activity is known (not yet folded)."""
+
+    def run_triggers(self, day: int) -> Decisions:
+        """The day's event-triggered decisions: production's trigger path (`on_events`, one
+        request per user at their visit) over the model's books; the end-to-end model reads
+        the backend's instead."""
+        users = np.flatnonzero(self.payment_failed)
+        return self.campaign.trigger(day, self.scores, users, self.state.usual_hour)
+
+    def _triggered(self, day: int, d: Decisions) -> None:
+        """Answers to the day's triggered sends: sent during the user's visit, they can bring
+        the user back from the next day on (hence `day + 1`: the send's hour is not after
+        the next day's visit)."""
+        self.decisions = d  # a trigger policy decides nothing at the morning job
+        if d.count(SEND):
+            self._answer(d, day + 1)
 
     def _after_messages(self, day: int, pulled: np.ndarray) -> None:
         """Messages landing today played out: those who came back regain engagement; coupon
