@@ -23,8 +23,10 @@ Fitted, each from:
 - `weekend_factor`: weekend over weekday visitors per day in term time; `exam_factor`: exam
   weekdays over other term weekdays, when the log has exam weekdays; `break_factor`: break
   days over term weekdays, when the log has a week of break;
-- response rates (`fit_response`): the treated-minus-holdout return rate per message kind,
-  when the tenant has attributed touches with a holdout.
+- response rates (simulator/calibrate_response.py): the treated-minus-holdout return rate of
+  each message kind × tier at first decision, against the same policy run on the fitted
+  campus and paired with its untreated twin, when the tenant has attributed touches with a
+  holdout.
 
 Kept at their defaults, and why: persona shares (six overlapping personas are not separable
 from visit rates alone: they differ most in how they answer messages, which an organic log
@@ -49,8 +51,9 @@ import numpy as np
 
 from backend.core.calendar import day_date
 from backend.core.features import EventColumns, OrderColumns, active_days
-from backend.core.policy.spec import MESSAGE_KINDS
+from backend.core.tiers import TierConfig
 from simulator.calendar import CampusCalendar
+from simulator.calibrate_response import TouchColumns, describe_response, fit_response
 from simulator.campus import DayDraws, PersonaColumns, new_campus, organic_day
 from simulator.params import SimParams
 
@@ -394,108 +397,6 @@ def check_history(log: Log) -> None:
         )
 
 
-# --- response rates -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TouchColumns:
-    """Attributed touches, one row each, sent and held out alike (intention to treat)."""
-
-    user: np.ndarray  # index into the log's users
-    day: np.ndarray
-    channel: np.ndarray  # str, CHANNELS
-    kind: np.ndarray  # str, MESSAGE_KINDS
-    holdout: np.ndarray  # bool
-    returned: np.ndarray  # bool: came back inside the attribution window
-
-
-MIN_TOUCHES = 50  # per side (treated, holdout) of a message kind
-FATIGUE_DAYS = 30
-
-
-def _touch_context(touches: TouchColumns, log: Log, cal: CampusCalendar):
-    """Term days since the user's last visit before each touch, and the user's touches in
-    the 30 days up to it (itself included): the golden window and fatigue of the response
-    model."""
-    big = np.int64(1_000_000)
-    vkey = log.visit_user * big + log.visit_day  # sorted: visits are by user, then day
-    at = np.searchsorted(vkey, touches.user * big + touches.day) - 1
-    ok = at >= 0
-    ok[ok] = log.visit_user[at[ok]] == touches.user[ok]
-    last = np.where(ok, log.visit_day[np.maximum(at, 0)], log.first_day - 1)
-    silent = cal.terms.term_days_between(last, touches.day)
-    tkey = np.sort(touches.user * big + touches.day)
-    here = touches.user * big + touches.day
-    recent = np.searchsorted(tkey, here, "right") - np.searchsorted(
-        tkey, here - (FATIGUE_DAYS - 1), "left"
-    )
-    return silent, recent
-
-
-def fit_response(touches: TouchColumns, log: Log, base: SimParams) -> tuple[dict, dict[str, dict]]:
-    """Scale the response table per message kind to its treated-minus-holdout return rate.
-
-    In the simulator a message brings a user back with probability open rate (channel) ×
-    response[persona][kind] × golden window × fatigue, and that counts as an effect only for
-    users who would not have come back anyway (1 − the holdout's return rate). So with the
-    current table, the effect of a kind's touches should be about the mean over its treated
-    touches of open × (share-weighted response) × golden × fatigue, times (1 − holdout rate);
-    each kind's column of the table is scaled by observed / expected. Open rates, the golden
-    window's shape and fatigue stay as they are (a return rate alone cannot separate them
-    from the response). A kind with fewer than MIN_TOUCHES on either side, or sent only
-    in-app (no message to open), keeps its defaults.
-
-    Returns (the `SimParams.response` overrides, a per-kind table for the record).
-    """
-    rp = base.response_params()
-    cal = CampusCalendar.load(base.calendar)
-    silent, recent = _touch_context(touches, log, cal)
-    golden = np.maximum(rp.golden_floor, np.exp(-np.maximum(silent - 3, 0) / rp.golden_days))
-    fatigue = rp.fatigue ** np.maximum(recent - 1, 0)
-    channels, which = np.unique(touches.channel.astype(str), return_inverse=True)
-    opened = np.array([rp.open_rate.get(c, 0.0) for c in channels])[which]
-    shares = {p.name: p.share for p in base.personas}
-    table: dict[str, dict] = {}
-    response = {p: list(v) for p, v in rp.response.items()}
-    changed = False
-    for k, kind in enumerate(MESSAGE_KINDS):
-        mine = touches.kind == kind
-        treated, held = mine & ~touches.holdout, mine & touches.holdout
-        nt, nh = int(treated.sum()), int(held.sum())
-        row: dict = {"treated": nt, "holdout": nh, "fitted": False}
-        table[kind] = row
-        if nt < MIN_TOUCHES or nh < MIN_TOUCHES:
-            row["why_not"] = f"fewer than {MIN_TOUCHES} touches on a side"
-            continue
-        rt = float(touches.returned[treated].mean())
-        rh = float(touches.returned[held].mean())
-        mean_response = sum(shares.get(p, 0.0) * v[k] for p, v in rp.response.items())
-        reach = float(np.mean(opened[treated] * golden[treated] * fatigue[treated]))
-        expected = reach * mean_response * (1.0 - rh)
-        se = float(np.sqrt(rt * (1 - rt) / nt + rh * (1 - rh) / nh))
-        row.update(
-            {
-                "treated_rate": round(rt, 4),
-                "holdout_rate": round(rh, 4),
-                "effect": round(rt - rh, 4),
-                "effect_se": round(se, 4),
-                "expected_effect": round(expected, 6),  # the factor divides by it
-            }
-        )
-        if expected <= 0:
-            row["why_not"] = "no message to open (in-app only)"
-            continue
-        factor = max(rt - rh, 0.0) / expected
-        for p in response:
-            response[p][k] = round(float(min(1.0, response[p][k] * factor)), 4)
-        row.update({"factor": round(factor, 4), "fitted": True})
-        changed = True
-    overrides = dict(base.response)
-    if changed:
-        overrides["response"] = response
-    return overrides, table
-
-
 # --- from the database ----------------------------------------------------------------------
 
 
@@ -511,9 +412,14 @@ def load_log(tenant_id: int, as_of: int) -> tuple[Log, np.ndarray]:
     return Log.of(cols.events, cols.orders, len(cols.user_ids), first, as_of), cols.user_ids
 
 
-def load_touches(tenant_id: int, as_of: int, user_ids: np.ndarray) -> TouchColumns:
+def load_touches(
+    tenant_id: int, as_of: int, user_ids: np.ndarray
+) -> tuple[TouchColumns, dict[int, object]]:
     """Attributed touches decided up to `as_of` (sent, failed, expired and held out: the
-    intention-to-treat set the report measures), with their message kind."""
+    intention-to-treat set the report measures), with their message kind, the tier at
+    decision, policy and step; and the policies that decided them (parsed). Touches of a
+    policy whose stored source the parser now refuses are left out."""
+    from backend.errors import ApiError
     from backend.services.attribution import MEASURED
     from backend.services.policies import parse
     from backend.store.models import Policy, Touch
@@ -527,6 +433,8 @@ def load_touches(tenant_id: int, as_of: int, user_ids: np.ndarray) -> TouchColum
             Touch.holdout,
             Touch.returned_ms.is_null(False),
             Touch.policy,
+            Touch.tier,
+            Touch.step,
         )
         .where(
             (Touch.tenant == tenant_id)
@@ -536,26 +444,34 @@ def load_touches(tenant_id: int, as_of: int, user_ids: np.ndarray) -> TouchColum
         )
         .tuples()
     )
-    kinds: dict[int, dict[str, str]] = {}
+    policies: dict[int, object] = {}
     for pid, source in (
         Policy.select(Policy.id, Policy.source)
         .where(Policy.id.in_(sorted({r[6] for r in rows}) or [0]))
         .tuples()
     ):
-        kinds[pid] = {name: m.kind for name, m in parse(source).messages.items()}
+        try:
+            policies[pid] = parse(source)
+        except ApiError:
+            continue
+    kinds = {pid: {name: m.kind for name, m in p.messages.items()} for pid, p in policies.items()}
     uid = np.array([r[0] for r in rows], dtype=np.int64)
     at = np.searchsorted(user_ids, uid)
     known = (at < user_ids.size) & (user_ids[np.minimum(at, user_ids.size - 1)] == uid)
     kind = np.array([kinds.get(r[6], {}).get(r[3], "") for r in rows], dtype=object)
     keep = known & (kind != "")
-    return TouchColumns(
+    touches = TouchColumns(
         user=at[keep],
         day=np.array([r[1] for r in rows], dtype=np.int64)[keep],
         channel=np.array([r[2] for r in rows], dtype=object)[keep],
         kind=kind[keep],
         holdout=np.array([bool(r[4]) for r in rows], dtype=bool)[keep],
         returned=np.array([bool(r[5]) for r in rows], dtype=bool)[keep],
+        tier=np.array([r[7] for r in rows], dtype=object)[keep],
+        policy=np.array([r[6] for r in rows], dtype=np.int64)[keep],
+        step=np.array([r[8] for r in rows], dtype=np.int64)[keep],
     )
+    return touches, policies
 
 
 def tenant_calendar(settings: dict) -> tuple[str, str | None]:
@@ -573,16 +489,25 @@ def tenant_calendar(settings: dict) -> tuple[str, str | None]:
 def calibrate_tenant(tenant, as_of: int, base: SimParams | None = None, seed: int = FIT_SEED):
     """Fit a tenant's simulator parameters from its log up to `as_of` (a day number)."""
     base = base or SimParams()
-    calendar, calendar_note = tenant_calendar(json.loads(tenant.settings or "{}"))
+    settings = json.loads(tenant.settings or "{}")
+    calendar, calendar_note = tenant_calendar(settings)
     base = replace(base, calendar=calendar)
     log, user_ids = load_log(tenant.id, as_of)
     params, report = fit_organic(log, base, seed=seed)
-    touches = load_touches(tenant.id, as_of, user_ids)
+    touches, policies = load_touches(tenant.id, as_of, user_ids)
     if touches.holdout.any() and (~touches.holdout).any():
-        overrides, table = fit_response(touches, log, params)
-        response_note: dict | str = table
-        if not any(row["fitted"] for row in table.values()):
-            response_note = {"kept_at_defaults": "too few touches per kind", **table}
+        overrides, record = fit_response(
+            touches,
+            policies,
+            params,
+            log.first_day,
+            log.n_users,
+            seed=seed,
+            tier_config=TierConfig.from_settings(settings.get("tiers")),
+        )
+        response_note: dict | str = record
+        if not any(row["fitted"] for row in record["kinds"].values()):
+            record["kept_at_defaults"] = "too few first decisions per kind and tier"
     else:
         overrides = dict(params.response)
         response_note = (
@@ -672,12 +597,6 @@ def describe(params: SimParams) -> str:
     response = e.get("response")
     if isinstance(response, str):
         lines.append(f"  response rates: {response}")
-    elif isinstance(response, dict):
-        for kind, row in response.items():
-            if isinstance(row, dict) and row.get("fitted"):
-                lines.append(
-                    f"  response to {kind}: effect {100 * row['effect']:+.1f} pp "
-                    f"(± {196 * row['effect_se']:.1f}) over {row['treated']} touches, "
-                    f"× {row['factor']:.2f} of the defaults"
-                )
+    elif isinstance(response, dict) and "cells" in response:
+        lines.extend(describe_response(response))
     return "\n".join(lines)

@@ -251,7 +251,8 @@ def test_too_little_history_is_a_clear_error(tmp_path):
 
 def test_response_rates_follow_the_holdout_difference(campus):
     """Touches with a holdout: each kind's column of the response table is scaled by the
-    observed effect over what the current table predicts (docs/simulator.md)."""
+    observed effect over the effect the same policy has on the fitted campus against its
+    untreated twin (docs/simulator.md; recovery of known rates: test_calibrate_response.py)."""
     app, tenant, model, first_day = campus
     rng = np.random.default_rng(3)
     with app.app_context():
@@ -293,14 +294,17 @@ def test_response_rates_follow_the_holdout_difference(campus):
         finally:
             Touch.delete().where(Touch.tenant == row.id).execute()
             Policy.delete().where(Policy.id == policy.id).execute()
-    table = fitted.extra["response"]
-    reminder = table["reminder"]
-    assert reminder["fitted"] and reminder["treated"] == 600 and reminder["holdout"] == 300
+    record = fitted.extra["response"]
+    cell = {(c["kind"], c["tier"]): c for c in record["cells"]}["reminder", "churn_risk"]
+    assert (cell["treated"], cell["holdout"]) == (600, 300) and cell["used"]
     effect = returned[~holdout].mean() - returned[holdout].mean()
-    assert reminder["effect"] == pytest.approx(effect, abs=1e-4)
-    assert 0 < reminder["expected_effect"] < 0.3
-    assert reminder["factor"] == pytest.approx(effect / reminder["expected_effect"], rel=2e-3)
-    assert not table["coupon"]["fitted"]  # none sent: kept
+    assert cell["effect"] == pytest.approx(effect, abs=1e-4)
+    assert cell["lo"] < effect < cell["hi"]
+    assert 0 < cell["simulated_effect"] < 0.3
+    reminder = record["kinds"]["reminder"]
+    assert reminder["fitted"]
+    assert reminder["raw_factor"] == pytest.approx(effect / cell["simulated_effect"], rel=2e-3)
+    assert not record["kinds"]["coupon"]["fitted"]  # none sent: kept
     defaults = SimParams().response_params().response
     k = MESSAGE_KINDS.index("reminder")
     for persona, rates in fitted.response["response"].items():
