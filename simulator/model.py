@@ -208,6 +208,10 @@ class CampusModel(mesa.Model):
         self.farmer_back = np.zeros(users, dtype=bool)  # came for a coupon; leave after it
         self.leave_day = np.full(users, -1, dtype=np.int64)  # a sleeping dog woken
         self.opt_out_day = np.full(users, -1, dtype=np.int64)
+        # A return bought with a coupon: pulled by one, and the day its offer ends (engagement
+        # then falls to `coupon_fade` of itself: ResponseParams).
+        self.coupon_pull = np.zeros(users, dtype=bool)
+        self.offer_end_day = np.full(users, -1, dtype=np.int64)
         self._draws: DayDraws | None = None  # today's organic dice (session lengths: lazily)
         self._session_s: np.ndarray | None = None
         self._reasons: tuple[Decisions | None, dict[str, int]] = (None, {})
@@ -436,6 +440,15 @@ class CampusModel(mesa.Model):
         gone &= self.response_rng.random(len(self.state)) < self.response_params.farmer_leave
         self.state.churned |= gone
         self.state.churned |= self.leave_day == day
+        # Coupon-driven returns: the offer runs out `coupon_valid_days` after the return, and
+        # what it bought fades with it.
+        rp = self.response_params
+        self.offer_end_day[np.flatnonzero(came & self.coupon_pull)] = day + rp.coupon_valid_days
+        if self.used_coupon is not None:  # yesterday's orders paid with a recall coupon
+            redeemed = np.flatnonzero(self.used_coupon & (self.offer_end_day < day))
+            self.offer_end_day[redeemed] = day - 1 + rp.coupon_valid_days
+        ending = np.flatnonzero(self.offer_end_day == day)
+        engagement[ending] *= rp.coupon_fade
         self.campaign.permissions.opted_out[np.flatnonzero(self.opt_out_day == day)] = True
 
     def _answer(self, d: Decisions, day: int) -> None:
@@ -471,6 +484,10 @@ class CampusModel(mesa.Model):
         )
         self.farmer_back[r.back] = False
         self.farmer_back[np.intersect1d(r.back, sent[came_for_coupon])] = True
+        # Anyone a coupon brings back came for the offer (its end fades them: _after_messages).
+        self.coupon_pull[r.back] = False
+        by_coupon = sent[kind == MESSAGE_KINDS.index("coupon")]
+        self.coupon_pull[np.intersect1d(r.back, by_coupon)] = True
 
     def _count(self, status: int) -> int:
         return 0 if self.decisions is None else self.decisions.count(status)

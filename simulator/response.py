@@ -45,6 +45,16 @@ class ResponseParams:
     farmer_leave: float = 0.8  # a coupon farmer who came back for a coupon then leaves
     opt_out: float = 0.01  # an opened message makes the user opt out of marketing ...
     opt_out_per_touch: float = 1.0  # ... more so with each touch of the last 30 days (× 1 + k)
+    # A return bought with a coupon fades once the offer ends: `coupon_valid_days` after a
+    # coupon brought the user back, or after they paid with a recall coupon (the coupon's
+    # validity: 7 days for the return coupons in seeds/demo_tenant.yaml), they keep only
+    # `coupon_fade` of their engagement. Source: price-sensitive users tolerate ~3 days after
+    # an offer ends (SEED_DIGEST §1); users recalled by subsidies alone keep about half the
+    # 30-day retention of content-recalled ones (19% vs 38%, SEED_DIGEST §2 and §6). 0.7 gives
+    # 21% vs 45% among the lapsed recalled by the presets (ratio 0.46; 1.0, the effect off:
+    # 42% vs 46%); tests/test_simulator_recall.py holds the ratio in a band.
+    coupon_valid_days: int = 7
+    coupon_fade: float = 0.7
 
 
 @dataclass(frozen=True)

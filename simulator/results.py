@@ -1,10 +1,13 @@
 """A simulation's results, measured with production's metrics (backend.core.metrics).
 
-Per arm and for the holdout: the users targeted, recalled, recall rate, retention, messages,
-costs, revenue and ROI; per arm against the holdout: the difference in recall rate (Newcombe)
-and in revenue per user (bootstrap), each with its 95% interval — and beside each estimate
-the `true_uplift` only a simulation knows: the same touched users in the untreated twin.
-The shape is the public contract of `simulate --json` (shared/ARCHITECTURE.md).
+Per arm and for the holdout: the users targeted; among those lapsed at decision
+(backend.core.recall) the recalled and the recall rate, and among those still active the
+share who came back in the window (`retention_active`: retention, never recall); retention
+after recall at D7/D30, messages, costs, revenue and ROI. Per arm against the holdout users
+who would have received it: the difference in recall among the lapsed and in active users'
+retention (Newcombe), and in revenue per user (bootstrap), each with its 95% interval — and
+beside each estimate the `true_uplift` only a simulation knows: the same touched users in the
+untreated twin. The shape is the public contract of `simulate --json` (shared/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from backend.core import metrics
+from backend.core.metrics import RETENTION_DAYS
+from backend.core.recall import lapsed_at_decision, retention_known
 from simulator.campaign import HELD_OUT, SENT, SKIP, Campaign
 
 
@@ -41,16 +46,23 @@ def summarise(campaign: Campaign, last_day: int, seed: int):
     message_cost = log.column("message_cost_fen")
     r = o["return_day"]
     order = log.column("day") * 10 + step
+    # Lapsed at decision by the one definition (core.recall); the log records the tier then.
+    lapsed = lapsed_at_decision(log.column("tier"))
+    known = {d: retention_known(r, last_day, d) for d in RETENTION_DAYS}
     first = np.zeros(user.size, dtype=bool)
     first[_first(user, order, (status == SENT) | (status == HELD_OUT))] = True
 
     def group(rows: np.ndarray) -> dict:
-        """`rows`: the first decisions of the group's users."""
+        """`rows`: the first decisions of the group's users. Recall is counted among those
+        lapsed at decision; retention after recall (D7, D30) among those it recalled; active
+        users coming back is their retention (`retention_active`)."""
         n = int(rows.sum())
-        recalled = int(o["returned"][rows].sum())
+        lapsed_rows = rows & lapsed
+        active_rows = rows & ~lapsed
+        recall = metrics.rate(int(o["returned"][lapsed_rows].sum()), int(lapsed_rows.sum()))
         theirs = np.isin(user, user[rows]) & sent  # every message sent to them
-        known7 = rows & (r >= 0) & (last_day >= r + 14)
-        known30 = rows & (r >= 0) & (last_day >= r + 37)
+        back = lapsed_rows & (r >= 0)
+        known7, known30 = back & known[RETENTION_DAYS[0]], back & known[RETENTION_DAYS[1]]
         money = metrics.roi(
             int(o["revenue_fen"][rows].sum()),
             int(coupon_cost[theirs].sum()),
@@ -59,9 +71,14 @@ def summarise(campaign: Campaign, last_day: int, seed: int):
         return {
             "users": n,
             "targeted": n,
-            "recalled": recalled,
-            "recall_rate": metrics.rate(recalled, n).rate,
-            "recall": metrics.rate(recalled, n).as_dict(),
+            "lapsed": recall.n,
+            "recalled": recall.k,
+            "recall_rate": recall.rate,
+            "recall": recall.as_dict(),
+            "active": int(active_rows.sum()),
+            "retention_active": metrics.rate(
+                int(o["returned"][active_rows].sum()), int(active_rows.sum())
+            ).as_dict(),
             "retention_d7": metrics.rate(
                 int(o["retained_d7"][known7].sum()), int(known7.sum())
             ).rate,
@@ -90,19 +107,27 @@ def summarise(campaign: Campaign, last_day: int, seed: int):
         ft = np.flatnonzero(first & sent & (arm == a))
         fc = np.flatnonzero(held & (arm == a))  # the holdout users this arm would have touched
         arms[spec.name] = group(first & sent & (arm == a))
-        nt, kt = ft.size, int(o["returned"][ft].sum())
-        nc, kc = fc.size, int(o["returned"][fc].sum())
-        kt_twin = int(o["returned_twin"][ft].sum())
+        lt, lc = ft[lapsed[ft]], fc[lapsed[fc]]  # recall: among the lapsed only
+        nt, kt = lt.size, int(o["returned"][lt].sum())
+        nc, kc = lc.size, int(o["returned"][lc].sum())
+        kt_twin = int(o["returned_twin"][lt].sum())
+        at, ac = ft[~lapsed[ft]], fc[~lapsed[fc]]  # active users' retention
+        ka, kac = int(o["returned"][at].sum()), int(o["returned"][ac].sum())
+        ka_twin = int(o["returned_twin"][at].sum())
         rev_t = o["revenue_fen"][ft].astype(np.float64)
         rev_c = o["revenue_fen"][fc].astype(np.float64)
         rev_twin = o["revenue_fen_twin"][ft].astype(np.float64)
         uplift[spec.name] = {
             "recall_rate": metrics.newcombe_diff(kt, nt, kc, nc).as_dict(),
+            "retention_active": metrics.newcombe_diff(ka, at.size, kac, ac.size).as_dict(),
             "revenue_per_user_fen": metrics.mean_diff(rev_t, rev_c, seed=seed).as_dict(),
-            "holdout_users": nc,
+            "holdout_users": int(fc.size),
+            "holdout_lapsed": nc,
             "holdout_recalled": kc,
+            "holdout_active": int(ac.size),
             "true_uplift": {
                 "recall_rate": (kt - kt_twin) / nt if nt else None,
+                "retention_active": (ka - ka_twin) / at.size if at.size else None,
                 "revenue_per_user_fen": float((rev_t - rev_twin).mean()) if nt else None,
             },
         }

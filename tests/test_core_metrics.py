@@ -581,3 +581,37 @@ def test_module_constants():
     assert abs(Z95 - NormalDist().inv_cdf(0.975)) < 1e-12
     assert metrics.MIN_GROUP == 30
     assert metrics.BOOTSTRAP_MAX_N == 20_000
+
+
+def test_recall_counts_only_users_lapsed_at_decision():
+    # core.recall: lapsed = silent for at least the tiers' risk threshold (7 term days by
+    # default; a tenant's TierConfig moves it); where the silence is unknown, the tier decides.
+    from backend.core.recall import lapsed_at_decision
+    from backend.core.tiers import TierConfig
+
+    tiers = np.array(["active", "churn_risk", "churn_risk", "low_frequency", "churned"])
+    silent = np.array([3, 2, 7, 6, 40])
+    assert lapsed_at_decision(tiers, silent).tolist() == [False, False, True, False, True]
+    assert lapsed_at_decision(tiers, silent, TierConfig(risk_silent_days=6)).tolist() == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+    unknown = np.full(5, -1)
+    assert lapsed_at_decision(tiers, unknown).tolist() == [False, True, True, False, True]
+    assert lapsed_at_decision(np.array([1, 2, 3, 4])).tolist() == [False, False, True, True]
+
+
+def test_retention_weeks_come_from_the_core():
+    # D7: a visit in [r + 7, r + 14); D30: [r + 30, r + 37); known once the week has passed.
+    from backend.core.recall import RETENTION_TAIL_DAYS, retained_on, retention_known
+
+    r = np.array([10, 10, -1])
+    assert retained_on(r, 17, 7).tolist() == [True, True, False]
+    assert retained_on(r, 24, 7).tolist() == [False, False, False]
+    assert retained_on(r, 46, 30).tolist() == [True, True, False]
+    assert retention_known(r, 23, 7).tolist() == [False, False, False]
+    assert retention_known(r, 24, 7).tolist() == [True, True, False]
+    assert RETENTION_TAIL_DAYS == 37
