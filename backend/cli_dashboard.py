@@ -64,7 +64,7 @@ def _trial(row, report) -> tuple[dict, str]:
     """Calibrate (or reuse) the twin, run every policy on it, render the report."""
     from backend.services.policies import parse
     from backend.store.models import CouponTemplate
-    from simulator.html import ranking_html, render, verdict_zh
+    from simulator.html import power_zh, ranking_html, render, verdict_zh, warning_zh
     from simulator.run import DEFAULT_COUPONS, compare, load_policy
 
     request = json.loads(row.request)
@@ -78,7 +78,8 @@ def _trial(row, report) -> tuple[dict, str]:
     templates = CouponTemplate.select().where(CouponTemplate.tenant == row.tenant_id)
     coupons.update({t.name: (t.amount_off_fen, t.min_spend_fen) for t in templates})
     report(0.0, twin)
-    total = (request["warmup"] + request["days"]) * len(policies)
+    replicates = request.get("replicates", 1)
+    total = (request["warmup"] + request["days"]) * len(policies) * replicates
     done = 0
     last = 0.0
 
@@ -98,9 +99,15 @@ def _trial(row, report) -> tuple[dict, str]:
         progress=progress,
         params=params,
         coupons=coupons,
+        replicates=replicates,
     )
     out["twin"] = twin
-    out["summary_zh"] = verdict_zh(out)  # the page's verdict sentence, in the merchant's words
+    # The page's words: the verdict (a month), each policy's holdout power and its warning.
+    out["summary_zh"] = verdict_zh(out)
+    out["power_zh"] = {r["policy"]: power_zh(r["policy"], r["power"]) for r in out["ranking"]}
+    out["warnings_zh"] = {
+        r["policy"]: warning_zh(r["policy"], r["power"]) for r in out["ranking"] if r["warning"]
+    }
     page = render(out["results"], ranking=ranking_html(out), script_urls=(PLOTLY_URL, RENDER_URL))
     return out, page
 

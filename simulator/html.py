@@ -92,7 +92,7 @@ def policy_section(result: dict) -> str:
     )
     power = ""
     if "power" in result:
-        power = f'<p class="power">{html.escape(_power_zh(c["policy"], result["power"]))}</p>'
+        power = f'<p class="power">{html.escape(power_zh(c["policy"], result["power"]))}</p>'
         said = warning_zh(c["policy"], result["power"]) if result.get("warning") else ""
         if said:
             power += f'<p class="warning" data-policy="{html.escape(c["policy"])}">⚠ {said}</p>'
@@ -275,13 +275,13 @@ def warning_zh(name: str, plan: dict | None) -> str:
     )
     return (
         f"{name} 自己的对照组在这个规模下测不出它的预期效果：孪生体预计它使召回率提高 "
-        f"{100 * plan['effect']:+.1f} 个百分点，而对照组现在只能测出{can}以上的提升"
+        f"{100 * plan['effect']:+.1f} 个百分点，而对照组现在只能测出 {can}以上的提升"
         f"（80% 把握）；要测出需要{needs}（现有 {plan.get('users_now', 0):,} 名）{when}。"
         "线上报告在此之前会把它的效果显示为“不显著”。"
     )
 
 
-def _power_zh(name: str, plan: dict | None) -> str:
+def power_zh(name: str, plan: dict | None) -> str:
     """The holdout's power plan as a sentence (always shown, warning or not)."""
     if not plan:
         return f"{name} 的对照组功效：未知（没有对照组或没有可预期的效果）。"
@@ -364,7 +364,7 @@ def ranking_html(out: dict) -> str:
         f"<td>{_rate_n(r['holdout']['holdout_recall']['rate'], r['holdout']['holdout_users'])}"
         f"</td><td>{_pp(r['holdout']['incremental'])}</td>"
         f"<td>{_pp_true(r['holdout']['true_incremental'])}</td>"
-        f"<td>{html.escape(_power_zh(r['policy'], r.get('power')))}</td></tr>"
+        f"<td>{html.escape(power_zh(r['policy'], r.get('power')))}</td></tr>"
         for r in out["ranking"]
     )
     warnings = "".join(

@@ -365,6 +365,7 @@ def test_a_simulation_request_is_checked_before_anything_starts(app, client, ten
     for data, message in (
         ({"policy": "preset:tiered", "users": "99999"}, "users must be between"),
         ({"policy": "preset:tiered", "days": "ten"}, "days must be a whole number"),
+        ({"policy": "preset:tiered", "replicates": "11"}, "replicates must be between 1 and 10"),
         ({"policy": "preset:nope"}, "choose a policy"),
         ({"policy": "saved:missing"}, "missing"),
     ):
@@ -511,3 +512,90 @@ def test_the_trial_worker_runs_a_comparison_into_its_row(app, client, tenant, cl
     assert "script-src 'self'" in report.headers["Content-Security-Policy"]
     again = app.test_cli_runner().invoke(args=["run-simulation", str(run.id)])
     assert again.exit_code != 0 and "not waiting to run" in again.output
+
+
+def test_the_trial_page_leads_with_a_months_verdict_and_the_power_warnings(
+    app, client, tenant, clock
+):
+    """The finished trial's page: the verdict a month (said how it was scaled), the size and
+    the smallest difference it resolves, every pair, each policy's description, money spent
+    beside committed and incremental beside gross, each rate with its n, and the warning of
+    every policy whose own holdout cannot detect its predicted effect."""
+    from backend.services import simulations
+
+    request = {
+        "policies": [{"name": "tiered", "source": None}, {"name": "golden_window", "source": None}],
+        "users": 200,
+        "days": 10,
+        "seed": 1,
+        "replicates": 2,
+        "warmup": 14,
+        "day": TODAY,
+    }
+    with app.app_context():
+        run = simulations.start(tenant.id, request, clock.now_ms())
+    result = app.test_cli_runner().invoke(args=["run-simulation", str(run.id)])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        out = json.loads(SimulationRun.get_by_id(run.id).result)
+    assert out["config"]["replicates"] == 2 and out["config"]["seeds"] == [1, 2]
+    sign_in(client, tenant.api_key)
+    page = unescape(client.get(f"/admin/simulations/{run.id}").get_data(as_text=True))
+    best = out["ranking"][0]
+    month = best["per_month"]["students"]["value"]
+    assert f"每月约多召回 {round(month)} 名学生" in page
+    assert "每月 = 10 天试验的效果 × 30/10" in page
+    assert "200 名模拟学生 × 10 天 × 2 轮" in page and "这个规模下能分辨的最小差异：每月" in page
+    shown = re.search(r'<tr data-policy="tiered">(.*?)</tr>', page).group(1)
+    tiered = next(r for r in out["ranking"] if r["policy"] == "tiered")
+    profit = tiered["per_month"]["profit"]["value"]
+    sign = "+" if profit >= 0 else "-"
+    assert f'<td class="month-profit">{sign}¥{abs(profit) / 100:,.0f}（' in shown
+    assert re.search(r'<table id="pairs">.*?</table>', page, re.S).group(0).count("<tr>") == 2
+    for r in out["ranking"]:
+        assert load_description(r["policy"]) in page
+        h = r["holdout"]
+        assert f"（n={h['holdout_users']:,}）" in page  # the holdout's rate with its n
+    warned = [r["policy"] for r in out["ranking"] if r["warning"]]
+    assert warned  # 200 students: no holdout can detect its policy's predicted effect
+    warnings = re.search(r'<div id="power-warnings">(.*?)</div>', page, re.S).group(1)
+    for name in warned:
+        assert out["warnings_zh"][name] in warnings and "测不出它的预期效果" in warnings
+    for label in ("实际花费", "已发券面值（承诺）", "毛收入", "增量收入", "对照组功效"):
+        assert label in page
+
+
+def load_description(name: str) -> str:
+    from simulator.run import load_policy
+
+    return load_policy(name).description
+
+
+def test_the_default_trial_is_sized_by_the_rule_and_says_why(app, client, tenant, monkeypatch):
+    from backend.dashboard import trials
+    from backend.services import simulations
+
+    size = trials.default_size()
+    assert size.decisive  # the presets (and the merchant's policy) get a decisive verdict
+    sign_in(client, tenant.api_key)
+    page = unescape(client.get("/admin/simulations").get_data(as_text=True))
+    assert f'name="users" value="{size.users}"' in page
+    assert f'name="days" value="{size.days}"' in page
+    assert f'name="replicates" value="{size.replicates}"' in page
+    least = f"¥{size.min_detectable_month_fen / 100:,.0f}"
+    assert f"这个规模下能分辨的最小差异约为每月 {least}" in page
+    assert f"每月利润约相差 ¥{size.gap_month_fen / 100:,.0f}" in page
+    # A request without a size gets the default size.
+    started = []
+    monkeypatch.setattr(simulations, "launch", lambda run_id, *a: started.append(run_id))
+    resp = client.post(
+        "/admin/simulations", data={"policy": "preset:tiered", "csrf_token": csrf_from(page)}
+    )
+    assert resp.status_code == 302 and started
+    with app.app_context():
+        request = json.loads(SimulationRun.get_by_id(started[0]).request)
+    assert (request["users"], request["days"], request["replicates"]) == (
+        size.users,
+        size.days,
+        size.replicates,
+    )

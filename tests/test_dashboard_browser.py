@@ -173,6 +173,11 @@ def test_start_a_small_simulation_and_watch_its_result_appear(page, served):
     ranking = page.locator("#ranking tr").all_inner_texts()
     assert len(ranking) == 1 + 4  # header, comeback and the three presets
     assert any("comeback" in row for row in ranking)
+    assert "每月约多召回" in page.locator("#verdict").inner_text()  # a month, in Chinese
+    assert "这个规模下能分辨的最小差异" in page.locator("#trial-size").inner_text()
+    assert page.locator("#pairs tr").count() == 1 + 6  # every pair of the four policies
+    # 200 students: the holdouts are far too small for the predicted effects, and it says so
+    assert "测不出它的预期效果" in page.locator("#power-warnings").inner_text()
     report = page.frame_locator("#report")
     report.locator("h1").wait_for()
     assert charts_drawn(report) == 6 * 4  # the simulator's six charts for each policy

@@ -34,6 +34,12 @@ def simulation_list():
     return _list_page()
 
 
+def default_size() -> simulations.TrialSize:
+    """The default trial: the merchant's policy and the presets (four policies), sized so the
+    closest presets are told apart (backend/services/simulations.py `default_size`)."""
+    return simulations.default_size(len(COMPARE_PRESETS) + 1, WARMUP_DAYS)
+
+
 def _list_page(error: str | None = None, status: int = 200):
     saved = PolicyRow.select().where(PolicyRow.tenant == g.tenant_id).order_by(PolicyRow.name)
     now = _now_ms()
@@ -43,7 +49,13 @@ def _list_page(error: str | None = None, status: int = 200):
         presets=policies.preset_names(),
         compare_presets=COMPARE_PRESETS,
         runs=[simulations.status(r, now) for r in simulations.recent(g.tenant_id)],
-        limits={"users": simulations.MAX_USERS, "days": simulations.MAX_DAYS},
+        limits={
+            "users": simulations.MAX_USERS,
+            "days": simulations.MAX_DAYS,
+            "replicates": simulations.MAX_REPLICATES,
+        },
+        size=default_size(),
+        pilot=simulations.PILOT,
         error=error,
         form=request.form,
     ), status
@@ -91,8 +103,10 @@ def _chosen_policy() -> dict:
 def simulation_start():
     try:
         chosen = _chosen_policy()
-        users = _int_field("users", 1000, 100, simulations.MAX_USERS)
-        days = _int_field("days", 60, 7, simulations.MAX_DAYS)
+        size = default_size()
+        users = _int_field("users", size.users, 100, simulations.MAX_USERS)
+        days = _int_field("days", size.days, 7, simulations.MAX_DAYS)
+        replicates = _int_field("replicates", size.replicates, 1, simulations.MAX_REPLICATES)
         seed = _int_field("seed", 0, 0, 2**31 - 1)
     except ApiError as exc:
         return _list_page(exc.message, exc.status)
@@ -109,6 +123,7 @@ def simulation_start():
         "users": users,
         "days": days,
         "seed": seed,
+        "replicates": replicates,
         "warmup": WARMUP_DAYS,
         "day": int(china_day(_now_ms())),
     }
@@ -134,7 +149,122 @@ def simulation_start():
 @login_required
 def simulation_page(run_id: int):
     row = simulations.get(g.tenant_id, run_id)
-    return render_template("dashboard/simulation.html", run=simulations.status(row, _now_ms()))
+    run = simulations.status(row, _now_ms())
+    return render_template("dashboard/simulation.html", run=run, view=trial_view(run))
+
+
+METRIC_ZH = {"profit": "利润", "students": "回访学生数", "revenue": "收入"}
+UNKNOWN = "未知"
+
+
+def _money(fen: float | None, signed: bool = True) -> str:
+    if fen is None:
+        return UNKNOWN
+    sign = ("+" if fen >= 0 else "-") if signed else ("-" if fen < 0 else "")
+    return f"{sign}¥{abs(fen) / 100:,.0f}"
+
+
+def _count(value: float | None, signed: bool = True) -> str:
+    if value is None:
+        return UNKNOWN
+    v = round(value)
+    return f"{v:+,d}" if signed and v else f"{v:,d}"
+
+
+def _with_interval(e: dict | None, money: bool) -> str:
+    """A paired effect with its 95% interval; unknown when the trial did not measure it."""
+    if not e or e.get("value") is None:
+        return UNKNOWN
+    show = _money if money else _count
+    return f"{show(e['value'])}（{show(e.get('lo'))} 至 {show(e.get('hi'))}）"
+
+
+def _rate_n(rate: dict | None) -> str:
+    """A rate with its n; with nobody to measure it is unknown, never 0."""
+    if not rate or rate.get("rate") is None or not rate.get("n"):
+        return f"{UNKNOWN}（n={(rate or {}).get('n') or 0}）"
+    return f"{100 * rate['rate']:.1f}%（n={rate['n']:,}）"
+
+
+def trial_view(run: dict) -> dict:
+    """The finished trial as the page shows it: each policy's month and trial figures (the
+    trial's total × 30/days), money spent beside committed, incremental beside gross, every
+    pair with the smallest difference this size resolves, and each power warning, all
+    formatted in the merchant's words; unknown values say 未知."""
+    config = run.get("config") or {}
+    days = run["days"]
+    by = config.get("rank_by", "profit")
+    money = by != "students"
+    rows = []
+    for r in run.get("ranking") or []:
+        if "profit" not in r:  # a trial from before the twin's verdict
+            rows.append({"policy": r.get("policy", UNKNOWN), "old": True})
+            continue
+        month = r.get("per_month") or {}
+        h = r.get("holdout") or {}
+        rows.append(
+            {
+                "policy": r["policy"],
+                "old": False,
+                "description": r.get("description") or "",
+                "month_students": _with_interval(month.get("students"), False),
+                "month_profit": _with_interval(month.get("profit"), True),
+                "students": _with_interval(r.get("students"), False),
+                "revenue": _with_interval(r.get("revenue"), True),
+                "profit": _with_interval(r.get("profit"), True),
+                "spent": _money((r.get("cost") or {}).get("value"), False),
+                "committed": _money((r.get("committed_coupon_value") or {}).get("value"), False),
+                "gross": _money(r.get("gross_revenue"), False),
+                "recall": _rate_n(h.get("recall")),
+                "holdout_recall": _rate_n(
+                    {**(h.get("holdout_recall") or {}), "n": h.get("holdout_users")}
+                ),
+                "power": (run.get("power_zh") or {}).get(r["policy"], ""),
+                "warning": (run.get("warnings_zh") or {}).get(r["policy"], ""),
+            }
+        )
+    show = _money if money else _count
+    pairs, least = [], []
+    for v in run.get("verdict") or []:
+        month = v.get("per_month")
+        said = {
+            "better": f"{v['a']} 优于 {v['b']}",
+            "worse": f"{v['a']} 不如 {v['b']}",
+        }.get(v["outcome"], f"{v['a']} 与 {v['b']} 分不出高下")
+        if month:
+            least.append(month["min_detectable"])
+        pairs.append(
+            {
+                "said": said,
+                "significant": v.get("significant", False),
+                "difference": (
+                    f"{show(month['difference'])}（{show(month['lo'])} 至 {show(month['hi'])}）"
+                    if month
+                    else UNKNOWN
+                ),
+                "min_detectable": show(month["min_detectable"], False) if month else UNKNOWN,
+            }
+        )
+    if least:
+        lo, hi = show(min(least), False), show(max(least), False)
+        span = lo if lo == hi else f"{lo}–{hi}"
+        resolves = (
+            f"这个规模下能分辨的最小差异：每月 {span}（{METRIC_ZH.get(by, by)}，视策略对而定）"
+        )
+    else:
+        resolves = ""
+    month_days = config.get("month_days", 30)
+    return {
+        "rows": rows,
+        "pairs": pairs,
+        "metric": METRIC_ZH.get(by, by),
+        "resolves": resolves,
+        "month_note": (
+            f"每月 = {days} 天试验的效果 × {month_days}/{days}（假定效果在试验期内均匀发生）"
+        ),
+        "margin": config.get("margin"),
+        "warnings": [r["warning"] for r in rows if r.get("warning")],
+    }
 
 
 @bp.get("/simulations/<id:run_id>/status")

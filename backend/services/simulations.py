@@ -9,22 +9,118 @@ the comparison and its report into the row, so any web worker can show them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 import threading
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from backend.clock import china_iso
+from backend.core import paired
 from backend.errors import ApiError
 from backend.store.db import is_sqlite, write_transaction
 from backend.store.models import SimulationRun, Tenant
 
 MAX_USERS = 5000
 MAX_DAYS = 180
+MAX_REPLICATES = 10
 MAX_RUNNING_PER_TENANT = 2
 STALLED_AFTER_MS = 10 * 60 * 1000  # no heartbeat for this long: the worker died
 APP_PY = Path(__file__).resolve().parents[2] / "app.py"
+
+
+# The default trial's size ----------------------------------------------------------------------
+#
+# A trial is decisive when the smallest difference it can resolve (80% power, 5% two-sided;
+# backend/core/paired.py: mdd = (z_0.975 + z_0.8) * se) is well below the true gap between the
+# policies it compares. The paired standard error of a total over N students pooled over R
+# seeds is sd * sqrt(N / R), so per student the resolvable difference is
+# (z_0.975 + z_0.8) * sd / sqrt(N * R): what matters is N * R, the student-runs.
+#
+# The pilot that sets sd and the gap: the built-in campus, the three presets, 20,000 students,
+# 28 days of warm-up then 60 trial days, seeds 0, 1 and 2 (simulator.run.simulate_paired and
+# per_user_effects, profit at the 20% default margin). tiered is far ahead of the other two;
+# the closest pair on profit is golden_window against coupon_blast, 15.0, 17.4 and 19.5 fen
+# per student over the 60 days (mean 17.3), with a per-student sd of their difference of 232,
+# 223 and 242 fen. The rule takes the cautious ends: gap 15 fen, sd 240 fen.
+PILOT = {
+    "days": 60,
+    "pair": ("golden_window", "coupon_blast"),
+    "gap_fen_per_student": 15.0,
+    "sd_fen_per_student": 240.0,
+}
+# Resolve the closest pair with room to spare: mdd <= 0.7 x gap puts the gap at 4 standard
+# errors, so the trial separates the pair with about 98% probability (80% at mdd = gap).
+SAFETY = 0.7
+# The time a merchant waits for the default trial, and the simulator's speed on a small
+# 2-core machine shared with other work (measured 60-80 thousand student-days a second for
+# the whole compare at 4,500 students, warm-up included; 2 million alone at 20,000).
+TIME_BUDGET_S = 300
+STUDENT_DAYS_PER_S = 50_000
+USERS_STEP = 500
+MIN_USERS = 100
+
+
+@dataclass(frozen=True)
+class TrialSize:
+    """A trial's size and why: the smallest profit difference it resolves (a month, in fen)
+    against the pilot's gap between the closest presets (a month), and its expected time."""
+
+    users: int
+    days: int
+    replicates: int
+    student_runs_needed: int
+    min_detectable_month_fen: float
+    gap_month_fen: float
+    seconds: float
+    decisive: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def trial_size(
+    users: int, days: int, replicates: int, policies: int, warmup: int, pilot: dict = PILOT
+) -> TrialSize:
+    """What a trial of this size can resolve between the closest presets (the pilot's pair,
+    its per-student figures scaled to `days` in proportion) and how long it should take."""
+    k = days / pilot["days"]
+    gap = pilot["gap_fen_per_student"] * k
+    sd = pilot["sd_fen_per_student"] * math.sqrt(k)  # a sum over days: variance in proportion
+    z = paired.min_detectable(1.0)  # z_0.975 + z_0.8
+    needed = math.ceil((z * sd / (SAFETY * gap)) ** 2)
+    mdd_per_student = z * sd / math.sqrt(users * replicates)
+    month = 30 / days
+    return TrialSize(
+        users=users,
+        days=days,
+        replicates=replicates,
+        student_runs_needed=needed,
+        min_detectable_month_fen=round(mdd_per_student * users * month, 1),
+        gap_month_fen=round(gap * users * month, 1),
+        seconds=round((warmup + days) * users * replicates * policies / STUDENT_DAYS_PER_S, 1),
+        decisive=users * replicates >= needed,
+    )
+
+
+def default_size(policies: int, warmup: int, days: int = 60, pilot: dict = PILOT) -> TrialSize:
+    """The dashboard's default trial: the fewest replicates, then the smallest campus (in
+    steps of 500, at most MAX_USERS), whose student-runs N * R reach what the pilot says the
+    closest presets need (mdd <= SAFETY x gap) within TIME_BUDGET_S. If even the budget's
+    largest trial falls short, that trial, marked not decisive (the page says so)."""
+    best = None
+    need = trial_size(MIN_USERS, days, 1, policies, warmup, pilot).student_runs_needed
+    for replicates in range(1, MAX_REPLICATES + 1):
+        users = max(MIN_USERS, USERS_STEP * math.ceil(need / replicates / USERS_STEP))
+        size = trial_size(min(users, MAX_USERS), days, replicates, policies, warmup, pilot)
+        if size.seconds > TIME_BUDGET_S:
+            break
+        best = size
+        if size.decisive:
+            return size
+    return best or trial_size(MIN_USERS, days, 1, policies, warmup, pilot)
 
 
 def start(tenant_id: int, request: dict, now_ms: int) -> SimulationRun:
@@ -118,6 +214,7 @@ def status(row: SimulationRun, now_ms: int) -> dict:
         "users": request["users"],
         "days": request["days"],
         "seed": request["seed"],
+        "replicates": request.get("replicates", 1),
         "twin": json.loads(row.twin or "{}"),
         "error": row.error,
     }
@@ -126,6 +223,10 @@ def status(row: SimulationRun, now_ms: int) -> dict:
         out["ranking"] = result.get("ranking", [])
         out["verdict"] = result.get("verdict", [])
         out["summary"] = result.get("summary_zh") or result.get("summary", "")
+        out["config"] = result.get("config", {})
+        # Written by the worker in the merchant's words (absent on trials run before them).
+        out["warnings_zh"] = result.get("warnings_zh", {})
+        out["power_zh"] = result.get("power_zh", {})
     return out
 
 
