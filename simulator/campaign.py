@@ -465,9 +465,7 @@ class Campaign:
         touch's day's scores; outcome: returned in the window), in the order production
         reads them (day, user). Too few outcomes (`fit_two_model`'s minimum, 10 a side): no
         model yet, tried again the next morning. Returns the model fitted today, if any."""
-        if self.policy.rank_by != "uplift":
-            return None
-        if self.uplift_fit_day is not None and today - self.uplift_fit_day < UPLIFT_REFIT_DAYS:
+        if not self.uplift_due(today):
             return None
         done = job_ms(today - 1)
         window = self.policy.attribution_window_days * MS_PER_DAY
@@ -477,19 +475,32 @@ class Campaign:
         treated = [b.status[f] == SENT for b, f in zip(blocks, final, strict=True)]
         returned = [b.outcome["returned"][f] for b, f in zip(blocks, final, strict=True)]
         try:
-            if not blocks:
+            if not sum(int(f.sum()) for f in final):  # production's words for it (409)
                 raise ValueError("no finished touches to learn uplift from")
             model = fit_two_model(
                 np.concatenate(x), np.concatenate(treated), np.concatenate(returned)
             )
         except ValueError as exc:
-            self.fits.append({"day": today, "fitted": False, "reason": str(exc)})
+            self.record_fit(today, None, str(exc))
             return None
+        self.record_fit(today, model)
+        return model
+
+    def uplift_due(self, today: int) -> bool:
+        """Whether the procedure fits the uplift learner this morning (`refit_uplift`)."""
+        if self.policy.rank_by != "uplift":
+            return False
+        return self.uplift_fit_day is None or today - self.uplift_fit_day >= UPLIFT_REFIT_DAYS
+
+    def record_fit(self, today: int, model: UpliftModel | None, reason: str = "") -> None:
+        """A fit tried this morning: the model that ranks from now on, or why there is none."""
+        if model is None:
+            self.fits.append({"day": today, "fitted": False, "reason": reason})
+            return
         self.uplift_model, self.uplift_fit_day = model, today
         self.fits.append(
             {"day": today, "fitted": True, "treated": model.n_treated, "holdout": model.n_control}
         )
-        return model
 
     def job(self, today: int, scores: Scores) -> Decisions:
         """Decide this morning with production's function (a trigger policy waits for its

@@ -9,7 +9,13 @@ The same model as the fast mode (its organic days, responses and books), but:
   `services.campaigns.run`) on the database, and their decisions are read back from the touch
   table; delivery runs hour by hour through the channel layer, into a sink that hands each
   message to its simulated user;
-* results are read from the database by the production report (`services.reports`).
+* results are read from the database by the production report (`services.reports`);
+* `rank_by: uplift`: the merchant's procedure (`Campaign.refit_uplift`'s schedule) is followed
+  through the admin API, `POST /admin/v1/policies/{name}/uplift-model`, before the job;
+* a trigger policy (`payment_failed`) is switched on when the trial starts (after warm-up),
+  the users' failed payments are posted as events and production decides in the request
+  (`on_events`); its delivery, a thread in production (`delivery.kick`), runs in the request
+  here so the clock is the simulation's.
 
 For the same seed the two modes must make the same decisions for the same users on the same
 days (tests/test_simulator_e2e.py): that is what lets a merchant trust the fast mode.
@@ -18,6 +24,7 @@ days (tests/test_simulator_e2e.py): that is what lets a merchant trust the fast 
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +35,7 @@ from backend.core.calendar import china_day, china_hour, day_start_ms
 from backend.core.policy import HOLDOUT, NOT_ELIGIBLE, REASONS, SEND, SKIPPED, Decisions, Policy
 from backend.core.policy.guards import HOUR_MS
 from backend.core.policy.spec import CHANNELS
+from backend.core.uplift import UpliftModel
 from simulator.campaign import VISIT_MINUTE, job_ms
 from simulator.model import CampusModel
 
@@ -144,8 +152,16 @@ class ApiCampus:
         self._ok(self._as_user(row, "post", "/mp/v1/me/opt-out"), "opt-out")
 
 
-def new_backend(db_path: Path, appid: str, policy: Policy, policy_source: str, start_day: int):
-    """A fresh app and database with one campus tenant, the demo coupons and `policy` live."""
+def new_backend(
+    db_path: Path,
+    appid: str,
+    policy: Policy,
+    policy_source: str,
+    start_day: int,
+    active: bool = True,
+):
+    """A fresh app and database with one campus tenant, the demo coupons and `policy` (live
+    unless `active` is false)."""
     from backend import create_app
     from backend.services import coupons, policies, tenants
     from backend.store import db as store_db
@@ -171,7 +187,7 @@ def new_backend(db_path: Path, appid: str, policy: Policy, policy_source: str, s
             tenants.add_merchant(tenant.id, m["code"], m["name"])
         for t in spec["coupon_templates"]:
             coupons.create_template(tenant.id, t, now)
-        policies.create(tenant.id, {"source": policy_source, "active": True}, now)
+        policies.create(tenant.id, {"source": policy_source, "active": active}, now)
     return app, clock, tenant.id, key
 
 
@@ -198,8 +214,10 @@ class EndToEndModel(CampusModel):
             coupon_face_fen=kwargs.pop("coupon_face_fen", None) or coupon_terms(),
             **kwargs,
         )
+        # A trigger policy fires on events, warm-up's too: it goes live with the trial.
+        self.switched_on = not (self.campaign.listens and warmup_days > 0)
         self.app, self.clock, self.tenant_id, key = new_backend(
-            db_path, appid, policy, policy_source, self.day
+            db_path, appid, policy, policy_source, self.day, active=self.switched_on
         )
         self.api = ApiCampus(self.app, appid, key)
         self.clock.set(from_ms(day_start_ms(self.day) + 5 * 60_000))
@@ -229,6 +247,8 @@ class EndToEndModel(CampusModel):
         from backend.services import campaigns
         from backend.store.models import Tenant
 
+        self.fit_uplift(day)
+        self.switch_on(day)
         self.clock.set(from_ms(job_ms(day)))
         with self.app.app_context():
             tenant = Tenant.get_by_id(self.tenant_id)
@@ -238,6 +258,47 @@ class EndToEndModel(CampusModel):
         # The model's books follow the backend's decisions (its responses and ground truth).
         self.campaign.last_users = self.campaign.user_state(day, self.scores)
         self.campaign.book(day, d, self.scores)
+        return d
+
+    def fit_uplift(self, day: int) -> None:
+        """The merchant's fit through the admin API, on the fast mode's schedule: a 409 (too
+        few finished outcomes) leaves the policy ranking by risk, as in production."""
+        if not self.campaign.uplift_due(day):
+            return
+        self.clock.set(from_ms(job_ms(day) - 30_000))
+        name = self.campaign.policy.name
+        resp = self.api.client.post(
+            f"/admin/v1/policies/{name}/uplift-model", headers=self.api.admin
+        )
+        if resp.status_code == 409:
+            self.campaign.record_fit(day, None, resp.get_json()["error"]["message"])
+            return
+        body = self.api._ok(resp, "uplift-model")
+        self.campaign.record_fit(day, UpliftModel.from_dict(body))
+
+    def switch_on(self, day: int) -> None:
+        """A trigger policy goes live on the trial's first morning."""
+        if self.switched_on:
+            return
+        from backend.services import policies
+
+        with self.app.app_context():
+            policies.set_active(self.tenant_id, self.campaign.policy.name, True, job_ms(day))
+        self.switched_on = True
+
+    def run_triggers(self, day: int) -> Decisions:
+        """The trigger decisions production took in the day's event requests, read back from
+        the touch table and booked as they were written (sent at the request's time)."""
+        from backend.store.models import Touch
+
+        with self.app.app_context():
+            d = self.decisions_from_database(day)
+            when = np.zeros(len(self.state), dtype=np.int64)
+            for t in Touch.select().where((Touch.tenant == self.tenant_id) & (Touch.day == day)):
+                when[t.user_id - 1] = t.sent_ms if t.sent_ms is not None else t.send_after_ms
+        triggered = np.flatnonzero(self.payment_failed)
+        self.campaign.last_users = self.campaign.user_state(day, self.scores, triggered)
+        self.campaign.book(day, d, self.scores, sent_ms=when)
         return d
 
     def decisions_from_database(self, day: int) -> Decisions:
@@ -283,7 +344,7 @@ class EndToEndModel(CampusModel):
         grants = self.campaign.last_grants
         redeemed = self.campaign.log.redeemed_today
         start = day_start_ms(day)
-        with self.app.app_context():
+        with self.app.app_context(), self.delivering_in_request():
             tenant = Tenant.get_by_id(self.tenant_id)
             for hour in range(24):
                 self.clock.set(from_ms(start + hour * HOUR_MS))
@@ -310,6 +371,22 @@ class EndToEndModel(CampusModel):
             for row in np.flatnonzero(self.opt_out_day == day).tolist():
                 self.api.opt_out(row)
 
+    @contextmanager
+    def delivering_in_request(self):
+        """`delivery.kick` (after an event trigger) delivers in the request instead of on a
+        thread: the same `deliver_due`, at the simulation's clock, into the sink."""
+        from backend.services import delivery
+        from backend.store.models import Tenant
+
+        def kick(app, tenant_id: int) -> None:
+            delivery.deliver_due(Tenant.get_by_id(tenant_id), self.sink.channels, clock=self.clock)
+
+        original, delivery.kick = delivery.kick, kick
+        try:
+            yield
+        finally:
+            delivery.kick = original
+
     def _visit_events(self, day: int, row: int, at: int) -> list[dict]:
         key = f"{day}-{row}"
         events = [
@@ -321,6 +398,8 @@ class EndToEndModel(CampusModel):
                 "props": {"duration_s": float(self.session_s[row])},
             },
         ]
+        if self.payment_failed[row]:  # a first attempt failed; the retry below went through
+            events.append({"id": f"f-{key}", "type": "payment_failed", "ts": at})
         if self.today.ordered[row]:
             events.append(
                 {

@@ -200,6 +200,7 @@ class CampusModel(mesa.Model):
         # Failed payment attempts (campus.PAYMENT_FAIL_SHARE): a stream of their own, one
         # draw per user a day, so every policy's campus fails the same attempts.
         self.payment_rng = np.random.default_rng(streams[4])
+        self.payment_fail_share = PAYMENT_FAIL_SHARE
         self.payment_failed = np.zeros(users, dtype=bool)
         self.response_params = response_params or self.params.response_params()
         # Answers to messages, waiting for the day the message lands (-1: none).
@@ -293,7 +294,7 @@ class CampusModel(mesa.Model):
                 self.trial_books["twin"].add(self.twin_today)
         self._draws, self._session_s = draws, None
         self.used_coupon = used_coupon
-        fail = self.payment_rng.random(len(self.state)) < PAYMENT_FAIL_SHARE
+        fail = self.payment_rng.random(len(self.state)) < self.payment_fail_share
         self.payment_failed = self.today.ordered & fail
         # Before the fold: the morning's scores are views that the day's totals move.
         self.after_day(day)

@@ -35,6 +35,9 @@ def fit_for_tenant(tenant_id: int) -> UpliftModel:
         .where(
             (Touch.tenant == tenant_id) & Touch.attributed & Touch.status.in_(("sent", "held_out"))
         )
+        # A fixed order: the fit's sums then round the same way every time (and as the
+        # simulator's, which fits the same touches in this order: simulator/campaign.py).
+        .order_by(Touch.day, Touch.user, Touch.id)
         .tuples()
     )
     if not rows:
