@@ -12,8 +12,8 @@ from backend.core.display import yuan as _yuan
 def _row(label: str, g: dict) -> str:
     roi = g["money"]["roi"]
     return (
-        f"  {label[:30]:<30} {g['treated_users']:>7} {g['recall_rate']['k']:>8} "
-        f"{_pct(g['recall_rate']['rate'])} {g['holdout_users']:>7} "
+        f"  {label[:30]:<30} {g['lapsed_users']:>7} {g['recall_rate']['k']:>8} "
+        f"{_pct(g['recall_rate']['rate'])} {g['holdout_lapsed_users']:>7} "
         f"{_pct(g['holdout_recall_rate']['rate'])}  {_pp(g['incremental_recall']):<26} "
         f"{_yuan(g['revenue_per_user_fen']):>9} {_ratio(roi):>6}"
     )
@@ -53,14 +53,18 @@ def power_line(w: dict) -> str:
 
 def render(report: dict) -> str:
     span = f"{report['from'] or 'start'} … {report['to'] or 'now'}"
-    lines = [f"Recall report ({span}); only touches whose attribution window has closed"]
+    lines = [
+        f"Recall report ({span}); only touches whose attribution window has closed",
+        "  recall counts users lapsed at decision (silent past the tiers' risk threshold);",
+        "  users still active when decided are counted under retention, never recall",
+    ]
     if not report["policies"]:
         lines.append("  no finished touches yet")
     notes = []
     for p in report["policies"]:
         lines.append(f"\npolicy {p['policy']}")
         lines.append(
-            f"  {'group':<30} {'treated':>7} {'recalled':>8} {'rate':>6} {'holdout':>7} "
+            f"  {'group':<30} {'lapsed':>7} {'recalled':>8} {'rate':>6} {'holdout':>7} "
             f"{'rate':>6}  {'incremental recall [95%]':<26} {'rev/user':>9} {'ROI':>6}"
         )
         lines.append(_row("all", p))
@@ -77,6 +81,13 @@ def render(report: dict) -> str:
             f"messages {_yuan(money['message_cost_fen'])}; revenue/cost "
             f"{_ratio(money['revenue_per_cost'])}"
         )
+        if p["active_users"] or p["holdout_active_users"]:
+            a, h = p["retention_active"], p["holdout_retention_active"]
+            lines.append(
+                f"  active at decision (retention, not recall): back {_pct(a['rate'])} of "
+                f"{a['n']} vs holdout {_pct(h['rate'])} of {h['n']}: "
+                f"{_pp(p['incremental_retention_active'])}"
+            )
         d7, d30 = p["retention_d7"], p["retention_d30"]
         lines.append(
             f"  retention after recall: D7 {_pct(d7['rate'])} of {d7['n']}, "

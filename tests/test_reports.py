@@ -30,7 +30,8 @@ def _groups(app, tenant):
 
 
 def test_report_matches_a_hand_count(app, client, tenant, clock):
-    import_history(client, tenant, users=60, silent_days=5)
+    # Silent 8 days: lapsed at decision (core.recall), so their returns are recall.
+    import_history(client, tenant, users=60, silent_days=8)
     grant_all(app, tenant)
     add_policy(client, tenant, POLICY)
     run_job(app, tenant)
@@ -186,7 +187,7 @@ def test_a_tap_on_the_message_counts_as_opened(app, client, tenant, clock):
 
 
 def test_retention_after_recall_is_filled_in_when_the_weeks_have_passed(app, client, tenant, clock):
-    import_history(client, tenant, users=40, silent_days=5)
+    import_history(client, tenant, users=40, silent_days=8)
     grant_all(app, tenant)
     add_policy(client, tenant, POLICY)
     run_job(app, tenant)
@@ -228,7 +229,9 @@ def test_retention_after_recall_is_filled_in_when_the_weeks_have_passed(app, cli
     assert cohort["recalled"] == 3 and cohort["d7"]["k"] == 2 and cohort["d30"]["k"] == 1
 
 
-def _decided(app, tenant, name, day, n, returned, *, holdout, status=None, tag=""):
+def _decided(
+    app, tenant, name, day, n, returned, *, holdout, status=None, tag="", tier="churn_risk"
+):
     """`n` first decisions of the policy on `day` (one new user each), `returned` of them back;
     finished (window closed, attributed) unless a status such as "queued" is given."""
     with app.app_context():
@@ -247,7 +250,7 @@ def _decided(app, tenant, name, day, n, returned, *, holdout, status=None, tag="
                 step=0,
                 channel="subscribe",
                 message="saved",
-                tier="low_frequency",
+                tier=tier,
                 holdout=holdout,
                 status=status or ("held_out" if holdout else "sent"),
                 send_after_ms=at,
@@ -353,3 +356,48 @@ def test_the_overview_shows_how_far_each_policy_is_from_its_sample_size(app, cli
     assert f"约还需 {w['days_needed_at_current_volume']} 天" in line
     assert "+5.0 个百分点" in line and "计划效果" in line
     assert f"{100 * w['detectable_now']:+.1f} 个百分点" in line
+
+
+def test_recall_counts_the_lapsed_and_active_users_returns_are_retention(
+    app, client, tenant, clock
+):
+    # Issue 15: recall is bringing back users lapsed at decision (core.recall: silent past the
+    # tiers' threshold, read from the day's score snapshot); users still active when decided
+    # (here low-frequency, silent 4 days) who come back are retention, never recall.
+    events = []
+    for prefix, silent in (("a", 4), ("l", 9)):
+        for u in range(40):
+            for k in range(3):
+                ts = NOW - (silent + 3 * k) * DAY_MS
+                event = {"user": f"{prefix}{u:02d}", "id": f"{prefix}{u}-{k}", "ts": ts}
+                events.append(event | {"type": "app_open"})
+    assert client.post(
+        "/admin/v1/events/import", json={"events": events}, headers=tenant.admin
+    ).get_json()["accepted"] == len(events)
+    grant_all(app, tenant)
+    add_policy(client, tenant, POLICY)
+    run_job(app, tenant)
+    groups = _groups(app, tenant)
+    assert len(groups) == 80
+    # Every decided user comes back the next day.
+    clock.advance(days=1)
+    back = [{"user": o, "id": f"b-{o}", "type": "app_open", "ts": NOW + DAY_MS} for o in groups]
+    client.post("/admin/v1/events/import", json={"events": back}, headers=tenant.admin)
+    clock.advance(days=7)
+    with app.app_context():
+        from backend.services.attribution import attribute
+
+        attribute(tenant.id, NOW + 8 * DAY_MS)
+    (p,) = client.get("/admin/v1/reports", headers=tenant.admin).get_json()["policies"]
+    lapsed_t = sum(1 for o, h in groups.items() if o[0] == "l" and not h)
+    lapsed_h = sum(1 for o, h in groups.items() if o[0] == "l" and h)
+    assert p["treated_users"] + p["holdout_users"] == 80
+    assert (p["lapsed_users"], p["holdout_lapsed_users"]) == (lapsed_t, lapsed_h)
+    assert p["recall_rate"]["n"] == lapsed_t and p["recall_rate"]["k"] == lapsed_t
+    assert p["holdout_recall_rate"]["n"] == lapsed_h
+    active_t = sum(1 for o, h in groups.items() if o[0] == "a" and not h)
+    assert (p["active_users"], p["holdout_active_users"]) == (active_t, 40 - active_t)
+    assert p["retention_active"]["k"] == p["retention_active"]["n"] == active_t
+    by_tier = {g["tier"]: g for g in p["by_tier"]}
+    assert by_tier["low_frequency"]["recall_rate"]["n"] == 0
+    assert by_tier["churn_risk"]["lapsed_users"] == lapsed_t

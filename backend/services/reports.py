@@ -1,10 +1,13 @@
 """Reports from the database: the core metrics over a tenant's finished touches.
 
-Unit of analysis: the user. Within a group (a policy, an arm, a tier) a user counts once in
-the treated group if any of their touches there was decided as a send — delivered or not
-(intention to treat) — and once in the holdout if any was a holdout "would have sent" touch.
-A user recalled = any of those touches returned within its window. Only touches whose window
-has closed are counted, so a report never mixes final and provisional outcomes.
+Unit of analysis: the user, at their first decision in the group (a policy, an arm, a tier):
+treated if it was decided as a send — delivered or not (intention to treat) — held out if it
+was a holdout "would have sent" touch. *Recall* is counted among the users lapsed at that
+decision (backend.core.recall: silent past the tiers' risk threshold, from the day's score
+snapshot; the recorded tier where there is none), treated against the holdout's lapsed; what
+users still active at decision did is their *retention* (`retention_active`), never recall.
+Only touches whose window has closed are counted, so a report never mixes final and
+provisional outcomes.
 
 Each policy also carries `power`: how far its holdout comparison is from the size that would
 detect its effect at 80% power, and how many days that takes at its current volume.
@@ -12,6 +15,7 @@ detect its effect at 80% power, and how many days that takes at its current volu
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -20,8 +24,10 @@ import peewee as pw
 
 from backend.core import metrics
 from backend.core.calendar import day_date
+from backend.core.recall import lapsed_at_decision
+from backend.core.tiers import TierConfig
 from backend.store.db import database
-from backend.store.models import Policy, Touch
+from backend.store.models import Policy, Tenant, Touch
 
 DIMENSIONS = ("arm", "tier", "channel")
 # Touches the policy decided to send (whatever became of them): what the run budget bounds.
@@ -55,6 +61,7 @@ class TouchColumns:
     value: np.ndarray
     retained_d7: np.ndarray  # 1 yes, 0 no, -1 not yet known
     retained_d30: np.ndarray
+    lapsed: np.ndarray  # the user was lapsed at decision (core.recall)
     names: dict[str, list[str]]
 
     def __len__(self) -> int:
@@ -76,8 +83,11 @@ SELECT p.name, t.arm, t.tier, t.channel, t.status, t.holdout, t.user_id, t.day, 
        t.returned_ms IS NOT NULL, t.ordered_ms IS NOT NULL, t.opened_ms IS NOT NULL,
        t.attempts > 0, t.revenue_fen, t.coupon_cost_fen, t.message_cost_fen, t.value_fen,
        CASE WHEN t.retained_d7 IS NULL THEN -1 WHEN t.retained_d7 THEN 1 ELSE 0 END,
-       CASE WHEN t.retained_d30 IS NULL THEN -1 WHEN t.retained_d30 THEN 1 ELSE 0 END
+       CASE WHEN t.retained_d30 IS NULL THEN -1 WHEN t.retained_d30 THEN 1 ELSE 0 END,
+       COALESCE(s.term_days_since_visit, -1)
 FROM touch t JOIN policy p ON p.id = t.policy_id
+LEFT JOIN score_snapshot s
+  ON s.tenant_id = t.tenant_id AND s.day = t.day AND s.user_id = t.user_id
 WHERE t.tenant_id = {p} AND t.attributed AND t.status IN ('sent', 'failed', 'expired', 'held_out')
 """
 
@@ -113,7 +123,8 @@ def load(
         sql += f" AND t.day <= {ph}"
         params.append(day_to)
     rows = database.execute_sql(sql, params).fetchall()
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 19
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 20
+    tiers = _tier_config(tenant_id)
     names = {}
     coded = {}
     for i, key in enumerate(_TEXT):
@@ -138,8 +149,16 @@ def load(
         value=num(16, np.int64),
         retained_d7=num(17, np.int8),
         retained_d30=num(18, np.int8),
+        lapsed=lapsed_at_decision(np.array(cols[2], dtype=object), num(19, np.int64), tiers),
         names=names,
     )
+
+
+def _tier_config(tenant_id: int) -> TierConfig:
+    """The tenant's tier thresholds (its `tiers` settings over the defaults), which say who
+    was lapsed at decision."""
+    settings = json.loads(Tenant.get_by_id(tenant_id).settings or "{}")
+    return TierConfig.from_settings(settings.get("tiers"))
 
 
 def _per_user(t: TouchColumns):
@@ -149,27 +168,48 @@ def _per_user(t: TouchColumns):
         "returned": t.returned[first],
         "ordered": t.ordered[first],
         "revenue": t.revenue[first].astype(np.float64),
+        "lapsed": t.lapsed[first],
+        "retained_d7": t.retained_d7[first],
+        "retained_d30": t.retained_d30[first],
         "n": int(first.size),
     }
 
 
+def _rate(flag: np.ndarray, rows: np.ndarray) -> metrics.Rate:
+    return metrics.rate(int(flag[rows].sum()), int(rows.sum()))
+
+
 def compare(t: TouchColumns, seed: int = 0) -> dict:
-    """Every measure for one group of touches: treated against holdout."""
+    """Every measure for one group of touches: treated against holdout, each user once (at
+    their first decision). Recall among the users lapsed at decision; the returns of those
+    still active are their retention (`retention_active`)."""
     treated = t.take(~t.holdout)
     held = t.take(t.holdout)
     ut, uh = _per_user(treated), _per_user(held)
-    recall_t = metrics.rate(int(ut["returned"].sum()), ut["n"])
-    recall_h = metrics.rate(int(uh["returned"].sum()), uh["n"])
+    recall_t = _rate(ut["returned"], ut["lapsed"])
+    recall_h = _rate(uh["returned"], uh["lapsed"])
+    active_t = _rate(ut["returned"], ~ut["lapsed"])
+    active_h = _rate(uh["returned"], ~uh["lapsed"])
     money = metrics.roi(
         int(treated.revenue.sum()), int(treated.coupon_cost.sum()), int(treated.message_cost.sum())
     )
+    recalled = ut["lapsed"] & ut["returned"]
     return {
         "treated_users": ut["n"],
         "holdout_users": uh["n"],
+        "lapsed_users": recall_t.n,
+        "holdout_lapsed_users": recall_h.n,
         "recall_rate": recall_t.as_dict(),
         "holdout_recall_rate": recall_h.as_dict(),
         "incremental_recall": metrics.newcombe_diff(
             recall_t.k, recall_t.n, recall_h.k, recall_h.n
+        ).as_dict(),
+        "active_users": active_t.n,
+        "holdout_active_users": active_h.n,
+        "retention_active": active_t.as_dict(),
+        "holdout_retention_active": active_h.as_dict(),
+        "incremental_retention_active": metrics.newcombe_diff(
+            active_t.k, active_t.n, active_h.k, active_h.n
         ).as_dict(),
         "order_rate": metrics.rate(int(ut["ordered"].sum()), ut["n"]).as_dict(),
         "holdout_order_rate": metrics.rate(int(uh["ordered"].sum()), uh["n"]).as_dict(),
@@ -179,16 +219,17 @@ def compare(t: TouchColumns, seed: int = 0) -> dict:
             ut["revenue"], uh["revenue"], seed=seed
         ).as_dict(),
         "money": money.as_dict(),
-        "retention_d7": _retention(treated, treated.retained_d7),
-        "retention_d30": _retention(treated, treated.retained_d30),
+        "retention_d7": _retention(recalled, ut["retained_d7"]),
+        "retention_d30": _retention(recalled, ut["retained_d30"]),
         "touches": int(len(treated)),
         "holdout_touches": int(len(held)),
     }
 
 
-def _retention(t: TouchColumns, flag: np.ndarray) -> dict:
-    """Share of returned touches whose user was still active in the week after D7 / D30."""
-    known = t.returned & (flag >= 0)
+def _retention(recalled: np.ndarray, flag: np.ndarray) -> dict:
+    """Retention after recall: of the users recalled (lapsed at their first decision and
+    back in its window), the share still active in the week after D7 / D30, where known."""
+    known = recalled & (flag >= 0)
     return metrics.rate(int((flag[known] == 1).sum()), int(known.sum())).as_dict()
 
 
@@ -330,11 +371,12 @@ def power(entry: dict, design: Design | None) -> dict:
     """How far a policy's holdout comparison is from the size that detects its effect at 80%
     power (metrics.holdout_plan; docs/metrics.md, "Power").
 
-    Baseline p_control: the holdout's recall rate once it has MIN_GROUP users, before that
-    the rate over all the policy's users (treated and held out). Effect: the observed
+    The comparison is recall, so its users are those lapsed at decision. Baseline p_control:
+    the holdout's recall rate once it has MIN_GROUP users, before that the rate over all the
+    policy's lapsed users (treated and held out). Effect: the observed
     incremental recall once its 95% interval is above 0, before that PLANNING_EFFECT (+5 pp).
     """
-    n_h, n_t = entry["holdout_users"], entry["treated_users"]
+    n_h, n_t = entry["holdout_lapsed_users"], entry["lapsed_users"]
     held, treated = entry["holdout_recall_rate"], entry["recall_rate"]
     if n_h >= metrics.MIN_GROUP:
         p_control, baseline = held["rate"], "holdout"
