@@ -72,14 +72,17 @@ def test_the_sentence_and_table_say_a_month_and_how_it_was_scaled(small):
 
 
 def test_the_report_shows_the_month_every_pair_and_the_power_warning_in_chinese(small):
-    page = render(small["results"], ranking=ranking_html(small))
+    top = ranking_html(small)
+    page = render(small["results"], ranking=top)
     assert "每月多回访学生" in page and "每月增量利润" in page
     assert 'id="pairs"' in page and "这个规模下能分辨的最小差异（每月）" in page
     warned = [r for r in small["ranking"] if r["warning"]]
     assert warned, "a 300-student trial's holdouts are too small for their predicted effects"
     for r in warned:
         said = warning_zh(r["policy"], r["power"])
-        assert "测不出它的预期效果" in said and said in page
+        assert "测不出它的预期效果" in said
+        assert said in top  # beside the ranking
+        assert page.count(said) == 2  # and in the policy's own section
     for r in small["ranking"]:
         assert power_zh(r["policy"], r["power"]) in page
         assert r["description"] and r["description"] in page  # the policies' own words
