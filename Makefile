@@ -24,7 +24,7 @@ demo: $(VENV)/.installed
 	$(PY) app.py demo-session
 	$(PY) app.py run-campaigns --dry-run
 	$(PY) app.py run-campaigns
-	$(PY) app.py compare --policy coupon_blast --policy tiered --policy golden_window --users 2000 --days 60 --seed 1 --html instance/compare.html
+	$(PY) app.py compare --policy coupon_blast --policy tiered --policy golden_window --users 4500 --days 60 --seed 1 --html instance/compare.html
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
