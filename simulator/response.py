@@ -4,8 +4,10 @@ A sent touch reaches the user through its channel, is opened with the channel's 
 an opened message brings the user back the next day with a probability set by their persona
 and the message's kind, higher early in the lapse (the golden window) and lower with every
 touch of the last 30 days (fatigue). Sleeping dogs may leave instead; coupon farmers come for
-the coupon and go. Defaults are plausible values tuned toward SEED_DIGEST §6 (blanket recall
-~15%, tiered ~35%), to be replaced by calibration.
+the coupon and go. Defaults are plausible values tuned toward SEED_DIGEST §6; each field's
+source is in docs/simulator.md ("Response parameters"). `response[persona][kind]` is calibrated
+per message kind by `calibrate` (simulator/calibrate_response.py) where a tenant's log has
+touches and holdouts; every other field is hand-set and kept.
 """
 
 from __future__ import annotations
@@ -33,16 +35,24 @@ RESPONSE = {
 
 @dataclass(frozen=True)
 class ResponseParams:
+    # Hand-set above the playbooks' "open rate > 12%" benchmark (SEED_DIGEST §2); kept.
     open_rate: dict[str, float] = field(default_factory=lambda: dict(OPEN_RATE))
+    # Hand-set toward §6, persona pattern from §1-§2; fitted per kind by `calibrate`.
     response: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(RESPONSE))
+    # The golden window (§3: 3-5 days of hesitation after the lapse); hand-set, kept.
     golden_days: float = 5.0  # response falls by e every this many days past the lapse
     golden_floor: float = 0.2
-    fatigue: float = 0.75  # × per touch in the last 30 days
+    fatigue: float = 0.75  # × per touch in the last 30 days (§3: ≤ 3 recall touches a month)
+    # Hand-set: engagement regained by a user a message brought back; kept (confounded with
+    # order_p and the half-life in a log).
     boost: dict[str, float] = field(
         default_factory=lambda: {"content": 0.15, "coupon": 0.1, "caring": 0.15, "reminder": 0.15}
     )
+    # Hand-set; sleeping dogs after Ascarza (2018), not in the seed documents.
     sleeping_dog_leave: float = 0.2  # an opened message makes a sleeping dog leave
+    # Hand-set after §2: coupon farmers (羊毛党) redeem and leave.
     farmer_leave: float = 0.8  # a coupon farmer who came back for a coupon then leaves
+    # Hand-set after §5 (opt-outs honoured; repeated ignored recalls end marketing).
     opt_out: float = 0.01  # an opened message makes the user opt out of marketing ...
     opt_out_per_touch: float = 1.0  # ... more so with each touch of the last 30 days (× 1 + k)
     # A return bought with a coupon fades once the offer ends: `coupon_valid_days` after a
