@@ -204,9 +204,16 @@ def _check_policy_rows(page: str, report: dict) -> int:
     paths = {
         "treated_users": ("treated_users",),
         "holdout_users": ("holdout_users",),
+        "lapsed_users": ("lapsed_users",),
+        "holdout_lapsed_users": ("holdout_lapsed_users",),
         "recall_rate": ("recall_rate", "rate"),
         "holdout_recall_rate": ("holdout_recall_rate", "rate"),
         "incremental_recall": ("incremental_recall", "diff"),
+        "active_users": ("active_users",),
+        "holdout_active_users": ("holdout_active_users",),
+        "retention_active": ("retention_active", "rate"),
+        "holdout_retention_active": ("holdout_retention_active", "rate"),
+        "incremental_retention_active": ("incremental_retention_active", "diff"),
         "retention_d30": ("retention_d30", "rate"),
         "revenue_fen": ("money", "revenue_fen"),
         "coupon_cost_fen": ("money", "coupon_cost_fen"),
@@ -231,12 +238,25 @@ def _check_policy_rows(page: str, report: dict) -> int:
                 assert m["value"] == "None", (name, m)
             else:
                 assert number(m["value"]) == pytest.approx(value, rel=1e-12), (name, m)
-            if m["metric"] == "incremental_recall" and value is not None:
-                diff = by_policy[name]["incremental_recall"]
-                assert number(m["lo"]) == pytest.approx(diff["lo"])
-                assert number(m["hi"]) == pytest.approx(diff["hi"])
+            if m["metric"].startswith("incremental_") and "lo" in m:
+                diff = by_policy[name][m["metric"]]
+                for end in ("lo", "hi"):
+                    if diff[end] is None:
+                        assert m[end] == "None", (name, m)
+                    else:
+                        assert number(m[end]) == pytest.approx(diff[end]), (name, m)
             checked += 1
     return checked
+
+
+# One policy: 18 measures (recall among the lapsed and retention of the active, each with
+# its n and the holdout's beside it), and 3 spend figures.
+OVERVIEW_NUMBERS = 18 + 3
+
+
+def figures_on(page: str) -> dict:
+    found = re.findall(r'data-chart="([^"]+)" data-figure="([^"]+)"', page)
+    return {name: json.loads(unescape(fig)) for name, fig in found}
 
 
 def test_every_number_on_the_overview_is_the_reports(app, client, tenant, clock):
@@ -244,22 +264,78 @@ def test_every_number_on_the_overview_is_the_reports(app, client, tenant, clock)
     sign_in(client, tenant.api_key)
     page = client.get("/admin/").get_data(as_text=True)
     report = report_json(app)
-    assert report["policies"] and report["policies"][0]["treated_users"] > 0
-    assert _check_policy_rows(page, report) == 11 + 3  # one policy: 11 measures, 3 spend
-    # The text shows the same numbers the attributes carry.
     p = report["policies"][0]
-    assert f"{100 * p['recall_rate']['rate']:.1f}%" in page
+    # The campus has both cohorts, so recall and active retention are real numbers.
+    assert p["treated_users"] > 0 and p["lapsed_users"] > 0 and p["holdout_lapsed_users"] > 0
+    assert p["active_users"] > 0 and p["holdout_active_users"] > 0
+    assert p["recall_rate"]["rate"] is not None and p["retention_active"]["rate"] is not None
+    assert p["lapsed_users"] + p["active_users"] == p["treated_users"]
+    assert _check_policy_rows(page, report) == OVERVIEW_NUMBERS
+    # The text shows the same numbers the attributes carry, rates with their n.
+    for rate, n in (
+        ("recall_rate", "lapsed_users"),
+        ("holdout_recall_rate", "holdout_lapsed_users"),
+        ("retention_active", "active_users"),
+        ("holdout_retention_active", "holdout_active_users"),
+    ):
+        cell = re.search(rf'<td data-metric="{rate}"[^>]*>(.*?)</td>', page, flags=re.S)
+        text = re.sub(r"<[^>]+>", " ", cell.group(1))
+        assert f"{100 * p[rate]['rate']:.1f}%" in text and f"n={p[n]}" in text, rate
+    assert "流失用户召回率" in page and "活跃用户留存" in page
     assert f"¥{p['money']['revenue_fen'] / 100:,.2f}" in page
+    # What the report cannot compute reads 未知 (no recalled user has a D30 yet; nothing cost).
+    assert p["retention_d30"]["rate"] is None and p["money"]["roi"] is None
+    for metric in ("retention_d30", "roi"):
+        cell = re.search(rf'<td data-metric="{metric}"[^>]*>(.*?)</td>', page, flags=re.S)
+        assert cell.group(1).startswith("未知"), metric
     # Tiers today: the scores summary the API gives.
     summary = client.get("/admin/v1/scores/summary", headers=tenant.admin).get_json()
     tiers = {m["tier"]: int(m["value"]) for m in metrics_on(page) if m["metric"] == "tier"}
     assert tiers == summary["tiers"]
-    # The charts carry the same figures.
-    figures = dict(re.findall(r'data-chart="([^"]+)" data-figure="([^"]+)"', page))
-    recall = json.loads(unescape(figures["recall"]))["data"][0]["y"]
-    assert recall == [p["recall_rate"]["rate"], p["holdout_recall_rate"]["rate"]]
-    tier_bars = json.loads(unescape(figures["tiers_today"]))["data"][0]["y"]
+    # The charts carry the same figures, each bar named with its n.
+    figures = figures_on(page)
+    recall = figures["recall"]["data"][0]
+    assert recall["y"] == [p["recall_rate"]["rate"], p["holdout_recall_rate"]["rate"]]
+    assert recall["x"] == [
+        f"comeback·策略组（n={p['lapsed_users']}）",
+        f"comeback·对照组（n={p['holdout_lapsed_users']}）",
+    ]
+    active = figures["retention_active"]["data"][0]["y"]
+    assert active == [p["retention_active"]["rate"], p["holdout_retention_active"]["rate"]]
+    uplift = figures["uplift"]["data"][0]["y"]
+    assert uplift == [p["incremental_recall"]["diff"]]
+    tier_bars = figures["tiers_today"]["data"][0]["y"]
     assert tier_bars == [summary["tiers"][t] for t in TIERS]
+
+
+def test_a_policy_with_no_lapsed_users_shows_its_recall_as_unknown(app, client, tenant, clock):
+    """Everyone decided was still active: recall is unknown (None in the report), shown as
+    未知 in the table and the charts, never as 0; active users' retention is still shown."""
+    build(app, client, tenant, clock, lapsed=0)
+    sign_in(client, tenant.api_key)
+    resp = client.get("/admin/")
+    assert resp.status_code == 200
+    page = resp.get_data(as_text=True)
+    report = report_json(app)
+    p = report["policies"][0]
+    assert p["lapsed_users"] == 0 and p["recall_rate"]["rate"] is None
+    assert p["retention_active"]["rate"] is not None
+    assert _check_policy_rows(page, report) == OVERVIEW_NUMBERS
+    for metric in ("recall_rate", "holdout_recall_rate", "incremental_recall"):
+        cell = re.search(rf'<td data-metric="{metric}"[^>]*>(.*?)</td>', page, flags=re.S)
+        assert cell.group(1).startswith("未知"), metric
+    assert f"{100 * p['retention_active']['rate']:.1f}%" in page
+    figures = figures_on(page)
+    recall = figures["recall"]
+    assert recall["data"][0]["y"] == [None, None]  # no bar at 0
+    assert recall["data"][0]["text"] == ["未知", "未知"]
+    assert [a["text"] for a in recall["layout"]["annotations"]] == ["未知", "未知"]
+    uplift = figures["uplift"]
+    assert uplift["data"][0]["y"] == [None]
+    assert [a["text"] for a in uplift["layout"]["annotations"]] == ["未知"]
+    assert "annotations" not in figures["retention_active"]["layout"]
+    power = re.search(r'data-power="comeback">(.*?)</p>', page, flags=re.S).group(1)
+    assert "召回率提升未知" in power
 
 
 def test_a_filtered_overview_is_the_filtered_report(app, client, tenant, clock):
@@ -269,7 +345,7 @@ def test_a_filtered_overview_is_the_filtered_report(app, client, tenant, clock):
     query = {"policy": "comeback", "from": day, "to": day}
     page = client.get("/admin/", query_string=query).get_data(as_text=True)
     report = report_json(app, "--policy", "comeback", "--from", day, "--to", day)
-    assert _check_policy_rows(page, report) == 14
+    assert _check_policy_rows(page, report) == OVERVIEW_NUMBERS
     # A filter on a day with nothing decided shows nothing, as the report does.
     empty_day = day_date(TODAY + 3).isoformat()
     page = client.get("/admin/", query_string={"from": empty_day, "to": empty_day})
@@ -285,7 +361,9 @@ def test_the_policy_page_shows_its_ledger_and_arms(app, client, tenant, clock):
     report = report_json(app, "--policy", "comeback")
     p = report["policies"][0]
     marked = {m["metric"]: m for m in metrics_on(page)}
-    assert number(marked["recall_rate"]["value"]) == p["recall_rate"]["rate"]
+    for metric in ("recall_rate", "holdout_recall_rate", "retention_active"):
+        assert number(marked[metric]["value"]) == pytest.approx(p[metric]["rate"]), metric
+    assert f"（n={p['lapsed_users']}）" in page and f"（n={p['active_users']}）" in page
     ledger = report["ledger"]
     for row in ledger:
         cells = re.search(rf'<tr data-date="{row["date"]}">(.*?)</tr>', page, flags=re.S)

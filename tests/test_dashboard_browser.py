@@ -6,6 +6,7 @@ app served over HTTP. Screenshots go to artifacts/screenshots/ (kept by CI as ar
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -54,6 +55,9 @@ def served(tmp_path_factory):
             {"policies": [{"name": "b_private_policy"}], "users": 100, "days": 7, "seed": 0},
             clock.now_ms(),
         )
+    report = app.test_cli_runner().invoke(args=["report", "--json", "--tenant", a.appid])
+    assert report.exit_code == 0, report.output
+    comeback = json.loads(report.output)["policies"][0]
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -63,6 +67,7 @@ def served(tmp_path_factory):
         "b": b,
         "b_run": theirs.id,
         "app": app,
+        "report": comeback,
     }
     server.shutdown()
     close_app(app)
@@ -128,9 +133,15 @@ def test_sign_in_and_see_the_overview_with_its_charts(page, served):
     sign_in(page, served)
     assert page.url.rstrip("/").endswith("/admin")
     assert page.locator("h1").first.inner_text() == "概览"
-    assert charts_drawn(page) >= 6  # tiers today and over time, recall, uplift, D30, spend
-    tiered = page.locator('tr[data-policy="comeback"] td[data-metric="recall_rate"]')
-    assert tiered.inner_text().endswith("%")
+    # tiers today and over time, recall among the lapsed, its uplift, active users' retention,
+    # revenue, spend (D30 retention only once a recalled user has one)
+    assert charts_drawn(page) >= 7
+    row = page.locator('tr[data-policy="comeback"]')
+    recall, n = row.locator('td[data-metric="recall_rate"]').inner_text().split("\n")
+    assert recall.endswith("%") and n == f"n={served['report']['lapsed_users']}"
+    active, n = row.locator('td[data-metric="retention_active"]').inner_text().split("\n")
+    assert active.endswith("%") and n == f"n={served['report']['active_users']}"
+    assert row.locator('td[data-metric="retention_d30"]').inner_text().startswith("未知")
     shot(page, "overview")
     assert page.errors == []
     only_local(page, served)

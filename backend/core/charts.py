@@ -9,6 +9,9 @@ from pathlib import Path
 
 PALETTE = ("#2f6fde", "#e4572e", "#17a673", "#f3a712", "#8e44ad", "#555555", "#c0392b")
 FONT = "PingFang SC, Microsoft YaHei, Noto Sans CJK SC, sans-serif"
+# A value nobody could compute (no users in the group): drawn as this word at zero height,
+# never as a bar or a dot at 0, which would read as a measured nothing.
+UNKNOWN = "未知"
 
 
 def _layout(
@@ -102,7 +105,9 @@ def bars(
     }
     if lo is not None and hi is not None:
         bar["error_y"] = _interval(vals, lo, hi)
-    return {"data": [bar], "layout": _layout(title, y_title, percent=percent)}
+    layout = _layout(title, y_title, percent=percent)
+    _mark_unknown(layout, labels, vals)
+    return {"data": [bar], "layout": layout}
 
 
 def interval_dots(
@@ -152,7 +157,30 @@ def interval_dots(
             "line": {"color": "#999", "dash": "dot"},
         }
     ]
+    _mark_unknown(layout, labels, est)
     return {"data": data, "layout": layout}
+
+
+def _mark_unknown(layout: dict, labels: Sequence[str], values: Sequence[float | None]) -> None:
+    """Write 未知 where a value is None (plotly draws nothing there, which reads as missing
+    data at best). The x axis is pinned to the labels, so an all-unknown chart keeps them."""
+    unknown = [label for label, v in zip(labels, values, strict=True) if v is None]
+    if not unknown:
+        return
+    layout["xaxis"].update(type="category", categoryarray=list(labels), categoryorder="array")
+    layout["annotations"] = [
+        {
+            "x": label,
+            "y": 0,
+            "xref": "x",
+            "yref": "y",
+            "text": UNKNOWN,
+            "showarrow": False,
+            "yanchor": "bottom",
+            "font": {"color": "#888"},
+        }
+        for label in unknown
+    ]
 
 
 def _interval(values, lo, hi) -> dict:
@@ -167,7 +195,7 @@ def _interval(values, lo, hi) -> dict:
 
 def _label(v: float | None, percent: bool) -> str:
     if v is None:
-        return "—"
+        return UNKNOWN
     return f"{100 * v:.1f}%" if percent else f"{v:,.0f}"
 
 

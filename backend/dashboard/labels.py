@@ -62,14 +62,19 @@ for _name, _table in LABELS.items():
     bp.add_app_template_filter(lambda code, table=_table: table.get(code, code), _name)
 
 
+# What a number the report could not compute (no users, no cost) reads as: never 0 or a dash
+# a merchant might take for nothing.
+UNKNOWN = "未知"
+
+
 @bp.app_template_filter("pct")
 def pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
+    return UNKNOWN if x is None else f"{100 * x:.1f}%"
 
 
 @bp.app_template_filter("yuan")
 def yuan(fen) -> str:
-    return "—" if fen is None else f"¥{fen / 100:,.2f}"
+    return UNKNOWN if fen is None else f"¥{fen / 100:,.2f}"
 
 
 @bp.app_template_filter("pp")
@@ -78,7 +83,7 @@ def pp(d: dict | float | None) -> str:
     if isinstance(d, int | float):
         return f"{100 * d:+.1f} 个百分点"
     if not d or d.get("diff") is None:
-        return "—"
+        return UNKNOWN
     text = f"{100 * d['diff']:+.1f} 个百分点"
     if d.get("lo") is not None:
         text += f"（95% 区间 {100 * d['lo']:+.1f} ~ {100 * d['hi']:+.1f}）"
@@ -87,10 +92,11 @@ def pp(d: dict | float | None) -> str:
 
 @bp.app_template_filter("ratio")
 def ratio(x) -> str:
-    return "—" if x is None else f"{x:.2f}"
+    return UNKNOWN if x is None else f"{x:.2f}"
 
 
 @bp.app_template_filter("when")
 def when(iso: str | None) -> str:
-    """An ISO China time as a merchant reads it: 2026-03-10 18:00."""
+    """An ISO China time as a merchant reads it: 2026-03-10 18:00. None here means it has not
+    happened (not sent, not back), not that it is unknown: a dash."""
     return "—" if not iso else iso.replace("T", " ")[:16]

@@ -6,6 +6,8 @@ Each page gathers its numbers from the services the admin API and `python app.py
 
 from __future__ import annotations
 
+import json
+
 from flask import current_app, g, render_template, request
 from markupsafe import Markup
 
@@ -13,7 +15,7 @@ from backend.clock import china_iso
 from backend.core import charts
 from backend.core.calendar import china_day
 from backend.core.policy.spec import CHANNELS
-from backend.core.tiers import TIERS
+from backend.core.tiers import TIERS, TierConfig
 from backend.dashboard import bp
 from backend.dashboard.labels import GUARD_ZH
 from backend.dashboard.session import login_required
@@ -63,6 +65,7 @@ def overview():
         live=live,
         today=today,
         lapsed=overview_data.lapsed_this_week(g.tenant_id),
+        lapsed_after_days=_lapsed_after_days(),
         figures=figures,
         filter={
             "policy": policy or "",
@@ -78,8 +81,37 @@ def overview():
     )
 
 
+def _lapsed_after_days() -> int:
+    """The silence (term days) past which a user counts as lapsed at decision, for the
+    page's explanation (core.recall: the tenant's churn-risk silence threshold)."""
+    settings = json.loads(g.tenant.settings or "{}")
+    try:
+        return TierConfig.from_settings(settings.get("tiers")).risk_silent_days
+    except ValueError:  # settings are checked when saved; the defaults if ever not
+        return TierConfig().risk_silent_days
+
+
 def _fen(x: float | None) -> float | None:
     return None if x is None else x / 100
+
+
+def _pair_bars(title: str, shown: list[dict], keys: tuple[str, str], ns: tuple[str, str]):
+    """A rate for the policy's users beside its holdout's, each bar named with its n."""
+    names = [p["policy"] for p in shown]
+    return charts.bars(
+        title,
+        [
+            f"{p['policy']}·{group}（n={p[n]}）"
+            for p in shown
+            for group, n in zip(("策略组", "对照组"), ns, strict=True)
+        ],
+        [p[k]["rate"] for p in shown for k in keys],
+        "比例",
+        [p[k]["lo"] for p in shown for k in keys],
+        [p[k]["hi"] for p in shown for k in keys],
+        percent=True,
+        colors=[c for _ in names for c in (charts.PALETTE[0], charts.PALETTE[5])],
+    )
 
 
 def _overview_figures(today, history, shown, spend) -> dict:
@@ -100,18 +132,20 @@ def _overview_figures(today, history, shown, spend) -> dict:
         )
     if shown:
         names = [p["policy"] for p in shown]
-        figs["recall"] = charts.bars(
-            "召回率：策略组 vs 对照组（95% 区间）",
-            [f"{n}·{g}" for n in names for g in ("策略组", "对照组")],
-            [p[k]["rate"] for p in shown for k in ("recall_rate", "holdout_recall_rate")],
-            "召回率",
-            [p[k]["lo"] for p in shown for k in ("recall_rate", "holdout_recall_rate")],
-            [p[k]["hi"] for p in shown for k in ("recall_rate", "holdout_recall_rate")],
-            percent=True,
-            colors=[c for _ in names for c in (charts.PALETTE[0], charts.PALETTE[5])],
+        figs["recall"] = _pair_bars(
+            "流失用户召回率：策略组 vs 对照组（95% 区间）",
+            shown,
+            ("recall_rate", "holdout_recall_rate"),
+            ("lapsed_users", "holdout_lapsed_users"),
+        )
+        figs["retention_active"] = _pair_bars(
+            "活跃用户留存：策略组 vs 对照组（95% 区间）",
+            shown,
+            ("retention_active", "holdout_retention_active"),
+            ("active_users", "holdout_active_users"),
         )
         figs["uplift"] = charts.interval_dots(
-            "相对对照组的召回率提升（95% 区间）",
+            "流失用户召回率提升（对比对照组的流失用户，95% 区间）",
             names,
             [p["incremental_recall"]["diff"] for p in shown],
             [p["incremental_recall"]["lo"] for p in shown],
@@ -130,7 +164,7 @@ def _overview_figures(today, history, shown, spend) -> dict:
         if any(p["retention_d30"]["rate"] is not None for p in shown):
             figs["retention"] = charts.bars(
                 "召回用户 D30 留存（95% 区间）",
-                names,
+                [f"{p['policy']}（n={p['retention_d30']['n']}）" for p in shown],
                 [p["retention_d30"]["rate"] for p in shown],
                 "留存率",
                 [p["retention_d30"]["lo"] for p in shown],
