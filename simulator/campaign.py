@@ -33,6 +33,7 @@ import numpy as np
 
 from backend.core.attribution import in_window
 from backend.core.calendar import MS_PER_DAY, day_start_ms
+from backend.core.metrics import RETENTION_DAYS
 from backend.core.policy import (
     HOLDOUT,
     NOT_ELIGIBLE,
@@ -54,6 +55,7 @@ from backend.core.policy.guards import (
 from backend.core.policy.history import TouchHistory, history_state
 from backend.core.policy.learning import LearningTotals
 from backend.core.policy.spec import CHANNELS, MESSAGE_KINDS, SUBSCRIBE
+from backend.core.recall import RETENTION_TAIL_DAYS, retained_on
 from backend.core.scoring import Scores
 from backend.core.uplift import (
     UpliftModel,
@@ -67,7 +69,6 @@ SENT, HELD_OUT, SKIP = 0, 1, 2
 JOB_HOUR = 2  # China time the daily job runs, before anyone is up
 VISIT_MINUTE = 30  # a simulated visit happens at the user's usual hour and this minute
 HISTORY_DAYS = 60  # as the backend's campaign job: caps, journeys and streaks look this far
-RETENTION_TAIL_DAYS = 37  # D30 retention is known 37 days after the return
 UPLIFT_REFIT_DAYS = 7  # the operating procedure: refit the uplift learner weekly
 # Triggers production decides when the event arrives (the nightly job leaves them alone:
 # services/campaigns.py `_run_locked`), and the one event the simulated campus produces.
@@ -132,6 +133,10 @@ class DayTouches:
     status: np.ndarray
     sent_ms: np.ndarray  # when due (sent touches) or would have been (held out)
     tier: np.ndarray
+    # Term days since the user's last visit in the morning's scores the touch was decided on
+    # (what production's score snapshot of the touch's day holds): who was lapsed at decision
+    # is read from it (core.recall), as the live report reads it.
+    term_days_silent: np.ndarray
     value_fen: np.ndarray  # the user's value when decided
     message_cost_fen: np.ndarray
     coupon_face_fen: np.ndarray  # 0: no coupon
@@ -147,8 +152,9 @@ class DayTouches:
         "ordered": bool,
         "revenue_fen": np.int64,  # orders in the window
         "redeemed": bool,  # its coupon was used on an order in the window
-        "retained_d7": bool,  # a visit in [return + 7, return + 14) days
-        "retained_d30": bool,  # a visit in [return + 30, return + 37) days
+        # retained_d7, retained_d30: a visit in the week from D7 / D30 after the return
+        # (core.recall.retained_on).
+        **{f"retained_d{d}": bool for d in RETENTION_DAYS},
         # The same touch in the untreated twin: what would have happened anyway.
         "returned_twin": bool,
         "revenue_fen_twin": np.int64,
@@ -229,10 +235,9 @@ class TouchLog:
             o["ordered"] |= bought
             o["revenue_fen"] += np.where(bought, campus.amount_fen[u], 0)
             self._redeem(b, bought, campus, used_coupon)
-            r = o["return_day"]
-            back = (r >= 0) & campus.visited[u]
-            o["retained_d7"] |= back & (today >= r + 7) & (today < r + 14)
-            o["retained_d30"] |= back & (today >= r + 30) & (today < r + 37)
+            back = campus.visited[u]
+            for d in RETENTION_DAYS:
+                o[f"retained_d{d}"] |= back & retained_on(o["return_day"], today, d)
             if twin is not None:
                 o["returned_twin"] |= open_ & twin.visited[u]
                 o["revenue_fen_twin"] += np.where(open_ & twin.ordered[u], twin.amount_fen[u], 0)
@@ -567,6 +572,7 @@ class Campaign:
                     else sent_ms[acting]
                 ),
                 tier=scores.tier[acting].astype(np.int64),
+                term_days_silent=scores.features.term_days_since_visit[acting].astype(np.int64),
                 value_fen=scores.value_fen[acting].astype(np.int64),
                 message_cost_fen=np.where(status == SENT, costs[channel], 0),
                 coupon_face_fen=self.face_table[arm, step],

@@ -17,6 +17,7 @@ import numpy as np
 from backend.core import metrics
 from backend.core.metrics import RETENTION_DAYS
 from backend.core.recall import lapsed_at_decision, retention_known
+from backend.core.tiers import TierConfig
 from simulator.campaign import HELD_OUT, SENT, SKIP, Campaign
 
 
@@ -26,8 +27,10 @@ def _first(user: np.ndarray, order: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return idx[metrics.first_per_user(user[idx], order[idx])]
 
 
-def summarise(campaign: Campaign, last_day: int, seed: int):
-    """The `arms` and `uplift` parts of the simulation output.
+def summarise(campaign: Campaign, last_day: int, seed: int, tier_config: TierConfig | None = None):
+    """The `arms` and `uplift` parts of the simulation output. `tier_config`: the tier
+    thresholds the simulation scored with (the model's `tier_config`; defaults if None), which
+    say who was lapsed at decision as the tenant's say it in the live report.
 
     Each user is counted once, in the group of their first decision of the trial (sent in an
     arm, or held out from one): their recall, retention and attributed revenue are those of
@@ -46,8 +49,10 @@ def summarise(campaign: Campaign, last_day: int, seed: int):
     message_cost = log.column("message_cost_fen")
     r = o["return_day"]
     order = log.column("day") * 10 + step
-    # Lapsed at decision by the one definition (core.recall); the log records the tier then.
-    lapsed = lapsed_at_decision(log.column("tier"))
+    # Lapsed at decision by the one definition (core.recall), exactly as the live report
+    # reads it: the silence in the morning's scores the touch was decided on (production's
+    # score snapshot of the touch's day), the tier recorded then where it is unknown.
+    lapsed = lapsed_at_decision(log.column("tier"), log.column("term_days_silent"), tier_config)
     known = {d: retention_known(r, last_day, d) for d in RETENTION_DAYS}
     first = np.zeros(user.size, dtype=bool)
     first[_first(user, order, (status == SENT) | (status == HELD_OUT))] = True

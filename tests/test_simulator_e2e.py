@@ -18,6 +18,7 @@ import pytest
 from backend.core.calendar import MS_PER_DAY
 from backend.core.metrics import first_per_user
 from backend.core.policy import HOLDOUT, SEND, SKIPPED, parse_policy
+from backend.core.recall import lapsed_at_decision
 from simulator.campaign import HELD_OUT, SENT, DayTouches, job_ms
 from simulator.e2e import EndToEndModel, coupon_terms
 from simulator.model import CampusModel
@@ -149,20 +150,31 @@ def test_fast_and_end_to_end_modes_make_the_same_decisions(ram_dir, name):
         assert delivered == sorted(log.column("user")[due].tolist())
 
         # The production report, read from the database, counts what the fast mode's books
-        # count: users on their first decision, recalled, for touches final by the last job.
+        # count: users on their first decision, for touches final by the last job; recall
+        # among those lapsed at that decision and the active users' returns as retention,
+        # both by core.recall's one definition (the books' silence at decision and the
+        # simulation's tier thresholds; the report's from the day's score snapshot).
         report = e2e.report()["policies"][0]
         window = fast.campaign.policy.attribution_window_days * MS_PER_DAY
         final = log.column("sent_ms") + window <= job_ms(e2e.day - 1)
         order = log.column("day") * 10 + log.column("step")
         returned, user, status = log.returned, log.column("user"), log.column("status")
-        for label, wanted in (("recall_rate", SENT), ("holdout_recall_rate", HELD_OUT)):
+        lapsed = lapsed_at_decision(
+            log.column("tier"), log.column("term_days_silent"), fast.tier_config
+        )
+        counted = {"lapsed": 0, "active": 0}
+        for prefix, wanted in (("", SENT), ("holdout_", HELD_OUT)):
             rows = np.flatnonzero(final & (status == wanted))
             first = rows[first_per_user(user[rows], order[rows])]
-            assert (report[label]["k"], report[label]["n"]) == (
-                int(returned[first].sum()),
-                first.size,
-            ), label
+            for label, who, kind in (
+                ("recall_rate", first[lapsed[first]], "lapsed"),
+                ("retention_active", first[~lapsed[first]], "active"),
+            ):
+                got = report[prefix + label]
+                assert (got["k"], got["n"]) == (int(returned[who].sum()), who.size), prefix + label
+                counted[kind] += who.size
         assert report["treated_users"] > 10
+        assert counted["lapsed"] > 0, counted  # the recall comparison is not vacuous
     finally:
         e2e.close()
 
@@ -170,8 +182,10 @@ def test_fast_and_end_to_end_modes_make_the_same_decisions(ram_dir, name):
 def assert_same_outcomes(fast, e2e) -> None:
     """Each touch's outcome in the backend's table (its own attribution, from the events the
     users posted) equals the fast mode's books: return time, revenue in the window, coupon
-    redeemed, and D7/D30 retention wherever the backend has settled it."""
-    from backend.store.models import Touch
+    redeemed, and D7/D30 retention wherever the backend has settled it. And each touch's
+    silence at decision in the books is the silence in the backend's score snapshot of the
+    touch's day (what the report reads to tell the lapsed from the active)."""
+    from backend.store.models import ScoreSnapshot, Touch
 
     log = fast.campaign.log
     key = zip(
@@ -184,13 +198,21 @@ def assert_same_outcomes(fast, e2e) -> None:
         k: i for i, k in enumerate(key)
     }  # (user row, day, step) -> row of the fast mode's measured touches
     col = {name: log.column(name, skipped=False) for name in DayTouches.OUTCOMES}
+    silent = log.column("term_days_silent", skipped=False)
     compared = {"final": 0, "returned": 0, "revenue": 0, "d7": 0, "d30": 0}
     with e2e.app.app_context():
+        snapshot = dict(
+            ((s.user_id, s.day), s.term_days_since_visit)
+            for s in ScoreSnapshot.select(
+                ScoreSnapshot.user, ScoreSnapshot.day, ScoreSnapshot.term_days_since_visit
+            ).where(ScoreSnapshot.tenant == e2e.tenant_id)
+        )
         rows = Touch.select().where(
             (Touch.tenant == e2e.tenant_id) & Touch.status.in_(("sent", "held_out"))
         )
         for t in rows:
             i = books[(t.user_id - 1, t.day, t.step)]
+            assert snapshot[(t.user_id, t.day)] == int(silent[i]), (t.id, i)
             if not t.attributed:
                 continue
             compared["final"] += 1
