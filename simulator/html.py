@@ -74,7 +74,8 @@ def policy_section(result: dict) -> str:
     gain = list(accumulate(v / 100 for v in daily.get("incremental_revenue_fen", [])))
     rows = "".join(
         f"<tr><td>{html.escape(group_zh(n))}</td><td>{a['users']}</td><td>{a['recalled']}</td>"
-        f"<td>{_rate_n(a['recall_rate'], a['users'])}</td>"
+        f"<td>{_rate_n(a['recall_rate'], a['lapsed'])}</td>"
+        f"<td>{_rate_n(a['retention_active']['rate'], a['retention_active']['n'])}</td>"
         f"<td>{_rate_n(a['retention_d7'], a.get('retention_d7_n', 0))}</td>"
         f"<td>{_rate_n(a['retention_d30'], a.get('retention_d30_n', 0))}</td>"
         f"<td>{a['messages']}</td><td>{_yuan(a.get('cost', a['coupon_cost']))}</td>"
@@ -84,9 +85,10 @@ def policy_section(result: dict) -> str:
     )
     effects = "".join(
         f"<tr><td>{html.escape(group_zh(n))}</td>"
-        f"<td>{arms[n]['users'] if n in arms else '未知'}</td>"
-        f"<td>{u.get('holdout_users', '未知')}</td><td>{_pp(u['recall_rate'])}</td>"
+        f"<td>{arms[n]['lapsed'] if n in arms else '未知'}</td>"
+        f"<td>{u.get('holdout_lapsed', '未知')}</td><td>{_pp(u['recall_rate'])}</td>"
         f"<td>{_pp_true(u['true_uplift']['recall_rate'])}</td>"
+        f"<td>{_pp(u['retention_active'])}</td>"
         f"<td>{html.escape(u['recall_rate']['note'] or '')}</td></tr>"
         for n, u in up.items()
     )
@@ -105,12 +107,16 @@ def policy_section(result: dict) -> str:
         "<p>每名用户只计一次，归入其首次决策的分组；收入为该次触达归因窗口内的订单。"
         "实际花费 = 已核销券面值 + 消息费；已发券面值是承诺，单列。增量收入 = 同一批用户"
         "减去其未被触达的孪生体。</p>"
-        "<table><tr><th>分组</th><th>用户数</th><th>召回</th><th>召回率</th><th>D7 留存</th>"
+        "<p>召回只计决策时已流失（沉默达到流失风险阈值）的用户；决策时仍活跃的用户之后的回访"
+        "是留存，不算召回。</p>"
+        "<table><tr><th>分组</th><th>用户数</th><th>召回</th><th>召回率（n=流失用户）</th>"
+        "<th>活跃用户留存（n=活跃用户）</th><th>D7 留存</th>"
         "<th>D30 留存</th><th>消息数</th><th>实际花费 ¥</th><th>已发券面值（承诺）¥</th>"
         "<th>毛收入 ¥</th><th>增量收入（对孪生体）¥</th></tr>"
         f"{rows}</table>"
-        "<table><tr><th>分支</th><th>触达 n</th><th>对照 n</th>"
+        "<table><tr><th>分支</th><th>触达流失用户 n</th><th>对照流失用户 n</th>"
         "<th>相对对照组的召回率提升（95% 区间）</th><th>真实提升</th>"
+        "<th>活跃用户留存提升（95% 区间）</th>"
         f"<th>说明</th></tr>{effects}</table>"
         + power
         + _charts(c["policy"], names, arms, up, series, cost, gain, guard, spent)
@@ -393,7 +399,8 @@ def ranking_html(out: dict) -> str:
         + _pairs_zh(out)
         + "<h3>线上对照组会看到的估计（单次试验，每名用户按首次决策计一次）</h3>"
         + warnings
-        + "<table><tr><th>策略</th><th>触达组召回率</th><th>对照组召回率</th>"
+        + "<table><tr><th>策略</th><th>触达组召回率（n=流失用户）</th>"
+        "<th>对照组召回率（n=流失用户）</th>"
         "<th>召回率提升（95% 区间）</th><th>孪生体给出的真实提升</th><th>对照组功效</th></tr>"
         f"{estimates}</table>"
     )

@@ -147,21 +147,23 @@ def power_line(plan: dict | None, name: str) -> str:
 
 
 def pooled(result: dict) -> dict:
-    """What production's report would show for this policy: every arm against the holdout
-    users who would have received it, each user counted once (at their first decision),
-    the arms combined weighted by their treated users (a stratified difference whose
-    interval combines the arms' half-widths in quadrature); beside it the twin's truth for the
-    same users, weighted the same way."""
+    """What production's report would show for this policy: recall among the users lapsed at
+    decision (core.recall) on both sides, every arm against the holdout users who would have
+    received it, each user counted once (at their first decision), the arms combined weighted
+    by their lapsed treated users (a stratified difference whose interval combines the arms'
+    half-widths in quadrature); beside it the twin's truth for the same users, weighted the
+    same way. `treated` and `holdout_users` are the lapsed users compared (the recall rates'
+    n, and what the power plan counts); the active users' returns are retention, not here."""
     names = [n for n in result["arms"] if n != "holdout"]
     arms = [result["arms"][n] for n in names]
     held = result["arms"]["holdout"]
-    treated = sum(g["users"] for g in arms)
+    treated = sum(g["lapsed"] for g in arms)
     recalled = sum(g["recalled"] for g in arms)
     parts = [
         (result["uplift"][n]["recall_rate"], result["uplift"][n]["true_uplift"]["recall_rate"], g)
         for n, g in zip(names, arms, strict=True)
     ]
-    est = [(d, g["users"]) for d, _, g in parts if d["diff"] is not None]
+    est = [(d, g["lapsed"]) for d, _, g in parts if d["diff"] is not None]
     weight = sum(n for _, n in est)
     if weight:
         diff = sum(d["diff"] * n for d, n in est) / weight
@@ -171,15 +173,15 @@ def pooled(result: dict) -> dict:
         incremental = {"diff": diff, "lo": lo, "hi": hi, "note": "; ".join(notes)}
     else:
         incremental = {"diff": None, "lo": None, "hi": None, "note": "no holdout to compare"}
-    true = [(t, g["users"]) for _, t, g in parts if t is not None]
+    true = [(t, g["lapsed"]) for _, t, g in parts if t is not None]
     true_weight = sum(n for _, n in true)
     return {
         "treated": treated,
         "recalled": recalled,
         "recall": metrics.rate(recalled, treated).as_dict(),
-        "holdout_users": held["users"],
+        "holdout_users": held["lapsed"],
         "holdout_recalled": held["recalled"],
-        "holdout_recall": metrics.rate(held["recalled"], held["users"]).as_dict(),
+        "holdout_recall": metrics.rate(held["recalled"], held["lapsed"]).as_dict(),
         "incremental": incremental,
         "true_incremental": sum(t * n for t, n in true) / true_weight if true_weight else None,
         "messages": sum(g["messages"] for g in arms),

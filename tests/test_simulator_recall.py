@@ -7,8 +7,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
-from backend.core.recall import lapsed_at_decision
+from backend.core import metrics
+from backend.core.metrics import RETENTION_DAYS
+from backend.core.recall import lapsed_at_decision, retention_known
+from backend.core.tiers import TierConfig
 from simulator.model import CampusModel
 from simulator.response import ResponseParams
 from simulator.run import DEFAULT_COUPONS, load_policy, run_simulation
@@ -39,13 +43,12 @@ def _lapsed_recalled_d30(model: CampusModel) -> np.ndarray:
     """D30 retention flags of the lapsed users a coupon brought back at first decision."""
     log = model.campaign.log
     user, step, day = log.column("user", False), log.column("step", False), log.column("day", False)
-    from backend.core import metrics
-
     first = metrics.first_per_user(user, day * 10 + step)
-    first = first[lapsed_at_decision(log.column("tier", False)[first])]
+    tier, silent = log.column("tier", False)[first], log.column("term_days_silent", False)[first]
+    first = first[lapsed_at_decision(tier, silent, model.tier_config)]
     r = log.column("return_day", False)
     ok = first[(log.column("status", False)[first] == 0) & (r[first] >= 0)]
-    ok = ok[model.day - 1 >= r[ok] + 37]
+    ok = ok[retention_known(r[ok], model.day - 1, RETENTION_DAYS[-1])]
     return log.column("retained_d30", False)[ok]
 
 
@@ -67,3 +70,67 @@ def test_a_coupon_driven_return_fades_when_the_offer_ends():
 
     off, on = run(1.0), run(ResponseParams().coupon_fade)
     assert on < 0.75 * off, (on, off)
+
+
+def _tiered_model(users: int = 1500, warmup: int = 14, days: int = 21, seed: int = 3):
+    model = CampusModel(
+        users=users,
+        seed=seed,
+        policy=load_policy("tiered"),
+        coupon_face_fen=dict(DEFAULT_COUPONS),
+        warmup_days=warmup,
+    )
+    for _ in range(warmup + days):
+        model.step()
+    return model
+
+
+def test_lapsed_is_read_from_the_silence_at_decision_as_the_report_reads_it():
+    # The books record each touch's silence at decision (the morning's scores, what the score
+    # snapshot of its day holds) and summarise splits lapsed from active by core.recall with
+    # the simulation's tier thresholds, exactly as the live report does. Moving the threshold
+    # to tiered's own lapse (3 term days) makes its content arm's users lapsed: the tier
+    # recorded at decision (active) could not say so.
+    from simulator.results import summarise
+
+    model = _tiered_model()
+    log = model.campaign.log
+    silent = log.column("term_days_silent")
+    assert silent.size == log.column("tier").size and (silent >= 3).all()  # eligibility: 3+
+    arms, _ = summarise(model.campaign, model.day - 1, 3, model.tier_config)
+    user, status = log.column("user"), log.column("status")
+    measured = np.flatnonzero(status != 2)
+    order = log.column("day") * 10 + log.column("step")
+    first = measured[metrics.first_per_user(user[measured], order[measured])]
+    lapsed = lapsed_at_decision(log.column("tier"), silent, model.tier_config)
+    assert sum(g["lapsed"] for g in arms.values()) == int(lapsed[first].sum()) > 50
+    assert arms["content_for_active"]["lapsed"] == 0 < arms["content_for_active"]["active"]
+
+    at_three = TierConfig(risk_silent_days=3)
+    moved, _ = summarise(model.campaign, model.day - 1, 3, at_three)
+    content = moved["content_for_active"]
+    assert content["lapsed"] == content["targeted"] > 0 and content["active"] == 0
+    assert content["recall"]["n"] == content["lapsed"]
+
+
+def test_the_holdout_estimate_compares_the_lapsed_on_both_sides():
+    # simulate's `holdout` block (what production's report would show) is recall among the
+    # lapsed, treated against the holdout's lapsed, the arms weighted by their lapsed users.
+    from simulator.results import summarise
+    from simulator.run import pooled
+
+    model = _tiered_model()
+    arms, uplift = summarise(model.campaign, model.day - 1, 3, model.tier_config)
+    est = pooled({"arms": arms, "uplift": uplift})
+    treated = [g for name, g in arms.items() if name != "holdout"]
+    assert est["treated"] == sum(g["lapsed"] for g in treated) < sum(g["users"] for g in treated)
+    assert est["recall"]["n"] == est["treated"] and est["recall"]["k"] == est["recalled"]
+    assert est["holdout_users"] == arms["holdout"]["lapsed"] == est["holdout_recall"]["n"]
+    assert arms["holdout"]["lapsed"] < arms["holdout"]["users"]
+    # Only the care arm reaches the lapsed here: the pooled difference is its own.
+    assert uplift["content_for_active"]["recall_rate"]["diff"] is None
+    lapsed_arms = [n for n, g in arms.items() if n != "holdout" and g["lapsed"]]
+    assert lapsed_arms == ["care_then_benefit"], lapsed_arms
+    assert est["incremental"]["diff"] == pytest.approx(
+        uplift["care_then_benefit"]["recall_rate"]["diff"]
+    )
