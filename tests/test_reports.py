@@ -401,3 +401,26 @@ def test_recall_counts_the_lapsed_and_active_users_returns_are_retention(
     by_tier = {g["tier"]: g for g in p["by_tier"]}
     assert by_tier["low_frequency"]["recall_rate"]["n"] == 0
     assert by_tier["churn_risk"]["lapsed_users"] == lapsed_t
+
+
+def test_power_plans_on_the_lapsed_share_of_the_daily_volume():
+    """Only users lapsed at decision enter the recall comparison: a policy deciding 60 users a
+    day of whom a third are lapsed gathers 20 comparison users a day, not 60."""
+    from backend.core import metrics
+    from backend.services.reports import Design, power
+
+    entry = {
+        "treated_users": 150,
+        "holdout_users": 30,
+        "lapsed_users": 50,
+        "holdout_lapsed_users": 10,
+        "recall_rate": metrics.rate(10, 50).as_dict(),
+        "holdout_recall_rate": metrics.rate(1, 10).as_dict(),
+        "incremental_recall": metrics.newcombe_diff(10, 50, 1, 10).as_dict(),
+    }
+    got = power(entry, Design(holdout_share=1 / 6, live=True, eligible_per_day=60.0))
+    assert got["eligible_per_day"] == pytest.approx(20.0)
+    plan = metrics.holdout_plan(
+        got["p_control"], got["effect"], 1 / 6, 20.0, n_holdout_now=10, n_treated_now=50
+    )
+    assert got["days_needed_at_current_volume"] == plan.days_needed

@@ -394,6 +394,11 @@ def power(entry: dict, design: Design | None) -> dict:
         share = n_h / (n_h + n_t) if n_h + n_t else 0.0
     live = design is not None and design.live
     volume = design.eligible_per_day if design is not None else 0.0
+    # The volume counts every first decision; only the lapsed enter the recall comparison, so
+    # scale it by the lapsed share seen so far (days would otherwise come out too few).
+    decided = entry["treated_users"] + entry["holdout_users"]
+    if decided:
+        volume *= (n_h + n_t) / decided
     out = {
         "effect": effect,
         "effect_source": source,
