@@ -350,7 +350,7 @@ class CampusModel(mesa.Model):
             return None
         from simulator.results import summarise
 
-        arms, uplift = summarise(self.campaign, self.day - 1, self.seed)
+        arms, uplift = summarise(self.campaign, self.day - 1, self.seed, self.tier_config)
         return {"arms": arms, "uplift": uplift}
 
     def per_user(self) -> dict[str, np.ndarray] | None:
