@@ -7,7 +7,13 @@ from pathlib import Path
 
 import yaml
 
-from backend.core.calendar import CALENDAR_FILES, TermCalendar, calendar_from_spec, exam_ranges
+from backend.core.calendar import (
+    CALENDAR_FILES,
+    TermCalendar,
+    calendar_from_spec,
+    exam_ranges,
+    is_weekend,
+)
 from simulator.params import SimParams
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
@@ -30,7 +36,7 @@ class CampusCalendar:
         if bool(self.terms.is_break(day)):
             return params.break_factor, True
         factor = 1.0
-        if (day + 3) % 7 >= 5:  # day 0 (1970-01-01) was a Thursday: Saturday and Sunday
+        if is_weekend(day):
             factor *= params.weekend_factor
         if any(first <= day <= last for first, last in self.exams):
             factor *= params.exam_factor

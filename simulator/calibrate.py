@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from backend.core.calendar import day_date
+from backend.core.calendar import day_date, is_weekend
 from backend.core.features import EventColumns, OrderColumns, active_days
 from backend.core.tiers import TierConfig
 from simulator.calendar import CampusCalendar
@@ -136,7 +136,7 @@ def _day_kinds(cal: CampusCalendar, first_day: int, last_day: int):
     exam = np.zeros(days.size, dtype=bool)
     for a, b in cal.exams:
         exam |= (days >= a) & (days <= b)
-    weekend = (days + 3) % 7 >= 5  # day 0 (1970-01-01) was a Thursday
+    weekend = is_weekend(days)
     return brk, exam, weekend
 
 

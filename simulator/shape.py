@@ -15,6 +15,7 @@ import argparse
 
 import numpy as np
 
+from backend.core.calendar import is_weekend
 from backend.core.tiers import TIERS
 from simulator.model import CampusModel
 
@@ -26,7 +27,7 @@ def measure(users: int, warmup: int, seed: int) -> dict[str, float]:
         model.step()
         day = model.day - 1
         visits.append(int(model.today.visited.sum()))
-        weekend.append((day + 3) % 7 >= 5)  # day 0 (1970-01-01) was a Thursday
+        weekend.append(bool(is_weekend(day)))
         orders.append(int(model.today.ordered.sum()))
     model.nightly(model.day)  # the morning after the warm-up
     v, w = np.array(visits[-7:]), np.array(weekend[-7:])

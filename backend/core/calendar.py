@@ -29,6 +29,12 @@ def china_hour(ts_ms: np.ndarray | int) -> np.ndarray:
     return ((np.asarray(ts_ms, dtype=np.int64) + CHINA_OFFSET_MS) % MS_PER_DAY) // 3_600_000
 
 
+def is_weekend(day: np.ndarray | int) -> np.ndarray:
+    """Saturday or Sunday of a day number; day 0 (1970-01-01) was a Thursday. The one weekend
+    rule: scoring, the simulated campus and calibration all ask here."""
+    return (np.asarray(day) + 3) % 7 >= 5
+
+
 def day_number(d: date) -> int:
     return (d - EPOCH).days
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from backend.core.calendar import TermCalendar
+from backend.core.calendar import TermCalendar, is_weekend
 
 # Event kinds the scoring layer distinguishes; every other type is code 0 ("other").
 KIND_CODES: dict[str, int] = {
@@ -147,11 +147,6 @@ def session_ms(duration_s: np.ndarray) -> np.ndarray:
 
 def session_minutes(ms: np.ndarray) -> np.ndarray:
     return ms / MS_PER_MINUTE
-
-
-def is_weekend(day: np.ndarray | int) -> np.ndarray:
-    """Saturday or Sunday; day 0 (1970-01-01) was a Thursday."""
-    return (np.asarray(day) + 3) % 7 >= 5
 
 
 _DAY_TABLE_SPAN = 1 << 18  # day ranges up to this (or the column's length) go through a table

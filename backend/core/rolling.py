@@ -29,7 +29,7 @@ from backend.core.activity import (
     activity_from,
     index_from_sums,
 )
-from backend.core.calendar import TermCalendar
+from backend.core.calendar import TermCalendar, is_weekend
 from backend.core.features import (
     FIRST_NONE,
     HOUR_COS,
@@ -47,7 +47,6 @@ from backend.core.features import (
     PurchaseSpan,
     UserSums,
     features_from,
-    is_weekend,
     purchase_span,
     session_ms,
     usual_hour,
