@@ -32,11 +32,11 @@ import yaml
 
 from backend.clock import FixedClock, from_ms
 from backend.core.calendar import china_day, china_hour, day_start_ms
-from backend.core.policy import HOLDOUT, NOT_ELIGIBLE, REASONS, SEND, SKIPPED, Decisions, Policy
+from backend.core.policy import HOLDOUT, REASONS, SEND, SKIPPED, Decisions, Policy
 from backend.core.policy.guards import HOUR_MS
 from backend.core.policy.spec import CHANNELS
 from backend.core.uplift import UpliftModel
-from simulator.campaign import VISIT_MINUTE, job_ms
+from simulator.campaign import VISIT_MINUTE, job_ms, nothing_decided
 from simulator.model import CampusModel
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
@@ -306,17 +306,7 @@ class EndToEndModel(CampusModel):
         from backend.store.models import Touch
 
         n = len(self.state)
-        d = Decisions(
-            status=np.full(n, NOT_ELIGIBLE, dtype=np.int8),
-            reason=np.zeros(n, dtype=np.int8),
-            arm=np.full(n, -1, dtype=np.int16),
-            step=np.full(n, -1, dtype=np.int8),
-            channel=np.full(n, -1, dtype=np.int8),
-            send_hour=np.full(n, -1, dtype=np.int8),
-            defer_days=np.zeros(n, dtype=np.int8),
-            quiet_deferred=np.zeros(n, dtype=bool),
-            cost_fen=np.zeros(n, dtype=np.int64),
-        )
+        d = nothing_decided(n)
         arms = {a.name: i for i, a in enumerate(self.campaign.policy.arms)}
         rows = Touch.select().where((Touch.tenant == self.tenant_id) & (Touch.day == day))
         for t in rows:
