@@ -184,6 +184,13 @@ class TouchLog:
         self.days: list[DayTouches] = []  # sent and held-out touches: measured
         self.skipped: list[DayTouches] = []  # skips (the ledger's), never measured
         self.redeemed_today: dict[int, tuple[int, int]] = {}  # user -> (touch day, step)
+        self.redeemed_face_today = 0  # face value of the coupons redeemed today, fen
+
+    def spent_on(self, day: int) -> int:
+        """Money actually spent on `day` (fen): fees of the messages decided and sent that
+        day, plus the face value of the coupons redeemed that day (docs/simulator.md)."""
+        fees = sum(int(b.message_cost_fen.sum()) for b in self.days if b.day == day)
+        return fees + self.redeemed_face_today
 
     def add(self, block: DayTouches) -> None:
         """Keep a day's touches: the measured ones apart from the skips, which only the
@@ -222,6 +229,7 @@ class TouchLog:
         window = window_days * MS_PER_DAY
         used_coupon = np.zeros(campus.visited.size, dtype=bool)
         self.redeemed_today = {}
+        self.redeemed_face_today = 0
         for b in self.recent(today - window_days - RETENTION_TAIL_DAYS - 1):
             o, u = b.outcome, b.user
             at = visit_ms(today, usual_hour[u])  # the block's users' visit times only
@@ -255,6 +263,7 @@ class TouchLog:
         idx = idx[first]
         b.outcome["redeemed"][idx] = True
         used_coupon[u[idx]] = True
+        self.redeemed_face_today += int(b.coupon_face_fen[idx].sum())
         for i in idx.tolist():
             self.redeemed_today[int(u[i])] = (b.day, int(b.step[i]))
 

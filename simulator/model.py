@@ -236,6 +236,9 @@ class CampusModel(mesa.Model):
                 "quiet_deferred": lambda m: m._quiet(),
                 "group_active": lambda m: m._group_active(),
                 "committed_cost_fen": lambda m: m._committed_cost(),
+                "spent_cost_fen": lambda m: (
+                    0 if m.campaign is None else m.campaign.log.spent_on(m.day - 1)
+                ),
                 # rank_by uplift: "model" (a fitted learner ranked the day), "risk" (none
                 # yet: production's fallback), "" for other policies or no decision.
                 "uplift_ranking": lambda m: (

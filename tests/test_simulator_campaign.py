@@ -261,3 +261,16 @@ def test_defaults_reproduce_the_playbooks_blanket_and_retention_figures():
     assert mean["blanket_holdout"] < mean["blanket_recall"], runs
     assert 0.35 <= mean["coupon_d30"] / mean["content_d30"] <= 0.75, runs
     assert 0.10 <= mean["coupon_d30"] <= 0.35 and 0.25 <= mean["content_d30"] <= 0.55, runs
+
+
+def test_the_daily_money_spent_adds_up_to_the_results_cost():
+    """The report's cost line draws money actually spent (fees of the messages sent, face
+    value of the coupons redeemed) day by day; over the run it is the results' cost, which is
+    not the committed value of every coupon sent."""
+    from simulator.run import load_policy, run_simulation
+
+    out = run_simulation(load_policy("coupon_blast"), users=800, days=30, seed=2)
+    spent = sum(out["daily"]["spent_cost_fen"])
+    cost = sum(g["coupon_cost"] + g["message_cost"] for g in out["arms"].values())
+    assert spent == cost > 0
+    assert spent < sum(out["daily"]["committed_cost_fen"])

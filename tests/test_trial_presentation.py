@@ -89,7 +89,7 @@ def test_the_report_shows_the_month_every_pair_and_the_power_warning_in_chinese(
     # Chinese labels, and a percentage point is said in Chinese
     body = page.split("<script")[0]
     assert "个百分点" in body and " pp" not in body
-    assert "承诺成本（非实际花费）" in page  # the daily cost line is labelled as committed
+    assert "实际花费" in page and "承诺成本（非实际花费）" not in page  # money spent, drawn
 
 
 def test_unknowns_are_said_unknown_not_zero():
