@@ -9,9 +9,13 @@ one coupon) with those content brought back (golden_window's caring messages and
 The source's figures: blanket recall about 15% (`coupon_blast`), tiered recall about 35%
 (`tiered`), and coupon-recalled students keeping about half the D30 retention of
 content-recalled ones (19% vs 38%). The simulated campus meets the first and the third; the
-tiered figure is not met (about 4% among the lapsed it targets: its content arm reaches the
-active, who count as retention, and its care arm's lapsed start at the day-11 coupon) — see
-docs/simulator.md.
+tiered figure is not met (about 4% among the lapsed it targets: its journey starts at 3
+silent days, so students lapsing during the trial are first decided while active and count
+as retention; its lapsed first decisions are the students already silent 11-28 days at the
+trial's start, reached first by the care arm's day-11 coupon). That is who is picked, not how
+they answer: with the golden window off tiered still reaches only 12-17% (blanket 26-27%).
+The blanket's 15% itself rests on the campus at the default 28-day warm-up (12-13% after 56
+days, 8-9% after 90); docs/simulator.md has the measurements.
 """
 
 from __future__ import annotations

@@ -251,8 +251,9 @@ def test_defaults_reproduce_the_playbooks_blanket_and_retention_figures():
     """SEED_DIGEST §6, counted as the report counts (recall among the lapsed at decision,
     first decisions, the holdout's lapsed beside): blanket recall ~15%, and coupon-recalled
     students keep about half the D30 retention of content-recalled ones (19% vs 38%). Pooled
-    over three seeds, with two-sided bands. Tiered's ~35% is not met by today's response model
-    (about 4%; docs/simulator.md) and is not asserted."""
+    over three seeds, with two-sided bands. Tiered's ~35% is not met (about 4%: its lapsed first
+    decisions are the backlog silent 11-28 days at the trial's start, not a response-model
+    matter; docs/simulator.md) and is not asserted."""
     from simulator.targets import measure
 
     runs = [measure(users=4000, days=120, seed=s) for s in (1, 2, 3)]
