@@ -189,7 +189,12 @@ class TouchLog:
     def spent_on(self, day: int) -> int:
         """Money actually spent on `day` (fen): fees of the messages decided and sent that
         day, plus the face value of the coupons redeemed that day (docs/simulator.md)."""
-        fees = sum(int(b.message_cost_fen.sum()) for b in self.days if b.day == day)
+        fees = 0
+        for b in reversed(self.days):  # blocks are kept in day order: only the newest are read
+            if b.day < day:
+                break
+            if b.day == day:
+                fees += int(b.message_cost_fen.sum())
         return fees + self.redeemed_face_today
 
     def add(self, block: DayTouches) -> None:
