@@ -18,7 +18,10 @@ the threshold in one of the first two (core.tiers, first match wins), so the two
 for users flagged at risk by their score alone.
 
 **Retained at D7 / D30** (metrics.RETENTION_DAYS, RETENTION_WINDOW_DAYS): a visit on a day in
-[return + d, return + d + 7); known once that week has passed.
+[return + d, return + d + 7); known once that week has passed. `retained_on` counts it in days
+for the simulator's daily books; production's attribution (services/attribution.py) counts the
+same weeks from the same constants in milliseconds from the return, and the fast = end-to-end
+test holds the two equal touch by touch.
 """
 
 from __future__ import annotations

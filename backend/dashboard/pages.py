@@ -6,8 +6,6 @@ Each page gathers its numbers from the services the admin API and `python app.py
 
 from __future__ import annotations
 
-import json
-
 from flask import current_app, g, render_template, request
 from markupsafe import Markup
 
@@ -84,9 +82,8 @@ def overview():
 def _lapsed_after_days() -> int:
     """The silence (term days) past which a user counts as lapsed at decision, for the
     page's explanation (core.recall: the tenant's churn-risk silence threshold)."""
-    settings = json.loads(g.tenant.settings or "{}")
     try:
-        return TierConfig.from_settings(settings.get("tiers")).risk_silent_days
+        return scoring.tier_config(g.tenant).risk_silent_days
     except ValueError:  # settings are checked when saved; the defaults if ever not
         return TierConfig().risk_silent_days
 

@@ -15,7 +15,6 @@ detect its effect at 80% power, and how many days that takes at its current volu
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from backend.core import metrics
 from backend.core.calendar import day_date
 from backend.core.recall import lapsed_at_decision
 from backend.core.tiers import TierConfig
+from backend.services.scoring import tier_config
 from backend.store.db import database
 from backend.store.models import Policy, Tenant, Touch
 
@@ -157,8 +157,7 @@ def load(
 def _tier_config(tenant_id: int) -> TierConfig:
     """The tenant's tier thresholds (its `tiers` settings over the defaults), which say who
     was lapsed at decision."""
-    settings = json.loads(Tenant.get_by_id(tenant_id).settings or "{}")
-    return TierConfig.from_settings(settings.get("tiers"))
+    return tier_config(Tenant.get_by_id(tenant_id))
 
 
 def _per_user(t: TouchColumns):

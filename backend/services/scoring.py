@@ -55,9 +55,14 @@ def load_calendar(settings: dict) -> TermCalendar:
         raise ValueError(f"calendar {settings.get('calendar')!r} cannot be read: {exc}") from None
 
 
+def tier_config(tenant: Tenant) -> TierConfig:
+    """The tenant's tier thresholds: its `tiers` settings over the defaults. Scoring, the
+    report's "lapsed at decision" and the dashboard's explanation all read them here."""
+    return TierConfig.from_settings(json.loads(tenant.settings or "{}").get("tiers"))
+
+
 def tenant_setup(tenant: Tenant) -> tuple[TermCalendar, TierConfig]:
-    settings = json.loads(tenant.settings or "{}")
-    return load_calendar(settings), TierConfig.from_settings(settings.get("tiers"))
+    return load_calendar(json.loads(tenant.settings or "{}")), tier_config(tenant)
 
 
 @dataclass
