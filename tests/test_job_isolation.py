@@ -202,6 +202,17 @@ def test_an_unreadable_policy_is_a_409_or_named_on_every_page_not_a_500(app, cli
     assert client.get("/admin/policies/stale").status_code == 409
 
 
+def test_activating_an_unreadable_policy_is_the_same_409_as_its_preview(app, client, tenant):
+    """Activate reads the stored source as preview does: unreadable is a 409, not a 400."""
+    add_policy(client, tenant, STALE, active=False)
+    with app.app_context():
+        PolicyRow.update(source=UNREADABLE).where(PolicyRow.name == "stale").execute()
+    resp = client.post("/admin/v1/policies/stale/activate", headers=tenant.admin)
+    assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "policy_unreadable"
+    with app.app_context():
+        assert not PolicyRow.get(PolicyRow.name == "stale").active
+
+
 # -- event triggers -------------------------------------------------------------------------------
 
 

@@ -108,7 +108,12 @@ def replace_policy(name: str):
 
 
 @bp.post("/policies/<name>/activate")
-@documented("Let the campaign job run this policy", response=POLICY_OUT, auth="api_key")
+@documented(
+    "Let the campaign job run this policy",
+    response=POLICY_OUT,
+    auth="api_key",
+    errors=(400, 404, 409),
+)
 @require_api_key
 def activate_policy(name: str):
     return jsonify(policies.as_dict(policies.set_active(g.tenant_id, name, True, _now_ms())))

@@ -201,7 +201,8 @@ def replace(tenant_id: int, name: str, body: dict, now_ms: int) -> PolicyRow:
 def set_active(tenant_id: int, name: str, active: bool, now_ms: int) -> PolicyRow:
     row = get(tenant_id, name)
     if active:
-        check_coupons(tenant_id, parse(row.source))  # a source that no longer loads: a 400
+        # a stored source the parser now refuses is a 409 policy_unreadable, as on preview
+        check_coupons(tenant_id, readable(row))
     with write_transaction():
         PolicyRow.update(active=active, updated_ms=now_ms).where(PolicyRow.id == row.id).execute()
     return get(tenant_id, name)
