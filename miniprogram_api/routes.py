@@ -109,13 +109,19 @@ def _limited_code_exchange(tenant: Tenant, code: str) -> wechat.WechatIdentity:
     address = request.remote_addr or "unknown"
     limit = cfg["LOGIN_PER_ADDRESS_PER_MIN"]
     ratelimit.enforce(f"mp-login:{address}", limit, LOGIN_WINDOW_MS, now, "too many logins")
-    failures = [
-        ratelimit.enforce(key, limit, LOGIN_WINDOW_MS, now, "too many failed logins")
-        for key, limit in (
-            (f"mp-login-failed-addr:{address}", cfg["LOGIN_FAILURES_PER_ADDRESS_PER_MIN"]),
-            (f"mp-login-failed:{tenant.id}", cfg["LOGIN_FAILURES_PER_TENANT_PER_MIN"]),
-        )
-    ]
+    failures: list[ratelimit.Reservation] = []
+    for key, limit in (
+        (f"mp-login-failed-addr:{address}", cfg["LOGIN_FAILURES_PER_ADDRESS_PER_MIN"]),
+        (f"mp-login-failed:{tenant.id}", cfg["LOGIN_FAILURES_PER_TENANT_PER_MIN"]),
+    ):
+        try:
+            failures.append(
+                ratelimit.enforce(key, limit, LOGIN_WINDOW_MS, now, "too many failed logins")
+            )
+        except ApiError:
+            for reservation in failures:  # no exchange happened: nothing failed
+                ratelimit.refund(reservation)
+            raise
     identity = wechat.code_to_session(current_app.extensions["wechat_client"](), code)
     for reservation in failures:  # the exchange worked: not a failure
         ratelimit.refund(reservation)

@@ -291,6 +291,24 @@ def test_one_address_probing_with_junk_codes_stops_before_the_tenant_does(live_a
     assert _mp_login(client, "bad_x", address="10.7.0.2").status_code == 400
 
 
+def test_an_address_refused_by_the_tenant_breaker_keeps_its_own_failures(live_app, fake, clock):
+    """The tenant-wide breaker refusing means no exchange happened: the address's failure
+    reservation taken just before is given back, so it is not locked out once the tenant's
+    window ends."""
+    client = live_app.test_client()
+    for i in range(3):  # the tenant's failures are used up by other addresses
+        assert _mp_login(client, f"bad_{i}", address=f"10.5.0.{i}").status_code == 400
+    clock.advance(seconds=50)
+    for i in range(2):  # refused by the tenant, as many as the address's own failure limit
+        resp = _mp_login(client, f"bad_refused_{i}", address="10.5.1.1")
+        assert resp.status_code == 429 and resp.get_json()["error"]["code"] == "rate_limited"
+    asked = len(fake.requests_to(LOGIN_PATH))
+    clock.advance(seconds=11)  # the tenant's window has ended, the address's has not
+    resp = _mp_login(client, "bad_again", address="10.5.1.1")
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_code"
+    assert len(fake.requests_to(LOGIN_PATH)) == asked + 1
+
+
 def test_parallel_junk_logins_reach_wechat_at_most_the_tenant_ceiling(live_app, fake):
     def junk(i: int) -> int:
         with live_app.test_client() as client:
