@@ -148,32 +148,25 @@ def power_line(plan: dict | None, name: str) -> str:
 
 def pooled(result: dict) -> dict:
     """What production's report would show for this policy: recall among the users lapsed at
-    decision (core.recall) on both sides, every arm against the holdout users who would have
-    received it, each user counted once (at their first decision), the arms combined weighted
-    by their lapsed treated users (a stratified difference whose interval combines the arms'
-    half-widths in quadrature); beside it the twin's truth for the same users, weighted the
-    same way. `treated` and `holdout_users` are the lapsed users compared (the recall rates'
-    n, and what the power plan counts); the active users' returns are retention, not here."""
+    decision (core.recall) on both sides, each user counted once (at their first decision),
+    and one `metrics.newcombe_diff` of all the policy's lapsed treated users against its lapsed
+    holdout — the same call backend/services/reports.py makes, not a second formula. Beside it
+    the twin's truth for the same users, the arms' true effects weighted by their lapsed treated
+    users. `treated` and `holdout_users` are the lapsed users compared (the recall rates' n,
+    and what the power plan counts); the active users' returns are retention, not here."""
     names = [n for n in result["arms"] if n != "holdout"]
     arms = [result["arms"][n] for n in names]
     held = result["arms"]["holdout"]
     treated = sum(g["lapsed"] for g in arms)
     recalled = sum(g["recalled"] for g in arms)
-    parts = [
-        (result["uplift"][n]["recall_rate"], result["uplift"][n]["true_uplift"]["recall_rate"], g)
+    incremental = metrics.newcombe_diff(
+        recalled, treated, held["recalled"], held["lapsed"]
+    ).as_dict()
+    true = [
+        (result["uplift"][n]["true_uplift"]["recall_rate"], g["lapsed"])
         for n, g in zip(names, arms, strict=True)
     ]
-    est = [(d, g["lapsed"]) for d, _, g in parts if d["diff"] is not None]
-    weight = sum(n for _, n in est)
-    if weight:
-        diff = sum(d["diff"] * n for d, n in est) / weight
-        lo = diff - sum(((d["diff"] - d["lo"]) * n / weight) ** 2 for d, n in est) ** 0.5
-        hi = diff + sum(((d["hi"] - d["diff"]) * n / weight) ** 2 for d, n in est) ** 0.5
-        notes = sorted({d["note"] for d, _ in est if d["note"]})
-        incremental = {"diff": diff, "lo": lo, "hi": hi, "note": "; ".join(notes)}
-    else:
-        incremental = {"diff": None, "lo": None, "hi": None, "note": "no holdout to compare"}
-    true = [(t, g["lapsed"]) for _, t, g in parts if t is not None]
+    true = [(t, n) for t, n in true if t is not None]
     true_weight = sum(n for _, n in true)
     return {
         "treated": treated,
