@@ -6,6 +6,7 @@ import logging
 from functools import cache
 
 from flask import Flask, jsonify
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from backend import config, errors
@@ -28,6 +29,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.config.setdefault("CLOCK", SystemClock())
     if overrides:
         app.config.update(overrides)
+    proxies = app.config["TRUSTED_PROXIES"]
+    if proxies > 0:  # the client's address is the one the nearest of these proxies saw
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # At DEBUG these log full URLs and SQL parameters: app secret, login codes, access tokens.
     for chatty in ("urllib3", "peewee"):

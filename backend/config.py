@@ -39,6 +39,10 @@ def from_env(instance_path: str) -> dict:
         "DELIVERY_MAX_ATTEMPTS": int(os.environ.get("HUILIU_SEND_ATTEMPTS", 5)),
         "MAX_CONTENT_LENGTH": int(os.environ.get("HUILIU_MAX_BODY_BYTES", 2 * 1024 * 1024)),
         "TOKEN_TTL_S": int(os.environ.get("HUILIU_TOKEN_TTL_S", 7200)),
+        # Reverse proxies in front that append X-Forwarded-For/-Proto (0: none, the headers
+        # are ignored). Behind one, every client has the proxy's address, so without this the
+        # per-address limits would be one limit for everybody.
+        "TRUSTED_PROXIES": int(os.environ.get("HUILIU_TRUSTED_PROXIES", 0)),
         # Live-mode mini-program logins (each one spends the app's code2Session quota): per
         # client address per minute, failed code exchanges per address per minute, and failed
         # exchanges per tenant per minute (a high circuit breaker: a low one would let a few

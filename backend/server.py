@@ -8,7 +8,8 @@ Three guards beyond gunicorn's defaults:
   (default 60 s); the master then forks a fresh worker. Only the application's own time
   counts: `guard` reads the whole body before it starts the clock and stops it while the
   response is written, because a client that is slow to send or to read must not make the
-  worker (and every other request in it) die.
+  worker (and every other request in it) die. It reads no more than the request's own route
+  accepts: a larger Content-Length is a 413 unread, a chunked body is cut off at the limit.
 - A client timeout. gthread reads headers and bodies from blocking sockets with no timeout, so
   a client that sends half a request and waits held a thread for ever. Every connection gets a
   kernel read and write timeout (`HUILIU_CLIENT_TIMEOUT_S`, default 30 s): a stalled body is
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 DEFAULT_CLIENT_TIMEOUT_S = 30.0
+# The one route that accepts more than MAX_CONTENT_LENGTH (backend/admin/routes.py).
+IMPORT_PATH = "/admin/v1/events/import"
 # Exit code of a worker the watchdog ended (not gunicorn's 3 or 4, which halt the master).
 WATCHDOG_EXIT = 70
 
@@ -122,21 +125,29 @@ class _BodyTimeout(Exception):
     """The client stopped sending its body for longer than the client timeout."""
 
 
-def _read_body(environ: dict, max_bytes: int, spool_bytes: int) -> io.IOBase | None:
-    """The request body, read to its end (a chunked one to at most `max_bytes` + 1, which every
-    route refuses), as a file to hand the application in place of the socket; None to leave
-    the input as is.
+class _BodyTooLarge(Exception):
+    """The body is over the limit of the route it is for (said by Content-Length, or a
+    chunked body that went past it)."""
 
-    A body the headers say is larger than `max_bytes` is not read: werkzeug answers 413 from
-    Content-Length alone. Above `spool_bytes` the body goes to a temporary file, so a client
-    cannot make a worker hold many large bodies in memory.
+
+def _read_body(environ: dict, max_bytes: int, spool_bytes: int) -> io.IOBase | None:
+    """The request body, read to its end, as a file to hand the application in place of the
+    socket; None to leave the input as is.
+
+    `max_bytes` is the limit of the route the request is for: a body the headers say is larger
+    is refused unread, and a chunked one is cut off one byte past it (`_BodyTooLarge` both
+    times), so a client cannot make a worker read and store more than that route accepts.
+    Above `spool_bytes` the body goes to a temporary file, so a client cannot make a worker
+    hold many large bodies in memory.
     """
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH") or ""
     chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
     if length.isdigit():
         want = int(length)
-        if want == 0 or want > max_bytes:
+        if want > max_bytes:
+            raise _BodyTooLarge
+        if want == 0:
             return None
     elif chunked:
         want = max_bytes + 1
@@ -161,8 +172,10 @@ def _read_body(environ: dict, max_bytes: int, spool_bytes: int) -> io.IOBase | N
         body.close()
         raise ConnectionAbortedError("the client closed the connection mid-body")
     if chunked:
-        # Now of known length: werkzeug answers 413 for one over the route's limit (a chunked
-        # stream it would cut at the limit and hand on), and reads the rest as usual.
+        if got > max_bytes:
+            body.close()
+            raise _BodyTooLarge
+        # Now of known length: werkzeug reads it as usual.
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         environ["CONTENT_LENGTH"] = str(got)
     body.seek(0)
@@ -216,13 +229,32 @@ class _Timed:
                 self._body.close()
 
 
-def guard(app: Callable, clock: RequestClock, max_body: int, spool_bytes: int) -> Callable:
-    """WSGI middleware: read the whole body first, then time the application's work."""
+def guard(
+    app: Callable,
+    clock: RequestClock,
+    max_body: int,
+    spool_bytes: int,
+    route_limits: dict[str, int] | None = None,
+) -> Callable:
+    """WSGI middleware: read the whole body first, then time the application's work.
+
+    `max_body` is every route's body limit but those in `route_limits` (path: limit): a body
+    over its route's limit is a 413 before any of it is read (chunked: before more is).
+    """
+    limits = route_limits or {}
 
     def guarded(environ: dict, start_response):
         what = f"{environ.get('REQUEST_METHOD', '')} {escape_for_log(environ.get('PATH_INFO', ''))}"
+        limit = limits.get(environ.get("PATH_INFO", ""), max_body)
         try:
-            body = _read_body(environ, max_body, spool_bytes)
+            body = _read_body(environ, limit, spool_bytes)
+        except _BodyTooLarge:
+            return _error(
+                start_response,
+                "413 Request Entity Too Large",
+                "payload_too_large",
+                f"request body exceeds the limit of {limit} bytes for this endpoint",
+            )
         except _BodyTimeout:
             return _error(
                 start_response,
@@ -311,13 +343,22 @@ class _Gunicorn(BaseApplication):
     def load(self):
         # Each worker builds its own app (and database connections) after forking.
         from backend import create_app
-        from backend.admin.routes import MAX_IMPORT_BODY
 
         app = create_app()
-        usual = app.config["MAX_CONTENT_LENGTH"]
         self.requests = RequestClock()
-        inner = self.wrap(app) if self.wrap else app
-        return guard(inner, self.requests, max(usual, MAX_IMPORT_BODY), usual)
+        return guarded_app(app, self.requests, self.wrap)
+
+
+def guarded_app(
+    app, clock: RequestClock, wrap: Callable[[Callable], Callable] | None = None
+) -> Callable:
+    """The Flask `app` (wrapped by `wrap`) inside the guard, with each route's body limit: the
+    app's MAX_CONTENT_LENGTH, and the historical import's larger one on its path only."""
+    from backend.admin.routes import MAX_IMPORT_BODY
+
+    usual = app.config["MAX_CONTENT_LENGTH"]
+    inner = wrap(app) if wrap else app
+    return guard(inner, clock, usual, usual, {IMPORT_PATH: max(usual, MAX_IMPORT_BODY)})
 
 
 def run(

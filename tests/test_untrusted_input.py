@@ -335,16 +335,88 @@ def test_the_guard_reads_the_body_before_the_watchdog_clock_starts():
     assert call(io.BytesIO(b"x" * 50), "50") == b"ok"
     assert seen == {"running": ["POST /p\\x0a"], "body": b"x" * 50, "length": "50"}
     assert clock.overdue(-1.0) == []  # stopped once the response was produced
-    # a chunked body is read to at most one byte over the limit, and given its length (so
-    # werkzeug refuses it with a 413 instead of cutting it at the route's limit)
+    # a chunked body is given its length, and one over the limit is a 413 from the guard
     chunked = {"HTTP_TRANSFER_ENCODING": "chunked"}
     assert call(io.BytesIO(b"y" * 30), "", **chunked) == b"ok" and seen["length"] == "30"
-    assert call(io.BytesIO(b"y" * 500), "", **chunked) == b"ok"
-    assert (seen["body"], seen["length"]) == (b"y" * 101, "101")
     seen.clear()
+    big = io.BytesIO(b"y" * 500)
+    assert b'"payload_too_large"' in call(big, "", **chunked) and statuses[-1].startswith("413")
+    assert big.tell() == 101 and seen == {}  # cut off one byte past the limit
     assert b'"request_timeout"' in call(Stalled(), "50") and statuses[-1].startswith("408")
     assert b'"incomplete_body"' in call(io.BytesIO(b"x" * 5), "50")
     assert statuses[-1].startswith("400") and seen == {} and clock.overdue(-1.0) == []
+
+
+class _Counted(io.RawIOBase):
+    """A client's body of `size` bytes, made as it is read, counting what the server read."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.read_bytes = 0
+
+    def read(self, n=-1):
+        n = self.size - self.read_bytes if n is None or n < 0 else n
+        n = min(n, self.size - self.read_bytes)
+        self.read_bytes += n
+        return b"{" + b" " * (n - 1) if n else b""
+
+
+def test_the_guard_holds_each_route_to_its_own_body_limit(app):
+    """The serving guard (as `serve` builds it) reads no more than the request's route takes.
+
+    Before, it read up to the import's 16 MiB on every route: a 15 MiB POST to the login
+    (limit 2 MiB) was read and spooled whole before werkzeug's 413."""
+    from backend.admin.routes import MAX_IMPORT_BODY
+    from backend.server import IMPORT_PATH, guarded_app
+
+    assert IMPORT_PATH in {rule.rule for rule in app.url_map.iter_rules()}
+    usual = app.config["MAX_CONTENT_LENGTH"]
+    assert MAX_IMPORT_BODY > 15 * 1024 * 1024 > usual
+    guarded = guarded_app(app, RequestClock())
+
+    def post(path: str, stream: _Counted, length: str, **headers: str) -> tuple[str, dict]:
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": path,
+            "SERVER_NAME": "localhost",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": io.StringIO(),
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": length,
+            "wsgi.input": stream,
+            **headers,
+        }
+        statuses: list[str] = []
+        result = guarded(environ, lambda status, headers: statuses.append(status))
+        try:
+            return statuses[-1], json.loads(b"".join(result))
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+
+    big = 15 * 1024 * 1024
+    body = _Counted(big)
+    status, reply = post("/mp/v1/login", body, str(big))
+    assert status.startswith("413") and body.read_bytes <= 64 * 1024, body.read_bytes
+    assert reply["error"] == {
+        "code": "payload_too_large",
+        "message": f"request body exceeds the limit of {usual} bytes for this endpoint",
+    }
+    # chunked: cut off just past the route's limit
+    body = _Counted(big)
+    status, reply = post("/mp/v1/login", body, "", HTTP_TRANSFER_ENCODING="chunked")
+    assert status.startswith("413") and body.read_bytes == usual + 1
+    assert str(usual) in reply["error"]["message"]
+    # the import takes the same body: read whole and handed on (a 401: no API key)
+    body = _Counted(big)
+    status, reply = post(IMPORT_PATH, body, str(big))
+    assert status.startswith("401") and body.read_bytes == big
+    body = _Counted(MAX_IMPORT_BODY + 1)
+    status, reply = post(IMPORT_PATH, body, str(MAX_IMPORT_BODY + 1))
+    assert status.startswith("413") and body.read_bytes == 0
+    assert str(MAX_IMPORT_BODY) in reply["error"]["message"]
 
 
 def _free_port() -> int:
@@ -714,7 +786,7 @@ def test_a_stored_row_the_parser_now_refuses_does_not_break_the_list(app, client
     assert listed.status_code == 200
     assert "aliases are expanded" in listed.get_json()["policies"][0]["error"]
     on = client.post("/admin/v1/policies/old/activate", headers=tenant.admin)
-    assert on.status_code == 400 and on.get_json()["error"]["code"] == "too_many_aliases"
+    assert on.status_code == 409 and on.get_json()["error"]["code"] == "policy_unreadable"
 
 
 def test_a_policy_that_does_not_load_as_stored_is_not_committed(app, client, tenant, monkeypatch):
