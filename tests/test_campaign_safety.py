@@ -606,6 +606,33 @@ def test_payment_failed_event_gets_a_card_shown_once(
     assert "payment_failed" not in run_job(app, tenant)["policies"]
 
 
+def test_a_card_that_cannot_be_shown_is_not_marked_opened(
+    app, client, tenant, kicked, payment_failed_tenant
+):
+    """A card skipped because its policy's stored source no longer reads was never shown: it
+    stays unopened (the funnel counts only shown cards) and is shown once the policy is fixed."""
+    treated, _ = payment_failed_tenant
+    h = login(client, tenant, treated[0])
+    payment_failed(client, h, "pf-skip", NOW - 60_000)
+    for t in kicked:
+        t.join(timeout=10)
+    with app.app_context():
+        row = PolicyRow.get(PolicyRow.name == "payment_failed")
+        source = row.source
+        PolicyRow.update(source="name: payment_failed\nsurprise: yes\n").where(
+            PolicyRow.id == row.id
+        ).execute()
+    assert cards(client, h) == []
+    with app.app_context():
+        touch = Touch.get(Touch.policy == row.id)
+        assert touch.status == "sent" and touch.opened_ms is None
+        PolicyRow.update(source=source).where(PolicyRow.id == row.id).execute()
+    shown = cards(client, h)
+    assert [(c["id"], c["title"]) for c in shown] == [(touch.id, PAY_AGAIN_TITLE)]
+    with app.app_context():
+        assert Touch.get_by_id(touch.id).opened_ms is not None
+
+
 def test_payment_failed_event_older_than_an_hour_triggers_nothing(
     app, client, tenant, kicked, payment_failed_tenant
 ):

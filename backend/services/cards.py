@@ -66,7 +66,7 @@ def take_cards(tenant: Tenant, user_id: int, now_ms: int) -> list[dict]:
                 "coupon_id": t.coupon_id,
             }
         )
-    if rows:
+    if cards:  # only cards actually shown are opened: a skipped one must not inflate the funnel
         with write_transaction():
-            Touch.update(opened_ms=now_ms).where(Touch.id.in_([t.id for t in rows])).execute()
+            Touch.update(opened_ms=now_ms).where(Touch.id.in_([c["id"] for c in cards])).execute()
     return cards
