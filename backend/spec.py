@@ -15,6 +15,14 @@ from jsonschema import Draft202012Validator
 from backend.core import documents
 from backend.errors import ApiError
 
+# What any route that reads a body can answer besides its own errors.
+BODY_ERRORS = frozenset({400, 408, 413})
+RETRY_AFTER = {
+    "description": "seconds until the limit lets this client try again (sent with "
+    "rate_limited; WeChat's wechat_rate_limited has none: retry in a minute)",
+    "schema": {"type": "integer", "minimum": 0},
+}
+
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["error"],
@@ -163,7 +171,11 @@ def openapi(app: Flask) -> dict:
                         "content": {"application/json": {"schema": doc.response or {}}},
                     }
                 }
-                codes = set(doc.errors) | {400} if doc.request else set(doc.errors)
+                codes = set(doc.errors)
+                if doc.request:
+                    # 400 a body that cannot be read (or ends early: incomplete_body), 413
+                    # one over the route's limit, 408 one that stops arriving (`serve`'s guard)
+                    codes |= BODY_ERRORS
                 if doc.auth:
                     codes.add(401)
                 for code in sorted(codes):
@@ -171,6 +183,8 @@ def openapi(app: Flask) -> dict:
                         "description": "error",
                         "content": {"application/json": {"schema": ERROR_SCHEMA}},
                     }
+                    if code == 429:
+                        responses[str(code)]["headers"] = {"Retry-After": RETRY_AFTER}
                 op["responses"] = responses
                 if doc.auth == "bearer":
                     op["security"] = [{"bearer": []}]

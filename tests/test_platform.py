@@ -39,10 +39,15 @@ def test_openapi_documents_every_route_with_schemas(client, app):
             op = doc["paths"][path][method.lower()]
             assert op["summary"] != "UNDOCUMENTED", path
             assert op["responses"], path
+            if "requestBody" in op:  # too large, stalled or cut short, wherever a body is read
+                assert {"400", "408", "413"} <= set(op["responses"]), (path, method)
+            if "429" in op["responses"]:
+                assert "Retry-After" in op["responses"]["429"]["headers"], (path, method)
     events = doc["paths"]["/mp/v1/events"]["post"]
     item = events["requestBody"]["content"]["application/json"]["schema"]["properties"]["events"]
     assert item["maxItems"] == 500
     assert set(item["items"]["required"]) == {"id", "type", "ts"}
+    assert "429" in doc["paths"]["/mp/v1/login"]["post"]["responses"]  # the header's checked
     redeem = doc["paths"]["/mp/v1/coupons/{coupon_id}/redeem"]["post"]
     assert redeem["parameters"][0]["schema"]["type"] == "integer"
 
