@@ -43,6 +43,7 @@ from datetime import date
 
 import numpy as np
 
+from backend.core import metrics
 from backend.core.calendar import day_date
 from backend.core.policy import Policy
 from backend.core.policy.spec import CHANNELS, MESSAGE_KINDS
@@ -52,7 +53,6 @@ from simulator.params import SimParams
 MIN_TOUCHES = 50  # first decisions on each side (treated, holdout) of a cell
 PRIOR_SD = 2.0  # the factor's prior around the current table: ×0..×5 within 2 sd
 SIM_USERS = (8_000, 40_000)  # the simulated campus: 4 × the tenant's users, within these
-Z95 = 1.959964
 
 
 @dataclass(frozen=True)
@@ -80,14 +80,12 @@ class TouchColumns:
         return TouchColumns(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
 
     def first_decisions(self) -> TouchColumns:
-        """Each user's first decided touch per policy (earliest day, then step)."""
+        """Each user's first decided touch per policy (earliest day, then step): the live
+        report's rule (`metrics.first_per_user`), keyed by policy and user together."""
         if self.user.size == 0:
             return self
-        order = np.lexsort((self.step, self.day, self.user, self.policy))
-        key = np.stack([self.policy[order], self.user[order]])
-        first = np.ones(order.size, dtype=bool)
-        first[1:] = np.any(key[:, 1:] != key[:, :-1], axis=0)
-        return self.take(np.sort(order[first]))
+        key = self.policy.astype(np.int64) * (int(self.user.max()) + 1) + self.user
+        return self.take(np.sort(metrics.first_per_user(key, self.day * 10 + self.step)))
 
 
 @dataclass(frozen=True)
@@ -207,10 +205,7 @@ def simulated_effects(
         step=col("step").astype(np.int64),
     )
     effect = col("returned").astype(float) - col("returned_twin").astype(float)
-    order = np.lexsort((sims.step, sims.day, sims.user))
-    keep = np.ones(order.size, dtype=bool)
-    keep[1:] = sims.user[order][1:] != sims.user[order][:-1]
-    pick = order[keep]
+    pick = metrics.first_per_user(sims.user, sims.day * 10 + sims.step)
     pick = pick[~sims.holdout[pick]]
     out: dict[tuple[str, str], tuple[int, float, float]] = {}
     for k, t, e in zip(sims.kind[pick], sims.tier[pick], effect[pick], strict=True):
@@ -254,8 +249,8 @@ def fit_factors(cells: dict[tuple[str, str], Cell]) -> dict[str, dict]:
                 "simulated_effect": round(den / sum(c.treated for c in use), 5),
                 "raw_factor": round(raw, 4),
                 "factor_se": round(se, 4),
-                "lo": round(raw - Z95 * se, 4),
-                "hi": round(raw + Z95 * se, 4),
+                "lo": round(raw - metrics.Z95 * se, 4),
+                "hi": round(raw + metrics.Z95 * se, 4),
                 "shrinkage": round(1.0 - weight, 4),
                 "factor": round(factor, 4),
                 "fitted": True,
@@ -298,8 +293,8 @@ def cell_rows(cells: dict[tuple[str, str], Cell], factors: dict[str, dict]) -> l
             "treated_rate": round(rt, 4),
             "holdout_rate": round(rh, 4),
             "effect": round(eff, 4),
-            "lo": round(eff - Z95 * se, 4),
-            "hi": round(eff + Z95 * se, 4),
+            "lo": round(eff - metrics.Z95 * se, 4),
+            "hi": round(eff + metrics.Z95 * se, 4),
             "simulated_effect": None if not np.isfinite(sim) else round(sim, 5),
             "simulated_n": c.sim_n,
             "ratio": round(eff / sim, 3) if np.isfinite(sim) and sim > 0 else None,
