@@ -40,11 +40,13 @@ def lapsed_recall(result: dict, holdout: bool = False) -> dict:
 
 
 def _retention_d30(result: dict) -> float | None:
-    """D30 retention of the treated students recalled, pooled over the policy's arms."""
+    """D30 retention of the treated students recalled, pooled over the policy's arms: the
+    retained over the recalled whose D30 is known (each arm's `retention_d30_n`, not all it
+    recalled: a return too late in the trial has no D30 yet)."""
     arms = [g for name, g in result["arms"].items() if name != "holdout"]
-    known = [(g["retention_d30"], g["recalled"]) for g in arms if g["retention_d30"] is not None]
-    n = sum(w for _, w in known)
-    return sum(r * w for r, w in known) / n if n else None
+    known = [g for g in arms if g["retention_d30"] is not None]
+    k = sum(round(g["retention_d30"] * g["retention_d30_n"]) for g in known)
+    return rate(k, sum(g["retention_d30_n"] for g in known)).rate
 
 
 def measure(users: int = 4000, days: int = 120, seed: int = 1, params=None) -> dict:

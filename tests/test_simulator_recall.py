@@ -159,3 +159,17 @@ def test_the_holdout_estimate_is_the_reports_one_newcombe_difference():
     assert est["treated"] == 500 and est["recalled"] == 130 and est["holdout_users"] == 200
     assert est["incremental"] == metrics.newcombe_diff(130, 500, 30, 200).as_dict()
     assert est["true_incremental"] == pytest.approx((0.2 * 400 + 0.05 * 100) / 500)
+
+
+def test_playbook_d30_pools_over_the_students_whose_d30_is_known():
+    # The arms' D30 rates are pooled k/n over their D30 denominators, not weighted by all
+    # they recalled (the recent returns have no D30 yet).
+    from simulator.targets import _retention_d30
+
+    arms = {
+        "a": {"retention_d30": 0.5, "retention_d30_n": 10, "recalled": 100},
+        "b": {"retention_d30": 0.1, "retention_d30_n": 90, "recalled": 100},
+        "c": {"retention_d30": None, "retention_d30_n": 0, "recalled": 5},
+        "holdout": {"retention_d30": 0.9, "retention_d30_n": 50, "recalled": 50},
+    }
+    assert _retention_d30({"arms": arms}) == pytest.approx((5 + 9) / 100)
