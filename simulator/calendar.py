@@ -8,9 +8,9 @@ from pathlib import Path
 import yaml
 
 from backend.core.calendar import (
-    CALENDAR_FILES,
     TermCalendar,
     calendar_from_spec,
+    check_calendar_name,
     exam_ranges,
     is_weekend,
 )
@@ -26,8 +26,7 @@ class CampusCalendar:
 
     @classmethod
     def load(cls, name: str) -> CampusCalendar:
-        if name not in CALENDAR_FILES:
-            raise ValueError(f"calendar {name!r} is not one of {', '.join(CALENDAR_FILES)}")
+        check_calendar_name(name)
         spec = yaml.safe_load((SEEDS / name).read_text(encoding="utf-8"))
         return cls(calendar_from_spec(spec), exam_ranges(spec))
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from backend.core import documents
-from backend.core.calendar import CALENDAR_FILES, DEFAULT_CALENDAR
+from backend.core.calendar import DEFAULT_CALENDAR, check_calendar_name
 from simulator.response import ResponseParams
 
 MAX_PARAMS_BYTES = 1024 * 1024  # a calibrated file is a few kB
@@ -101,8 +101,7 @@ class SimParams:
                 raise ValueError(f"persona {p.name}: half-life and order value must be positive")
             if not 0 <= p.follows_friends <= 1:
                 raise ValueError(f"persona {p.name}: follows_friends must be between 0 and 1")
-        if self.calendar not in CALENDAR_FILES:
-            raise ValueError(f"calendar must be one of {', '.join(CALENDAR_FILES)}")
+        check_calendar_name(self.calendar)
         if self.friends_per_user < 0 or not 0 <= self.friend_leave_threshold <= 1:
             raise ValueError("friends_per_user must be >= 0 and friend_leave_threshold in 0..1")
         self.response_params()

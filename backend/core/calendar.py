@@ -20,6 +20,16 @@ DEFAULT_CALENDAR = "campus_calendar.yaml"
 CALENDAR_FILES = (DEFAULT_CALENDAR,)
 
 
+def check_calendar_name(name: str) -> None:
+    """Refuse a calendar name outside CALENDAR_FILES: the one check the tenant settings, the
+    scoring loader and the simulator all make, so none of them reads another file in seeds/."""
+    if name not in CALENDAR_FILES:
+        allowed = ", ".join(CALENDAR_FILES)
+        raise ValueError(
+            f"calendar {name!r} is not one of the calendar files: calendar must be one of {allowed}"
+        )
+
+
 def china_day(ts_ms: np.ndarray | int) -> np.ndarray:
     """Day number (days since 1970-01-01) of a UTC epoch-ms time, in China time."""
     return (np.asarray(ts_ms, dtype=np.int64) + CHINA_OFFSET_MS) // MS_PER_DAY

@@ -16,10 +16,10 @@ import yaml
 
 from backend.core.bgnbd import BgNbdParams
 from backend.core.calendar import (
-    CALENDAR_FILES,
     DEFAULT_CALENDAR,
     TermCalendar,
     calendar_from_spec,
+    check_calendar_name,
     china_day,
     china_hour,
     day_date,
@@ -47,8 +47,7 @@ def load_calendar(settings: dict) -> TermCalendar:
     spec = settings.get("calendar", DEFAULT_CALENDAR)
     try:
         if isinstance(spec, str):
-            if spec not in CALENDAR_FILES:
-                raise ValueError(f"calendar {spec!r} is not one of {', '.join(CALENDAR_FILES)}")
+            check_calendar_name(spec)
             spec = yaml.safe_load((SEEDS_DIR / spec).read_text(encoding="utf-8"))
         return calendar_from_spec(spec)
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:

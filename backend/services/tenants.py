@@ -6,8 +6,10 @@ import json
 from functools import cache
 
 from backend.auth import new_api_key
+from backend.core.calendar import CALENDAR_FILES as CALENDAR_FILES  # re-exported: admin routes
+from backend.core.calendar import check_calendar_name
 from backend.errors import ApiError
-from backend.services.scoring import CALENDAR_FILES, load_calendar
+from backend.services.scoring import load_calendar
 from backend.store.db import database
 from backend.store.models import Merchant, Tenant
 
@@ -52,14 +54,13 @@ def update_settings(tenant: Tenant, changes: dict) -> dict:
 
     merged = {**settings(tenant), **changes}
     calendar = merged.get("calendar")
-    if isinstance(calendar, str) and calendar not in CALENDAR_FILES:
-        allowed = ", ".join(CALENDAR_FILES)
-        raise ApiError(
-            400,
-            "invalid_settings",
-            f"calendar {calendar!r} is not a calendar file; name one of: {allowed} "
-            "(or give the breaks themselves)",
-        )
+    if isinstance(calendar, str):
+        try:
+            check_calendar_name(calendar)
+        except ValueError as exc:
+            raise ApiError(
+                400, "invalid_settings", f"{exc} (or give the breaks themselves)"
+            ) from None
     try:
         TierConfig.from_settings(merged.get("tiers"))
         load_calendar(merged)
