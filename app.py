@@ -2,7 +2,7 @@
 
 from flask.cli import FlaskGroup
 
-from backend import create_app
+from backend.app import create_app
 
 __all__ = ["create_app"]
 

@@ -46,6 +46,7 @@ from timing import timed
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from backend.core import seeds  # noqa: E402
 from backend.core.policy.decide import (  # noqa: E402
     HOLDOUT,
     SEND,
@@ -72,7 +73,6 @@ DAY = 20522  # 2026-03-10, a term-time Tuesday
 SALT = "bench-campus"
 TARGET_S = 2.0
 POLICIES = ["tiered", "golden_window", "coupon_blast", "uplift"]
-POLICY_DIR = ROOT / "seeds" / "policies"
 COUPON_FACE_FEN = 500
 
 # Share of users whose usual China hour is each hour: meals, and late-night snacks.
@@ -85,8 +85,7 @@ SEGMENT_SHARES = np.array([0.08, 0.12, 0.10, 0.12, 0.06, 0.14, 0.18, 0.20])
 
 def load_policies() -> dict[str, Policy]:
     return {
-        name: parse_policy((POLICY_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
-        for name in POLICIES
+        name: parse_policy(seeds.preset_path(name).read_text(encoding="utf-8")) for name in POLICIES
     }
 
 

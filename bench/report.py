@@ -83,6 +83,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from backend.core import seeds  # noqa: E402
 from backend.core.calendar import CHINA_OFFSET_MS, MS_PER_DAY, day_number  # noqa: E402
 from backend.core.policy.guards import QUIET_END_HOUR, QUIET_START_HOUR  # noqa: E402
 from backend.core.policy.spec import CHANNELS, parse_policy  # noqa: E402
@@ -104,7 +105,6 @@ DAYS = 120
 TOUCH_DAYS = 60
 LIFETIME_DAYS = 75
 RESPONSE_SHARE = 0.03
-POLICY_DIR = ROOT / "seeds" / "policies"
 POLICY_SHARES = {"tiered": 0.45, "golden_window": 0.35, "coupon_blast": 0.20}
 COUPON = "专属回归券满15减5"  # the presets' coupon template
 COUPON_FACE_FEN, COUPON_MIN_SPEND_FEN, COUPON_VALIDITY_DAYS = 500, 1500, 7
@@ -751,7 +751,7 @@ def main() -> None:
     args = parser.parse_args()
     repeats = max(1, args.repeats)
 
-    sources = {n: (POLICY_DIR / f"{n}.yaml").read_text(encoding="utf-8") for n in POLICY_SHARES}
+    sources = {n: seeds.preset_path(n).read_text(encoding="utf-8") for n in POLICY_SHARES}
     policies = [parse_policy(sources[n]) for n in POLICY_SHARES]
     windows = {p.name: p.attribution_window_days for p in policies}
     if len(set(windows.values())) != 1:

@@ -65,14 +65,13 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-import yaml
 from timing import timed
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend.core import bgnbd  # noqa: E402
-from backend.core.calendar import TermCalendar, day_number  # noqa: E402
+from backend.core import bgnbd, seeds  # noqa: E402
+from backend.core.calendar import DEFAULT_CALENDAR, TermCalendar, day_number  # noqa: E402
 from backend.core.features import KIND_CODES, EventColumns, OrderColumns  # noqa: E402
 from backend.core.scoring import score_users  # noqa: E402
 from backend.core.tiers import TIERS, TierConfig  # noqa: E402
@@ -86,7 +85,6 @@ MAX_T = 365  # term days of history for the oldest customers
 TRUE_PARAMS = bgnbd.BgNbdParams(r=0.25, alpha=4.0, a=0.8, b=2.5)  # per term day
 SCORE_TARGET_S = 5.0
 FIT_TARGET_SPEEDUP = 5.0
-CALENDAR_FILE = ROOT / "seeds" / "campus_calendar.yaml"
 
 # Share of sessions starting in each China-time hour: breakfast, lunch, dinner, late snacks.
 HOUR_PROFILE = np.array(
@@ -102,17 +100,6 @@ EXTRAS = (
     ("invite", 0.012, 0.02),
     ("review", 0.0, 0.18),
 )
-
-
-def load_calendar() -> TermCalendar:
-    spec = yaml.safe_load(CALENDAR_FILE.read_text(encoding="utf-8"))
-    ranges = []
-    for item in spec.get("breaks", []):
-        first, last = item["from"], item["to"]
-        first = first if isinstance(first, date) else date.fromisoformat(first)
-        last = last if isinstance(last, date) else date.fromisoformat(last)
-        ranges.append((first, last))
-    return TermCalendar.from_dates(ranges)
 
 
 class TermClock:
@@ -325,7 +312,7 @@ def main() -> None:
     args = parser.parse_args()
     n, repeats = args.users, max(1, args.repeats)
 
-    calendar = load_calendar()
+    calendar = seeds.load_calendar(DEFAULT_CALENDAR)
     as_of = day_number(AS_OF)
     config = TierConfig()
     rng = np.random.default_rng(args.seed)

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
-
+from backend.core import seeds
 from backend.core.calendar import (
     TermCalendar,
     calendar_from_spec,
-    check_calendar_name,
     exam_ranges,
     is_weekend,
 )
 from simulator.params import SimParams
-
-SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 
 
 @dataclass(frozen=True)
@@ -26,8 +21,7 @@ class CampusCalendar:
 
     @classmethod
     def load(cls, name: str) -> CampusCalendar:
-        check_calendar_name(name)
-        spec = yaml.safe_load((SEEDS / name).read_text(encoding="utf-8"))
+        spec = seeds.calendar_spec(name)
         return cls(calendar_from_spec(spec), exam_ranges(spec))
 
     def factor(self, day: int, params: SimParams) -> tuple[float, bool]:

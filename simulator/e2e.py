@@ -30,16 +30,20 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from backend.clock import FixedClock, from_ms
+from backend.core import seeds
 from backend.core.calendar import china_day, china_hour, day_start_ms
+from backend.core.clock import FixedClock, from_ms
 from backend.core.policy import HOLDOUT, REASONS, SEND, SKIPPED, Decisions, Policy
 from backend.core.policy.guards import HOUR_MS
 from backend.core.policy.spec import CHANNELS
 from backend.core.uplift import UpliftModel
+from backend.services import coupons, policies, tenants
+from backend.store import db as store_db
+from backend.store.migrations import migrate
+from backend.web.app import create_web_app
 from simulator.campaign import VISIT_MINUTE, job_ms, nothing_decided
 from simulator.model import CampusModel
 
-SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 STATUS = {"queued": SEND, "sending": SEND, "sent": SEND, "failed": SEND, "expired": SEND}
 STATUS |= {"held_out": HOLDOUT, "skipped": SKIPPED}
 
@@ -162,13 +166,8 @@ def new_backend(
 ):
     """A fresh app and database with one campus tenant, the demo coupons and `policy` (live
     unless `active` is false)."""
-    from backend import create_app
-    from backend.services import coupons, policies, tenants
-    from backend.store import db as store_db
-    from backend.store.migrations import migrate
-
     clock = FixedClock(from_ms(day_start_ms(start_day)))
-    app = create_app(
+    app = create_web_app(
         {
             "DATABASE_URL": f"sqlite:///{db_path}",
             "CLOCK": clock,
@@ -178,7 +177,7 @@ def new_backend(
             "TESTING": True,
         }
     )
-    spec = yaml.safe_load((SEEDS / "demo_tenant.yaml").read_text(encoding="utf-8"))
+    spec = yaml.safe_load(seeds.DEMO_TENANT.read_text(encoding="utf-8"))
     with app.app_context():
         now = clock.now_ms()
         migrate(store_db.database, now)
@@ -427,7 +426,7 @@ class EndToEndModel(CampusModel):
 
 def coupon_terms() -> dict[str, tuple[int, int]]:
     """(face value, minimum spend) of the demo tenant's coupons: what the e2e tenant issues."""
-    spec = yaml.safe_load((SEEDS / "demo_tenant.yaml").read_text(encoding="utf-8"))
+    spec = yaml.safe_load(seeds.DEMO_TENANT.read_text(encoding="utf-8"))
     return {t["name"]: (t["amount_off_fen"], t["min_spend_fen"]) for t in spec["coupon_templates"]}
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.core import metrics, paired
+from backend.core import metrics, paired, seeds
 from backend.core.display import pct as _pct
 from backend.core.display import pp, pp_interval, ratio
 from backend.core.policy import Policy, parse_policy
@@ -15,7 +15,6 @@ from simulator.model import CampusModel
 from simulator.params import SimParams
 from simulator.results import play
 
-PRESETS = Path(__file__).resolve().parent.parent / "seeds" / "policies"
 # The preset policies hand out this coupon; its face value is what a redemption costs.
 DEFAULT_COUPONS = {"专属回归券满15减5": (500, 1500)}  # face value, minimum spend
 
@@ -24,9 +23,9 @@ def policy_path(ref: str) -> Path:
     """A preset name (seeds/policies/NAME.yaml) or a path to a policy file."""
     path = Path(ref)
     if not path.exists():
-        path = PRESETS / f"{ref}.yaml"
+        path = seeds.preset_path(ref)
     if not path.exists():
-        names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+        names = seeds.preset_names()
         raise ValueError(f"no policy file {ref!r} and no preset of that name; presets: {names}")
     return path
 

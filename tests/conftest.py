@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 import pytest
 from werkzeug.serving import make_server
 
-from backend import create_app
-from backend.clock import FixedClock
+from backend.app import create_app
+from backend.core.clock import FixedClock
 from backend.services import tenants
 from backend.store import db as store_db
 from backend.store.migrations import migrate

@@ -13,8 +13,8 @@ import pytest
 from conftest import build_app, close_app, make_tenant
 from test_simulator_calibrate import api_events
 
-from backend.clock import FixedClock, from_ms
 from backend.core.calendar import day_start_ms
+from backend.core.clock import FixedClock, from_ms
 from backend.core.policy import parse_policy
 from backend.core.policy.spec import CHANNELS, MESSAGE_KINDS
 from backend.core.tiers import TIERS

@@ -27,8 +27,8 @@ import pytest
 from conftest import T0, login
 from test_campaigns import POLICY, add_policy, import_history, run_job, statuses
 
-from backend.clock import FixedClock, from_ms, to_ms
 from backend.core.calendar import CHINA_OFFSET_MS, MS_PER_DAY, china_day
+from backend.core.clock import FixedClock, from_ms, to_ms
 from backend.core.policy.allocation import salt_of, stable_unit
 from backend.core.policy.guards import HOUR_MS, next_allowed_ms
 from backend.services import campaigns, delivery
@@ -177,8 +177,8 @@ def cli_env(db_url: str, now_ms: int, crash: bool = False) -> dict:
 CLI_AT = """
 import os, sys
 from flask.cli import FlaskGroup
-from backend import create_app
-from backend.clock import FixedClock, from_ms
+from backend.app import create_app
+from backend.core.clock import FixedClock, from_ms
 clock = FixedClock(from_ms(int(os.environ["TEST_NOW_MS"])))
 group = FlaskGroup(create_app=lambda: create_app({"CLOCK": clock}), add_default_commands=False)
 group.main(args=sys.argv[1:], prog_name="app.py")

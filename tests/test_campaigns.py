@@ -8,8 +8,8 @@ import textwrap
 import pytest
 from conftest import T0
 
-from backend.clock import FixedClock, from_ms
 from backend.core.calendar import china_day
+from backend.core.clock import FixedClock, from_ms
 from backend.services import campaigns, delivery
 from backend.services.channels import channels_for
 from backend.store.models import Policy as PolicyRow

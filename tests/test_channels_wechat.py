@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import pytest
 from conftest import T0, TenantInfo, build_app, close_app, make_tenant
 
-from backend.clock import FixedClock, from_ms
 from backend.core.calendar import MS_PER_DAY, china_day, day_start_ms
+from backend.core.clock import FixedClock, from_ms
 from backend.services import campaigns, delivery
 from backend.services.channels import channels_for
 from backend.store.models import SubscriptionAllowance, Tenant, Touch, User

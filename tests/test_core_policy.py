@@ -19,6 +19,7 @@ import yaml
 from scipy import stats
 from scipy.special import expit
 
+from backend.core import seeds
 from backend.core.policy import guards
 from backend.core.policy.allocation import pick_by_weight, salt_of, stable_unit, thompson
 from backend.core.policy.decide import (
@@ -46,7 +47,7 @@ from backend.core.tiers import ACTIVE, LOW, RISK
 from backend.core.uplift import fit_logistic, fit_two_model, predict_uplift
 
 ROOT = Path(__file__).resolve().parent.parent
-PRESETS = sorted((ROOT / "seeds" / "policies").glob("*.yaml"))
+PRESETS = sorted(seeds.POLICIES_DIR.glob("*.yaml"))
 R = {name: i for i, name in enumerate(REASONS)}
 SALT = "tenant-1"
 DAY = 20522  # 2026-03-10

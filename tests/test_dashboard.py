@@ -429,7 +429,7 @@ def test_user_lookup_shows_tier_reasons_touches_and_consent(app, client, tenant,
 
 
 def test_every_guard_reason_has_a_chinese_label():
-    from backend.dashboard.labels import GUARD_ZH
+    from backend.web.dashboard.labels import GUARD_ZH
 
     assert set(REASONS[1:]) <= set(GUARD_ZH)
 
@@ -491,7 +491,7 @@ def test_too_many_running_trials_are_refused(app, client, tenant, clock):
 
 
 def test_too_many_wrong_sign_ins_from_one_address_are_refused_for_a_while(client, tenant, clock):
-    from backend.dashboard.session import FAILED_WINDOW_MS, MAX_FAILED_SIGN_INS
+    from backend.web.dashboard.session import FAILED_WINDOW_MS, MAX_FAILED_SIGN_INS
 
     for _ in range(MAX_FAILED_SIGN_INS):
         assert sign_in(client, "hl_00000000_guess").status_code == 401
@@ -650,8 +650,8 @@ def load_description(name: str) -> str:
 
 
 def test_the_default_trial_is_sized_by_the_rule_and_says_why(app, client, tenant, monkeypatch):
-    from backend.dashboard import trials
     from backend.services import simulations
+    from backend.web.dashboard import trials
 
     size = trials.default_size()
     assert size.decisive  # the presets (and the merchant's policy) get a decisive verdict

@@ -17,7 +17,7 @@ from conftest import build_app, close_app, make_tenant
 from dashboard_campus import build
 from werkzeug.serving import make_server
 
-from backend.clock import FixedClock
+from backend.core.clock import FixedClock
 
 SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -26,7 +26,7 @@ from test_campaign_safety import (
 )
 from test_campaigns import POLICY, add_policy
 
-from backend.clock import FixedClock, from_ms
+from backend.core.clock import FixedClock, from_ms
 from backend.services import campaigns, coupons, delivery
 from backend.services import channels as channels_module
 from backend.services.channels import Outcome, channels_for

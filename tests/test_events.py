@@ -6,7 +6,7 @@ import json
 
 from conftest import T0, login
 
-from backend.clock import to_ms
+from backend.core.clock import to_ms
 from backend.store.models import Event, Order, User
 
 NOW = to_ms(T0)

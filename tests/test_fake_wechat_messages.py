@@ -16,7 +16,7 @@ import pytest
 import requests
 from wechatpy.exceptions import APILimitedException, WeChatClientException
 
-from backend.clock import SystemClock
+from backend.core.clock import SystemClock
 from backend.services.wechat import make_client
 from fake_wechat.server import (
     SUBSCRIBE_SEND_PATH,

@@ -7,8 +7,8 @@ import pytest
 from conftest import build_app, close_app
 from dashboard_campus import sign_in
 
-from backend import config
-from backend.dashboard.session import MAX_FAILED_SIGN_INS
+from backend.web import config
+from backend.web.dashboard.session import MAX_FAILED_SIGN_INS
 
 PROXY = "127.0.0.1"
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import build_app, close_app, make_tenant
 
-from backend.clock import FixedClock, from_ms
 from backend.core.calendar import day_start_ms
+from backend.core.clock import FixedClock, from_ms
 from backend.core.features import KIND_CODES
 from backend.core.policy.spec import MESSAGE_KINDS
 from backend.store import db as store_db

@@ -94,7 +94,7 @@ def test_messages_bring_users_back_compared_with_their_twins():
 def test_simulate_command_writes_the_contract_json_and_is_reproducible(tmp_path):
     import json
 
-    from backend import create_app
+    from backend.app import create_app
 
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})
     outputs = []
@@ -150,7 +150,7 @@ def test_simulate_command_writes_the_contract_json_and_is_reproducible(tmp_path)
 
 
 def test_an_unknown_policy_is_a_clear_error(tmp_path):
-    from backend import create_app
+    from backend.app import create_app
 
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})
     result = app.test_cli_runner().invoke(args=["simulate", "--policy", "nope"])
@@ -161,7 +161,7 @@ def test_an_unknown_policy_is_a_clear_error(tmp_path):
 def test_compare_ranks_policies_on_the_same_campus(tmp_path):
     import json
 
-    from backend import create_app
+    from backend.app import create_app
 
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})
     path = tmp_path / "cmp.json"
@@ -221,7 +221,7 @@ def test_the_holdout_interval_covers_the_true_effect_about_95_percent_of_the_tim
 def test_html_report_is_one_offline_file_with_the_charts(tmp_path):
     import re
 
-    from backend import create_app
+    from backend.app import create_app
 
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})
     path = tmp_path / "report.html"
@@ -240,7 +240,7 @@ def test_html_report_is_one_offline_file_with_the_charts(tmp_path):
 
 
 def test_compare_needs_two_policies(tmp_path):
-    from backend import create_app
+    from backend.app import create_app
 
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})
     result = app.test_cli_runner().invoke(args=["compare", "--policy", "tiered"])

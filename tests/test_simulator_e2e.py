@@ -19,10 +19,10 @@ from backend.core.calendar import MS_PER_DAY
 from backend.core.metrics import first_per_user
 from backend.core.policy import HOLDOUT, SEND, SKIPPED, parse_policy
 from backend.core.recall import lapsed_at_decision
+from backend.core.seeds import POLICIES_DIR as PRESETS
 from simulator.campaign import HELD_OUT, SENT, DayTouches, job_ms
 from simulator.e2e import EndToEndModel, coupon_terms
 from simulator.model import CampusModel
-from simulator.run import PRESETS
 
 
 def decisions_by_user(d) -> dict[int, tuple]:
@@ -251,7 +251,7 @@ def test_the_end_to_end_users_really_went_through_the_api(ram_dir):
 def test_simulate_e2e_command_reports_from_the_backend_database(tmp_path):
     import json
 
-    from backend import create_app
+    from backend.app import create_app
 
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})
     out = tmp_path / "e2e.json"

@@ -10,8 +10,8 @@ import json
 import pytest
 
 from backend.core.policy import parse_policy
+from backend.core.seeds import POLICIES_DIR as PRESETS
 from simulator.campaign import EVENT_TRIGGERS
-from simulator.run import PRESETS
 
 FILES = sorted(PRESETS.glob("*.yaml"))
 
@@ -24,7 +24,7 @@ def test_the_presets_are_all_here():
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
 def test_every_preset_runs_through_simulate(tmp_path, path):
-    from backend import create_app
+    from backend.app import create_app
 
     policy = parse_policy(path.read_text(encoding="utf-8"))
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})

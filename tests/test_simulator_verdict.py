@@ -60,7 +60,7 @@ def test_paired_intervals_cover_the_population_effect_about_95_percent_of_the_ti
 
 
 def test_compare_with_replicates_is_reproducible_and_ranks_by_the_objective(tmp_path):
-    from backend import create_app
+    from backend.app import create_app
 
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "TESTING": True})
     args = ["compare", "--policy", "tiered", "--policy", "coupon_blast", "--users", "400"]

@@ -44,7 +44,7 @@ def _in_parallel(n: int, work) -> list:
 
 
 def test_parallel_wrong_passwords_get_at_most_the_limit_of_checks(live_server, tenant, monkeypatch):
-    from backend.dashboard.session import MAX_FAILED_SIGN_INS
+    from backend.web.dashboard.session import MAX_FAILED_SIGN_INS
 
     real_check = tenants.check_dashboard_password
     checks = []
@@ -76,7 +76,7 @@ def test_parallel_wrong_passwords_get_at_most_the_limit_of_checks(live_server, t
 
 
 def test_a_successful_sign_in_does_not_count_against_the_limit(app, client, tenant):
-    from backend.dashboard.session import MAX_FAILED_SIGN_INS
+    from backend.web.dashboard.session import MAX_FAILED_SIGN_INS
 
     for _ in range(MAX_FAILED_SIGN_INS - 1):
         assert sign_in(client, "hl_00000000_guess").status_code == 401
@@ -330,7 +330,7 @@ def test_dev_mode_logins_are_not_limited(app, client, tenant):
 
 
 def test_an_oversized_import_is_told_its_own_limit(app, client, tenant):
-    from backend.admin.routes import MAX_IMPORT_BODY
+    from backend.web.admin.routes import MAX_IMPORT_BODY
 
     body = b'{"events": [], "pad": "' + b"x" * (MAX_IMPORT_BODY + 1024) + b'"}'
     resp = client.post(

@@ -547,7 +547,7 @@ KNOWN |= {k: ["2026-03-10"] for k in ("date", "from", "to")} | {"policy": ["x"]}
 
 def test_a_new_route_it_cannot_fill_fails_the_sweep(app, client):
     """Nobody adds a route without saying how to try it against another tenant."""
-    from backend.spec import documented
+    from backend.web.openapi import documented
 
     @documented("a route added later", auth="api_key")
     def gadget(gadget_id: str):
@@ -559,7 +559,7 @@ def test_a_new_route_it_cannot_fill_fails_the_sweep(app, client):
 
 
 def test_a_new_route_with_a_body_it_has_no_body_for_fails_the_sweep(app, client):
-    from backend.spec import documented
+    from backend.web.openapi import documented
 
     @documented("a route added later", request={"type": "object"}, auth="api_key")
     def gadgets():

@@ -13,8 +13,8 @@ import re
 from conftest import login
 from itsdangerous import URLSafeSerializer
 
-from backend.auth import TOKEN_SALT
 from backend.store.models import Coupon, User
+from backend.web.auth import TOKEN_SALT
 
 
 def bearer_routes(client) -> list[tuple[str, str, dict]]:

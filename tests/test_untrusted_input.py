@@ -32,7 +32,7 @@ from test_campaigns import POLICY
 from backend.core import documents
 from backend.core.documents import DocumentError
 from backend.core.policy import PolicyError, parse_policy
-from backend.server import RequestClock, SafeAccessLogger, escape_for_log, guard, watch
+from backend.web.server import RequestClock, SafeAccessLogger, escape_for_log, guard, watch
 from simulator.params import SimParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -366,8 +366,8 @@ def test_the_guard_holds_each_route_to_its_own_body_limit(app):
 
     Before, it read up to the import's 16 MiB on every route: a 15 MiB POST to the login
     (limit 2 MiB) was read and spooled whole before werkzeug's 413."""
-    from backend.admin.routes import MAX_IMPORT_BODY
-    from backend.server import IMPORT_PATH, guarded_app
+    from backend.web.admin.routes import MAX_IMPORT_BODY
+    from backend.web.server import IMPORT_PATH, guarded_app
 
     assert IMPORT_PATH in {rule.rule for rule in app.url_map.iter_rules()}
     usual = app.config["MAX_CONTENT_LENGTH"]
@@ -438,7 +438,7 @@ def _get(url: str, timeout: float) -> tuple[int, bytes]:
 # the only hook, and only tests pass it.
 SERVE_WITH_HANG = """
 import sys, time
-from backend.server import run
+from backend.web.server import run
 
 def hang(app):
     def wrapped(environ, start_response):

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import peewee as pw
 
-from backend.clock import china_iso
 from backend.core.calendar import MS_PER_DAY, china_day, day_date
+from backend.core.clock import china_iso
 from backend.core.policy import (
     CHANNELS,
     HOLDOUT,
@@ -804,7 +804,7 @@ def _policy_summary(policy: Policy, pop: Population, d: Decisions) -> dict:
 
 def _sample(rows: list[dict], pop: Population, k: int = 10) -> list[dict]:
     openid = dict(zip(pop.user_ids.tolist(), pop.openids, strict=True))
-    from backend.clock import china_iso
+    from backend.core.clock import china_iso
 
     picked = [r for r in rows if r["status"] != "skipped"][:k]
     return [

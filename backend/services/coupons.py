@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import peewee as pw
 
-from backend.clock import china_iso
+from backend.core.clock import china_iso
 from backend.errors import ApiError
 from backend.store.db import database
 from backend.store.models import Coupon, CouponTemplate, Merchant, Order, User

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
-from backend.clock import china_iso
 from backend.core.calendar import MS_PER_DAY
+from backend.core.clock import china_iso
 from backend.core.policy import CHANNELS, Policy, PolicyError
 from backend.core.policy.guards import next_send_ms
 from backend.errors import ApiError

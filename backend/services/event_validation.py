@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from backend.clock import CHINA_TZ, to_ms
-from backend.spec import first_error, unstorable_value
+from backend.core.clock import CHINA_TZ, to_ms
+from backend.core.validation import first_error, unstorable_value
 
 MAX_PROPS_BYTES = 2048
 MAX_FUTURE_MS = 10 * 60 * 1000  # after skew correction, later than now + 10 min is refused

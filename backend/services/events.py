@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from backend.core.policy.spec import TRIGGER_EVENTS
+from backend.core.validation import first_error, unstorable_value
 from backend.errors import ApiError
 from backend.services.event_validation import (
     CleanEvent,
@@ -13,7 +14,6 @@ from backend.services.event_validation import (
     clean_event,
     skew_from_sent_at,
 )
-from backend.spec import first_error, unstorable_value
 from backend.store.db import write_transaction
 from backend.store.models import Coupon, Event, Merchant, Order, User
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import peewee
 
+from backend.core import seeds
 from backend.core.policy import Policy, PolicyError, parse_policy
 from backend.errors import ApiError
 from backend.store.db import write_transaction
@@ -16,17 +16,13 @@ from backend.store.models import Policy as PolicyRow
 
 log = logging.getLogger(__name__)
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "seeds" / "policies"
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-
 
 def preset_source(name: str) -> str:
-    path = PRESETS_DIR / f"{name}.yaml"
-    if name not in preset_names():
-        raise ApiError(404, "unknown_preset", f"no preset policy {name!r}; have {preset_names()}")
+    path = seeds.preset_path(name)
+    if name not in seeds.preset_names():
+        raise ApiError(
+            404, "unknown_preset", f"no preset policy {name!r}; have {seeds.preset_names()}"
+        )
     return path.read_text(encoding="utf-8")
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from backend.clock import china_iso
 from backend.core.calendar import day_date
+from backend.core.clock import china_iso
 from backend.services.coupons import coupon_dict
 from backend.store.db import database
 from backend.store.models import (

@@ -8,18 +8,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import peewee as pw
 import yaml
 
+from backend.core import seeds
 from backend.core.bgnbd import BgNbdParams
 from backend.core.calendar import (
     DEFAULT_CALENDAR,
     TermCalendar,
     calendar_from_spec,
-    check_calendar_name,
     china_day,
     china_hour,
     day_date,
@@ -34,7 +33,6 @@ from backend.errors import ApiError
 from backend.store.db import database
 from backend.store.models import Event, ModelFit, Order, ScoreSnapshot, Tenant, User
 
-SEEDS_DIR = Path(__file__).resolve().parent.parent.parent / "seeds"
 CHUNK = 500
 
 
@@ -47,8 +45,7 @@ def load_calendar(settings: dict) -> TermCalendar:
     spec = settings.get("calendar", DEFAULT_CALENDAR)
     try:
         if isinstance(spec, str):
-            check_calendar_name(spec)
-            spec = yaml.safe_load((SEEDS_DIR / spec).read_text(encoding="utf-8"))
+            spec = seeds.calendar_spec(spec)
         return calendar_from_spec(spec)
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"calendar {settings.get('calendar')!r} cannot be read: {exc}") from None

@@ -17,8 +17,8 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from backend.clock import china_iso
 from backend.core import paired
+from backend.core.clock import china_iso
 from backend.errors import ApiError
 from backend.store.db import is_sqlite, write_transaction
 from backend.store.models import SimulationRun, Tenant

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from functools import cache
 
-from backend.auth import new_api_key
+from werkzeug.security import check_password_hash, generate_password_hash
+
 from backend.core.calendar import CALENDAR_FILES as CALENDAR_FILES  # re-exported: admin routes
 from backend.core.calendar import check_calendar_name
 from backend.errors import ApiError
+from backend.services.keys import new_api_key
 from backend.services.scoring import load_calendar
 from backend.store.db import database
 from backend.store.models import Merchant, Tenant
@@ -77,8 +79,6 @@ MIN_PASSWORD_LENGTH = 10
 
 def set_dashboard_password(tenant: Tenant, password: str) -> None:
     """Store a salted scrypt hash; changing it ends every session made with the old one."""
-    from werkzeug.security import generate_password_hash
-
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ApiError(400, "password_too_short", f"use at least {MIN_PASSWORD_LENGTH} characters")
     Tenant.update(dashboard_password_hash=generate_password_hash(password)).where(
@@ -88,8 +88,6 @@ def set_dashboard_password(tenant: Tenant, password: str) -> None:
 
 def check_dashboard_password(appid: str, password: str) -> Tenant | None:
     """The tenant whose dashboard password this is, or None (no password set counts as no)."""
-    from werkzeug.security import check_password_hash
-
     tenant = by_appid(appid)
     stored = tenant.dashboard_password_hash if tenant else None
     if not stored:
@@ -101,6 +99,4 @@ def check_dashboard_password(appid: str, password: str) -> Tenant | None:
 
 @cache
 def _dummy_hash() -> str:
-    from werkzeug.security import generate_password_hash
-
     return generate_password_hash("not a password")

@@ -17,12 +17,14 @@ from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatClientException
 from wechatpy.session import SessionStorage
 
-from backend.clock import SystemClock
-from backend.config import DEFAULT_API_BASE
+from backend.core.clock import SystemClock
 from backend.errors import ApiError
 from backend.store.models import KeyValue
 
 log = logging.getLogger(__name__)
+
+
+DEFAULT_API_BASE = "https://api.weixin.qq.com/"  # WeChat's own; tests point elsewhere
 
 
 class WeChatAdapter(HTTPAdapter):

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import yaml
 
-from backend.auth import new_api_key
+from backend.core import seeds
 from backend.services import coupons, policies, tenants
+from backend.services.keys import new_api_key
 from backend.store.db import database
 from backend.store.models import CouponTemplate, Merchant
 
-SEEDS_DIR = Path(__file__).resolve().parent.parent / "seeds"
 
-
-def load_demo_tenant(now_ms: int, path: Path = SEEDS_DIR / "demo_tenant.yaml") -> tuple[str, str]:
+def load_demo_tenant(now_ms: int, path: Path = seeds.DEMO_TENANT) -> tuple[str, str]:
     """Create the demo tenant (or top it up) and return (appid, a new admin API key).
 
     Idempotent: merchants and templates are matched by code and name, so running it again

@@ -37,11 +37,13 @@ from collections.abc import Callable, Iterable
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
+from backend.web.app import create_web_app
+
 log = logging.getLogger(__name__)
 
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 DEFAULT_CLIENT_TIMEOUT_S = 30.0
-# The one route that accepts more than MAX_CONTENT_LENGTH (backend/admin/routes.py).
+# The one route that accepts more than MAX_CONTENT_LENGTH (backend/web/admin/routes.py).
 IMPORT_PATH = "/admin/v1/events/import"
 # Exit code of a worker the watchdog ended (not gunicorn's 3 or 4, which halt the master).
 WATCHDOG_EXIT = 70
@@ -84,7 +86,7 @@ class RequestClock:
     (`guard` starts it after the body is read and stops it while the response is written).
 
     Durations only, on the monotonic clock: a watchdog measures how long a request has run,
-    never the time of day (that comes from backend.clock).
+    never the time of day (that comes from backend.core.clock).
     """
 
     def __init__(self) -> None:
@@ -342,9 +344,7 @@ class _Gunicorn(BaseApplication):
 
     def load(self):
         # Each worker builds its own app (and database connections) after forking.
-        from backend import create_app
-
-        app = create_app()
+        app = create_web_app()
         self.requests = RequestClock()
         return guarded_app(app, self.requests, self.wrap)
 
@@ -354,7 +354,7 @@ def guarded_app(
 ) -> Callable:
     """The Flask `app` (wrapped by `wrap`) inside the guard, with each route's body limit: the
     app's MAX_CONTENT_LENGTH, and the historical import's larger one on its path only."""
-    from backend.admin.routes import MAX_IMPORT_BODY
+    from backend.web.admin.routes import MAX_IMPORT_BODY
 
     usual = app.config["MAX_CONTENT_LENGTH"]
     inner = wrap(app) if wrap else app

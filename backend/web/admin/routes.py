@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from backend.auth import require_api_key
-from backend.clock import china_iso
 from backend.core.calendar import china_day
+from backend.core.clock import china_iso
 from backend.errors import ApiError
 from backend.services import coupons, events, scoring, subscriptions, tenants, users
 from backend.services.event_validation import IMPORT_EARLIEST_MS, IMPORT_EVENT_SCHEMA
-from backend.spec import documented, read_json, validated
 from backend.store.models import Event, Order
+from backend.web.auth import require_api_key
+from backend.web.openapi import documented, read_json, validated
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/v1")
 

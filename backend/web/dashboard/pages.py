@@ -9,20 +9,20 @@ from __future__ import annotations
 from flask import current_app, g, render_template, request
 from markupsafe import Markup
 
-from backend.clock import china_iso
 from backend.core import charts
 from backend.core.calendar import china_day
+from backend.core.clock import china_iso
 from backend.core.policy.spec import CHANNELS
 from backend.core.tiers import TIERS, TierConfig
-from backend.dashboard import bp
-from backend.dashboard.labels import GUARD_ZH
-from backend.dashboard.session import login_required
 from backend.errors import ApiError
 from backend.services import campaigns, coupons, policies, reports, scoring, subscriptions, users
 from backend.services import overview as overview_data
 from backend.services.scoring import TIER_ZH
 from backend.store.models import ConsentLog, Event, Order, Touch, User
 from backend.store.models import Policy as PolicyRow
+from backend.web.dashboard import bp
+from backend.web.dashboard.labels import GUARD_ZH
+from backend.web.dashboard.session import login_required
 
 RECENT_TOUCHES = 50
 

@@ -7,7 +7,7 @@ import json
 import click
 from flask import Flask
 
-from backend.seeding import load_demo_tenant
+from backend.services.seeding import load_demo_tenant
 
 
 def _show(step: str, resp) -> dict:
@@ -81,7 +81,7 @@ def run_session(app: Flask) -> None:
     )
     _show("wallet", http.get("/mp/v1/coupons", headers=auth))
 
-    from backend.demo_campus import import_campus
+    from backend.commands.demo_campus import import_campus
 
     students, accepted = import_campus(app, appid, api_key)
     click.echo(

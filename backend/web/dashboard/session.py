@@ -18,12 +18,12 @@ from functools import wraps
 
 from flask import current_app, g, redirect, render_template, request, session, url_for
 
-from backend.auth import tenant_for_key
-from backend.dashboard import bp
 from backend.errors import ApiError
 from backend.services import ratelimit, tenants
+from backend.services.keys import tenant_for_key
 from backend.store.db import write_transaction
 from backend.store.models import ApiKey, KeyValue, Tenant
+from backend.web.dashboard import bp
 
 SESSION = "dash"
 CSRF = "csrf"

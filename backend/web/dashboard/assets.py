@@ -10,8 +10,8 @@ from __future__ import annotations
 from flask import Response, current_app, jsonify, render_template, request, send_file
 
 from backend.core import charts
-from backend.dashboard import bp
 from backend.errors import ApiError, error_body
+from backend.web.dashboard import bp
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "

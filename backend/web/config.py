@@ -7,7 +7,7 @@ import secrets
 from datetime import timedelta
 from pathlib import Path
 
-DEFAULT_API_BASE = "https://api.weixin.qq.com/"
+from backend.services.wechat import DEFAULT_API_BASE
 
 
 def default_database_url(instance_path: str) -> str:

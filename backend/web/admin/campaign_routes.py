@@ -6,17 +6,18 @@ import json
 
 from flask import current_app, g, jsonify, request
 
-from backend.admin.routes import bp
-from backend.auth import require_api_key
-from backend.clock import china_iso
+from backend.core import seeds
 from backend.core.calendar import china_day, day_date
+from backend.core.clock import china_iso
 from backend.core.policy import policy_schema
 from backend.core.policy.spec import NAME_PATTERN
 from backend.services import campaigns, policies, scoring, uplift, users
-from backend.spec import documented, validated
 from backend.store.db import write_transaction
 from backend.store.models import CampaignRun, Touch, User
 from backend.store.models import Policy as PolicyRow
+from backend.web.admin.routes import bp
+from backend.web.auth import require_api_key
+from backend.web.openapi import documented, validated
 
 POLICY_BODY = {
     "type": "object",
@@ -65,7 +66,7 @@ def list_policies():
     return jsonify(
         {
             "policies": [policies.as_dict(r, with_source=False) for r in rows],
-            "presets": policies.preset_names(),
+            "presets": seeds.preset_names(),
         }
     )
 

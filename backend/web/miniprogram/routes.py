@@ -6,7 +6,6 @@ import re
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from backend.auth import issue_token, require_user
 from backend.errors import ApiError
 from backend.services import (
     campaigns,
@@ -22,8 +21,9 @@ from backend.services import (
     wechat,
 )
 from backend.services.event_validation import MP_EVENT_SCHEMA, MP_MAX_AGE_MS
-from backend.spec import documented, read_json, validated
 from backend.store.models import Tenant
+from backend.web.auth import issue_token, require_user
+from backend.web.openapi import documented, read_json, validated
 
 bp = Blueprint("mp", __name__, url_prefix="/mp/v1")
 

@@ -14,4 +14,4 @@ bp = Blueprint(
     static_folder="static",
 )
 
-from backend.dashboard import assets, labels, pages, session, trials  # noqa: E402,F401
+from backend.web.dashboard import assets, labels, pages, session, trials  # noqa: E402,F401

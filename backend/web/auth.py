@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 from dataclasses import dataclass
 from functools import wraps
 
@@ -12,10 +11,10 @@ from flask import current_app, g, request
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from backend.errors import ApiError
-from backend.store.models import ApiKey, Tenant, User
+from backend.services.keys import tenant_for_key
+from backend.store.models import User
 
 TOKEN_SALT = "huiliu.mp-token.v1"
-KEY_PREFIX = "hl"
 
 
 @dataclass(frozen=True)
@@ -79,32 +78,6 @@ def require_user(view):
         return view(*args, **kwargs)
 
     return wrapped
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def new_api_key(tenant: Tenant, now_ms: int, label: str = "") -> str:
-    """Create a key and return it in full; only its prefix and hash are stored."""
-    prefix = secrets.token_hex(4)
-    secret = secrets.token_urlsafe(24)
-    ApiKey.create(
-        tenant=tenant, prefix=prefix, key_hash=hash_secret(secret), label=label, created_ms=now_ms
-    )
-    return f"{KEY_PREFIX}_{prefix}_{secret}"
-
-
-def tenant_for_key(raw: str) -> Tenant | None:
-    parts = raw.split("_", 2)
-    if len(parts) != 3 or parts[0] != KEY_PREFIX:
-        return None
-    key = ApiKey.get_or_none((ApiKey.prefix == parts[1]) & ApiKey.revoked_ms.is_null())
-    # Compare even when the prefix is unknown so timing does not reveal which prefixes exist.
-    expected = key.key_hash if key else hash_secret("")
-    if not hmac.compare_digest(expected, hash_secret(parts[2])) or key is None:
-        return None
-    return key.tenant
 
 
 def require_api_key(view):

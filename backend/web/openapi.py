@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, request
-from jsonschema import Draft202012Validator
 
 from backend.core import documents
+from backend.core.validation import first_error, unstorable_value
 from backend.errors import ApiError
 
 # What any route that reads a body can answer besides its own errors.
@@ -84,32 +84,6 @@ def read_json() -> Any:
         raise ApiError(400, exc.code, f"request body: {exc}") from None
 
 
-def json_path(parts, root: str = "") -> str:
-    """`events[3].ts` style path of a JSON location, under an optional root name."""
-    return documents.json_path(parts, root) or "body"
-
-
-_validators: dict[int, Draft202012Validator] = {}
-
-
-MAX_ERROR_CHARS = 300  # an error message names the problem; it does not echo a huge value
-
-
-def first_error(schema: dict, value: Any, root: str = "") -> str | None:
-    """The most relevant validation error, as 'path: message', or None if valid."""
-    validator = _validators.get(id(schema))
-    if validator is None:
-        validator = _validators[id(schema)] = Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
-    if not errors:
-        return None
-    err = errors[0]
-    message = err.message  # it quotes the offending value, which may be megabytes long
-    if len(message) > MAX_ERROR_CHARS:
-        message = message[: MAX_ERROR_CHARS - 1] + "…"
-    return f"{json_path(err.absolute_path, root)}: {message}"
-
-
 def validated(schema: dict) -> Any:
     """Read the body and validate it whole; 400 `invalid_request` naming the field."""
     body = read_json()
@@ -117,12 +91,6 @@ def validated(schema: dict) -> Any:
     if problem:
         raise ApiError(400, "invalid_request", problem)
     return body
-
-
-def unstorable_value(value: Any, root: str = "") -> str | None:
-    """'path: why' for the first value that cannot be stored faithfully on every database
-    (U+0000, an unpaired surrogate such as `"\\ud800"`, NaN, Infinity), or None."""
-    return documents.unstorable(value, root)
 
 
 def _path_template(rule: str) -> tuple[str, list[dict]]:

@@ -7,12 +7,13 @@ from pathlib import Path
 
 from flask import Response, current_app, g, jsonify, redirect, render_template, request, url_for
 
+from backend.core import seeds
 from backend.core.calendar import china_day
-from backend.dashboard import bp
-from backend.dashboard.session import login_required
 from backend.errors import ApiError
 from backend.services import policies, simulations
 from backend.store.models import Policy as PolicyRow
+from backend.web.dashboard import bp
+from backend.web.dashboard.session import login_required
 
 # The presets a merchant's policy is measured against (the ones `make demo` compares).
 COMPARE_PRESETS = ("coupon_blast", "tiered", "golden_window")
@@ -46,7 +47,7 @@ def _list_page(error: str | None = None, status: int = 200):
     return render_template(
         "dashboard/simulations.html",
         saved=[r.name for r in saved],
-        presets=policies.preset_names(),
+        presets=seeds.preset_names(),
         compare_presets=COMPARE_PRESETS,
         runs=[simulations.status(r, now) for r in simulations.recent(g.tenant_id)],
         limits={
@@ -93,7 +94,7 @@ def _chosen_policy() -> dict:
     if kind == "saved":
         row = policies.get(g.tenant_id, name)
         return {"name": row.name, "source": row.source}
-    if kind == "preset" and name in policies.preset_names():
+    if kind == "preset" and name in seeds.preset_names():
         return {"name": name, "source": None}
     raise ApiError(400, "invalid_policy", "choose a policy or upload a policy file")
 

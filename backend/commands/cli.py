@@ -110,7 +110,7 @@ PARAMS_HELP = "campus parameters from `calibrate --out` (default: the built-in p
 
 
 def register(app: Flask) -> None:
-    from backend import cli_dashboard
+    from backend.commands import dashboard_trials as cli_dashboard
 
     cli_dashboard.register(app)
 
@@ -130,7 +130,7 @@ def register(app: Flask) -> None:
     @click.option("--json", "as_json", is_flag=True, help="print {appid, api_key} as JSON")
     def seed_demo(as_json: bool):
         """Load the demo campus tenant from seeds/ and print its appid and a fresh API key."""
-        from backend.seeding import load_demo_tenant
+        from backend.services.seeding import load_demo_tenant
 
         migrate(store_db.database, _now_ms())
         appid, key = load_demo_tenant(_now_ms())
@@ -240,7 +240,7 @@ def register(app: Flask) -> None:
     @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
     def report(policy, day_from, day_to, appid, as_json):
         """Recall rate, retention, ROI and incremental effect against the holdout."""
-        from backend.report_text import render
+        from backend.commands.report_text import render
         from backend.services.reports import report as build
 
         now = _now_ms()
@@ -435,7 +435,7 @@ def register(app: Flask) -> None:
     @app.cli.command("demo-session")
     def demo_session():
         """A scripted mini-program session against the demo tenant (what `make demo` shows)."""
-        from backend.demo import run_session
+        from backend.commands.demo import run_session
 
         run_session(current_app)
 
@@ -445,7 +445,7 @@ def register(app: Flask) -> None:
     @click.option("--workers", default=None, type=int, help="processes (default: 2 x CPUs, max 8)")
     def serve(host: str, port: int, workers: int | None):
         """Run the API with gunicorn (threaded workers)."""
-        from backend.server import run
+        from backend.web.server import run
 
         count = workers or min(8, 2 * (os.cpu_count() or 1))
         run(host, port, count)

@@ -1,5 +1,5 @@
 """The mini-program's API (/mp/v1): what wx.request calls."""
 
-from miniprogram_api.routes import bp
+from backend.web.miniprogram.routes import bp
 
 __all__ = ["bp"]

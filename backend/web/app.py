@@ -1,0 +1,122 @@
+"""The web application factory: the Flask app, its database, WeChat clients and blueprints.
+
+It knows nothing of the command line: backend/app.py adds the commands, so a command (the
+end-to-end campus, the server) can build web apps of its own without an import cycle."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+from flask import Flask, jsonify
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
+
+from backend.core.clock import SystemClock
+from backend.store import db as store_db
+from backend.web import config, errors
+from backend.web.admin import bp as admin_bp
+from backend.web.dashboard import bp as dashboard_bp
+from backend.web.miniprogram import bp as mp_bp
+from backend.web.openapi import documented, openapi
+
+
+class IdConverter(IntegerConverter):
+    """Row ids in paths: positive and within 32 bits, so no id reaches SQL out of range."""
+
+    def __init__(self, url_map) -> None:
+        super().__init__(url_map, min=1, max=2**31 - 1)
+
+
+def create_web_app(overrides: dict | None = None) -> Flask:
+    """Build the app; `overrides` (tests, simulator) win over the environment."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.update(config.from_env(app.instance_path))
+    app.config.setdefault("CLOCK", SystemClock())
+    if overrides:
+        app.config.update(overrides)
+    proxies = app.config["TRUSTED_PROXIES"]
+    if proxies > 0:  # the client's address is the one the nearest of these proxies saw
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # At DEBUG these log full URLs and SQL parameters: app secret, login codes, access tokens.
+    for chatty in ("urllib3", "peewee"):
+        logging.getLogger(chatty).setLevel(logging.INFO)
+    logging.getLogger("MESA").setLevel(logging.WARNING)  # one INFO line per simulated day
+
+    database = store_db.open_database(app.config["DATABASE_URL"])
+    store_db.bind(database)
+    app.extensions["database"] = database
+    app.extensions["wechat_client"] = _wechat_client_factory(app)
+    app.extensions["oa_client"] = _oa_client_factory(app)
+
+    @app.before_request
+    def _connect():
+        store_db.database.connect(reuse_if_open=True)
+
+    @app.teardown_request
+    def _close(_exc):
+        if not store_db.database.is_closed():
+            store_db.database.close()
+
+    app.url_map.converters["id"] = IdConverter
+    errors.register(app)
+    _register_meta_routes(app)
+
+    app.register_blueprint(mp_bp)
+    app.register_blueprint(admin_bp)
+    app.register_blueprint(dashboard_bp)
+    return app
+
+
+def _wechat_client_factory(app: Flask):
+    @cache
+    def client():
+        from backend.services.wechat import make_client
+
+        cfg = app.config
+        return make_client(
+            cfg["WECHAT_APPID"], cfg["WECHAT_SECRET"], cfg["WECHAT_API_BASE"], cfg["CLOCK"]
+        )
+
+    return client
+
+
+def _oa_client_factory(app: Flask):
+    """The Official Account's client, or None when no OA is configured."""
+
+    @cache
+    def client():
+        from backend.services.wechat import make_client
+
+        cfg = app.config
+        if not (cfg["WECHAT_OA_APPID"] and cfg["WECHAT_OA_SECRET"]):
+            return None
+        return make_client(
+            cfg["WECHAT_OA_APPID"], cfg["WECHAT_OA_SECRET"], cfg["WECHAT_API_BASE"], cfg["CLOCK"]
+        )
+
+    return client
+
+
+def _register_meta_routes(app: Flask) -> None:
+    @app.get("/healthz")
+    @documented(
+        "Liveness: 200 when the database answers",
+        response={"type": "object", "properties": {"status": {"const": "ok"}}},
+        errors=(503,),
+    )
+    def healthz():
+        try:
+            store_db.database.execute_sql("SELECT 1").fetchone()
+        except Exception as exc:  # any driver failure means "not healthy"
+            logging.getLogger(__name__).error("health check failed: %s", exc)
+            return jsonify(
+                errors.error_body("database_unavailable", "database does not answer")
+            ), 503
+        return jsonify({"status": "ok"})
+
+    @app.get("/openapi.json")
+    @documented("This OpenAPI document", response={"type": "object"})
+    def openapi_json():
+        return jsonify(openapi(app))
