@@ -11,7 +11,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.core.policy.guards import ignored_streaks
-from backend.core.policy.spec import CHANNELS
+from backend.core.policy.spec import CHANNELS, MAX_TOUCHES_PER_ARM
+
+
+def touch_order(day: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """A key that orders touches in time: by day, then by journey step within the day.
+
+    Parameters
+    ----------
+    day : int array, the day (China day number or simulated day) each touch was decided.
+    step : int array, the touch's step in its arm's journey, 0 .. MAX_TOUCHES_PER_ARM - 1.
+
+    Returns
+    -------
+    int64 array; sorting by it (e.g. metrics.first_per_user) puts each user's touches in the
+    order they were decided. Every "first touch" and "latest step" reads it from here.
+    """
+    return np.asarray(day, dtype=np.int64) * MAX_TOUCHES_PER_ARM + np.asarray(step, dtype=np.int64)
 
 
 @dataclass
@@ -57,7 +73,7 @@ def history_state(h: TouchHistory, n: int, today: int, journey_start: np.ndarray
     journey_arm = np.full(n, -1, dtype=np.int64)
     if ours.any():
         # The arm of each user's latest touch in the journey (by day, then step).
-        u, key, arm = h.user[ours], h.day[ours] * 10 + h.step[ours], h.arm[ours]
+        u, key, arm = h.user[ours], touch_order(h.day[ours], h.step[ours]), h.arm[ours]
         order = np.lexsort((key, u))
         last = np.flatnonzero(np.diff(u[order], append=-1))
         journey_arm[u[order][last]] = arm[order][last]

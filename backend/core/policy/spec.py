@@ -31,6 +31,8 @@ MAX_PER_CHANNEL_WEEK = {"subscribe": 3, "oa_template": 3, "sms": 2, "in_app": 7}
 DEFAULT_COST_FEN = {"subscribe": 0, "oa_template": 0, "sms": 5, "in_app": 0}
 NAME_PATTERN = "^[a-z0-9][a-z0-9_-]{0,63}$"
 
+# Touches one arm's journey may hold; touch_order (core/policy/history.py) relies on it.
+MAX_TOUCHES_PER_ARM = 3
 _NAME = {"type": "string", "pattern": NAME_PATTERN}
 _FEN = {"type": "integer", "minimum": 0, "maximum": 10**12}
 _SHARE = {"type": "number", "minimum": 0, "maximum": 1}
@@ -96,7 +98,7 @@ SCHEMA: dict[str, Any] = {
                     "touches": {
                         "type": "array",
                         "minItems": 1,
-                        "maxItems": 3,
+                        "maxItems": MAX_TOUCHES_PER_ARM,
                         "items": {
                             "type": "object",
                             "additionalProperties": False,
