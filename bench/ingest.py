@@ -47,6 +47,8 @@ from pathlib import Path
 import requests
 from loadlib import free_port, percentile, run_cli
 
+from backend.store.db import SQLITE_PRAGMAS
+
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 20240601
 TARGET_RATIO = 0.15
@@ -62,27 +64,6 @@ MERCHANTS = ("canteen-1", "canteen-2", "snack-dorm", "milk-tea")  # seeds/demo_t
 PAGES = ("index", "menu", "item", "cart", "orders", "coupons", "profile", "search")
 HOUR_MS = 3600 * 1000
 SESSION_MAX_MS = 340_000
-
-# The app's pragmas (backend/store/db.py SQLITE_PRAGMAS); read from there when importable so
-# the baseline cannot drift from the app, with this copy as a fallback.
-_FALLBACK_PRAGMAS = {
-    "journal_mode": "wal",
-    "synchronous": "normal",
-    "foreign_keys": 1,
-    "busy_timeout": 30000,
-    "cache_size": -16000,
-}
-
-
-def app_pragmas() -> dict:
-    sys.path.insert(0, str(ROOT))
-    try:
-        from backend.store.db import SQLITE_PRAGMAS
-    except ImportError:
-        return dict(_FALLBACK_PRAGMAS)
-    finally:
-        sys.path.remove(str(ROOT))
-    return dict(SQLITE_PRAGMAS)
 
 
 def props_json(props: dict) -> str:
@@ -321,7 +302,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=WARMUP_S)
     args = parser.parse_args()
 
-    pragmas = app_pragmas()
+    pragmas = dict(SQLITE_PRAGMAS)  # the app's own, so the baseline cannot drift from it
     rng = random.Random(SEED)
     with tempfile.TemporaryDirectory(prefix="huiliu-bench-") as tmp:
         db_path = str(Path(tmp) / "bench.sqlite3")

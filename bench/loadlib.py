@@ -25,6 +25,18 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from backend.store.db import open_database  # noqa: E402  (after the path above)
+from backend.store.models import (  # noqa: E402
+    ALL_MODELS,
+    Coupon,
+    CouponTemplate,
+    Event,
+    SchemaVersion,
+    Tenant,
+    User,
+)
+
 # The same key across restarts: tokens issued before a kill must still work after it.
 SECRET_KEY = "load-bench-secret-key-not-for-production"
 
@@ -63,9 +75,6 @@ def run_cli(env: dict, *args: str, timeout: float = 120) -> str:
 
 def reset_postgres(url: str) -> None:
     """Drop every table of the schema (a run starts from an empty database)."""
-    from backend.store.db import open_database
-    from backend.store.models import ALL_MODELS, SchemaVersion
-
     db = open_database(url)
     with db.bind_ctx(ALL_MODELS + [SchemaVersion]):
         db.drop_tables(ALL_MODELS + [SchemaVersion], safe=True, cascade=True)
@@ -217,9 +226,6 @@ def post_batch(
 
 def stored_events(database_url: str, appid: str) -> Counter:
     """(openid, client id) -> rows stored, for the tenant's events."""
-    from backend.store.db import open_database
-    from backend.store.models import ALL_MODELS, Event, Tenant, User
-
     db = open_database(database_url)
     try:
         with db.bind_ctx(ALL_MODELS):
@@ -254,9 +260,6 @@ def audit_events(database_url: str, appid: str, batches: list[Batch]) -> dict:
 def audit_coupons(database_url: str, template_id: int) -> dict:
     """Coupons of one template: issued within its budget, each redeemed at most once, one
     coupon per order."""
-    from backend.store.db import open_database
-    from backend.store.models import ALL_MODELS, Coupon, CouponTemplate
-
     db = open_database(database_url)
     try:
         with db.bind_ctx(ALL_MODELS):
