@@ -10,6 +10,7 @@ from backend.errors import ApiError
 from backend.services import coupons, events, scoring, subscriptions, tenants, users
 from backend.services.event_validation import IMPORT_EARLIEST_MS, IMPORT_EVENT_SCHEMA
 from backend.store.models import Event, Order
+from backend.web import explain
 from backend.web.auth import require_api_key
 from backend.web.openapi import documented, read_json, validated
 
@@ -262,7 +263,7 @@ def scores_summary():
 @require_api_key
 def user_scores(openid: str):
     user = users.by_openid(g.tenant_id, openid)
-    return jsonify(scoring.user_scores(g.tenant, user, _query_day()))
+    return jsonify(explain.user_scores(g.tenant, user, _query_day()))
 
 
 SETTINGS_SCHEMA = {

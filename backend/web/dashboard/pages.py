@@ -17,9 +17,9 @@ from backend.core.tiers import TIERS, TierConfig
 from backend.errors import ApiError
 from backend.services import campaigns, coupons, policies, reports, scoring, subscriptions, users
 from backend.services import overview as overview_data
-from backend.services.scoring import TIER_ZH
 from backend.store.models import ConsentLog, Event, Order, Touch, User
 from backend.store.models import Policy as PolicyRow
+from backend.web import explain
 from backend.web.dashboard import bp
 from backend.web.dashboard.labels import GUARD_ZH
 from backend.web.dashboard.session import login_required
@@ -116,7 +116,7 @@ def _overview_figures(today, history, shown, spend) -> dict:
     if today:
         figs["tiers_today"] = charts.bars(
             f"今日各分层人数（{today['date']}）",
-            [TIER_ZH[t] for t in TIERS],
+            [explain.TIER_ZH[t] for t in TIERS],
             [today["tiers"][t] for t in TIERS],
             "人",
         )
@@ -124,7 +124,7 @@ def _overview_figures(today, history, shown, spend) -> dict:
         figs["tiers_history"] = charts.stacked_area(
             "各分层人数变化",
             history["dates"],
-            {TIER_ZH[t]: history["tiers"][t] for t in TIERS},
+            {explain.TIER_ZH[t]: history["tiers"][t] for t in TIERS},
             "人",
         )
     if shown:
@@ -296,7 +296,7 @@ def user_lookup():
         return render_template("dashboard/user.html", openid=openid, user=None, missing=True), 404
     now = _now_ms()
     try:
-        scores = scoring.user_scores(g.tenant, user, None, lang="zh")
+        scores = explain.user_scores(g.tenant, user, None, lang="zh")
     except ApiError:
         scores = None
     touches = (
