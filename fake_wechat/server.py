@@ -416,6 +416,7 @@ class FakeWeChat:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> FakeWeChat:
+        """Listen (on `port`, or a free one when 0) and serve on a daemon thread; returns self."""
         if self._httpd is not None:
             raise RuntimeError("FakeWeChat is already running")
         self._stopping.clear()
@@ -456,6 +457,7 @@ class FakeWeChat:
 
     @property
     def base_url(self) -> str:
+        """Where the fake answers, with a trailing slash: the value for WECHAT_API_BASE."""
         return f"http://{self.host}:{self.port}/"
 
     # -- scripting and inspection ------------------------------------------------------------
@@ -465,11 +467,13 @@ class FakeWeChat:
         self._scripts[code] = answer if answer is not None else Script(**fields)
 
     def requests_to(self, path: str) -> list[Recorded]:
+        """The requests received for one endpoint (TOKEN_PATH, LOGIN_PATH, ...), in order."""
         with self._lock:
             return [r for r in self.requests if r.path == path]
 
     @property
     def current_token(self) -> str | None:
+        """The access token issued last (None before any fetch)."""
         return self._current_token
 
     def token_valid(self, token: str) -> bool:
@@ -521,6 +525,7 @@ class FakeWeChat:
             self._allowances[key] = self._allowances.get(key, 0) + count
 
     def allowance(self, openid: str, template_id: str) -> int:
+        """Subscribe messages of this template the user still accepts (`grant` minus sends)."""
         with self._lock:
             return self._allowances.get((openid, template_id), 0)
 
@@ -530,6 +535,7 @@ class FakeWeChat:
             self._followers.add(openid)
 
     def unfollow(self, openid: str) -> None:
+        """The user stops following the Official Account: template sends answer 43004."""
         with self._lock:
             self._followers.discard(openid)
 
@@ -539,6 +545,7 @@ class FakeWeChat:
             self._send_scripts.setdefault(openid, deque()).extend(scripts)
 
     def sent_to(self, openid: str) -> list[Sent]:
+        """The messages delivered to one openid, in order."""
         with self._lock:
             return [m for m in self.sent if m.openid == openid]
 
@@ -792,6 +799,8 @@ class FakeWeChat:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the fake standalone until Ctrl-C, printing the settings that point the backend at
+    it (`python -m fake_wechat.server --port 8765`)."""
     parser = argparse.ArgumentParser(description="Run a fake WeChat API server on loopback.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)

@@ -118,6 +118,13 @@ def index_from_sums(visit_days, session_ms, orders, interactions) -> np.ndarray:
 
 @dataclass
 class Activity:
+    """A night's activity index and early warning, per user (users in the columns' order).
+
+    `index`: today's index, float64 in [0, 100]; `recent`: (WARNING_DAYS, n_users), today
+    first; `baseline`: the user's trailing 4-week mean index, float64 (the warning needs it
+    at least MIN_BASELINE); `warning`: bool, the early warning fired.
+    """
+
     index: np.ndarray  # today
     recent: np.ndarray  # (WARNING_DAYS, n): today, yesterday, ...
     baseline: np.ndarray

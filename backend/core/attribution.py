@@ -29,7 +29,19 @@ def first_after(
     window_ms: int,
 ) -> np.ndarray:
     """Per touch, the time of its user's first event strictly after the touch and within
-    `window_ms`, or -1. Users are small non-negative integers (indices, not database ids)."""
+    `window_ms`, or -1: when a touched user came back, if they did in time.
+
+    Parameters
+    ----------
+    touch_user, event_user : int64 user indices 0..n-1 (small non-negative integers, not
+        database ids).
+    touch_ms, event_ms : int64 UTC epoch ms of each touch (its send) and each event.
+    window_ms : how long after the touch an event still counts, in ms.
+
+    Returns
+    -------
+    int64 per touch: the epoch ms of that first event, -1 when there was none.
+    """
     touch_ms = np.asarray(touch_ms, dtype=np.int64)
     out = np.full(touch_ms.size, -1, dtype=np.int64)
     if touch_ms.size == 0 or np.asarray(event_ms).size == 0:
@@ -55,7 +67,20 @@ def sum_within(
     amount: np.ndarray,
     window_ms: int,
 ) -> np.ndarray:
-    """Per touch, the sum of its user's event amounts in (touch, touch + window]."""
+    """Per touch, the sum of its user's event amounts in (touch, touch + window]: the revenue
+    a touch is credited with.
+
+    Parameters
+    ----------
+    touch_user, event_user : int64 user indices 0..n-1.
+    touch_ms, event_ms : int64 UTC epoch ms.
+    amount : int64 per event (order amounts in fen).
+    window_ms : the attribution window in ms.
+
+    Returns
+    -------
+    int64 per touch: the summed amounts (0 when none fell in the window).
+    """
     touch_ms = np.asarray(touch_ms, dtype=np.int64)
     if touch_ms.size == 0 or np.asarray(event_ms).size == 0:
         return np.zeros(touch_ms.size, dtype=np.int64)

@@ -29,6 +29,12 @@ _DENSE_TABLE_MAX = 1 << 22  # value tables up to this size are indexed directly,
 
 @dataclass(frozen=True)
 class BgNbdParams:
+    """A fitted BG/NBD: purchase rate λ ~ Gamma(r, alpha), drop-out p ~ Beta(a, b).
+
+    Kept per tenant between nightly fits (core.scoring.refit_due) and stored as `as_dict`;
+    `loglik`, `n` and `converged` say how far to trust it.
+    """
+
     r: float
     alpha: float
     a: float
@@ -38,6 +44,7 @@ class BgNbdParams:
     converged: bool = True
 
     def as_dict(self) -> dict:
+        """The parameters and fit diagnostics as plain JSON values, for storage and reports."""
         return {
             "r": self.r,
             "alpha": self.alpha,

@@ -36,6 +36,8 @@ def china_day(ts_ms: np.ndarray | int) -> np.ndarray:
 
 
 def china_hour(ts_ms: np.ndarray | int) -> np.ndarray:
+    """Hour of day 0..23 (int64) in China time of UTC epoch-ms times: what "night" and the
+    usual hour are counted in, wherever the server runs."""
     return ((np.asarray(ts_ms, dtype=np.int64) + CHINA_OFFSET_MS) % MS_PER_DAY) // 3_600_000
 
 
@@ -46,10 +48,12 @@ def is_weekend(day: np.ndarray | int) -> np.ndarray:
 
 
 def day_number(d: date) -> int:
+    """The day number (days since 1970-01-01) of a calendar date: how days are stored."""
     return (d - EPOCH).days
 
 
 def day_date(n: int) -> date:
+    """The calendar date of a day number, for showing and for the calendar files."""
     return date.fromordinal(EPOCH.toordinal() + int(n))
 
 
@@ -66,9 +70,11 @@ class TermCalendar:
 
     @classmethod
     def from_dates(cls, ranges: list[tuple[date, date]]) -> TermCalendar:
+        """A calendar from (first, last) break dates, both included, in any order."""
         return cls(tuple(sorted((day_number(a), day_number(b)) for a, b in ranges)))
 
     def is_break(self, days: np.ndarray | int) -> np.ndarray:
+        """Per day number: whether it falls in a break (bool, the shape of `days`)."""
         d = np.asarray(days, dtype=np.int64)
         out = np.zeros(d.shape, dtype=bool)
         for first, last in self.breaks:

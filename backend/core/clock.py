@@ -17,9 +17,11 @@ class SystemClock:
     """Real UTC time."""
 
     def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
         return datetime.now(UTC)
 
     def now_ms(self) -> int:
+        """The current time as UTC epoch milliseconds, the form every timestamp is stored in."""
         return to_ms(self.now())
 
 
@@ -33,14 +35,17 @@ class FixedClock(SystemClock):
         self._lock = threading.Lock()
 
     def now(self) -> datetime:
+        """The time it was last set or advanced to (UTC)."""
         with self._lock:
             return self._now
 
     def set(self, when: datetime) -> None:
+        """Jump to `when` (an aware datetime), forward or back: a test's "it is now ..."."""
         with self._lock:
             self._now = when.astimezone(UTC)
 
     def advance(self, **delta: float) -> datetime:
+        """Move on by `timedelta(**delta)` (days=1, hours=3, ...) and return the new now."""
         with self._lock:
             self._now += timedelta(**delta)
             return self._now
@@ -52,6 +57,7 @@ def to_ms(when: datetime) -> int:
 
 
 def from_ms(ms: int) -> datetime:
+    """The aware UTC datetime of stored epoch milliseconds (the inverse of `to_ms`)."""
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 

@@ -23,8 +23,10 @@ def pp_interval(d: dict) -> str:
 
 
 def yuan(fen: int | float | None) -> str:
+    """Money stored in fen (1/100 yuan) as merchants read it: `¥12.30`; a dash for none."""
     return "–" if fen is None else f"¥{fen / 100:.2f}"
 
 
 def ratio(x: float | None) -> str:
+    """A ratio such as ROI or revenue per cost with two decimals; a dash when undefined."""
     return "–" if x is None else f"{x:.2f}"

@@ -485,6 +485,7 @@ def load_yaml(
 
 
 def looks_like_json(text: str) -> bool:
+    """Whether a document that may be either is read as JSON: it opens with `{` or `[`."""
     return text.lstrip()[:1] in ("{", "[")
 
 

@@ -73,14 +73,25 @@ class EventColumns:
 
 @dataclass
 class OrderColumns:
-    user: np.ndarray
-    day: np.ndarray
+    """One row per paid order. `day` is the China-time day number it was paid on."""
+
+    user: np.ndarray  # int64 index 0..n_users-1
+    day: np.ndarray  # int64 day number
     amount_fen: np.ndarray  # int64
     used_coupon: np.ndarray  # bool
 
 
 @dataclass
 class Features:
+    """Every user's features as of a day: one column per feature, in the users' order.
+
+    Counts are int64 over the window in the name (days ending the day, China time); money is
+    int64 fen; `days_since_*` calendar days and `term_days_since_visit` term days (NEVER when
+    it never happened); `age_days` calendar days since first seen; `session_min_*` float64
+    minutes; `*_share` float64 in [0, 1]. What the tiers, RFM, BG/NBD, targeting and the
+    stored score snapshot read.
+    """
+
     days_since_visit: np.ndarray
     term_days_since_visit: np.ndarray
     days_since_order: np.ndarray
@@ -113,6 +124,7 @@ class Features:
     T: np.ndarray  # BG/NBD: term days from first order (or first visit) to the day
 
     def names(self) -> list[str]:
+        """The feature names in field order (the columns the snapshot stores)."""
         return [f.name for f in fields(self)]
 
 
@@ -146,6 +158,7 @@ def session_ms(duration_s: np.ndarray) -> np.ndarray:
 
 
 def session_minutes(ms: np.ndarray) -> np.ndarray:
+    """Whole-millisecond session sums as float64 minutes, the unit the activity index uses."""
     return ms / MS_PER_MINUTE
 
 
@@ -382,6 +395,15 @@ def purchase_span(
     as_of: int,
     calendar: TermCalendar,
 ) -> PurchaseSpan:
+    """Where each user's repeat-purchase clock starts and ends (see `PurchaseSpan`).
+
+    Parameters
+    ----------
+    order_days : int64 distinct days with an order, all time.
+    first_order, last_order : int64 day numbers (FIRST_NONE / LAST_NONE for non-buyers).
+    first_visit : int64 day number of the first visit (FIRST_NONE if never seen).
+    as_of, calendar : the day scored, and the breaks cut out of time.
+    """
     bought = last_order > LAST_NONE
     start = np.minimum(np.where(bought, first_order, first_visit), as_of)
     return PurchaseSpan(

@@ -38,6 +38,7 @@ class Rate:
     hi: float | None
 
     def as_dict(self) -> dict:
+        """The fields as plain JSON values, as the reports and --json output carry them."""
         return asdict(self)
 
 
@@ -53,6 +54,7 @@ class Diff:
     note: str = ""
 
     def as_dict(self) -> dict:
+        """The fields as plain JSON values (display.pp_interval reads this form)."""
         return asdict(self)
 
 
@@ -68,6 +70,7 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def rate(k: int, n: int) -> Rate:
+    """k of n with its Wilson interval: every recall and retention rate a report shows."""
     k, n = int(k), int(n)
     if n == 0:
         return Rate(0, 0, None, None, None)
@@ -297,6 +300,7 @@ class PowerPlan:
 
     @property
     def users_now(self) -> int:
+        """Users in the comparison so far, holdout and treated together."""
         return self.n_holdout_now + self.n_treated_now
 
     @property
@@ -307,6 +311,7 @@ class PowerPlan:
         return self.users_now / self.users_needed
 
     def as_dict(self) -> dict:
+        """The plan as plain JSON values, with the derived `users_now` and `share_of_needed`."""
         return {
             **asdict(self),
             "users_now": self.users_now,
@@ -385,6 +390,8 @@ def holdout_plan(
 
 @dataclass(frozen=True)
 class Money:
+    """What a policy's touches brought in and cost, in fen, and the two ratios merchants read."""
+
     revenue_fen: int
     coupon_cost_fen: int
     message_cost_fen: int
@@ -392,10 +399,13 @@ class Money:
     revenue_per_cost: float | None  # revenue / cost, as merchants often quote it
 
     def as_dict(self) -> dict:
+        """The fields as plain JSON values."""
         return asdict(self)
 
 
 def roi(revenue_fen: int, coupon_cost_fen: int, message_cost_fen: int) -> Money:
+    """Return on the money spent: (revenue − cost) / cost, cost = coupons + messages (all fen);
+    the ratios are None when nothing was spent (no ratio to speak of)."""
     cost = int(coupon_cost_fen) + int(message_cost_fen)
     rev = int(revenue_fen)
     if cost == 0:
@@ -436,6 +446,16 @@ def funnel(
 ) -> np.ndarray:
     """(channels × 5) counts: sent → delivered → opened → returned → ordered.
 
+    Parameters
+    ----------
+    channel : int64 channel index 0..n_channels-1 per touch.
+    sent, delivered, opened, returned, ordered : bool per touch, each step reached.
+    n_channels : rows of the result.
+
+    Returns
+    -------
+    int64 (n_channels × 5): touches per channel that reached each step.
+
     `opened` is only known for channels that report it (the in-app card is opened when shown;
     WeChat does not report subscribe-message opens), so it is NaN-free but may be 0.
     """
@@ -469,11 +489,16 @@ def cohort_retention(
 
 @dataclass(frozen=True)
 class Qini:
+    """A Qini curve (see `qini`) and its coefficient: how much better than random a targeting
+    score picks the users a touch moves."""
+
     fraction: np.ndarray  # share of users targeted, 0..1
     gain: np.ndarray  # incremental responders as a share of all users
     coefficient: float  # area between the curve and the random-targeting line
 
     def as_dict(self, points: int = 11) -> dict:
+        """The curve thinned to `points` evenly spaced points (enough to draw) and the
+        coefficient, as plain JSON values."""
         idx = np.linspace(0, self.fraction.size - 1, min(points, self.fraction.size)).round()
         idx = idx.astype(int)
         return {
@@ -488,7 +513,14 @@ def qini(score: np.ndarray, treated: np.ndarray, outcome: np.ndarray) -> Qini:
     after the top k, incremental responders = R_t(k) − R_c(k)·N_t(k)/N_c(k). Both axes are
     divided by the number of users, and the coefficient is the area between that curve and
     the straight line to its end point (what random targeting would gain). Ties in score are
-    broken by the original order (stable sort)."""
+    broken by the original order (stable sort).
+
+    Parameters
+    ----------
+    score : float64 per user, the targeting rule's score (higher is targeted first).
+    treated : bool per user, touched (False: held out).
+    outcome : bool per user, responded (returned, say).
+    """
     s = np.asarray(score, dtype=np.float64)
     t = np.asarray(treated, dtype=bool)
     y = np.asarray(outcome, dtype=bool)

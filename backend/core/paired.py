@@ -62,6 +62,7 @@ class Effect:
     replicates: int
 
     def as_dict(self) -> dict:
+        """The fields as plain JSON values, for the comparison's --json output."""
         return asdict(self)
 
 
@@ -124,6 +125,7 @@ class Judgement:
     min_detectable: float
 
     def as_dict(self) -> dict:
+        """The judgement as plain JSON values, its difference nested as `Effect.as_dict`."""
         return {
             "a": self.a,
             "b": self.b,

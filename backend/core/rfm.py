@@ -110,6 +110,19 @@ def _floor_at_zero(values, higher_is_better: bool = True) -> np.ndarray:
 
 
 def rfm_scores(days_since_visit, orders, spend_fen) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Recency, frequency and monetary quintile scores 1..5 of every user, against the others.
+
+    Parameters
+    ----------
+    days_since_visit : int64 days since the last visit (features.NEVER if never seen); fewer
+        is better.
+    orders : int64 orders, all time.
+    spend_fen : int64 money spent, all time, in fen.
+
+    Returns
+    -------
+    (r, f, m) : int8 scores 1..5 per user; a user who never ordered scores 1 on F and M.
+    """
     r = quintile_scores(days_since_visit, higher_is_better=False)
     # Nobody who never ordered is scored above 1 on F or M, however many others are tied.
     f = _floor_at_zero(orders)

@@ -114,6 +114,7 @@ class DayTotals:
 
     @classmethod
     def empty(cls, day: int) -> DayTotals:
+        """A day nobody was active: the fold still needs it, to move its windows on."""
         return cls(day, np.zeros(0, dtype=np.int64))
 
     @classmethod

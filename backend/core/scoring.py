@@ -36,6 +36,17 @@ def refit_due(last_fit_day: int | None, day: int) -> bool:
 
 @dataclass
 class Scores:
+    """Every score of every user on one day, in the columns' user order: what the nightly job
+    stores as the score snapshot and the simulator decides on.
+
+    `r`/`f`/`m`: int8 quintile scores 1..5 (core.rfm); `segment`: index into
+    rfm.SEGMENT_NAMES; `p_alive`: BG/NBD P(alive), float64, NaN without a fit;
+    `expected_orders`: orders expected over `TierConfig.value_horizon_days`; `value_fen`:
+    expected value in int64 fen; `worth_recalling`: bool, the playbook rule (core.value);
+    `tier`/`reason`: int8 indices into tiers.TIERS / tiers.REASONS; `params`: the BG/NBD fit
+    used, None without one.
+    """
+
     features: Features
     activity: Activity
     r: np.ndarray
@@ -125,6 +136,19 @@ def score_users(
     fit: bool = True,
 ) -> Scores:
     """Features, activity, RFM, churn probability, value and tier of every user on `as_of`.
+
+    Parameters
+    ----------
+    events, orders : the event and order columns (core.features), users as indices
+        0..n_users-1, days China-time day numbers; rows after `as_of` are ignored.
+    n_users, as_of : how many users, and the day scored (its end).
+    calendar, config : the tenant's breaks and tier thresholds.
+    first_seen, last_seen : int64 day numbers per user, all time, for what lies before the
+        events given.
+
+    Returns
+    -------
+    Scores, one row per user.
 
     `params` reuses an earlier BG/NBD fit (job and simulator refit weekly: `refit_due`); with
     `fit` false and no params, P(alive) is left out (NaN) and tiers rest on silence alone.

@@ -38,6 +38,14 @@ REASONS = [
 
 @dataclass(frozen=True)
 class TierConfig:
+    """A tenant's tier thresholds (see the module docstring for the rules they feed).
+
+    The silences (`risk_silent_days`, `churned_silent_days`) are term days; `new_days` is
+    calendar days since first seen; `low_frequency_visit_days` a count of visit days in the
+    last 30; `risk_score_threshold` is on 1 − P(alive); `worth_ltv_fen` is in fen;
+    `value_horizon_days` is how far ahead expected orders and value are counted.
+    """
+
     new_days: int = 7
     risk_silent_days: int = 7
     churned_silent_days: int = 30
@@ -84,7 +92,22 @@ def assign_tiers(
     warning: np.ndarray,
     config: TierConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(tier index into TIERS, reason index into REASONS) per user."""
+    """Each user's tier and why, by the module's rules (first match wins).
+
+    Parameters
+    ----------
+    term_days_since_visit : int64 term days since the last visit (features.NEVER if never).
+    age_days : int64 calendar days since first seen.
+    visit_days_30 : int64 days with a visit in the last 30.
+    risk_score : float64 1 − P(alive); NaN when unknown (never risky unless the threshold
+        is 0).
+    warning : bool, the activity early warning fired.
+    config : the tenant's thresholds.
+
+    Returns
+    -------
+    (tier, reason) : int8 per user, indices into TIERS and REASONS.
+    """
     silent = np.asarray(term_days_since_visit)
     risk = np.asarray(risk_score, dtype=np.float64)
     risky = risk >= config.risk_score_threshold

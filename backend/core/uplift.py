@@ -55,6 +55,13 @@ def uplift_features(
 
 @dataclass(frozen=True)
 class UpliftModel:
+    """A fitted two-model uplift learner: the standardisation and both regressions.
+
+    `mean`/`scale`: per FEATURES column, what the features were standardised with;
+    `treated`/`control`: logistic coefficients (intercept first) on treated and holdout
+    touches; `n_treated`/`n_control`: the touches each was fitted on.
+    """
+
     mean: np.ndarray
     scale: np.ndarray
     treated: np.ndarray  # intercept first
@@ -63,6 +70,7 @@ class UpliftModel:
     n_control: int
 
     def as_dict(self) -> dict:
+        """Plain JSON values (with the feature names), as a policy's stored model is kept."""
         return {
             "features": FEATURES,
             "mean": self.mean.tolist(),
@@ -75,6 +83,7 @@ class UpliftModel:
 
     @classmethod
     def from_dict(cls, d: dict) -> UpliftModel:
+        """The model `as_dict` stored."""
         return cls(
             np.array(d["mean"]),
             np.array(d["scale"]),
@@ -110,7 +119,15 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = 1.0, iters: int = 
 def fit_two_model(
     x: np.ndarray, treated: np.ndarray, returned: np.ndarray, ridge: float = 1.0
 ) -> UpliftModel:
-    """Fit on past touches: features at decision time, treated or holdout, returned or not."""
+    """Fit on past touches: features at decision time, treated or holdout, returned or not.
+
+    Parameters
+    ----------
+    x : (touches × FEATURES) float64, `uplift_features` of each touch's user at decision.
+    treated : bool per touch (False: held out).
+    returned : bool per touch, the user returned within the window.
+    ridge : the L2 penalty on the standardised coefficients.
+    """
     x = np.asarray(x, dtype=np.float64)
     treated = np.asarray(treated, dtype=bool)
     returned = np.asarray(returned, dtype=bool)
@@ -131,6 +148,17 @@ def fit_two_model(
 
 
 def predict_uplift(model: UpliftModel, x: np.ndarray) -> np.ndarray:
+    """How much a touch is predicted to raise each user's chance of returning.
+
+    Parameters
+    ----------
+    model : the fitted learner.
+    x : (users × FEATURES) float64, as `uplift_features` builds them.
+
+    Returns
+    -------
+    float64 per user: P(return | treated, x) − P(return | holdout, x), in [−1, 1].
+    """
     design = np.column_stack(
         [np.ones(len(x)), (np.asarray(x, dtype=np.float64) - model.mean) / model.scale]
     )

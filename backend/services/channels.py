@@ -55,17 +55,25 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Recipient:
+    """Where one user can be reached: the mini-program openid, the Official Account openid
+    (None unless they follow it) and a phone number (None unless they gave one)."""
+
     openid: str
     oa_openid: str | None
     phone: str | None
 
 
 class Channel(Protocol):
+    """What delivery needs of a channel: its `name` (the touch's channel) and `send`."""
+
     name: str
 
     def send(
         self, touch: Touch, to: Recipient, message: Rendered, template_id: str | None, now_ms: int
-    ) -> Outcome: ...
+    ) -> Outcome:
+        """Try to deliver `message` for `touch` to `to` at `now_ms` (UTC epoch ms); never
+        raises for a delivery problem, the Outcome says what happened and what to do."""
+        ...
 
 
 def _tomorrow_ms(now_ms: int) -> int:
@@ -130,12 +138,16 @@ def _data(fields: dict[str, str]) -> dict:
 
 
 class SubscribeChannel:
+    """Mini-program subscribe messages: spends one of the user's allowances per send. Without
+    a client (WECHAT_MODE=dev) the message is logged and counted sent."""
+
     name = "subscribe"
 
     def __init__(self, client: WeChatClient | None) -> None:
         self.client = client
 
     def send(self, touch, to, message, template_id, now_ms) -> Outcome:
+        """Send through WeChat's subscribe/send with the error table applied (`wechat_call`)."""
         if self.client is None:
             log.debug("dev subscribe message to %s: %s %s", to.openid, template_id, message.fields)
             return Outcome("sent", provider_id=f"dev-{touch.id}")
@@ -150,6 +162,9 @@ class SubscribeChannel:
 
 
 class OaTemplateChannel:
+    """Official Account template messages, for users who follow the account; the card opens
+    the mini-program. In dev mode without a client the message is logged and counted sent."""
+
     name = "oa_template"
 
     def __init__(self, client: WeChatClient | None, mini_appid: str, dev: bool) -> None:
@@ -158,6 +173,7 @@ class OaTemplateChannel:
         self.dev = dev
 
     def send(self, touch, to, message, template_id, now_ms) -> Outcome:
+        """Send through template/send; a user who does not follow the account fails at once."""
         if not to.oa_openid:
             return Outcome("failed", "not_follower")
         if self.client is None:
@@ -177,13 +193,18 @@ class OaTemplateChannel:
 
 
 class SmsProvider(Protocol):
-    def send(self, tenant_id: int, touch_id: int, phone: str, text: str, now_ms: int) -> str: ...
+    """An SMS vendor: whatever can take one text to one phone and give back its reference."""
+
+    def send(self, tenant_id: int, touch_id: int, phone: str, text: str, now_ms: int) -> str:
+        """Hand over one text; returns the vendor's reference for it."""
+        ...
 
 
 class OutboxSmsProvider:
     """Development SMS: each message becomes a row of sms_message, what a vendor would send."""
 
     def send(self, tenant_id, touch_id, phone, text, now_ms) -> str:
+        """Write the row (once per touch: a retried send does not write a second)."""
         row, _ = SmsMessage.get_or_create(
             touch=touch_id,
             defaults={"tenant": tenant_id, "phone": phone, "text": text, "created_ms": now_ms},
@@ -192,12 +213,15 @@ class OutboxSmsProvider:
 
 
 class SmsChannel:
+    """Text messages through an SmsProvider, for users who gave a phone number."""
+
     name = "sms"
 
     def __init__(self, provider: SmsProvider) -> None:
         self.provider = provider
 
     def send(self, touch, to, message, template_id, now_ms) -> Outcome:
+        """Send the rendered text; a user without a phone number fails at once."""
         if not to.phone:
             return Outcome("failed", "no_phone")
         ref = self.provider.send(touch.tenant_id, touch.id, to.phone, message.text or "", now_ms)
@@ -210,6 +234,7 @@ class InAppChannel:
     name = "in_app"
 
     def send(self, touch, to, message, template_id, now_ms) -> Outcome:
+        """Always sent: the card needs no outside party (in-app is always reachable)."""
         return Outcome("sent", provider_id=f"card-{touch.id}")
 
 

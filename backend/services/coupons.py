@@ -68,6 +68,8 @@ COUPON_SCHEMA = {
 
 
 def template_dict(t: CouponTemplate) -> dict:
+    """A coupon template as the admin API shows it (money in fen), with what is left of its
+    budget."""
     return {
         "id": t.id,
         "name": t.name,
@@ -85,6 +87,9 @@ def template_dict(t: CouponTemplate) -> dict:
 
 
 def coupon_dict(c: Coupon, now_ms: int) -> dict:
+    """One coupon as its holder and the admin see it (COUPON_SCHEMA): times in China time, and
+    an issued coupon past its expiry at `now_ms` (UTC epoch ms) shown as expired, though no
+    job has marked it so."""
     t = c.template
     status = c.status
     if status == "issued" and c.expires_ms <= now_ms:
@@ -113,7 +118,17 @@ def _merchant_id(tenant_id: int, code: str | None) -> int | None:
     return m.id
 
 
+def templates(tenant_id: int) -> list[CouponTemplate]:
+    """The tenant's templates in the order they were made: the admin API's list."""
+    return list(
+        CouponTemplate.select()
+        .where(CouponTemplate.tenant == tenant_id)
+        .order_by(CouponTemplate.id)
+    )
+
+
 def get_template(tenant_id: int, template_id: int) -> CouponTemplate:
+    """The tenant's template, or 404: another tenant's id reads as not found."""
     t = CouponTemplate.get_or_none(
         (CouponTemplate.id == template_id) & (CouponTemplate.tenant == tenant_id)
     )
@@ -123,12 +138,15 @@ def get_template(tenant_id: int, template_id: int) -> CouponTemplate:
 
 
 def create_template(tenant_id: int, data: dict, now_ms: int) -> CouponTemplate:
+    """A new template from validated API data; its merchant is named by code (400 if unknown)."""
     fields = dict(data)
     fields["merchant"] = _merchant_id(tenant_id, fields.pop("merchant", None))
     return CouponTemplate.create(tenant=tenant_id, created_ms=now_ms, **fields)
 
 
 def update_template(tenant_id: int, template_id: int, data: dict) -> CouponTemplate:
+    """Change a template; 409 rather than let its budget fall below the coupons already issued,
+    even when an issue runs at the same time."""
     fields = dict(data)
     if "merchant" in fields:
         fields["merchant"] = _merchant_id(tenant_id, fields["merchant"])
@@ -150,6 +168,8 @@ def update_template(tenant_id: int, template_id: int, data: dict) -> CouponTempl
 
 
 def delete_template(tenant_id: int, template_id: int) -> None:
+    """Delete a template nothing was issued from; one with coupons out is 409 (its coupons
+    and their touches' costs still refer to it: deactivate it instead)."""
     with database.atomic():
         t = get_template(tenant_id, template_id)
         if t.issued_count > 0:
@@ -201,6 +221,7 @@ def issue(tenant_id: int, template_id: int, user: User, now_ms: int, source: str
 
 
 def wallet(tenant_id: int, user_id: int) -> list[Coupon]:
+    """Every coupon a user holds, soonest to expire first (with their templates loaded)."""
     return list(
         Coupon.select(Coupon, CouponTemplate)
         .join(CouponTemplate)

@@ -108,11 +108,17 @@ PROPS_SCHEMAS: dict[str, dict] = {
 
 
 class InvalidEvent(ValueError):
-    pass
+    """One event refused; its message (`field: problem`) goes back in the batch's `rejected`
+    list, and the rest of the batch is still taken."""
 
 
 @dataclass(frozen=True)
 class CleanEvent:
+    """An event that passed every check, ready to store: `client_id` the sender's id for it
+    (duplicates are dropped by it), `ts_ms` UTC epoch ms after clock-skew correction,
+    `props_json` the props as stored (compact, sorted keys), `openid` the user it names when
+    the sender is a server rather than the user's own mini-program."""
+
     client_id: str
     type: str
     ts_ms: int
@@ -149,6 +155,8 @@ def parse_ts(value: int | str, field: str = "ts") -> int:
 
 
 def check_type(kind: str) -> None:
+    """Refuse an event type outside the documented vocabulary and the `custom:<name>` space,
+    so a typo is a rejected event rather than a silently ignored one."""
     if kind in VOCABULARY:
         return
     if kind.startswith(CUSTOM_PREFIX) and len(kind) > len(CUSTOM_PREFIX):

@@ -25,6 +25,9 @@ TRIGGER_MAX_AGE_MS = 60 * 60 * 1000
 
 @dataclass
 class BatchResult:
+    """What became of one batch: events stored, duplicates of events already stored, and the
+    rejected ones with why."""
+
     accepted: int = 0
     duplicates: int = 0
     rejected: list[dict] = field(default_factory=list)
@@ -32,6 +35,7 @@ class BatchResult:
     triggers: dict[str, set[int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
+        """The batch's answer to its sender (the triggers stay inside the backend)."""
         return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected}
 
 

@@ -15,6 +15,7 @@ KEY_PREFIX = "hl"
 
 
 def hash_secret(secret: str) -> str:
+    """The stored form of a key's secret part (hex SHA-256): a leaked table gives no keys."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -29,6 +30,8 @@ def new_api_key(tenant: Tenant, now_ms: int, label: str = "") -> str:
 
 
 def tenant_for_key(raw: str) -> Tenant | None:
+    """The tenant a full `hl_<prefix>_<secret>` key belongs to, or None for a malformed,
+    unknown or revoked key (in time that does not tell which)."""
     parts = raw.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX:
         return None

@@ -61,6 +61,10 @@ class MessageDefect(ValueError):
 
 @dataclass(frozen=True)
 class Rendered:
+    """A message filled in for one user and checked for its channel: `fields` the WeChat
+    template data (key -> value), `text`/`title` the SMS or in-app card, `page` the
+    mini-program page the message opens."""
+
     fields: dict[str, str]  # subscribe / OA template data
     text: str | None  # SMS and in-app
     title: str | None
@@ -68,10 +72,13 @@ class Rendered:
 
 
 def field_type(key: str) -> str:
+    """The WeChat field type a template data key names: `thing1` -> thing."""
     return key.rstrip("0123456789")
 
 
 def check_field(key: str, value: str) -> None:
+    """Refuse (MessageDefect) a value WeChat would refuse for its field type, or that uses
+    marketing wording where WeChat forbids it: found before sending, not as errcode 47003."""
     kind = field_type(key)
     if not value:
         raise MessageDefect(f"{key} is empty")

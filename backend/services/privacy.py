@@ -127,6 +127,8 @@ HOLDINGS: dict[type[BaseModel], Holding] = {
 
 
 def set_marketing(user: User, opt_out: bool, now_ms: int) -> None:
+    """Record a user's marketing choice and log it in the consent log (at `now_ms`, UTC epoch
+    ms) in one transaction: the log is the proof of what they chose, and when."""
     with database.atomic():
         User.update(marketing_opt_out=opt_out).where(User.id == user.id).execute()
         ConsentLog.create(

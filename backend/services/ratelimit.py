@@ -36,6 +36,7 @@ class Reservation:
 
     @property
     def allowed(self) -> bool:
+        """Whether this attempt is within the limit (the counting goes on past it)."""
         return self.count <= self.limit
 
     def retry_after_s(self, now_ms: int) -> int:

@@ -78,6 +78,7 @@ class TrialSize:
     decisive: bool
 
     def as_dict(self) -> dict:
+        """The fields as plain JSON values, for the trial form's size explanation."""
         return asdict(self)
 
 
@@ -191,6 +192,7 @@ def get(tenant_id: int, run_id: int) -> SimulationRun:
 
 
 def recent(tenant_id: int, limit: int = 20) -> list[SimulationRun]:
+    """The tenant's latest simulation runs, newest first, for the trials page."""
     return list(
         SimulationRun.select()
         .where(SimulationRun.tenant == tenant_id)
@@ -246,6 +248,8 @@ def claim(run_id: int, now_ms: int) -> SimulationRun:
 
 
 def heartbeat(run_id: int, progress: float, now_ms: int, twin: dict | None = None) -> None:
+    """The worker's sign of life: progress in [0, 1] (clipped), and the calibrated twin once
+    known. A run whose heartbeat stops for STALLED_AFTER_MS is shown stalled."""
     fields = {"progress": min(max(progress, 0.0), 1.0), "updated_ms": now_ms}
     if twin is not None:
         fields["twin"] = json.dumps(twin, ensure_ascii=False)
@@ -253,6 +257,7 @@ def heartbeat(run_id: int, progress: float, now_ms: int, twin: dict | None = Non
 
 
 def finish(run_id: int, result: dict, report_html: str, now_ms: int) -> None:
+    """Store a finished run's result (what `status` shows) and its HTML report."""
     SimulationRun.update(
         status="done",
         progress=1.0,
@@ -263,6 +268,7 @@ def finish(run_id: int, result: dict, report_html: str, now_ms: int) -> None:
 
 
 def fail(run_id: int, message: str, now_ms: int) -> None:
+    """Mark a run failed with its error (first 2,000 characters) for the page to show."""
     SimulationRun.update(status="failed", updated_ms=now_ms, error=message[:2000]).where(
         SimulationRun.id == run_id
     ).execute()

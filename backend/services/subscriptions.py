@@ -108,5 +108,7 @@ def _apply(tenant_id: int, user_id: int, template_id: str, outcome: str, now_ms:
 
 
 def allowances(user_id: int) -> dict[str, int]:
+    """Subscribe messages the user still allows, per template id: what the subscribe channel
+    may spend (each accepted prompt adds one, each send takes one)."""
     rows = SubscriptionAllowance.select().where(SubscriptionAllowance.user == user_id)
     return {a.template_id: a.remaining for a in rows}

@@ -27,14 +27,17 @@ def create(appid: str, name: str, now_ms: int, settings: dict | None = None) -> 
 
 
 def by_appid(appid: str) -> Tenant | None:
+    """The tenant of a mini-program appid (how a mini-program request finds its tenant)."""
     return Tenant.get_or_none(Tenant.appid == appid)
 
 
 def merchants(tenant_id: int) -> list[Merchant]:
+    """The tenant's merchants (the campus shops coupons can be tied to), by code."""
     return list(Merchant.select().where(Merchant.tenant == tenant_id).order_by(Merchant.code))
 
 
 def add_merchant(tenant_id: int, code: str, name: str) -> Merchant:
+    """A new merchant; 409 if the code is taken (also when two requests race for it)."""
     inserted = (
         Merchant.insert(tenant=tenant_id, code=code, name=name)
         .on_conflict_ignore()
@@ -47,6 +50,7 @@ def add_merchant(tenant_id: int, code: str, name: str) -> Merchant:
 
 
 def settings(tenant: Tenant) -> dict:
+    """The tenant's settings as stored (calendar, tier thresholds, ...); {} when none."""
     return json.loads(tenant.settings or "{}")
 
 

@@ -41,6 +41,7 @@ class WeChatAdapter(HTTPAdapter):
         self.timeout = timeout
 
     def send(self, request, timeout=None, proxies=None, **kwargs):
+        """requests' send, with the base rewritten and our timeout when none was given."""
         if self.base != DEFAULT_API_BASE:
             request.url = self.base + request.url[len(DEFAULT_API_BASE) :]
             proxies = requests.utils.get_environ_proxies(request.url)
@@ -54,12 +55,14 @@ class DatabaseStorage(SessionStorage):
         self.clock = clock
 
     def get(self, key, default=None):
+        """The stored value, or `default` when absent or past its expiry by the app's clock."""
         row = KeyValue.get_or_none(KeyValue.key == key)
         if row is None or (row.expires_ms is not None and row.expires_ms <= self.clock.now_ms()):
             return default
         return row.value
 
     def set(self, key, value, ttl=None):
+        """Store (or replace) a value for `ttl` seconds less five minutes (see below)."""
         # Expire five minutes early: WeChat keeps the old token valid for five minutes after a
         # refresh, so workers refreshing near the deadline never hold a dead token.
         expires = self.clock.now_ms() + max(int(ttl) - 300, 60) * 1000 if ttl else None
@@ -68,6 +71,7 @@ class DatabaseStorage(SessionStorage):
         ).execute()
 
     def delete(self, key):
+        """Forget a value (wechatpy drops a token WeChat refused)."""
         KeyValue.delete().where(KeyValue.key == key).execute()
 
 
@@ -126,6 +130,9 @@ class SharedTokenClient(WeChatClient):
 def make_client(
     appid: str, secret: str, api_base: str, clock: SystemClock, timeout: float = 5
 ) -> WeChatClient:
+    """A wechatpy client for one app: its token shared through the database, refreshes
+    serialised, wechatpy's own retry off (channels.wechat_call applies our error table), and
+    every request bounded by `timeout` seconds and sent to `api_base` (a fake in tests)."""
     client = SharedTokenClient(
         appid,
         secret,
@@ -140,6 +147,9 @@ def make_client(
 
 @dataclass(frozen=True)
 class WechatIdentity:
+    """Who a login code belongs to: the mini-program openid, and the unionid when WeChat gives
+    one (an app bound to an Open Platform account)."""
+
     openid: str
     unionid: str | None
 

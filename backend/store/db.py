@@ -69,10 +69,13 @@ def write_transaction() -> Iterator[None]:
 
 
 def bind(db: peewee.Database) -> None:
+    """Point every model at `db` (the app factory does, once per app it makes)."""
     database.initialize(db)
 
 
 def is_sqlite() -> bool:
+    """Whether the bound database is SQLite: its one writer and its SQL differ from
+    PostgreSQL's, and a few statements must say so."""
     return isinstance(database.obj, peewee.SqliteDatabase)
 
 

@@ -36,7 +36,8 @@ from backend.store.models import (
 
 
 class SchemaTooNew(RuntimeError):
-    pass
+    """The database was migrated by a newer release than this one: refuse to run on a schema
+    this code does not know, rather than write rows it would misread."""
 
 
 def _v1_initial(db: peewee.Database) -> None:
@@ -199,6 +200,7 @@ LATEST = len(MIGRATIONS)
 
 
 def current_version(db: peewee.Database) -> int:
+    """The schema version the database is at; 0 for an empty database."""
     if not db.table_exists(SchemaVersion._meta.table_name):
         return 0
     row = SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar()
