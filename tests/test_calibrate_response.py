@@ -10,8 +10,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import build_app, close_app, make_tenant
-from test_simulator_calibrate import api_events
+from helpers.app import build_app, close_app, make_tenant
+from helpers.simulated_events import api_events
 
 from backend.core.calendar import day_start_ms
 from backend.core.clock import FixedClock, from_ms

@@ -24,13 +24,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import T0, login
-from test_campaigns import POLICY, add_policy, import_history, run_job, statuses
+from helpers.app import login
+from helpers.campaigns import (
+    NOW,
+    POLICY,
+    TODAY,
+    add_policy,
+    allowances,
+    decide_only,
+    grant,
+    import_history,
+    import_users,
+    is_quiet,
+    run_job,
+    statuses,
+    touches,
+)
 
-from backend.core.calendar import CHINA_OFFSET_MS, MS_PER_DAY, china_day
-from backend.core.clock import FixedClock, from_ms, to_ms
+from backend.core.calendar import CHINA_OFFSET_MS, MS_PER_DAY
+from backend.core.clock import FixedClock, from_ms
 from backend.core.policy.allocation import salt_of, stable_unit
-from backend.core.policy.guards import HOUR_MS, next_allowed_ms
+from backend.core.policy.guards import HOUR_MS
 from backend.services import campaigns, delivery
 from backend.services.channels import Outcome, channels_for
 from backend.services.scoring import score_tenant
@@ -40,7 +54,6 @@ from backend.store.models import (
     CampaignRun,
     JobLock,
     SchemaVersion,
-    SubscriptionAllowance,
     Tenant,
     Touch,
     User,
@@ -48,8 +61,6 @@ from backend.store.models import (
 from backend.store.models import Policy as PolicyRow
 
 ROOT = Path(__file__).resolve().parent.parent
-NOW = to_ms(T0)  # 2026-03-10 18:00 China time
-TODAY = int(china_day(NOW))
 CHINA_MIDNIGHT_AFTER_T0 = (TODAY + 1) * MS_PER_DAY - CHINA_OFFSET_MS
 NIGHT = CHINA_MIDNIGHT_AFTER_T0 - HOUR_MS  # 23:00 China time: quiet hours
 MINUTE = 60_000
@@ -62,65 +73,9 @@ PAY_AGAIN_TEXT = "刚才的支付没有成功，购物车已为你保留，点�
 # -- helpers --------------------------------------------------------------------------------
 
 
-def import_users(client, tenant, openids, silent_days: int, now_ms: int, visits: int = 3):
-    """Users (by openid) who visited on `visits` days, the last one `silent_days` before now."""
-    events = [
-        {
-            "user": openid,
-            "id": f"{openid}-{k}",
-            "type": "app_open",
-            "ts": now_ms - (silent_days + 3 * k) * MS_PER_DAY,
-        }
-        for openid in openids
-        for k in range(visits)
-    ]
-    resp = client.post("/admin/v1/events/import", json={"events": events}, headers=tenant.admin)
-    assert resp.status_code == 200, resp.get_json()
-    assert resp.get_json()["accepted"] == len(events)
-
-
-def grant(app, tenant, openids, count: int = 1, now_ms: int = NOW) -> None:
-    """`count` subscribe allowances for the comeback message (tmpl_saved) to these users."""
-    with app.app_context():
-        for user in User.select().where((User.tenant == tenant.id) & User.openid.in_(openids)):
-            SubscriptionAllowance.insert(
-                tenant=tenant.id,
-                user=user.id,
-                template_id="tmpl_saved",
-                remaining=count,
-                last_result="accept",
-                updated_ms=now_ms,
-            ).execute()
-
-
-def touches(app, tenant) -> list[dict]:
-    """Every touch of the tenant with its user's openid, oldest first."""
-    with app.app_context():
-        q = (
-            Touch.select(Touch, User.openid)
-            .join(User, on=(Touch.user == User.id))
-            .where(Touch.tenant == tenant.id)
-            .order_by(Touch.id)
-            .dicts()
-        )
-        return list(q)
-
-
 def assert_unique_touches(rows) -> None:
     keys = Counter((r["policy"], r["user"], r["day"], r["step"]) for r in rows)
     assert [k for k, n in keys.items() if n > 1] == []
-
-
-def allowances(app, openids) -> list[int]:
-    """The subscribe allowances each of these users has left, in the order given."""
-    with app.app_context():
-        left = dict(
-            SubscriptionAllowance.select(User.openid, SubscriptionAllowance.remaining)
-            .join(User, on=(SubscriptionAllowance.user == User.id))
-            .where(User.openid.in_(list(openids)))
-            .tuples()
-        )
-    return [left[o] for o in openids]
 
 
 class Recording:
@@ -146,19 +101,9 @@ def deliver(app, tenant, now_ms: int, recorder: Recording | None = None):
         return delivery.deliver_due(t, channels, delivery.RetryPolicy(0, 3), clock=at)
 
 
-def decide_only(app, tenant, *, now_ms: int = NOW, day: int = TODAY) -> dict:
-    """The job without delivery: decisions written to the outbox, nothing sent."""
-    with app.app_context():
-        return campaigns.run(Tenant.get_by_id(tenant.id), day, now_ms, deliver=None)
-
-
 def china_hm(ms: int) -> tuple[int, int]:
     local = (ms + CHINA_OFFSET_MS) % MS_PER_DAY
     return local // HOUR_MS, (local % HOUR_MS) // 60_000
-
-
-def is_quiet(ms: int) -> bool:
-    return next_allowed_ms(ms) != ms
 
 
 # -- the CLI as a subprocess (SQLite only) --------------------------------------------------

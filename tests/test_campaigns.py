@@ -3,108 +3,22 @@
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
-from conftest import T0
-
-from backend.core.calendar import china_day
-from backend.core.clock import FixedClock, from_ms
-from backend.services import campaigns, delivery
-from backend.services.channels import channels_for
-from backend.store.models import Policy as PolicyRow
-from backend.store.models import SmsMessage, SubscriptionAllowance, Touch, User
-
-DAY_MS = 86_400_000
-NOW = int(T0.timestamp() * 1000)
-TODAY = int(china_day(NOW))
-
-POLICY = textwrap.dedent(
-    """
-    name: comeback
-    eligibility:
-      tiers: [low_frequency, churn_risk, churned]
-      min_days_silent: 3
-      max_days_silent: 60
-    timing:
-      lapse_after_days: 3
-      send_hour: 10
-    holdout_share: 0.3
-    arms:
-      - name: care
-        touches:
-          - {day: 0, channel: subscribe, message: saved}
-          - {day: 7, channel: sms, message: sms_hi}
-    messages:
-      saved:
-        kind: reminder
-        template_id: tmpl_saved
-        page: pages/index/index
-        fields:
-          thing1: 你收藏的菜品还在
-          date2: "{today}"
-      sms_hi:
-        kind: caring
-        text: 【校园外卖】好久不见，常点的店铺都还在营业。
-    """
+from helpers.campaigns import (
+    DAY_MS,
+    NOW,
+    POLICY,
+    TODAY,
+    add_policy,
+    grant_all,
+    import_history,
+    run_job,
+    statuses,
 )
 
-
-def import_history(client, tenant, users: int, silent_days: int, visits: int = 3) -> None:
-    """`users` users who visited on `visits` days, the last one `silent_days` ago."""
-    events = []
-    for u in range(users):
-        for k in range(visits):
-            ts = NOW - (silent_days + 3 * k) * DAY_MS
-            events.append({"user": f"u{u:03d}", "id": f"e{u}-{k}", "type": "app_open", "ts": ts})
-    resp = client.post("/admin/v1/events/import", json={"events": events}, headers=tenant.admin)
-    assert resp.status_code == 200 and resp.get_json()["accepted"] == len(events)
-
-
-def grant_all(app, tenant, template: str = "tmpl_saved", count: int = 1) -> None:
-    with app.app_context():
-        SubscriptionAllowance.delete().where(
-            SubscriptionAllowance.template_id == template
-        ).execute()
-        for user in User.select().where(User.tenant == tenant.id):
-            SubscriptionAllowance.insert(
-                tenant=tenant.id,
-                user=user.id,
-                template_id=template,
-                remaining=count,
-                last_result="accept",
-                updated_ms=NOW,
-            ).execute()
-
-
-def add_policy(client, tenant, source: str = POLICY, active: bool = True):
-    resp = client.post(
-        "/admin/v1/policies", json={"source": source, "active": active}, headers=tenant.admin
-    )
-    assert resp.status_code == 201, resp.get_json()
-    return resp.get_json()
-
-
-def run_job(app, tenant, *, dry_run=False, now=NOW, day=TODAY):
-    with app.app_context():
-        from backend.store.models import Tenant
-
-        t = Tenant.get_by_id(tenant.id)
-        channels = channels_for(app)
-
-        def deliver(tt, now_ms):
-            at = FixedClock(from_ms(now_ms))  # the job's instant, standing still
-            return delivery.deliver_due(tt, channels, delivery.RetryPolicy(0, 3), clock=at)
-
-        return campaigns.run(t, day, now, dry_run=dry_run, deliver=deliver)
-
-
-def statuses(app, tenant) -> dict[str, int]:
-    with app.app_context():
-        out: dict[str, int] = {}
-        for t in Touch.select().where(Touch.tenant == tenant.id):
-            out[t.status] = out.get(t.status, 0) + 1
-        return out
+from backend.store.models import Policy as PolicyRow
+from backend.store.models import SmsMessage, SubscriptionAllowance, Touch, User
 
 
 def test_job_decides_queues_and_sends_once(app, client, tenant):

@@ -16,15 +16,14 @@ import textwrap
 from dataclasses import dataclass
 
 import pytest
-from conftest import T0, TenantInfo, build_app, close_app, make_tenant
+from helpers.app import T0, TenantInfo, build_app, close_app, make_tenant
 
 from backend.core.calendar import MS_PER_DAY, china_day, day_start_ms
 from backend.core.clock import FixedClock, from_ms
 from backend.services import campaigns, delivery
 from backend.services.channels import channels_for
 from backend.store.models import SubscriptionAllowance, Tenant, Touch, User
-from fake_wechat.answers import Script
-from fake_wechat.server import SUBSCRIBE_SEND_PATH, TEMPLATE_SEND_PATH, FakeWeChat
+from fake_wechat.server import SUBSCRIBE_SEND_PATH, TEMPLATE_SEND_PATH, FakeWeChat, Script
 
 APPID = "wxtest00000000001"
 SECRET = "channels-test-app-secret"

@@ -6,7 +6,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-from conftest import login
+from helpers.app import login
 
 from backend.store.models import Coupon, CouponTemplate, Order
 

@@ -8,8 +8,9 @@ import re
 from html import unescape
 
 import pytest
-from dashboard_campus import build, csrf_from, sign_in
-from test_campaigns import DAY_MS, NOW, POLICY, TODAY, add_policy
+from helpers.admin_session import csrf_from, sign_in
+from helpers.campaigns import DAY_MS, NOW, POLICY, TODAY, add_policy
+from helpers.campus import build
 
 from backend.core.calendar import day_date
 from backend.core.policy.decide import REASONS

@@ -13,8 +13,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import build_app, close_app, make_tenant
-from dashboard_campus import build
+from helpers.app import T0, build_app, close_app, make_tenant
+from helpers.campaigns import POLICY, add_policy
+from helpers.campus import build
 from werkzeug.serving import make_server
 
 from backend.core.clock import FixedClock
@@ -35,8 +36,6 @@ def _need(condition: bool, why: str) -> None:
 def served(tmp_path_factory):
     """One campus (tenant A with a week of history, tenant B with a policy and a trial of its
     own) served on a free port for the whole module."""
-    from conftest import T0
-
     folder = tmp_path_factory.mktemp("dashboard")
     clock = FixedClock(T0)
     app = build_app(f"sqlite:///{folder / 'huiliu.sqlite3'}", clock)
@@ -44,8 +43,6 @@ def served(tmp_path_factory):
     a = make_tenant(app, "wxbrowser000000001")
     b = make_tenant(app, "wxbrowser000000002")
     build(app, client, a, clock, users=60)
-    from test_campaigns import POLICY, add_policy
-
     add_policy(client, b, POLICY.replace("name: comeback", "name: b_private_policy"))
     with app.app_context():
         from backend.services import simulations

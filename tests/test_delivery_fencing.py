@@ -14,9 +14,11 @@ import time
 from collections import Counter
 
 import pytest
-from test_campaign_safety import (
+from helpers.campaigns import (
     NOW,
+    POLICY,
     TODAY,
+    add_policy,
     allowances,
     decide_only,
     grant,
@@ -24,7 +26,6 @@ from test_campaign_safety import (
     is_quiet,
     touches,
 )
-from test_campaigns import POLICY, add_policy
 
 from backend.core.clock import FixedClock, from_ms
 from backend.services import campaigns, coupons, delivery

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import T0, login
+from helpers.app import T0, login
 
 from backend.core.clock import to_ms
 from backend.store.models import Event, Order, User

@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import login, make_tenant
-from test_campaign_safety import (
+from helpers.admin_session import sign_in
+from helpers.app import login, make_tenant
+from helpers.campaigns import (
     NOW,
+    POLICY,
     TODAY,
+    add_policy,
     decide_only,
     grant,
     import_users,
     is_quiet,
     touches,
 )
-from test_campaigns import POLICY, add_policy
 
 from backend.core.policy import PolicyError
 from backend.services import campaigns, policies, scoring
@@ -187,8 +189,6 @@ def test_an_unreadable_policy_is_named_and_the_tenants_other_policy_still_runs(
 
 def test_an_unreadable_policy_is_a_409_or_named_on_every_page_not_a_500(app, client, tenant):
     """The routes and pages that read one stored policy answer for an unreadable one."""
-    from dashboard_campus import sign_in
-
     add_policy(client, tenant, STALE)
     with app.app_context():
         PolicyRow.update(source=UNREADABLE).where(PolicyRow.name == "stale").execute()

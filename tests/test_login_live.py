@@ -10,7 +10,7 @@ import logging
 import socket
 
 import pytest
-from conftest import build_app, close_app, make_tenant
+from helpers.app import build_app, close_app, make_tenant
 
 from backend.services.wechat import make_client
 from backend.store import db as store_db

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import login
+from helpers.app import login
 from itsdangerous import URLSafeSerializer
 
 from backend.app import create_app

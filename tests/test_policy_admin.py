@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from test_campaigns import POLICY, add_policy, import_history, run_job
+from helpers.campaigns import POLICY, add_policy, import_history, run_job
 
 
 def test_presets_install_and_list(client, tenant):

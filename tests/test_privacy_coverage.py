@@ -12,7 +12,7 @@ from __future__ import annotations
 import textwrap
 
 import peewee as pw
-from conftest import T0, login
+from helpers.app import T0, login
 
 from backend.core.calendar import china_day
 from backend.services import privacy

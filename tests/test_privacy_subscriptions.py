@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import login
+from helpers.app import login
 
 from backend.store.models import ConsentLog, Coupon, Event, Order, SubscriptionAllowance, User
 

@@ -4,8 +4,8 @@ HUILIU_TRUSTED_PROXIES the per-address limits count the client the proxy saw ins
 from __future__ import annotations
 
 import pytest
-from conftest import build_app, close_app
-from dashboard_campus import sign_in
+from helpers.admin_session import sign_in
+from helpers.app import build_app, close_app
 
 from backend.web import config
 from backend.web.dashboard.session import MAX_FAILED_SIGN_INS

@@ -6,7 +6,8 @@ import json
 import math
 
 import pytest
-from test_campaigns import (
+from helpers.admin_session import sign_in
+from helpers.campaigns import (
     DAY_MS,
     NOW,
     POLICY,
@@ -341,8 +342,6 @@ def _iso(day: int) -> str:
 
 
 def test_the_overview_shows_how_far_each_policy_is_from_its_sample_size(app, client, tenant):
-    from dashboard_campus import sign_in
-
     add_policy(client, tenant, POLICY)
     for day in range(TODAY - 20, TODAY - 10):
         _decided(app, tenant, "comeback", day, 6, 1, holdout=True)
@@ -407,7 +406,7 @@ def test_power_plans_on_the_lapsed_share_of_the_daily_volume():
     """Only users lapsed at decision enter the recall comparison: a policy deciding 60 users a
     day of whom a third are lapsed gathers 20 comparison users a day, not 60."""
     from backend.core import metrics
-    from backend.services.report_power import Design, power
+    from backend.services.reports import Design, power
 
     entry = {
         "treated_users": 150,

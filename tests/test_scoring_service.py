@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from conftest import T0, login
+from helpers.app import T0, login
 
 from backend.core import bgnbd
 from backend.store.models import ModelFit, ScoreSnapshot

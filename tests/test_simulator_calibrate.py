@@ -9,11 +9,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import build_app, close_app, make_tenant
+from helpers.app import build_app, close_app, make_tenant
+from helpers.simulated_events import api_events
 
 from backend.core.calendar import day_start_ms
 from backend.core.clock import FixedClock, from_ms
-from backend.core.features import KIND_CODES
 from backend.core.policy.spec import MESSAGE_KINDS
 from backend.store import db as store_db
 from simulator.calibrate import Log, NotEnoughHistory, calibrate_tenant, fit_organic, simulate_log
@@ -41,29 +41,6 @@ def known_params() -> SimParams:
         for p in base.personas
     )
     return replace(base, personas=personas, weekend_factor=0.7)
-
-
-def api_events(model: CampusModel) -> list[tuple[int, int, dict]]:
-    """(user row, day, event as the mini-program posts it) for everything the campus did:
-    an app_open and a session_end per visit, an order_paid per order."""
-    ev, orders = model.log.columns()
-    hour = model.state.usual_hour.astype(np.int64)
-    out = []
-    for u, d, kind, secs in zip(ev.user, ev.day, ev.kind, ev.duration_s, strict=True):
-        u, d = int(u), int(d)
-        opened = day_start_ms(d) + int(hour[u]) * 3_600_000
-        if kind == KIND_CODES["app_open"]:
-            out.append((u, d, {"id": f"o{d}", "type": "app_open", "ts": opened}))
-        elif kind == KIND_CODES["session_end"]:
-            left = opened + min(int(secs * 1000), 3_500_000)  # same hour, same day
-            props = {"duration_s": round(float(secs), 1)}
-            out.append((u, d, {"id": f"s{d}", "type": "session_end", "ts": left, "props": props}))
-    for u, d, amount in zip(orders.user, orders.day, orders.amount_fen, strict=True):
-        u, d = int(u), int(d)
-        paid = day_start_ms(d) + int(hour[u]) * 3_600_000 + 60_000
-        props = {"order_id": f"{u}-{d}", "amount_fen": int(amount)}
-        out.append((u, d, {"id": f"p{d}", "type": "order_paid", "ts": paid, "props": props}))
-    return out
 
 
 def push(app, tenant, clock: FixedClock, model: CampusModel, first_day: int) -> None:

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from conftest import build_app, close_app, login, make_tenant
-from dashboard_campus import csrf_from, sign_in
+from helpers.admin_session import csrf_from, sign_in
+from helpers.app import build_app, close_app, login, make_tenant
 
 from backend.services import ratelimit, simulations, subscriptions, tenants
 from backend.store.db import database

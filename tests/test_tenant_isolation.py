@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass
 
 import pytest
-from conftest import login, make_tenant
-from dashboard_campus import csrf_from, sign_in
-from test_campaigns import DAY_MS, NOW, POLICY, TODAY, add_policy, grant_all, run_job
+from helpers.admin_session import csrf_from, sign_in
+from helpers.app import login, make_tenant
+from helpers.campaigns import DAY_MS, NOW, POLICY, TODAY, add_policy, grant_all, run_job
 
 from backend.core.calendar import day_date
 from backend.services import scoring

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import login
+from helpers.app import login
 from itsdangerous import URLSafeSerializer
 
 from backend.store.models import Coupon, User

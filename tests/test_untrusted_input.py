@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import login
-from dashboard_campus import csrf_from, sign_in
-from test_campaigns import POLICY
+from helpers.admin_session import csrf_from, sign_in
+from helpers.app import login
+from helpers.campaigns import POLICY, add_policy
 
 from backend.core import documents
 from backend.core.documents import DocumentError
@@ -587,8 +587,6 @@ def _swallow(url: str) -> None:
     ],
 )
 def test_hostile_policy_files_are_a_400_naming_the_problem(client, tenant, source, code):
-    from test_campaigns import add_policy
-
     add_policy(client, tenant, POLICY)
     for method, url in (("post", "/admin/v1/policies"), ("put", "/admin/v1/policies/comeback")):
         resp = getattr(client, method)(url, json={"source": source}, headers=tenant.admin)
@@ -613,8 +611,6 @@ def test_deep_json_bodies_are_a_400(client, tenant):
 
 
 def test_the_dashboard_forms_use_the_bounded_loader(app, client, tenant):
-    from test_campaigns import add_policy
-
     add_policy(client, tenant, POLICY)
     sign_in(client, tenant.api_key)
     token = csrf_from(client.get("/admin/policies/comeback").get_data(as_text=True))
@@ -649,8 +645,6 @@ def _request_bodies(client) -> list[tuple[str, str]]:
 
 
 def test_every_json_route_refuses_a_lone_surrogate_naming_the_field(client, tenant):
-    from test_campaigns import add_policy
-
     add_policy(client, tenant, POLICY)
     headers = {**tenant.admin, **login(client, tenant), "X-Huiliu-Appid": tenant.appid}
     routes = _request_bodies(client)

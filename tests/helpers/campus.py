@@ -8,7 +8,9 @@ silent 10–20 days (lapsed at decision: their returns are recall)."""
 
 from __future__ import annotations
 
-from test_campaigns import (
+from backend.store.models import Touch, User
+
+from .campaigns import (
     DAY_MS,
     NOW,
     POLICY,
@@ -18,21 +20,6 @@ from test_campaigns import (
     import_history,
     run_job,
 )
-
-from backend.store.models import Touch, User
-
-
-def sign_in(client, api_key: str):
-    """Sign in through the form, CSRF token and all, as a browser would."""
-    page = client.get("/admin/login").get_data(as_text=True)
-    token = csrf_from(page)
-    return client.post("/admin/login", data={"api_key": api_key, "csrf_token": token})
-
-
-def csrf_from(page: str) -> str:
-    marker = 'name="csrf_token" value="'
-    start = page.index(marker) + len(marker)
-    return page[start : page.index('"', start)]
 
 
 def import_lapsed(client, tenant, users: int, visits: int = 3) -> None:
