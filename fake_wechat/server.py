@@ -1,5 +1,11 @@
 """A fake WeChat API server: a real HTTP server on loopback that answers as WeChat does.
 
+Long because the fake is one object: its four endpoints and the methods tests script and
+inspect it with share one lock over the tokens, login codes, allowances, followers and the
+request log, and this docstring is the behaviour table the tests are written against. The
+parts that stand alone live beside it: field types (fields.py), errcodes and scripted
+answers (answers.py), what it records (records.py).
+
 It serves the endpoints a mini-program login and a recall message touch, with WeChat's shapes
 and quirks:
 
@@ -51,14 +57,9 @@ Sends are checked in WeChat's order and answer:
 |         | each successful send spends one                                              |
 | 43004   | template: the openid does not follow the account (`follow`)                  |
 
-Field types (`add_template(id, {"thing1": None, "keyword1": "text"}, kind=...)`, the type
-inferred from the key without its digits): thing ≤ 20 chars; phrase ≤ 5 Chinese chars; name ≤ 10
-chars (≤ 20 if pure ASCII letters/symbols); number ≤ 32 digits, optional decimals;
-character_string ≤ 32 ASCII letters/digits/symbols; letter ≤ 32 letters; symbol ≤ 5 symbols;
-phone_number ≤ 17 digits/symbols; car_number ≤ 8; amount an optional currency sign plus ≤ 10
-digits, optionally ending 元; date a date (plus an optional time); time a date and/or a time
-(`2026-11-23 10:00`, `2026年11月23日`, `10:00`), either as a range `a~b`; text (legacy Official
-Account keys such as keyword1/first/remark) anything. Values must be non-empty strings.
+Field types and their limits (`add_template(id, {"thing1": None, "keyword1": "text"},
+kind=...)`, the type inferred from the key without its digits) are in fake_wechat/fields.py;
+values must be non-empty strings.
 
 `script_send(openid, *scripts)` queues Scripts for that openid's sends (both endpoints), one
 consumed per send before any other check: `Script(errcode=45011)`, `Script()` (handle normally),
@@ -80,7 +81,6 @@ import argparse
 import base64
 import contextlib
 import json
-import re
 import secrets
 import socket
 import sys
@@ -88,11 +88,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from fake_wechat.answers import ERRMSG, PREFIX_SCRIPTS, Script, error_body
+from fake_wechat.fields import FIELD_TYPES, field_problem, field_type
+from fake_wechat.records import Recorded, Sent, Template, default_openid_rule
 
 TOKEN_PATH = "/cgi-bin/token"
 LOGIN_PATH = "/sns/jscode2session"
@@ -100,212 +102,8 @@ SUBSCRIBE_SEND_PATH = "/cgi-bin/message/subscribe/send"
 TEMPLATE_SEND_PATH = "/cgi-bin/message/template/send"
 TOKEN_GRACE_S = 300.0  # WeChat keeps the old access token usable for 5 minutes after a refresh
 
-# errcode -> errmsg, as WeChat words them (before the rid suffix).
-ERRMSG = {
-    -1: "system error",
-    40001: "invalid credential, access_token is invalid or not latest",
-    40002: "invalid grant_type",
-    40003: "invalid openid",
-    40013: "invalid appid",
-    40029: "invalid code",
-    40037: "invalid template_id",
-    40125: "invalid appsecret",
-    40163: "code been used",
-    40226: "code blocked",
-    41001: "access_token missing",
-    41002: "appid missing",
-    41004: "appsecret missing",
-    41008: "missing code",
-    41030: "invalid page",
-    42001: "access_token expired",
-    43002: "require POST method",
-    43004: "require subscribe",
-    43101: "user refuse to accept the msg",
-    43107: "subscribe ability banned",
-    44002: "empty post data",
-    45009: "reach max api daily quota limit",
-    45011: "api minute-quota reach limit  mustslower  retry next minute",
-    47001: "data format error",
-    47003: "argument invalid!",
-}
-
-
-@dataclass(frozen=True)
-class Script:
-    """How the fake answers one request. The first field set decides; all unset means success."""
-
-    drop: bool = False  # close the connection without answering
-    hang: bool = False  # hold the connection for hang_s seconds, then close it unanswered
-    http_status: int | None = None  # answer this HTTP status with an HTML error page
-    errcode: int | None = None  # answer HTTP 200 with this errcode
-    errmsg: str | None = None  # default: WeChat's wording for errcode
-    openid: str | None = None  # on success; default o_<code>
-    unionid: str | None = None  # on success; default none (u_<name> for union_<name>)
-
-
-PREFIX_SCRIPTS = {
-    "bad_": Script(errcode=40029),
-    "busy_": Script(errcode=-1),
-    "limit_": Script(errcode=45011),
-    "blocked_": Script(errcode=40226),
-    "http500_": Script(http_status=500),
-    "drop_": Script(drop=True),
-    "hang_": Script(hang=True),
-}
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """One request the fake received."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str] = field(repr=False)
-    body: Any = None  # a POST's parsed JSON body; None for GETs and bodies that are not JSON
-
-
-@dataclass(frozen=True)
-class Template:
-    """A message template registered with the fake: data key -> field type."""
-
-    template_id: str
-    kind: str  # "subscribe" (mini-program) or "template" (Official Account)
-    fields: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Sent:
-    """One message the fake delivered."""
-
-    kind: str  # "subscribe" or "template"
-    openid: str
-    template_id: str
-    data: dict[str, str]  # data key -> value
-    page: str | None  # subscribe: the page the card opens
-    url: str | None  # template: the link
-    at: float  # time.monotonic() when delivered
-    miniprogram: dict | None = None  # template: {"appid", "pagepath"}
-    miniprogram_state: str | None = None  # subscribe
-    lang: str | None = None  # subscribe
-    msgid: int | None = None  # template: the msgid answered
-
-
-def default_openid_rule(openid: str) -> bool:
-    """Which touser values the fake accepts as openids: any but empty or `bad_...`."""
-    return bool(openid) and not openid.startswith("bad_")
-
-
-# -- field limits (WeChat's subscribe-message keyword types) -----------------------------------
-
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_DATE = r"\d{4}(?:-\d{1,2}-\d{1,2}|/\d{1,2}/\d{1,2}|年\d{1,2}月\d{1,2}日)"
-_CLOCK = r"\d{1,2}:\d{2}(?::\d{2})?"
-_MOMENT = re.compile(
-    rf"(?P<date>{_DATE})(?:(?:\s+|(?<=日))(?P<time>{_CLOCK}))?|(?P<only>{_CLOCK})", re.ASCII
-)
-_PATTERNS = {
-    "phrase": re.compile(rf"[{_CJK}]+"),
-    "number": re.compile(r"\d+(?:\.\d+)?", re.ASCII),
-    "letter": re.compile(r"[A-Za-z]+"),
-    "symbol": re.compile(r"[^\w\s]+"),
-    "character_string": re.compile(r"[!-~]+"),
-    "phone_number": re.compile(r"[!-@\[-`{-~]+"),  # digits and ASCII symbols
-    "car_number": re.compile(rf"[{_CJK}]?[A-Za-z0-9]+[{_CJK}]?"),
-    "amount": re.compile(r"(?:[¥￥$€£]|CNY|RMB|USD)?(\d+(?:\.\d+)?)元?", re.ASCII),
-    "name": re.compile(r"[^\d\s][^\d]*"),
-}
-_MAX_LEN = {
-    "thing": 20,
-    "phrase": 5,
-    "name": 10,
-    "letter": 32,
-    "symbol": 5,
-    "character_string": 32,
-    "phone_number": 17,
-    "car_number": 8,
-}
-FIELD_TYPES = (
-    "thing",
-    "number",
-    "letter",
-    "symbol",
-    "character_string",
-    "time",
-    "date",
-    "amount",
-    "phone_number",
-    "car_number",
-    "name",
-    "phrase",
-    "text",  # Official Account legacy keys (first, keyword1, remark): any string
-)
-
-
-def field_type(key: str) -> str | None:
-    """The field type a data key names (`thing1` -> thing), or None when it names none."""
-    kind = key.rstrip("0123456789")
-    return kind if kind in FIELD_TYPES and kind != "text" else None
-
-
-def _moment_ok(text: str, *, need_date: bool) -> bool:
-    """A date, a 24-hour time, or both (`2026-11-23 10:00`, `2026年11月23日`, `10:00`)."""
-    match = _MOMENT.fullmatch(text.strip())
-    if match is None or (need_date and match["date"] is None):
-        return False
-    if match["date"] is not None:
-        year, month, day = (int(n) for n in re.findall(r"\d+", match["date"]))
-        try:
-            date(year, month, day)
-        except ValueError:
-            return False
-    clock = match["time"] or match["only"]
-    if clock is not None:
-        hour, minute, *second = (int(n) for n in clock.split(":"))
-        if hour > 23 or minute > 59 or (second and second[0] > 59):
-            return False
-    return True
-
-
-def field_problem(kind: str, value: Any) -> str | None:
-    """Why WeChat would refuse this value for a field of this type (None when it is fine)."""
-    if not isinstance(value, str):
-        return "invalid"
-    if not value:
-        return "is empty"
-    if kind == "text":
-        return None
-    if kind in ("time", "date"):
-        parts = value.replace("～", "~").split("~")
-        ok = len(parts) <= 2 and all(_moment_ok(p, need_date=kind == "date") for p in parts)
-        return None if ok else "invalid"
-    if kind in _PATTERNS:
-        match = _PATTERNS[kind].fullmatch(value)
-        if match is None:
-            return "invalid"
-        if kind == "number" and sum(c.isdigit() for c in value) > 32:
-            return "exceeds the length limit"
-        if kind == "amount" and sum(c.isdigit() for c in match[1]) > 10:
-            return "exceeds the length limit"
-    limit = _MAX_LEN.get(kind)
-    if kind == "name" and value.isascii():
-        limit = 20  # a pure letter/symbol name may be twice as long as a Chinese one
-    if limit is not None and len(value) > limit:
-        return "exceeds the length limit"
-    return None
-
-
-def _rid() -> str:
-    return "-".join(secrets.token_hex(4) for _ in range(3))
-
-
 _NOT_JSON = object()  # a request body that is absent or does not parse as JSON
 JSON_TYPE = "application/json; encoding=utf-8"
-
-
-def _error_body(errcode: int, errmsg: str | None = None) -> dict:
-    text = errmsg if errmsg is not None else ERRMSG.get(errcode, "unknown error")
-    return {"errcode": errcode, "errmsg": f"{text}, rid: {_rid()}"}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -619,14 +417,14 @@ class FakeWeChat:
             if self._misbehave(handler, script):
                 return
             if script.errcode is not None:
-                handler.reply_json(_error_body(script.errcode, script.errmsg), content_type)
+                handler.reply_json(error_body(script.errcode, script.errmsg), content_type)
                 return
         if query.get("grant_type") != "client_credential":
-            handler.reply_json(_error_body(40002), content_type)
+            handler.reply_json(error_body(40002), content_type)
             return
         errcode = self._credentials_error(query)
         if errcode is not None:
-            handler.reply_json(_error_body(errcode), content_type)
+            handler.reply_json(error_body(errcode), content_type)
             return
         token = secrets.token_urlsafe(102)
         now = time.monotonic()
@@ -657,10 +455,10 @@ class FakeWeChat:
         if errcode is None and not code:
             errcode = 41008
         if errcode is not None:
-            handler.reply_json(_error_body(errcode), content_type)
+            handler.reply_json(error_body(errcode), content_type)
             return
         if script.errcode is not None:
-            handler.reply_json(_error_body(script.errcode, script.errmsg), content_type)
+            handler.reply_json(error_body(script.errcode, script.errmsg), content_type)
             return
         with self._lock:
             if code in self._used_codes:
@@ -671,7 +469,7 @@ class FakeWeChat:
                 session_key = base64.b64encode(secrets.token_bytes(16)).decode()
                 self.session_keys.append(session_key)
         if used:
-            handler.reply_json(_error_body(40163), content_type)
+            handler.reply_json(error_body(40163), content_type)
             return
         answer = {"session_key": session_key, "openid": script.openid or f"o_{code}"}
         unionid = script.unionid
@@ -708,13 +506,13 @@ class FakeWeChat:
             if self._misbehave(handler, script):
                 return
             if script.errcode is not None:
-                handler.reply_json(_error_body(script.errcode, script.errmsg), JSON_TYPE)
+                handler.reply_json(error_body(script.errcode, script.errmsg), JSON_TYPE)
                 return
         answer = self._check_send(handler.command, kind, query, raw, body)
         if isinstance(answer, int):
-            handler.reply_json(_error_body(answer), JSON_TYPE)
+            handler.reply_json(error_body(answer), JSON_TYPE)
         elif isinstance(answer, str):
-            handler.reply_json(_error_body(47003, answer), JSON_TYPE)
+            handler.reply_json(error_body(47003, answer), JSON_TYPE)
         else:
             handler.reply_json(answer, JSON_TYPE)
 

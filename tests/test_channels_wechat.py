@@ -23,7 +23,8 @@ from backend.core.clock import FixedClock, from_ms
 from backend.services import campaigns, delivery
 from backend.services.channels import channels_for
 from backend.store.models import SubscriptionAllowance, Tenant, Touch, User
-from fake_wechat.server import SUBSCRIBE_SEND_PATH, TEMPLATE_SEND_PATH, FakeWeChat, Script
+from fake_wechat.answers import Script
+from fake_wechat.server import SUBSCRIBE_SEND_PATH, TEMPLATE_SEND_PATH, FakeWeChat
 
 APPID = "wxtest00000000001"
 SECRET = "channels-test-app-secret"

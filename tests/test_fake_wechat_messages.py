@@ -18,13 +18,9 @@ from wechatpy.exceptions import APILimitedException, WeChatClientException
 
 from backend.core.clock import SystemClock
 from backend.services.wechat import make_client
-from fake_wechat.server import (
-    SUBSCRIBE_SEND_PATH,
-    TEMPLATE_SEND_PATH,
-    FakeWeChat,
-    Script,
-    Sent,
-)
+from fake_wechat.answers import Script
+from fake_wechat.records import Sent
+from fake_wechat.server import SUBSCRIBE_SEND_PATH, TEMPLATE_SEND_PATH, FakeWeChat
 
 APPID = "wxtest00000000001"
 SECRET = "messages-test-app-secret"

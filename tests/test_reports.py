@@ -406,7 +406,7 @@ def test_power_plans_on_the_lapsed_share_of_the_daily_volume():
     """Only users lapsed at decision enter the recall comparison: a policy deciding 60 users a
     day of whom a third are lapsed gathers 20 comparison users a day, not 60."""
     from backend.core import metrics
-    from backend.services.reports import Design, power
+    from backend.services.report_power import Design, power
 
     entry = {
         "treated_users": 150,

@@ -8,11 +8,14 @@ once those weeks have passed. docs/metrics.md defines each measure.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from backend.core.attribution import first_after, sum_within
 from backend.core.calendar import MS_PER_DAY
 from backend.core.metrics import RETENTION_DAYS, RETENTION_WINDOW_DAYS
+from backend.core.policy import PolicyError, parse_policy
 from backend.store.db import database, execute_many, write_transaction
 from backend.store.models import Event
 
@@ -45,7 +48,10 @@ def _events(tenant_id: int, since: int, until: int, users: np.ndarray) -> np.nda
 
 
 def attribute(tenant_id: int, now_ms: int) -> int:
-    """Update every open touch of the tenant; returns how many became final."""
+    """Update every open touch of the tenant; returns how many became final.
+
+    The campaign job runs it before deciding, so the caps, the ignored streaks and the report
+    read final outcomes (returns, orders, opens, retention) for sends and holdouts alike."""
     retention_from = _query(
         "SELECT MIN(returned_ms) FROM touch WHERE tenant_id = ? AND returned_ms IS NOT NULL "
         "AND (retained_d7 IS NULL OR retained_d30 IS NULL)",
@@ -80,8 +86,6 @@ class _EventCache:
 
 def _windows(tenant_id: int) -> dict[int, int]:
     """Attribution window (ms) of each of the tenant's readable policies."""
-    from backend.core.policy import PolicyError, parse_policy
-
     windows = {}
     for pid, src in _query("SELECT id, source FROM policy WHERE tenant_id = ?", [tenant_id]):
         try:
@@ -177,8 +181,6 @@ def _clicks(tenant_id: int, now_ms: int, lookback_days: int = 14) -> None:
 
     Looks back over the last two weeks, or further when a sent touch is still being
     attributed (a first run or a backfill), so no tap on an open touch is missed."""
-    import json
-
     oldest = _query(
         "SELECT MIN(sent_ms) FROM touch WHERE tenant_id = ? AND status = 'sent' "
         "AND NOT attributed AND opened_ms IS NULL",

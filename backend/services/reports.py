@@ -9,14 +9,14 @@ users still active at decision did is their *retention* (`retention_active`), ne
 Only touches whose window has closed are counted, so a report never mixes final and
 provisional outcomes.
 
-Each policy also carries `power`: how far its holdout comparison is from the size that would
-detect its effect at 80% power, and how many days that takes at its current volume.
+Each policy also carries `power` (services/report_power.py): how far its holdout comparison is
+from the size that would detect its effect at 80% power, and how many days that takes at its
+current volume. The touches are read as core.touches.TouchColumns, the type calibration reads.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 
 import numpy as np
 import peewee as pw
@@ -25,78 +25,54 @@ from backend.core import metrics
 from backend.core.calendar import day_date
 from backend.core.recall import lapsed_at_decision
 from backend.core.tiers import TierConfig
-from backend.services.scoring import tier_config
+from backend.core.touches import TouchColumns
+from backend.errors import ApiError
+from backend.services import policies
+from backend.services.attribution import MEASURED
+from backend.services.report_power import designs, power
+from backend.services.scoring import parse_day, tier_config
 from backend.store.db import database
-from backend.store.models import Policy, Tenant, Touch
+from backend.store.models import SEND_STATUSES, CouponTemplate, Policy, Tenant, Touch
 
 DIMENSIONS = ("arm", "tier", "channel")
-# Touches the policy decided to send (whatever became of them): what the run budget bounds.
-SEND_STATUSES = ("queued", "sending", "sent", "failed", "expired")
-# The power block (docs/metrics.md, "Power"): the effect a policy is planned to detect until its
-# own holdout comparison shows a significant one, and how far back "current volume" looks.
-PLANNING_EFFECT = 0.05  # +5 percentage points of recall
-VOLUME_DAYS = 28
 
-
-@dataclass
-class TouchColumns:
-    """Finished touches as columns. Text columns are integer codes into `names[column]`."""
-
-    policy: np.ndarray
-    arm: np.ndarray
-    tier: np.ndarray
-    channel: np.ndarray
-    status: np.ndarray
-    holdout: np.ndarray
-    user: np.ndarray
-    day: np.ndarray
-    step: np.ndarray
-    returned: np.ndarray
-    ordered: np.ndarray
-    opened: np.ndarray
-    attempted: np.ndarray
-    revenue: np.ndarray
-    coupon_cost: np.ndarray
-    message_cost: np.ndarray
-    value: np.ndarray
-    retained_d7: np.ndarray  # 1 yes, 0 no, -1 not yet known
-    retained_d30: np.ndarray
-    lapsed: np.ndarray  # the user was lapsed at decision (core.recall)
-    names: dict[str, list[str]]
-
-    def __len__(self) -> int:
-        return int(self.user.size)
-
-    def take(self, rows: np.ndarray) -> TouchColumns:
-        """The touches at `rows` (a boolean mask or indices); names are shared."""
-        parts = {k: v[rows] for k, v in self.__dict__.items() if k != "names"}
-        return TouchColumns(**parts, names=self.names)
-
-    def code(self, column: str, name: str) -> int:
-        values = self.names[column]
-        return values.index(name) if name in values else -1
-
-
-_TEXT = ("policy", "arm", "tier", "channel", "status")
+# A nullable flag as 1 yes, 0 no, -1 not yet known.
+_KNOWN = "CASE WHEN {0} IS NULL THEN -1 WHEN {0} THEN 1 ELSE 0 END"
+# What `load` reads, by TouchColumns field: the SQL of each column and its dtype (None: text,
+# coded). A column is found by its name here, never by its place in the SELECT.
+_COLUMNS: tuple[tuple[str, str, type | None], ...] = (
+    ("policy", "p.name", None),
+    ("arm", "t.arm", None),
+    ("tier", "t.tier", None),
+    ("channel", "t.channel", None),
+    ("status", "t.status", None),
+    ("holdout", "t.holdout", bool),
+    ("user", "t.user_id", np.int64),
+    ("day", "t.day", np.int64),
+    ("step", "t.step", np.int64),
+    ("returned", "t.returned_ms IS NOT NULL", bool),
+    ("ordered", "t.ordered_ms IS NOT NULL", bool),
+    ("opened", "t.opened_ms IS NOT NULL", bool),
+    ("attempted", "t.attempts > 0", bool),
+    ("revenue", "t.revenue_fen", np.int64),
+    ("coupon_cost", "t.coupon_cost_fen", np.int64),
+    ("message_cost", "t.message_cost_fen", np.int64),
+    ("value", "t.value_fen", np.int64),
+    ("retained_d7", _KNOWN.format("t.retained_d7"), np.int8),
+    ("retained_d30", _KNOWN.format("t.retained_d30"), np.int8),
+    # Not a column of its own: with the tier it says whether the user was lapsed at decision.
+    ("term_days_silent", "COALESCE(s.term_days_since_visit, -1)", np.int64),
+)
+# Calibration also reads each touch's message (for its kind); the report does not, and coding
+# one more text column costs time over a tenant's million touches.
+_MESSAGE = ("message", "t.message", None)
 _SQL = """
-SELECT p.name, t.arm, t.tier, t.channel, t.status, t.holdout, t.user_id, t.day, t.step,
-       t.returned_ms IS NOT NULL, t.ordered_ms IS NOT NULL, t.opened_ms IS NOT NULL,
-       t.attempts > 0, t.revenue_fen, t.coupon_cost_fen, t.message_cost_fen, t.value_fen,
-       CASE WHEN t.retained_d7 IS NULL THEN -1 WHEN t.retained_d7 THEN 1 ELSE 0 END,
-       CASE WHEN t.retained_d30 IS NULL THEN -1 WHEN t.retained_d30 THEN 1 ELSE 0 END,
-       COALESCE(s.term_days_since_visit, -1)
+SELECT {columns}
 FROM touch t JOIN policy p ON p.id = t.policy_id
 LEFT JOIN score_snapshot s
   ON s.tenant_id = t.tenant_id AND s.day = t.day AND s.user_id = t.user_id
-WHERE t.tenant_id = {p} AND t.attributed AND t.status IN ('sent', 'failed', 'expired', 'held_out')
+WHERE t.tenant_id = {p} AND t.attributed AND t.status IN ({statuses})
 """
-
-
-def _codes(values) -> tuple[np.ndarray, list[str]]:
-    """Integer codes for a column of strings, and the strings in code order."""
-    seen: dict[str, int] = {}
-    codes = np.fromiter((seen.setdefault(v, len(seen)) for v in values), dtype=np.int32)
-    return codes, list(seen)
 
 
 def load(
@@ -104,14 +80,26 @@ def load(
     policy: str | None = None,
     day_from: int | None = None,
     day_to: int | None = None,
+    with_messages: bool = False,
 ) -> TouchColumns:
     """Finished touches (window closed) decided as sends or holdouts, in one query.
 
     Through the driver's cursor rather than peewee's row objects: a tenant's report reads
     every finished touch, and building a Python object per row would cost most of its time.
+    The set is attribution's MEASURED (intention to treat), narrowed by the report's filter.
+
+    Returns
+    -------
+    TouchColumns with every column but `kind` (and `message` unless `with_messages`); `user`
+    is the database user id, `lapsed` decided by the tenant's tiers (core.recall).
     """
+    spec = (*_COLUMNS, _MESSAGE) if with_messages else _COLUMNS
     ph = database.param
-    sql = _SQL.format(p=ph)
+    sql = _SQL.format(
+        columns=", ".join(expr for _, expr, _ in spec),
+        p=ph,
+        statuses=", ".join(f"'{s}'" for s in MEASURED),
+    )
     params: list = [tenant_id]
     if policy is not None:
         sql += f" AND p.name = {ph}"
@@ -123,35 +111,18 @@ def load(
         sql += f" AND t.day <= {ph}"
         params.append(day_to)
     rows = database.execute_sql(sql, params).fetchall()
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 20
-    tiers = _tier_config(tenant_id)
-    names = {}
-    coded = {}
-    for i, key in enumerate(_TEXT):
-        coded[key], names[key] = _codes(cols[i])
-
-    def num(i, dtype):
-        return np.array(cols[i], dtype=dtype) if rows else np.zeros(0, dtype=dtype)
-
-    return TouchColumns(
-        **coded,
-        holdout=num(5, bool),
-        user=num(6, np.int64),
-        day=num(7, np.int64),
-        step=num(8, np.int64),
-        returned=num(9, bool),
-        ordered=num(10, bool),
-        opened=num(11, bool),
-        attempted=num(12, bool),
-        revenue=num(13, np.int64),
-        coupon_cost=num(14, np.int64),
-        message_cost=num(15, np.int64),
-        value=num(16, np.int64),
-        retained_d7=num(17, np.int8),
-        retained_d30=num(18, np.int8),
-        lapsed=lapsed_at_decision(np.array(cols[2], dtype=object), num(19, np.int64), tiers),
-        names=names,
+    values = list(zip(*rows, strict=True)) if rows else [()] * len(spec)
+    text, numbers = {}, {}
+    for (name, _, dtype), column in zip(spec, values, strict=True):
+        if dtype is None:
+            text[name] = column
+        else:
+            numbers[name] = np.array(column, dtype=dtype)
+    silent = numbers.pop("term_days_silent")
+    lapsed = lapsed_at_decision(
+        np.array(text["tier"], dtype=object), silent, _tier_config(tenant_id)
     )
+    return TouchColumns.with_text(**text, **numbers, lapsed=lapsed)
 
 
 def _tier_config(tenant_id: int) -> TierConfig:
@@ -162,7 +133,7 @@ def _tier_config(tenant_id: int) -> TierConfig:
 
 def _per_user(t: TouchColumns):
     """One row per user: their first touch in the group (docs/metrics.md, "the unit")."""
-    first = metrics.first_per_user(t.user, t.day * 10 + t.step)
+    first = metrics.first_per_user(t.user, t.order())
     return {
         "returned": t.returned[first],
         "ordered": t.ordered[first],
@@ -181,7 +152,18 @@ def _rate(flag: np.ndarray, rows: np.ndarray) -> metrics.Rate:
 def compare(t: TouchColumns, seed: int = 0) -> dict:
     """Every measure for one group of touches: treated against holdout, each user once (at
     their first decision). Recall among the users lapsed at decision; the returns of those
-    still active are their retention (`retention_active`)."""
+    still active are their retention (`retention_active`).
+
+    Parameters
+    ----------
+    t : the group's touches, as `load` gives them (holdout, user, day, step, returned,
+        ordered, revenue and the costs, lapsed, retained_d7/d30).
+    seed : the bootstrap's seed for the revenue difference.
+
+    Returns
+    -------
+    The measures by name (docs/metrics.md), each rate with its interval.
+    """
     treated = t.take(~t.holdout)
     held = t.take(t.holdout)
     ut, uh = _per_user(treated), _per_user(held)
@@ -233,6 +215,17 @@ def _retention(recalled: np.ndarray, flag: np.ndarray) -> dict:
 
 
 def funnel(t: TouchColumns) -> list[dict]:
+    """Per channel, how the treated touches thinned out: sent, delivered, opened, returned,
+    ordered. Where a channel loses its users shows here, not in the recall rate.
+
+    Parameters
+    ----------
+    t : touches with holdout, channel, attempted, status, opened, returned and ordered.
+
+    Returns
+    -------
+    One row per channel that sent, by channel name.
+    """
     treated = t.take(~t.holdout)
     if not len(treated):
         return []
@@ -255,7 +248,17 @@ def funnel(t: TouchColumns) -> list[dict]:
 
 
 def cohorts(t: TouchColumns) -> list[dict]:
-    """Recalled users by ISO week of the decision × still active at D7 and D30."""
+    """Recalled users by ISO week of the decision × still active at D7 and D30: whether the
+    users a policy brings back stay, week by week.
+
+    Parameters
+    ----------
+    t : touches with holdout, returned, day and retained_d7/d30 (-1 not yet known).
+
+    Returns
+    -------
+    One row per week with a treated return, oldest first.
+    """
     treated = t.take(~t.holdout & t.returned)
     if not len(treated):
         return []
@@ -283,6 +286,9 @@ def report(
     day_to: int | None = None,
     seed: int = 0,
 ) -> dict:
+    """The live report: per policy (and by arm, tier, channel) the measures of `compare`, its
+    power, funnel, cohorts and Qini, beside the ledger and the spend. The API, the dashboard
+    and the command line all show this one dictionary."""
     t = load(tenant_id, policy, day_from, day_to)
     out = {
         "from": day_date(day_from).isoformat() if day_from is not None else None,
@@ -291,11 +297,11 @@ def report(
         "ledger": ledger(tenant_id, policy, day_from, day_to),
         "spend": spend(tenant_id, policy, day_from, day_to),
     }
-    designs = _designs(tenant_id, policy)
+    by_policy = designs(tenant_id, policy)
     for code in sorted(np.unique(t.policy), key=lambda c: t.names["policy"][c]):
         p = t.take(np.flatnonzero(t.policy == code))
         entry = {"policy": t.names["policy"][code], **compare(p, seed)}
-        entry["power"] = power(entry, designs.get(entry["policy"]))
+        entry["power"] = power(entry, by_policy.get(entry["policy"]))
         for dim in DIMENSIONS:
             values = getattr(p, dim)
             labels = t.names[dim]
@@ -315,127 +321,17 @@ def report(
     return out
 
 
-@dataclass(frozen=True)
-class Design:
-    """What the power block needs to know of a policy beyond its touches."""
-
-    holdout_share: float | None  # as configured now; None if the stored source is unreadable
-    live: bool
-    eligible_per_day: float  # users decided for the first time a day, lately
-
-
-def _designs(tenant_id: int, policy: str | None = None) -> dict[str, Design]:
-    """Per policy: its holdout share, whether it runs, and its current volume — users whose
-    first decision (a send or a holdout, finished or not) fell in the last VOLUME_DAYS of the
-    policy's decisions, per day. Volume ignores the report's date filter: it is about now."""
-    from backend.core.policy import PolicyError
-    from backend.services.policies import loaded
-
-    query = Policy.select().where(Policy.tenant == tenant_id)
-    if policy is not None:
-        query = query.where(Policy.name == policy)
-    rows = list(query)
-    live = [row.id for row in rows if row.active]  # only a running policy has a volume
-    per_day: dict[int, dict[int, int]] = defaultdict(dict)
-    if live:
-        ph = database.param
-        statuses = ", ".join(f"'{s}'" for s in (*SEND_STATUSES, "held_out"))
-        sql = f"""
-            SELECT f.policy_id, f.first_day, COUNT(*) FROM (
-                SELECT policy_id, user_id, MIN(day) AS first_day FROM touch
-                WHERE tenant_id = {ph} AND policy_id IN ({", ".join([ph] * len(live))})
-                  AND status IN ({statuses})
-                GROUP BY policy_id, user_id
-            ) f GROUP BY f.policy_id, f.first_day
-        """
-        for pid, day, count in database.execute_sql(sql, [tenant_id, *live]).fetchall():
-            per_day[int(pid)][int(day)] = int(count)
-    out = {}
-    for row in rows:
-        try:
-            share: float | None = loaded(row).holdout_share
-        except PolicyError:  # a stored source the parser now refuses: use the observed share
-            share = None
-        days = per_day.get(row.id, {})
-        volume = 0.0
-        if days and row.active:
-            last = max(days)
-            span = min(VOLUME_DAYS, last - min(days) + 1)
-            volume = sum(n for d, n in days.items() if d > last - span) / span
-        out[row.name] = Design(share, bool(row.active), volume)
-    return out
-
-
-def power(entry: dict, design: Design | None) -> dict:
-    """How far a policy's holdout comparison is from the size that detects its effect at 80%
-    power (metrics.holdout_plan; docs/metrics.md, "Power").
-
-    The comparison is recall, so its users are those lapsed at decision. Baseline p_control:
-    the holdout's recall rate once it has MIN_GROUP users, before that the rate over all the
-    policy's lapsed users (treated and held out). Effect: the observed
-    incremental recall once its 95% interval is above 0, before that PLANNING_EFFECT (+5 pp).
-    """
-    n_h, n_t = entry["holdout_lapsed_users"], entry["lapsed_users"]
-    held, treated = entry["holdout_recall_rate"], entry["recall_rate"]
-    if n_h >= metrics.MIN_GROUP:
-        p_control, baseline = held["rate"], "holdout"
-    elif n_h + n_t:
-        p_control, baseline = (held["k"] + treated["k"]) / (n_h + n_t), "all_users"
-    else:
-        p_control, baseline = None, None
-    diff = entry["incremental_recall"]
-    if diff["enough"] and diff["lo"] is not None and diff["lo"] > 0:
-        effect, source = diff["diff"], "observed"
-    else:
-        effect, source = PLANNING_EFFECT, "planning"
-    share = design.holdout_share if design is not None else None
-    if share is None:
-        share = n_h / (n_h + n_t) if n_h + n_t else 0.0
-    live = design is not None and design.live
-    volume = design.eligible_per_day if design is not None else 0.0
-    # The volume counts every first decision; only the lapsed enter the recall comparison, so
-    # scale it by the lapsed share seen so far (days would otherwise come out too few).
-    decided = entry["treated_users"] + entry["holdout_users"]
-    if decided:
-        volume *= (n_h + n_t) / decided
-    out = {
-        "effect": effect,
-        "effect_source": source,
-        "p_control": p_control,
-        "p_control_source": baseline,
-        "holdout_share": share,
-        "live": live,
-        "eligible_per_day": volume,
-        "users_so_far": n_h + n_t,
-        "holdout_users_so_far": n_h,
-        "users_needed": None,
-        "holdout_users_needed": None,
-        "share_of_needed": None,
-        "days_needed_at_current_volume": None,
-        "detectable_now": None,
-        "note": "no finished decisions yet",
-    }
-    if p_control is None:
-        return out
-    plan = metrics.holdout_plan(
-        p_control, effect, share, volume, n_holdout_now=n_h, n_treated_now=n_t
-    )
-    note = plan.note
-    if not live and plan.days_needed != 0:
-        note = "policy is not running: the sample will not grow"
-    out.update(
-        users_needed=plan.users_needed,
-        holdout_users_needed=plan.n_holdout_needed,
-        share_of_needed=plan.share_of_needed,
-        days_needed_at_current_volume=plan.days_needed if live or plan.days_needed == 0 else None,
-        detectable_now=plan.detectable_now,
-        note=note,
-    )
-    return out
-
-
 def _qini_users(p: TouchColumns) -> dict:
-    """One row per (user, group): targeting by the estimated value the policy saw."""
+    """One row per (user, group): targeting by the estimated value the policy saw.
+
+    Parameters
+    ----------
+    p : one policy's touches, with user, holdout, value and returned.
+
+    Returns
+    -------
+    score (the highest value seen), treated and returned, one per (user, group).
+    """
     key = p.user * 2 + p.holdout
     keys, idx = np.unique(key, return_inverse=True)
     n = keys.size
@@ -520,9 +416,6 @@ def spend(
 ) -> list[dict]:
     """Per policy and day: the spend committed by the day's sends (message cost plus each
     coupon's face value, as the job's budget counts it) beside the policy's run budget."""
-    from backend.services.policies import loaded
-    from backend.store.models import CouponTemplate
-
     q = (
         Touch.select(
             Policy.id,
@@ -546,7 +439,7 @@ def spend(
     )
     out = []
     for row in Policy.select().where(Policy.id.in_({r[0] for r in rows})).order_by(Policy.name):
-        spec = loaded(row)
+        spec = policies.loaded(row)
         days: dict = defaultdict(lambda: {"sends": 0, "committed_fen": 0})
         for pid, day, coupon, count, message_fen in rows:
             if pid == row.id:
@@ -567,10 +460,6 @@ def spend(
 def parse_span(tenant_id: int, args, today: int) -> tuple[str | None, int | None, int | None]:
     """A report's filter from query arguments (policy, from, to), checked: the API and the
     dashboard take the same filter the same way."""
-    from backend.errors import ApiError
-    from backend.services import policies
-    from backend.services.scoring import parse_day
-
     start, end = args.get("from") or None, args.get("to") or None
     day_from = parse_day(start, today) if start else None
     day_to = parse_day(end, today) if end else None

@@ -285,6 +285,12 @@ class CampaignRun(BaseModel):
         indexes = ((("tenant", "day"), False),)
 
 
+# The Touch statuses of a touch the policy decided to send, whatever became of it: what a run
+# budget bounds and a report's ledger counts as sends (a holdout's is held_out, a guard rail's
+# skipped).
+SEND_STATUSES = ("queued", "sending", "sent", "failed", "expired")
+
+
 class Touch(BaseModel):
     """One decided touch: a message to send (the outbox), a holdout "would have sent", or a
     guard rail that stopped it. Unique per (policy, user, day, step): deciding twice is a no-op.
@@ -303,7 +309,7 @@ class Touch(BaseModel):
     coupon_template = pw.CharField(max_length=100, null=True)
     tier = pw.CharField(max_length=16)
     holdout = pw.BooleanField()
-    # queued | sending | sent | held_out | skipped | failed | expired
+    # queued | sending | sent | held_out | skipped | failed | expired (SEND_STATUSES: the sends)
     status = pw.CharField(max_length=16)
     reason = pw.CharField(max_length=32, default="")  # why skipped / failed
     send_after_ms = pw.BigIntegerField()
