@@ -48,13 +48,13 @@ from backend.core.policy import decide as core_decide
 from backend.core.policy.guards import (
     HOUR_MS,
     MAX_SUBSCRIBE_ALLOWANCE,
-    contact_hour,
     next_send_ms,
     planned_send_ms,
 )
-from backend.core.policy.history import TouchHistory, history_state
+from backend.core.policy.history import HISTORY_DAYS, TouchHistory
 from backend.core.policy.learning import LearningTotals
 from backend.core.policy.spec import CHANNELS, MESSAGE_KINDS, SUBSCRIBE
+from backend.core.policy.user_state import journey_start, reach, user_state
 from backend.core.recall import RETENTION_TAIL_DAYS, retained_on
 from backend.core.scoring import Scores
 from backend.core.uplift import (
@@ -68,7 +68,6 @@ from backend.core.uplift import (
 SENT, HELD_OUT, SKIP = 0, 1, 2
 JOB_HOUR = 2  # China time the daily job runs, before anyone is up
 VISIT_MINUTE = 30  # a simulated visit happens at the user's usual hour and this minute
-HISTORY_DAYS = 60  # as the backend's campaign job: caps, journeys and streaks look this far
 UPLIFT_REFIT_DAYS = 7  # the operating procedure: refit the uplift learner weekly
 # Triggers production decides when the event arrives (the nightly job leaves them alone:
 # services/campaigns.py `_run_locked`), and the one event the simulated campus produces.
@@ -428,23 +427,15 @@ class Campaign:
     def user_state(
         self, today: int, scores: Scores, triggered: np.ndarray | None = None
     ) -> UserState:
-        """`triggered`: the users whose event fires a trigger policy today (their journey
-        starts today, as production's `population(trigger_day=...)`)."""
+        """This morning's UserState, built by core.policy.user_state as the job builds it.
+        `triggered`: the users whose event fires a trigger policy today (their journey
+        starts today, as production's `population(triggered=...)`)."""
         f = scores.features
-        # The current lapse began the day after the last visit.
-        start = np.subtract(today + 1, f.days_since_visit)
-        if triggered is not None:
-            start = np.full(self.n, today + 1, dtype=np.int64)
-            start[triggered] = today
-        past = history_state(self.history(today), self.n, today, start)
         if self._reachable is None:  # who follows the OA or gave a phone never changes here
-            reachable = np.zeros((self.n, len(CHANNELS)), dtype=bool)
-            reachable[:, CHANNELS.index("oa_template")] = self.permissions.follows_oa
-            reachable[:, CHANNELS.index("sms")] = self.permissions.has_phone
-            reachable[:, CHANNELS.index("in_app")] = True
-            reachable.flags.writeable = False
-            self._reachable = reachable
-        return UserState(
+            self._reachable = reach(self.permissions.follows_oa, self.permissions.has_phone)
+            self._reachable.flags.writeable = False
+        return user_state(
+            today,
             user_key=self.user_key,
             tier=scores.tier,
             segment=scores.segment,
@@ -452,17 +443,14 @@ class Campaign:
             value_fen=scores.value_fen,
             p_alive=scores.p_alive,
             term_days_silent=f.term_days_since_visit,
-            usual_hour=contact_hour(f.usual_hour),
+            usual_hour=f.usual_hour,
             opted_out=self.permissions.opted_out,
-            last_step=past.last_step,
-            journey_arm=past.journey_arm,
-            touches_30d=past.touches_30d,
-            channel_week=past.channel_week,
             reachable=self._reachable,
             allowance=self.permissions.allowance,
-            ignored_streak=past.ignored_streak,
+            history=self.history(today),
+            start=journey_start(today, f.days_since_visit, triggered),
+            triggered=triggered is not None,
             uplift=self._uplift(today, scores),
-            days_since_trigger=None if triggered is None else today - start,
         )
 
     def _uplift(self, today: int, scores: Scores) -> np.ndarray | None:

@@ -15,6 +15,7 @@ import os
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,15 +36,21 @@ from backend.core.policy import (
     UserState,
     decide,
 )
+from backend.core.policy.caps import CAP_STATUSES
 from backend.core.policy.guards import (
     HOUR_MS,
-    contact_hour,
     next_allowed_ms,
     next_send_ms,
     planned_send_ms,
 )
-from backend.core.policy.history import TouchHistory, history_state
+from backend.core.policy.history import (
+    HISTORY_DAYS,
+    JOURNEY_STATUSES,
+    MEASURED_STATUSES,
+    TouchHistory,
+)
 from backend.core.policy.learning import learnt_state
+from backend.core.policy.user_state import journey_start, reach, user_state
 from backend.core.rfm import SEGMENT_NAMES
 from backend.core.tiers import TIERS
 from backend.core.uplift import (
@@ -74,9 +81,6 @@ log = logging.getLogger(__name__)
 LOCK_TTL_MS = 3 * 60 * 1000
 LOCK_RENEW_MS = 60 * 1000  # renewed at least this often (between phases, before sends)
 LOCK_HEARTBEAT_S = 60.0  # and by a heartbeat thread every this many seconds of real time
-HISTORY_DAYS = 60  # touch history that caps, journeys and streaks look at
-ACTIVE_STATUSES = ("queued", "sending", "sent", "held_out")  # count against caps
-JOURNEY_STATUSES = ("queued", "sending", "sent", "held_out", "failed", "expired")
 EXPIRY_MS = 24 * HOUR_MS  # a touch not sent within a day of its time is not sent at all
 
 
@@ -144,9 +148,10 @@ def population(
     snapshot_day: int,
     *,
     only: list[int] | None = None,
-    trigger_day: dict[int, int] | None = None,
+    triggered: Collection[int] | None = None,
 ) -> Population:
-    """Every scored user's state for `policy` on `day` (or just the users in `only`)."""
+    """Every scored user's state for `policy` on `day` (or just the users in `only`).
+    `triggered`: for a trigger policy, the users whose event fired today."""
     snap = _snapshot(tenant_id, snapshot_day, only)
     if only is not None:
         snap = sorted(snap + _unscored(tenant_id, set(only) - {r[0] for r in snap}))
@@ -177,35 +182,22 @@ def population(
     lag = day - snapshot_day  # a trigger between nightly runs uses yesterday's scores
     silent = np.array(col["silent"], dtype=np.int64) + lag
     term_silent = np.array(col["term_silent"], dtype=np.int64) + lag
-    hour = contact_hour(np.array(col["hour"], dtype=np.int64))
 
     uid, openid, opted_all, has_phone, has_oa = _users(tenant_id)
     at, known = _positions(uid, ids)
     opted = ~known | opted_all[at]  # a user gone since scoring is never messaged
-    reachable = np.zeros((n, len(CHANNELS)), dtype=bool)
-    reachable[:, CHANNELS.index("sms")] = known & has_phone[at]
-    reachable[:, CHANNELS.index("oa_template")] = known & has_oa[at]
-    reachable[:, CHANNELS.index("in_app")] = True
+    reachable = reach(known & has_oa[at], known & has_phone[at])
     openids = [openid[j] if k else "" for j, k in zip(at.tolist(), known.tolist(), strict=True)]
 
-    if trigger_day is not None:
-        start = np.full(n, day + 1, dtype=np.int64)
-        for user, tday in trigger_day.items():
-            j = int(np.searchsorted(ids, user))
-            if j < n and ids[j] == user:
-                start[j] = tday
-    else:
-        start = day - silent + 1  # the current lapse began the day after the last visit
-    past = history_state(_history(tenant_id, ids, day, row.id, policy), n, day, start)
+    rows = None if triggered is None else np.isin(ids, list(triggered))
+    start = journey_start(day, silent, rows)
     pos = {int(u): i for i, u in enumerate(ids)}
     allowance = _allowances(tenant_id, policy, pos, n, row.id, day)
-    since_trigger = None
-    if trigger_day is not None:
-        since_trigger = day - start  # -1 for users without a trigger
     uplift = None
     if policy.rank_by == "uplift":
         uplift = _uplift(row, col, term_silent)
-    state = UserState(
+    state = user_state(
+        day,
         user_key=ids,
         tier=tier,
         segment=segment,
@@ -213,16 +205,13 @@ def population(
         value_fen=np.array(col["value"], dtype=np.int64),
         p_alive=np.array([np.nan if p is None else p for p in col["p_alive"]], dtype=float),
         term_days_silent=term_silent,
-        usual_hour=hour,
+        usual_hour=np.array(col["hour"], dtype=np.int64),
         opted_out=opted,
-        last_step=past.last_step,
-        journey_arm=past.journey_arm,
-        touches_30d=past.touches_30d,
-        channel_week=past.channel_week,
         reachable=reachable,
         allowance=allowance,
-        ignored_streak=past.ignored_streak,
-        days_since_trigger=since_trigger,
+        history=_history(tenant_id, ids, day, row.id, policy),
+        start=start,
+        triggered=triggered is not None,
         uplift=uplift,
     )
     return Population(
@@ -295,9 +284,9 @@ def _history(
         step=np.array(cols[3], dtype=np.int64)[keep],
         channel=channel_code,
         arm=arm,
-        active=np.isin(status, ACTIVE_STATUSES),
+        active=np.isin(status, CAP_STATUSES),
         journey=np.isin(status, JOURNEY_STATUSES),
-        measured=np.isin(status, ("sent", "held_out")),
+        measured=np.isin(status, MEASURED_STATUSES),
         attributed=np.array(cols[7], dtype=bool)[keep],
         returned=np.array(cols[8], dtype=bool)[keep],
         sent=np.array(cols[9], dtype=np.int64)[keep],
@@ -520,10 +509,10 @@ class PolicyOutcome:
 
 def decide_policy(tenant: Tenant, row: PolicyRow, policy: Policy, day: int, now_ms: int, seed: int):
     snapshot_day = _snapshot_day(tenant.id, day)
-    trigger_day = None
+    triggered = None
     if policy.trigger == "coupon_expiring":
-        trigger_day = _expiring_coupon_days(tenant.id, day, now_ms)
-    pop = population(tenant.id, row, policy, day, snapshot_day, trigger_day=trigger_day)
+        triggered = _expiring_coupon_users(tenant.id, now_ms)
+    pop = population(tenant.id, row, policy, day, snapshot_day, triggered=triggered)
     state = policy_state(tenant.id, row, policy)
     d = decide(policy, pop.state, state, salt=tenant.appid, day=day, seed=seed)
     return pop, d
@@ -541,7 +530,7 @@ def _snapshot_day(tenant_id: int, day: int) -> int:
     return day
 
 
-def _expiring_coupon_days(tenant_id: int, day: int, now_ms: int) -> dict[int, int]:
+def _expiring_coupon_users(tenant_id: int, now_ms: int) -> set[int]:
     """Users holding an unused coupon that expires within two days: triggered today."""
     from backend.store.models import Coupon
 
@@ -551,7 +540,7 @@ def _expiring_coupon_days(tenant_id: int, day: int, now_ms: int) -> dict[int, in
         & (Coupon.expires_ms > now_ms)
         & (Coupon.expires_ms <= now_ms + 2 * MS_PER_DAY)
     )
-    return {c.user_id: day for c in rows}
+    return {c.user_id for c in rows}
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -867,7 +856,7 @@ def _trigger_policy(
         day,
         snapshot_day,
         only=users,
-        trigger_day={u: day for u in users},
+        triggered=users,
     )
     if not len(pop.user_ids):
         return 0

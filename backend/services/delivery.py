@@ -23,9 +23,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from backend.core.calendar import MS_PER_DAY
 from backend.core.clock import china_iso
 from backend.core.policy import CHANNELS, Policy, PolicyError
+from backend.core.policy.caps import CAP_DAYS, CAP_STATUSES, cap_counts, caps_reached, window_start
 from backend.core.policy.guards import next_send_ms
 from backend.errors import ApiError
 from backend.services import coupons, policies
@@ -374,19 +377,31 @@ def _record(tenant, touch, outcome: Outcome, now_ms, retry: RetryPolicy, templat
 
 
 def _cap_reason(touch: Touch, policy: Policy) -> str:
-    """The 30-day and weekly caps against what has actually gone out since the decision."""
-    recent = Touch.select().where(
-        (Touch.user == touch.user_id)
-        & (Touch.id != touch.id)
-        & Touch.status.in_(("sent", "sending"))
-        & (Touch.sent_ms > touch.send_after_ms - 30 * MS_PER_DAY)
+    """The 30-day and weekly caps of the touch's decision day, checked again against the
+    user's other touches as they stand now (core.policy.caps: one meaning for both).
+
+    A decision counts the touches already decided, so this only bites when two decisions
+    raced (an event trigger beside the nightly job): the touch delivered first is skipped, the
+    other then fits, and the user never gets more than the caps allow.
+    """
+    others = list(
+        Touch.select(Touch.day, Touch.channel)
+        .where(
+            (Touch.user == touch.user_id)
+            & (Touch.id != touch.id)
+            & Touch.status.in_(CAP_STATUSES)
+            & (Touch.day >= window_start(touch.day, CAP_DAYS))
+        )
+        .tuples()
     )
-    if recent.count() >= policy.touches_per_30d:
+    day = np.array([d for d, _ in others], dtype=np.int64)
+    channel = np.array([CHANNELS.index(c) for _, c in others], dtype=np.int64)
+    touches_30d, channel_week = cap_counts(np.zeros(day.size, np.int64), day, channel, 1, touch.day)
+    ch = np.array([CHANNELS.index(touch.channel)])
+    over_30d, over_week = caps_reached(policy, touches_30d, channel_week[:, ch[0]], ch)
+    if over_30d[0]:
         return "capped_30d"
-    week = recent.where(
-        (Touch.channel == touch.channel) & (Touch.sent_ms > touch.send_after_ms - 7 * MS_PER_DAY)
-    ).count()
-    if week >= policy.per_channel_week[CHANNELS.index(touch.channel)]:
+    if over_week[0]:
         return "capped_channel"
     return ""
 

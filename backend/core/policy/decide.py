@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from backend.core.policy.allocation import pick_by_weight, salt_of, stable_unit, thompson
+from backend.core.policy.caps import caps_reached
 from backend.core.policy.guards import QUIET_EXEMPT_CHANNELS, out_of_quiet_hours
 from backend.core.policy.spec import CHANNELS, IN_APP, SUBSCRIBE, Policy
 from backend.core.tiers import CHURNED, RISK, TIERS
@@ -62,7 +63,9 @@ class UserState:
     journey_arm: np.ndarray  # arm of the current journey, -1 for none yet
     touches_30d: np.ndarray  # recall touches of any policy in the last 30 days
     channel_week: np.ndarray  # (users × CHANNELS) touches per channel in the last 7 days
-    reachable: np.ndarray  # (users × CHANNELS) bool: follower, phone known, ...
+    # (users × CHANNELS) bool: an address is known, OA follower or phone (user_state.reach).
+    # Subscribe goes by `allowance`, in-app needs no address: _permitted decides those two.
+    reachable: np.ndarray
     allowance: Mapping[str, np.ndarray]  # subscribe template id -> allowances left
     ignored_streak: np.ndarray  # most recent touches in a row the user did not answer
     days_since_trigger: np.ndarray | None = None  # trigger policies: -1 when none
@@ -217,7 +220,11 @@ def decide(
     seed: int = 0,
 ) -> Decisions:
     """One decision per user for `day`. `salt` names the tenant; with the policy name it keys
-    the stable holdout hash. `seed` (with the day) drives the bandit's draws only."""
+    the stable holdout hash. `seed` (with the day) drives the bandit's draws only.
+
+    The steps of docs/policies.md in order, each narrowing the users the next one looks at:
+    eligibility, journeys (arm and due touch), targeting, guard rails, holdout, budget, hour.
+    """
     n = len(users)
     u = users
     rng = np.random.default_rng(
@@ -225,33 +232,94 @@ def decide(
     )
     if policy.rank_by == "uplift" and u.uplift is None:
         raise ValueError(f"policy {policy.name} ranks by uplift but no uplift was given")
-    days, channel_of, cost_of = touch_table(policy, state.coupon_face_fen)
     status = np.full(n, NOT_ELIGIBLE, dtype=np.int8)
     reason = _eligibility(policy, u)
-    step = np.full(n, -1, dtype=np.int8)
-    channel = np.full(n, -1, dtype=np.int8)
+    live, live_arm = _journeys(policy, state, u, reason, salt, rng)
+    status[live] = NOT_DUE
+    due = _due_touches(policy, state, u, reason, live, live_arm)
+    _target(policy, u, reason, due)
 
-    # From here on only the eligible users are looked at: columns as `eligible` rows.
+    # Guard rails, the same for holdout and treated users; the first failure is the reason.
+    reason_due = reason[due.idx]
+    _guard_rails(policy, state, u, due, reason_due)
+    # Holdout by a stable hash of (tenant, policy, user): the same users every day.
+    held = stable_unit(np.asarray(u.user_key)[due.idx], salt_of(salt, policy.name, "holdout"))
+    held = held < policy.holdout_share
+    _budget(policy, u, due, held, reason_due)
+
+    final = reason_due != 0
+    status_due = np.where(final, SKIPPED, np.where(held, HOLDOUT, SEND)).astype(np.int8)
+    status[due.idx] = status_due
+    reason[due.idx] = reason_due
+    acting = due.idx[~final]
+    reason[acting] = 0
+    step = np.full(n, -1, dtype=np.int8)
+    step[due.idx] = due.step
+    channel = np.full(n, -1, dtype=np.int8)
+    channel[due.idx] = due.channel
+    arm_out = np.full(n, -1, dtype=np.int16)  # for the due, not due and skipped
+    arm_out[live] = live_arm
+    cost = np.zeros(n, dtype=np.int64)
+    cost[due.idx[status_due == SEND]] = due.cost[status_due == SEND]
+    send_hour, defer_days, quiet = _send_hours(policy, u, channel, acting)
+    return Decisions(
+        status=status,
+        reason=reason,
+        arm=arm_out,
+        step=step,
+        channel=channel,
+        send_hour=send_hour,
+        defer_days=defer_days,
+        quiet_deferred=quiet,
+        cost_fen=cost,
+    )
+
+
+def _journeys(
+    policy: Policy, state: PolicyState, u: UserState, reason: np.ndarray, salt: str, rng
+) -> tuple[np.ndarray, np.ndarray]:
+    """(users with an arm, their arm) among the eligible: continuing journeys keep theirs,
+    new ones get one (`_assign`); a tier no arm serves is marked no_arm_for_tier."""
     eligible = np.flatnonzero(reason == 0)
     arm_e = np.asarray(u.journey_arm)[eligible].astype(np.int16)
-    if policy.trigger is None:
-        journey_e = np.asarray(u.term_days_silent)[eligible].astype(np.int64)
-        journey_e -= policy.lapse_after_days
-    else:
-        journey_e = np.asarray(u.days_since_trigger)[eligible].astype(np.int64)
-
-    # Arms for new journeys (continuing journeys keep theirs).
     fresh = arm_e < 0
     new = eligible[fresh]
     tier_new = np.asarray(u.tier)[new].astype(np.int64)
     arm_e[fresh] = _assign(policy, state, u, new, tier_new, f"{salt}:{policy.name}", rng)
     has_arm = arm_e >= 0
     reason[eligible[~has_arm]] = R["no_arm_for_tier"]
-    live = eligible[has_arm]
+    return eligible[has_arm], arm_e[has_arm]
 
-    # Which touch is due: the latest one whose day has come, if not yet sent and not stale.
-    jd = journey_e[has_arm]
-    live_arm = arm_e[has_arm]
+
+@dataclass
+class _Due:
+    """The due touches, one row per user who has one: positions in the population (`idx`)
+    and the touch's arm, step, channel, cost, and the user's last step taken (-1: new)."""
+
+    idx: np.ndarray
+    arm: np.ndarray
+    step: np.ndarray
+    channel: np.ndarray
+    cost: np.ndarray
+    last: np.ndarray
+
+
+def _due_touches(
+    policy: Policy,
+    state: PolicyState,
+    u: UserState,
+    reason: np.ndarray,
+    live: np.ndarray,
+    live_arm: np.ndarray,
+) -> _Due:
+    """Which touch is due: the latest one whose day has come, if not yet sent and not stale.
+    Users with none get their reason (journey_done, missed, waiting)."""
+    days, channel_of, cost_of = touch_table(policy, state.coupon_face_fen)
+    if policy.trigger is None:
+        jd = np.asarray(u.term_days_silent)[live].astype(np.int64)
+        jd -= policy.lapse_after_days
+    else:
+        jd = np.asarray(u.days_since_trigger)[live].astype(np.int64)
     a = live_arm.astype(np.int64)
     reached = (days[a] <= jd[:, None]).sum(axis=1) - 1
     last = np.asarray(u.last_step)[live].astype(np.int64)
@@ -265,62 +333,66 @@ def decide(
     reason[live[finished]] = R["journey_done"]
     reason[live[stale & ~finished]] = R["missed"]
     reason[live[~finished & ~due & ~stale]] = R["waiting"]
-    status[live] = NOT_DUE
-    due_idx = live[due]
     k = reached[due]
     arm_due = live_arm[due]
-    step[due_idx] = k
-    channel[due_idx] = channel_of[arm_due, k]
-    cost_due = cost_of[arm_due, k]
+    return _Due(
+        idx=live[due],
+        arm=arm_due,
+        step=k,
+        channel=channel_of[arm_due, k],
+        cost=cost_of[arm_due, k],
+        last=last[due],
+    )
 
-    # Targeting: new journeys below the top share are left alone; ongoing ones continue.
-    starting = due_idx[last[due] < 0]
+
+def _target(policy: Policy, u: UserState, reason: np.ndarray, due: _Due) -> None:
+    """Targeting: new journeys below the top share are left alone; ongoing ones continue."""
+    starting = due.idx[due.last < 0]
     if policy.top_share < 1 and starting.size:
         keep = int(np.floor(policy.top_share * starting.size + 1e-9))
         ranked = starting[np.argsort(-_priority(policy, u, starting), kind="stable")]
         reason[ranked[keep:]] = R["not_targeted"]
 
-    # Guard rails, the same for holdout and treated users; the first failure is the reason.
-    reason_due = reason[due_idx]
+
+def _guard_rails(
+    policy: Policy, state: PolicyState, u: UserState, due: _Due, reason_due: np.ndarray
+) -> None:
+    """Mark, in `reason_due`, the first guard rail each due touch fails (0: none)."""
 
     def guard(mask: np.ndarray, name: str) -> None:
         reason_due[(reason_due == 0) & mask] = R[name]
 
-    ch = channel[due_idx].astype(np.int64)
-    guard(np.asarray(u.ignored_streak)[due_idx] >= policy.suppress_after_ignored, "suppressed")
-    guard(np.asarray(state.paused, bool)[arm_due], "stop_loss")
-    guard(np.asarray(u.touches_30d)[due_idx] >= policy.touches_per_30d, "capped_30d")
-    week_cap = np.asarray(policy.per_channel_week)[ch]
-    guard(np.asarray(u.channel_week)[due_idx, ch] >= week_cap, "capped_channel")
-    guard(~_permitted(policy, u, due_idx, arm_due, step[due_idx], ch), "no_permission")
+    idx = due.idx
+    ch = due.channel.astype(np.int64)
+    over_30d, over_week = caps_reached(
+        policy, np.asarray(u.touches_30d)[idx], np.asarray(u.channel_week)[idx, ch], ch
+    )
+    guard(np.asarray(u.ignored_streak)[idx] >= policy.suppress_after_ignored, "suppressed")
+    guard(np.asarray(state.paused, bool)[due.arm], "stop_loss")
+    guard(over_30d, "capped_30d")
+    guard(over_week, "capped_channel")
+    guard(~_permitted(policy, u, idx, due.arm, due.step, ch), "no_permission")
 
-    # Holdout by a stable hash of (tenant, policy, user): the same users every day.
-    held = stable_unit(np.asarray(u.user_key)[due_idx], salt_of(salt, policy.name, "holdout"))
-    held = held < policy.holdout_share
 
-    # Budget: walk the survivors by priority; once the treated spend would pass the budget,
-    # everyone after (treated or holdout alike) is skipped.
-    ok = np.flatnonzero(reason_due == 0)  # positions in due_idx
+def _budget(
+    policy: Policy, u: UserState, due: _Due, held: np.ndarray, reason_due: np.ndarray
+) -> None:
+    """Walk the survivors by priority; once the treated spend would pass the budget,
+    everyone after (treated or holdout alike) is skipped."""
+    ok = np.flatnonzero(reason_due == 0)  # positions in due.idx
     if policy.run_budget_fen is not None and ok.size:
-        ranked = ok[np.argsort(-_priority(policy, u, due_idx[ok]), kind="stable")]
-        spend = np.cumsum(np.where(held[ranked], 0, cost_due[ranked]))
+        ranked = ok[np.argsort(-_priority(policy, u, due.idx[ok]), kind="stable")]
+        spend = np.cumsum(np.where(held[ranked], 0, due.cost[ranked]))
         over = spend > policy.run_budget_fen
         reason_due[ranked[over]] = R["budget"]
 
-    final = reason_due != 0
-    status_due = np.where(final, SKIPPED, np.where(held, HOLDOUT, SEND)).astype(np.int8)
-    status[due_idx] = status_due
-    reason[due_idx] = reason_due
-    acting_due = ~final
-    acting = due_idx[acting_due]
-    reason[acting] = 0
-    sending = due_idx[status_due == SEND]
-    arm_out = np.full(n, -1, dtype=np.int16)  # for the due, not due and skipped
-    arm_out[live] = live_arm
-    cost = np.zeros(n, dtype=np.int64)
-    cost[sending] = cost_due[status_due == SEND]
 
-    # When: a fixed hour or the user's own usual hour, moved out of quiet hours.
+def _send_hours(
+    policy: Policy, u: UserState, channel: np.ndarray, acting: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """When: a fixed hour or the user's own usual hour, moved out of quiet hours (in-app
+    cards excepted). Returns per user (send hour, days deferred, whether quiet hours moved it)."""
+    n = len(u)
     planned = (
         np.full(acting.size, policy.send_hour, dtype=np.int16)
         if policy.send_hour is not None
@@ -336,21 +408,13 @@ def decide(
     defer_days[acting] = defer
     quiet = np.zeros(n, dtype=bool)
     quiet[acting] = hour != planned
-    return Decisions(
-        status=status,
-        reason=reason,
-        arm=arm_out,
-        step=step,
-        channel=channel,
-        send_hour=send_hour,
-        defer_days=defer_days,
-        quiet_deferred=quiet,
-        cost_fen=cost,
-    )
+    return send_hour, defer_days, quiet
 
 
 def _permitted(policy, u, idx, arm, step, ch) -> np.ndarray:
-    """Whether each due user can be reached on the touch's channel right now."""
+    """Whether each due user can be reached on the touch's channel right now: the one place
+    that says how, per channel (a subscribe send spends an allowance of its template; an in-app
+    card waits in the app for the user's next open, so it needs no address at all)."""
     ok = np.asarray(u.reachable, bool)[idx, ch]
     for a, arm_spec in enumerate(policy.arms):
         for s, touch in enumerate(arm_spec.touches):

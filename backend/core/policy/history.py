@@ -10,8 +10,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from backend.core.policy.caps import CAP_DAYS, CAP_STATUSES, cap_counts
 from backend.core.policy.guards import ignored_streaks
-from backend.core.policy.spec import CHANNELS, MAX_TOUCHES_PER_ARM
+from backend.core.policy.spec import MAX_TOUCHES_PER_ARM
+
+# The touch history a decision reads: journeys and ignored streaks look back this far (and
+# the caps' CAP_DAYS lie within it). The job's query and the simulator's books both stop here.
+HISTORY_DAYS = 60
+assert HISTORY_DAYS >= CAP_DAYS
+# Touch statuses (the outbox's `touch.status`) by what they mean for the next decision: a step
+# of a journey once taken is not repeated, even if it failed or expired; a sent or held-out
+# touch has an outcome to observe. What counts against the caps is caps.CAP_STATUSES.
+JOURNEY_STATUSES = (*CAP_STATUSES, "failed", "expired")
+MEASURED_STATUSES = ("sent", "held_out")
 
 
 def touch_order(day: np.ndarray, step: np.ndarray) -> np.ndarray:
@@ -39,9 +50,9 @@ class TouchHistory:
     step: np.ndarray
     channel: np.ndarray  # index into CHANNELS
     arm: np.ndarray  # index into the deciding policy's arms; -1 for other policies' touches
-    active: np.ndarray  # queued, sending, sent or held out: counts against the caps
-    journey: np.ndarray  # a step taken (also failed or expired ones): not repeated
-    measured: np.ndarray  # sent or held out: its outcome is observed
+    active: np.ndarray  # status in CAP_STATUSES: counts against the caps
+    journey: np.ndarray  # status in JOURNEY_STATUSES: a step taken, not repeated
+    measured: np.ndarray  # status in MEASURED_STATUSES: its outcome is observed
     attributed: np.ndarray  # its window has closed
     returned: np.ndarray
     sent: np.ndarray  # when it went (orders a user's touches in time)
@@ -49,6 +60,8 @@ class TouchHistory:
 
 @dataclass
 class HistoryState:
+    """Per user, what the past touches mean for today's decision (UserState's columns)."""
+
     touches_30d: np.ndarray
     channel_week: np.ndarray  # users × CHANNELS
     last_step: np.ndarray  # -1: no step of the current journey taken yet
@@ -59,12 +72,8 @@ class HistoryState:
 def history_state(h: TouchHistory, n: int, today: int, journey_start: np.ndarray) -> HistoryState:
     """Fold the history for a decision on `today`. `journey_start[u]` is the first day of
     user u's current journey (the day after their last visit, or their trigger's day)."""
-    touches_30d = np.bincount(h.user[h.active & (h.day >= today - 29)], minlength=n)
-    channel_week = np.zeros((n, len(CHANNELS)), dtype=np.int64)
-    week = h.active & (h.day >= today - 6)
-    # Counted at flat (user, channel) positions: the rows touched are few, the table large.
-    flat = h.user[week].astype(np.intp) * len(CHANNELS) + h.channel[week].astype(np.intp)
-    np.add.at(channel_week.reshape(-1), flat, 1)
+    a = h.active
+    touches_30d, channel_week = cap_counts(h.user[a], h.day[a], h.channel[a], n, today)
     done = h.measured & h.attributed
     ignored = ignored_streaks(h.user[done], h.sent[done], ~h.returned[done], n)
     ours = (h.arm >= 0) & h.journey & (h.day >= journey_start[h.user])
