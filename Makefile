@@ -9,7 +9,7 @@ for c in python3.13 python3.12 python3 $$(ls -d $$(pyenv root 2>/dev/null)/versi
 done; echo "no Python >= 3.12 found" >&2; exit 1
 endef
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test test-fast lint format bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) && $(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' \
@@ -31,6 +31,14 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+# The same checks without the tests marked slow (10 s or more each): for the edit-test loop.
+# `make test` stays the whole suite.
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format .
