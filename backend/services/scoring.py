@@ -58,16 +58,19 @@ def tier_config(tenant: Tenant) -> TierConfig:
 
 
 def tenant_setup(tenant: Tenant) -> tuple[TermCalendar, TierConfig]:
+    """The tenant's calendar and tier thresholds: the two settings every scoring reads."""
     return load_calendar(json.loads(tenant.settings or "{}")), tier_config(tenant)
 
 
 @dataclass
 class TenantColumns:
+    """A tenant's log as the core's columns, users numbered 0..n-1 (the core never sees ids)."""
+
     user_ids: np.ndarray  # database ids; position = index in every column
-    events: EventColumns
-    orders: OrderColumns
-    first_seen: np.ndarray
-    last_seen: np.ndarray
+    events: EventColumns  # within LOOKBACK_DAYS of the day scored
+    orders: OrderColumns  # paid orders, all time
+    first_seen: np.ndarray  # day of each user's sign-up or first event, whichever came first
+    last_seen: np.ndarray  # day of each user's last event (their sign-up if none yet)
 
 
 def _index_of(user_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -154,67 +157,60 @@ def load_columns(tenant_id: int, as_of: int) -> TenantColumns:
     return TenantColumns(user_ids, events, orders, first_seen, last_seen)
 
 
-def _rows(tenant_id: int, day: int, cols: TenantColumns, s: Scores) -> list[tuple]:
+def _snapshot_columns(tenant_id: int, day: int, cols: TenantColumns, s: Scores) -> dict:
+    """The day's snapshot as one list per ScoreSnapshot field, keyed by the field's name: each
+    value is written beside the field it fills, so adding a field cannot shift another.
+
+    Parameters
+    ----------
+    cols : the columns scoring read (`user_ids`: database ids, in the scores' order).
+    s : the scores of those users (core.scoring.score_users).
+
+    Returns
+    -------
+    Field name -> one value per user, ready for the database (text names, rounded floats).
+    """
     f = s.features
-    p_alive = [None if np.isnan(p) else float(p) for p in s.p_alive]
-    columns = zip(
-        cols.user_ids.tolist(),
-        [TIERS[t] for t in s.tier],
-        [REASONS[r] for r in s.reason],
-        np.round(s.activity.index, 2).tolist(),
-        np.round(s.activity.baseline, 2).tolist(),
-        s.activity.warning.tolist(),
-        s.r.tolist(),
-        s.f.tolist(),
-        s.m.tolist(),
-        [SEGMENT_NAMES[g] for g in s.segment],
-        p_alive,
-        np.round(s.expected_orders, 4).tolist(),
-        s.value_fen.tolist(),
-        s.worth_recalling.tolist(),
-        f.days_since_visit.tolist(),
-        f.term_days_since_visit.tolist(),
-        f.days_since_order.tolist(),
-        f.age_days.tolist(),
-        f.visit_days_30.tolist(),
-        f.orders_total.tolist(),
-        f.spend_fen_total.tolist(),
-        f.invites_total.tolist(),
-        f.content_total.tolist(),
-        f.usual_hour.tolist(),
-        strict=True,
-    )
-    return [(tenant_id, day, *row) for row in columns]
+    n = len(cols.user_ids)
+    return {
+        "tenant": [tenant_id] * n,
+        "day": [day] * n,
+        "user": cols.user_ids.tolist(),
+        "tier": [TIERS[t] for t in s.tier],
+        "reason": [REASONS[r] for r in s.reason],
+        "activity_index": np.round(s.activity.index, 2).tolist(),
+        "baseline": np.round(s.activity.baseline, 2).tolist(),
+        "warning": s.activity.warning.tolist(),
+        "r": s.r.tolist(),
+        "f": s.f.tolist(),
+        "m": s.m.tolist(),
+        "segment": [SEGMENT_NAMES[g] for g in s.segment],
+        "p_alive": [None if np.isnan(p) else float(p) for p in s.p_alive],
+        "expected_orders": np.round(s.expected_orders, 4).tolist(),
+        "value_fen": s.value_fen.tolist(),
+        "worth_recalling": s.worth_recalling.tolist(),
+        "days_since_visit": f.days_since_visit.tolist(),
+        "term_days_since_visit": f.term_days_since_visit.tolist(),
+        "days_since_order": f.days_since_order.tolist(),
+        "age_days": f.age_days.tolist(),
+        "visit_days_30": f.visit_days_30.tolist(),
+        "orders_total": f.orders_total.tolist(),
+        "spend_fen_total": f.spend_fen_total.tolist(),
+        "invites_total": f.invites_total.tolist(),
+        "content_total": f.content_total.tolist(),
+        "usual_hour": f.usual_hour.tolist(),
+    }
 
 
-_FIELDS = [
-    ScoreSnapshot.tenant,
-    ScoreSnapshot.day,
-    ScoreSnapshot.user,
-    ScoreSnapshot.tier,
-    ScoreSnapshot.reason,
-    ScoreSnapshot.activity_index,
-    ScoreSnapshot.baseline,
-    ScoreSnapshot.warning,
-    ScoreSnapshot.r,
-    ScoreSnapshot.f,
-    ScoreSnapshot.m,
-    ScoreSnapshot.segment,
-    ScoreSnapshot.p_alive,
-    ScoreSnapshot.expected_orders,
-    ScoreSnapshot.value_fen,
-    ScoreSnapshot.worth_recalling,
-    ScoreSnapshot.days_since_visit,
-    ScoreSnapshot.term_days_since_visit,
-    ScoreSnapshot.days_since_order,
-    ScoreSnapshot.age_days,
-    ScoreSnapshot.visit_days_30,
-    ScoreSnapshot.orders_total,
-    ScoreSnapshot.spend_fen_total,
-    ScoreSnapshot.invites_total,
-    ScoreSnapshot.content_total,
-    ScoreSnapshot.usual_hour,
-]
+def _insert_rows(columns: dict[str, list]) -> tuple[list[pw.Field], list[tuple]]:
+    """The insert's fields, taken from the columns' names, and its rows. Every field of the
+    model but its id must be there: a field added to ScoreSnapshot and not filled fails here,
+    not as a NULL in production."""
+    wanted = [name for name in ScoreSnapshot._meta.sorted_field_names if name != "id"]
+    if sorted(columns) != sorted(wanted):
+        raise ValueError(f"snapshot columns {sorted(columns)} are not ScoreSnapshot's {wanted}")
+    fields = [ScoreSnapshot._meta.fields[name] for name in columns]
+    return fields, list(zip(*columns.values(), strict=True))
 
 
 def score_tenant(tenant: Tenant, day: int) -> dict:
@@ -235,14 +231,14 @@ def score_tenant(tenant: Tenant, day: int) -> dict:
         last_seen=cols.last_seen,
         params=reused,
     )
-    rows = _rows(tenant.id, day, cols, scores) if n else []
+    fields, rows = _insert_rows(_snapshot_columns(tenant.id, day, cols, scores)) if n else ([], [])
     with database.atomic():
         ScoreSnapshot.delete().where(
             (ScoreSnapshot.tenant == tenant.id) & (ScoreSnapshot.day == day)
         ).execute()
         ModelFit.delete().where((ModelFit.tenant == tenant.id) & (ModelFit.day == day)).execute()
         for start in range(0, len(rows), CHUNK):
-            ScoreSnapshot.insert_many(rows[start : start + CHUNK], fields=_FIELDS).execute()
+            ScoreSnapshot.insert_many(rows[start : start + CHUNK], fields=fields).execute()
         if scores.params is not None and reused is None:  # a fit is stored on the day it is made
             p = scores.params
             ModelFit.create(
@@ -295,6 +291,7 @@ def parse_day(text: str | None, today: int) -> int:
 
 
 def latest_day(tenant_id: int) -> int | None:
+    """The last day the tenant was scored (None: never): what "today's scores" means."""
     return (
         ScoreSnapshot.select(pw.fn.MAX(ScoreSnapshot.day))
         .where(ScoreSnapshot.tenant == tenant_id)
