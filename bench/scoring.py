@@ -72,7 +72,7 @@ sys.path.insert(0, str(ROOT))
 
 from backend.core import bgnbd, seeds  # noqa: E402
 from backend.core.calendar import DEFAULT_CALENDAR, TermCalendar, day_number  # noqa: E402
-from backend.core.features import KIND_CODES, EventColumns, OrderColumns  # noqa: E402
+from backend.core.columns import KIND_CODES, EventColumns, OrderColumns  # noqa: E402
 from backend.core.scoring import score_users  # noqa: E402
 from backend.core.tiers import TIERS, TierConfig  # noqa: E402
 

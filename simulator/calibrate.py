@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from backend.core.calendar import day_date, is_weekend
-from backend.core.features import EventColumns, OrderColumns, active_days
+from backend.core.columns import EventColumns, OrderColumns, active_days
 from backend.core.tiers import TierConfig
 from simulator.calendar import CampusCalendar
 from simulator.calibrate_response import TouchColumns, describe_response, fit_response

@@ -15,7 +15,8 @@ from collections import deque
 
 import numpy as np
 
-from backend.core.features import KIND_CODES, LOOKBACK_DAYS, EventColumns, OrderColumns
+from backend.core.columns import KIND_CODES, EventColumns, OrderColumns
+from backend.core.features import LOOKBACK_DAYS
 from simulator.campus import DayActivity
 
 APP_OPEN, SESSION_END, ORDER_PAID = (

@@ -24,10 +24,11 @@ from mesa.time import Priority, Schedule
 
 from backend.core.bgnbd import BgNbdParams
 from backend.core.calendar import day_date, day_number
-from backend.core.features import session_ms
+from backend.core.columns import session_ms
+from backend.core.day_totals import DayTotals
 from backend.core.policy import HOLDOUT, SEND, SKIPPED, Decisions, Policy
 from backend.core.policy.spec import MESSAGE_KINDS
-from backend.core.rolling import DailyFold, DayTotals
+from backend.core.rolling import DailyFold
 from backend.core.scoring import Scores, refit_due, score_fold
 from backend.core.tiers import TIERS, TierConfig
 from simulator.calendar import CampusCalendar

@@ -18,15 +18,10 @@ import pytest
 from backend.core import bgnbd, rolling, scoring
 from backend.core.activity import compute_activity
 from backend.core.calendar import TermCalendar
-from backend.core.features import (
-    KIND_CODES,
-    LOOKBACK_DAYS,
-    EventColumns,
-    OrderColumns,
-    compute_features,
-    until,
-)
-from backend.core.rolling import DailyFold, DayTotals
+from backend.core.columns import KIND_CODES, EventColumns, OrderColumns, until
+from backend.core.day_totals import DayTotals
+from backend.core.features import LOOKBACK_DAYS, compute_features
+from backend.core.rolling import DailyFold
 from backend.core.tiers import TierConfig
 
 START = 20_400  # 2025-11-07

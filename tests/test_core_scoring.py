@@ -28,13 +28,8 @@ from backend.core.calendar import (
     day_number,
     day_start_ms,
 )
-from backend.core.features import (
-    KIND_CODES,
-    NEVER,
-    EventColumns,
-    OrderColumns,
-    compute_features,
-)
+from backend.core.columns import KIND_CODES, NEVER, EventColumns, OrderColumns
+from backend.core.features import compute_features
 from backend.core.rfm import SEGMENT_NAMES, quintile_scores, rfm_scores, segments
 from backend.core.tiers import ACTIVE, CHURNED, LOW, NEW, REASONS, RISK, TierConfig, assign_tiers
 from backend.core.value import expected_value_fen, worth_recalling

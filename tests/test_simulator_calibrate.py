@@ -16,7 +16,8 @@ from backend.core.calendar import day_start_ms
 from backend.core.clock import FixedClock, from_ms
 from backend.core.policy.spec import MESSAGE_KINDS
 from backend.store import db as store_db
-from simulator.calibrate import Log, NotEnoughHistory, calibrate_tenant, fit_organic, simulate_log
+from simulator.calibrate import calibrate_tenant
+from simulator.calibrate_organic import Log, NotEnoughHistory, fit_organic, simulate_log
 from simulator.e2e import ApiCampus
 from simulator.model import CampusModel
 from simulator.params import SimParams
@@ -294,7 +295,7 @@ def test_response_rates_follow_the_holdout_difference(campus):
 
 
 def test_the_log_counts_a_visit_as_a_day_with_any_event():
-    from backend.core.features import EventColumns, OrderColumns
+    from backend.core.columns import EventColumns, OrderColumns
 
     ev = EventColumns(
         user=np.array([0, 0, 0, 1]),

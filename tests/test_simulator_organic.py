@@ -139,7 +139,7 @@ def test_agents_are_views_of_the_arrays():
 
 
 def test_the_event_log_holds_what_happened_in_the_backends_shape():
-    from backend.core.features import KIND_CODES
+    from backend.core.columns import KIND_CODES
 
     model = CampusModel(users=2000, seed=12)
     df = frame(model, 30)

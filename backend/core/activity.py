@@ -21,14 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.core.calendar import TermCalendar
-from backend.core.features import (
+from backend.core.columns import (
     EventColumns,
     OrderColumns,
     active_days,
     session_minutes,
     session_ms,
-    window_sums,
 )
+from backend.core.features import window_sums
 
 WEIGHTS = {"visit_days": 0.40, "session_min": 0.20, "orders": 0.25, "interactions": 0.15}
 SATURATION = {"session_min": 60.0, "orders": 2.0, "interactions": 3.0}

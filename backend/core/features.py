@@ -7,6 +7,9 @@ with bincounts; the simulator's nightly fold (core.rolling) keeps the same sums 
 adding each day's totals and taking off the day that leaves each window. Every sum is an
 integer (session time in whole milliseconds, hour directions in fixed point), so the two paths
 agree exactly, whatever order the additions came in. No Python loop over users.
+
+The columns and their codes are core.columns; the repeat-purchase summary BG/NBD reads is
+core.repeat_purchases.
 """
 
 from __future__ import annotations
@@ -16,69 +19,30 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from backend.core.calendar import TermCalendar, is_weekend
+from backend.core.columns import (
+    HOUR_COS,
+    HOUR_SIN,
+    IS_CONTENT,
+    IS_INTERACTION,
+    IS_NIGHT,
+    KIND_CODES,
+    LAST_NONE,
+    NEVER,
+    EventColumns,
+    OrderColumns,
+    active_days,
+    distinct_user_days,
+    last_and_first,
+    on_days,
+    session_minutes,
+    session_ms,
+    until,
+)
+from backend.core.repeat_purchases import PurchaseSpan, purchase_span, repeat_from_span
 
-# Event kinds the scoring layer distinguishes; every other type is code 0 ("other").
-KIND_CODES: dict[str, int] = {
-    "app_open": 1,
-    "session_end": 2,
-    "order_paid": 3,
-    "share": 4,
-    "invite": 5,
-    "review": 6,
-    "like": 7,
-    "comment": 8,
-}
-INTERACTIONS = (4, 5, 6, 7, 8)
-CONTENT = (6, 8)  # reviews and comments: the user produced something
-NIGHT_HOURS = (21, 22, 23, 0, 1)
-
-
-def _lookup(members: tuple[int, ...], size: int) -> np.ndarray:
-    """A boolean table indexed by code: `table[codes]` is a fast `isin`."""
-    table = np.zeros(size, dtype=bool)
-    table[list(members)] = True
-    return table
-
-
-IS_INTERACTION = _lookup(INTERACTIONS, 128)
-IS_CONTENT = _lookup(CONTENT, 128)
-IS_NIGHT = _lookup(NIGHT_HOURS, 24)
-NEVER = 100_000  # "days since" for something that never happened
 WINDOWS = (7, 14, 30, 90)
 LOOKBACK_DAYS = 120  # events older than this change no feature (90-day windows + 28 for baselines)
 LOOKBACK_WIDTH = LOOKBACK_DAYS + 1  # production loads days as_of − LOOKBACK_DAYS .. as_of
-FIRST_NONE = NEVER * 10  # "first day" of something that never happened
-LAST_NONE = -NEVER  # "last day" of something that never happened
-MS_PER_MINUTE = 60_000.0
-# The usual hour is the direction of Σ (sin, cos) of event hours. In fixed point (2^26 units
-# per unit vector) those sums are integers: exact in any order, so a running sum equals the
-# batch sum bit for bit (floats would differ in the last bits, and the rounding to an hour
-# would then differ on exact ties). 2^26 keeps sums of 2^27 events per user exact in float64.
-HOUR_SCALE = 1 << 26
-_HOUR_ANGLE = np.arange(24, dtype=np.float64) * (2 * np.pi / 24)
-HOUR_SIN = np.rint(np.sin(_HOUR_ANGLE) * HOUR_SCALE).astype(np.int64)
-HOUR_COS = np.rint(np.cos(_HOUR_ANGLE) * HOUR_SCALE).astype(np.int64)
-
-
-@dataclass
-class EventColumns:
-    """One row per event. `day`/`hour` are China time (see core.calendar)."""
-
-    user: np.ndarray  # int64 index 0..n_users-1
-    day: np.ndarray  # int64 day number
-    hour: np.ndarray  # int64 0..23
-    kind: np.ndarray  # int8, KIND_CODES
-    duration_s: np.ndarray  # float64; session_end only, else 0
-
-
-@dataclass
-class OrderColumns:
-    """One row per paid order. `day` is the China-time day number it was paid on."""
-
-    user: np.ndarray  # int64 index 0..n_users-1
-    day: np.ndarray  # int64 day number
-    amount_fen: np.ndarray  # int64
-    used_coupon: np.ndarray  # bool
 
 
 @dataclass
@@ -142,61 +106,6 @@ def _int_sum(user: np.ndarray, n: int, mask, weights: np.ndarray) -> np.ndarray:
 
 def _in_window(day: np.ndarray, as_of: int, width: int) -> np.ndarray:
     return (day > as_of - width) & (day <= as_of)
-
-
-def _last_and_first(user, day, n):
-    last = np.full(n, LAST_NONE, dtype=np.int64)
-    first = np.full(n, FIRST_NONE, dtype=np.int64)
-    np.maximum.at(last, user, day)
-    np.minimum.at(first, user, day)
-    return last, first
-
-
-def session_ms(duration_s: np.ndarray) -> np.ndarray:
-    """Session lengths in whole milliseconds (float64): integer sums, exact in any order."""
-    return np.rint(np.asarray(duration_s, dtype=np.float64) * 1000.0)
-
-
-def session_minutes(ms: np.ndarray) -> np.ndarray:
-    """Whole-millisecond session sums as float64 minutes, the unit the activity index uses."""
-    return ms / MS_PER_MINUTE
-
-
-_DAY_TABLE_SPAN = 1 << 18  # day ranges up to this (or the column's length) go through a table
-
-
-def on_days(days: np.ndarray, *fns) -> list[np.ndarray]:
-    """[fn(days) for fn in fns] for elementwise integer functions of a day column, through a
-    table of each fn over the column's range when that range is short next to the column:
-    a few passes of day arithmetic per user become one gather. The same integers."""
-    d = np.asarray(days, dtype=np.int64)
-    if d.size >= 4096:
-        lo, hi = int(d.min()), int(d.max())
-        if hi - lo <= max(d.size, _DAY_TABLE_SPAN):
-            span = np.arange(lo, hi + 1, dtype=np.int64)
-            index = d - lo if lo else d
-            return [fn(span)[index] for fn in fns]
-    return [fn(d) for fn in fns]
-
-
-def term_day_count(calendar: TermCalendar, days: np.ndarray | int) -> np.ndarray:
-    """`calendar.term_day_count`, through a table when there are breaks (see `on_days`)."""
-    if not calendar.breaks:
-        return calendar.term_day_count(days)
-    return on_days(days, calendar.term_day_count)[0]
-
-
-def distinct_user_days(user: np.ndarray, day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct (user, day) pairs. A plain sort: numpy's hashing unique is slower here."""
-    key = np.sort(user * 1_000_000 + day)
-    if key.size:
-        key = key[np.concatenate(([True], key[1:] != key[:-1]))]
-    return key // 1_000_000, key % 1_000_000
-
-
-def active_days(events: EventColumns) -> tuple[np.ndarray, np.ndarray]:
-    """One "visit" per user per day with any event."""
-    return distinct_user_days(events.user, events.day)
 
 
 @dataclass
@@ -285,17 +194,6 @@ def window_activity(
     return s
 
 
-def until(events: EventColumns, orders: OrderColumns, as_of: int):
-    """The columns without rows after day `as_of` (no copy when there are none)."""
-    keep = events.day <= as_of
-    if not keep.all():
-        events = EventColumns(*(getattr(events, f.name)[keep] for f in fields(EventColumns)))
-    okeep = orders.day <= as_of
-    if not okeep.all():
-        orders = OrderColumns(*(getattr(orders, f.name)[okeep] for f in fields(OrderColumns)))
-    return events, orders
-
-
 def column_sums(
     events: EventColumns,
     orders: OrderColumns,
@@ -308,9 +206,9 @@ def column_sums(
     n = n_users
     events, orders = until(events, orders, as_of)
     vu, vd = visits if visits is not None else active_days(events)
-    last_visit, first_visit = _last_and_first(vu, vd, n)
+    last_visit, first_visit = last_and_first(vu, vd, n)
     ou, od = distinct_user_days(orders.user, orders.day)
-    last_order, first_order = _last_and_first(ou, od, n)
+    last_order, first_order = last_and_first(ou, od, n)
     out: dict[str, np.ndarray] = {}
     for w in WINDOWS:
         out[f"visit_days_{w}"] = _count(vu, n, _in_window(vd, as_of, w))
@@ -372,77 +270,6 @@ def visit_recency(
     np.subtract(as_of, age, out=age)
     age *= last_visit > LAST_NONE
     return since, term_since, age
-
-
-@dataclass
-class PurchaseSpan:
-    """Where each user's repeat-purchase clock starts and ends, in term-day counts: what
-    (frequency, recency, T) need besides the day. It moves only when a user first visits or
-    orders (or first_seen changes, or the start is capped at the day), so the rolling fold
-    keeps it and refreshes those users only."""
-
-    frequency: np.ndarray
-    start: np.ndarray  # day number: the first order, else the first visit; at most as_of
-    at_start: np.ndarray  # term_day_count of the start
-    at_end: np.ndarray  # ... of the last order (the start for non-buyers)
-
-
-def purchase_span(
-    order_days: np.ndarray,
-    first_order: np.ndarray,
-    last_order: np.ndarray,
-    first_visit: np.ndarray,
-    as_of: int,
-    calendar: TermCalendar,
-) -> PurchaseSpan:
-    """Where each user's repeat-purchase clock starts and ends (see `PurchaseSpan`).
-
-    Parameters
-    ----------
-    order_days : int64 distinct days with an order, all time.
-    first_order, last_order : int64 day numbers (FIRST_NONE / LAST_NONE for non-buyers).
-    first_visit : int64 day number of the first visit (FIRST_NONE if never seen).
-    as_of, calendar : the day scored, and the breaks cut out of time.
-    """
-    bought = last_order > LAST_NONE
-    start = np.minimum(np.where(bought, first_order, first_visit), as_of)
-    return PurchaseSpan(
-        frequency=np.maximum(order_days - 1, 0),
-        start=start,
-        at_start=term_day_count(calendar, start),
-        at_end=term_day_count(calendar, np.where(bought, last_order, start)),
-    )
-
-
-def repeat_from_span(
-    span: PurchaseSpan, as_of: int, calendar: TermCalendar
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(frequency, recency, T) on `as_of` (see `repeat_purchases`)."""
-    big_t = calendar.term_day_count(as_of) - span.at_start
-    # Recency runs from the start to the last order; 0 for a non-buyer (start to start).
-    recency = np.subtract(span.at_end, span.at_start)
-    np.minimum(recency, big_t, out=recency)
-    return span.frequency, recency, big_t
-
-
-def repeat_purchases(
-    order_days: np.ndarray,
-    first_order: np.ndarray,
-    last_order: np.ndarray,
-    first_visit: np.ndarray,
-    as_of: int,
-    calendar: TermCalendar,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(frequency, recency, T) for BG/NBD on a daily grid, in term days.
-
-    frequency = distinct order days after the first; recency = term days from the first to
-    the last order day; T = term days from the first order day to `as_of`. A user who never
-    ordered is counted from their first visit with frequency 0 (the model then reads them as
-    a customer who has not yet repeated). Breaks are cut out of time, so a vacation is not
-    read as silence.
-    """
-    span = purchase_span(order_days, first_order, last_order, first_visit, as_of, calendar)
-    return repeat_from_span(span, as_of, calendar)
 
 
 def shares(events: np.ndarray, *parts: np.ndarray) -> list[np.ndarray]:
@@ -616,13 +443,3 @@ def compute_features(
     """
     sums = column_sums(events, orders, n_users, as_of, visits)
     return features_from(sums, as_of, calendar, first_seen, last_seen)
-
-
-def repeat_purchase_summary(
-    orders: OrderColumns, n: int, as_of: int, calendar: TermCalendar, first_visit: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(frequency, recency, T) from order columns (see `repeat_purchases`)."""
-    ou, od = distinct_user_days(orders.user, orders.day)
-    last, first = _last_and_first(ou, od, n)
-    days = np.bincount(ou, minlength=n)[:n]
-    return repeat_purchases(days, first, last, first_visit, as_of, calendar)

@@ -114,7 +114,7 @@ def rfm_scores(days_since_visit, orders, spend_fen) -> tuple[np.ndarray, np.ndar
 
     Parameters
     ----------
-    days_since_visit : int64 days since the last visit (features.NEVER if never seen); fewer
+    days_since_visit : int64 days since the last visit (columns.NEVER if never seen); fewer
         is better.
     orders : int64 orders, all time.
     spend_fen : int64 money spent, all time, in fen.

@@ -9,14 +9,8 @@ import numpy as np
 from backend.core import bgnbd
 from backend.core.activity import Activity, compute_activity
 from backend.core.calendar import TermCalendar
-from backend.core.features import (
-    EventColumns,
-    Features,
-    OrderColumns,
-    active_days,
-    compute_features,
-    until,
-)
+from backend.core.columns import EventColumns, OrderColumns, active_days, until
+from backend.core.features import Features, compute_features
 from backend.core.rfm import rfm_scores, segments
 from backend.core.rolling import DailyFold
 from backend.core.tiers import TierConfig, assign_tiers
@@ -139,7 +133,7 @@ def score_users(
 
     Parameters
     ----------
-    events, orders : the event and order columns (core.features), users as indices
+    events, orders : the event and order columns (core.columns), users as indices
         0..n_users-1, days China-time day numbers; rows after `as_of` are ignored.
     n_users, as_of : how many users, and the day scored (its end).
     calendar, config : the tenant's breaks and tier thresholds.

@@ -96,7 +96,7 @@ def assign_tiers(
 
     Parameters
     ----------
-    term_days_since_visit : int64 term days since the last visit (features.NEVER if never).
+    term_days_since_visit : int64 term days since the last visit (columns.NEVER if never).
     age_days : int64 calendar days since first seen.
     visit_days_30 : int64 days with a visit in the last 30.
     risk_score : float64 1 − P(alive); NaN when unknown (never risky unless the threshold

@@ -25,7 +25,8 @@ from backend.core.calendar import (
     day_number,
     day_start_ms,
 )
-from backend.core.features import KIND_CODES, LOOKBACK_DAYS, EventColumns, OrderColumns
+from backend.core.columns import KIND_CODES, EventColumns, OrderColumns
+from backend.core.features import LOOKBACK_DAYS
 from backend.core.rfm import SEGMENT_NAMES
 from backend.core.scoring import Scores, refit_due, score_users
 from backend.core.tiers import REASONS, TIERS, TierConfig

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from backend.core.calendar import day_start_ms
-from backend.core.features import KIND_CODES
+from backend.core.columns import KIND_CODES
 from simulator.model import CampusModel
 
 
