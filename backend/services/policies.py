@@ -176,6 +176,12 @@ def get(tenant_id: int, name: str) -> PolicyRow:
     return row
 
 
+def all_rows(tenant_id: int) -> list[PolicyRow]:
+    """Every policy of the tenant by name, active or not: the lists of the admin API, the
+    dashboard's pages and its trial form."""
+    return list(PolicyRow.select().where(PolicyRow.tenant == tenant_id).order_by(PolicyRow.name))
+
+
 def replace(tenant_id: int, name: str, body: dict, now_ms: int) -> PolicyRow:
     row = get(tenant_id, name)
     text = _source_text(body)
@@ -202,6 +208,12 @@ def set_active(tenant_id: int, name: str, active: bool, now_ms: int) -> PolicyRo
     with write_transaction():
         PolicyRow.update(active=active, updated_ms=now_ms).where(PolicyRow.id == row.id).execute()
     return get(tenant_id, name)
+
+
+def set_uplift_model(row: PolicyRow, model: dict) -> None:
+    """Store the uplift learner fitted for this policy (`rank_by: uplift` ranks by it)."""
+    with write_transaction():
+        PolicyRow.update(uplift_model=json.dumps(model)).where(PolicyRow.id == row.id).execute()
 
 
 def delete(tenant_id: int, name: str) -> None:

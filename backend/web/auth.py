@@ -11,19 +11,22 @@ from flask import current_app, g, request
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from backend.errors import ApiError
+from backend.services import users
 from backend.services.keys import tenant_for_key
-from backend.store.models import User
 
 TOKEN_SALT = "huiliu.mp-token.v1"
 
 
 @dataclass(frozen=True)
 class IssuedToken:
+    """What login gives the mini-program: the bearer token and how long it lasts."""
+
     token: str
     expires_in: int
 
 
 def _serializer() -> URLSafeSerializer:
+    """Tokens are signed with the app's secret: any worker can check one, none is stored."""
     return URLSafeSerializer(current_app.config["SECRET_KEY"], salt=TOKEN_SALT)
 
 
@@ -34,7 +37,7 @@ def _key_digest(token_key: str) -> str:
     return hmac.new(secret, f"{TOKEN_SALT}:{token_key}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def issue_token(user: User) -> IssuedToken:
+def issue_token(user) -> IssuedToken:
     """A signed token naming tenant, user and the user's token key, expiring by the app's
     clock (not the wall's). The key binds it to this row: a later row that somehow got the
     same id, or a re-created account, has another key and refuses it."""
@@ -45,7 +48,8 @@ def issue_token(user: User) -> IssuedToken:
     return IssuedToken(token=token, expires_in=ttl)
 
 
-def _user_from_token(raw: str) -> User:
+def _user_from_token(raw: str):
+    """The user row a bearer token names, or a 401 saying why it names no one."""
     try:
         payload = _serializer().loads(raw)
     except BadSignature:
@@ -57,7 +61,7 @@ def _user_from_token(raw: str) -> User:
         raise ApiError(401, "invalid_token", "token is from an older version; log in again")
     if payload["exp"] <= current_app.config["CLOCK"].now().timestamp():
         raise ApiError(401, "token_expired", "token has expired; log in again")
-    user = User.get_or_none((User.id == payload["u"]) & (User.tenant == payload["t"]))
+    user = users.by_id(payload["t"], payload["u"])
     # Same answer whether the row is gone or holds another key (erased, or an id reused).
     if user is None or not hmac.compare_digest(_key_digest(user.token_key), payload["k"]):
         raise ApiError(401, "invalid_token", "the token's user no longer exists; log in again")

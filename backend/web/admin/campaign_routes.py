@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 from flask import current_app, g, jsonify, request
 
 from backend.core import seeds
-from backend.core.calendar import china_day, day_date
-from backend.core.clock import china_iso
+from backend.core.calendar import china_day
 from backend.core.policy import policy_schema
 from backend.core.policy.spec import NAME_PATTERN
-from backend.services import campaigns, policies, scoring, uplift, users
-from backend.store.db import write_transaction
-from backend.store.models import CampaignRun, Touch, User
-from backend.store.models import Policy as PolicyRow
+from backend.services import campaign_log, policies, reports, scoring, uplift, users
+from backend.services.campaigns import outbox, preview
 from backend.web.admin.routes import bp
 from backend.web.auth import require_api_key
 from backend.web.openapi import documented, validated
@@ -41,20 +36,25 @@ CONTACT_SCHEMA = {
         "oa_openid": {"type": ["string", "null"], "minLength": 1, "maxLength": 128},
     },
 }
+USER_TOUCHES = 500  # the latest a user's touch list shows
 DAY_QUERY = {"date": {"type": "string", "description": "YYYY-MM-DD China date; today by default"}}
 
 
 def _now_ms() -> int:
+    """The app's clock (a fake one in tests and the simulator), never the wall's."""
     return current_app.config["CLOCK"].now_ms()
 
 
 def _today() -> int:
+    """Today's China day number by the app's clock: the default day of previews and reports."""
     return int(china_day(_now_ms()))
 
 
 @bp.get("/policy-schema")
 @documented("The JSON schema every policy file is checked against", response={"type": "object"})
 def get_policy_schema():
+    """Lets a merchant's editor or CI check a policy file before sending it; public, as it holds no
+    tenant data."""
     return jsonify(policy_schema())
 
 
@@ -62,10 +62,13 @@ def get_policy_schema():
 @documented("List the tenant's recall policies", response={"type": "object"}, auth="api_key")
 @require_api_key
 def list_policies():
-    rows = PolicyRow.select().where(PolicyRow.tenant == g.tenant_id).order_by(PolicyRow.name)
+    """What a merchant has (without sources, to stay small) and which presets they could
+    start from."""
     return jsonify(
         {
-            "policies": [policies.as_dict(r, with_source=False) for r in rows],
+            "policies": [
+                policies.as_dict(r, with_source=False) for r in policies.all_rows(g.tenant_id)
+            ],
             "presets": seeds.preset_names(),
         }
     )
@@ -82,6 +85,8 @@ def list_policies():
 )
 @require_api_key
 def create_policy():
+    """A merchant adds a policy; it is checked whole (schema, coupons, re-read as stored) before it
+    is kept."""
     body = validated(POLICY_BODY)
     row = policies.create(g.tenant_id, body, _now_ms())
     return jsonify(policies.as_dict(row)), 201
@@ -91,6 +96,7 @@ def create_policy():
 @documented("One policy with its source", response=POLICY_OUT, auth="api_key", errors=(404,))
 @require_api_key
 def get_policy(name: str):
+    """One policy with its stored source, so a merchant can edit it and PUT it back."""
     return jsonify(policies.as_dict(policies.get(g.tenant_id, name)))
 
 
@@ -104,6 +110,8 @@ def get_policy(name: str):
 )
 @require_api_key
 def replace_policy(name: str):
+    """A merchant edits a policy in place: its touches and reports keep their name, the version
+    counts the edits."""
     body = validated(POLICY_BODY)
     return jsonify(policies.as_dict(policies.replace(g.tenant_id, name, body, _now_ms())))
 
@@ -117,6 +125,7 @@ def replace_policy(name: str):
 )
 @require_api_key
 def activate_policy(name: str):
+    """Puts a policy in front of tonight's job, once its source reads and its coupons exist."""
     return jsonify(policies.as_dict(policies.set_active(g.tenant_id, name, True, _now_ms())))
 
 
@@ -124,6 +133,7 @@ def activate_policy(name: str):
 @documented("Stop running this policy (its touches stay)", response=POLICY_OUT, auth="api_key")
 @require_api_key
 def deactivate_policy(name: str):
+    """Stops a policy without losing what it did: its touches stay for the reports."""
     return jsonify(policies.as_dict(policies.set_active(g.tenant_id, name, False, _now_ms())))
 
 
@@ -136,6 +146,7 @@ def deactivate_policy(name: str):
 )
 @require_api_key
 def delete_policy(name: str):
+    """Removes a policy added by mistake; one that touched anyone is kept for the reports (409)."""
     policies.delete(g.tenant_id, name)
     return jsonify({"deleted": name})
 
@@ -150,9 +161,10 @@ def delete_policy(name: str):
 )
 @require_api_key
 def preview_policy(name: str):
+    """Shows what a policy would do on a scored day before it is let loose on anyone."""
     row = policies.get(g.tenant_id, name)
     day = scoring.parse_day(request.args.get("date"), _today())
-    return jsonify(campaigns.preview(row, policies.readable(row), day, _now_ms()))
+    return jsonify(preview.preview(row, policies.readable(row), day, _now_ms()))
 
 
 @bp.post("/policies/<name>/uplift-model")
@@ -164,12 +176,11 @@ def preview_policy(name: str):
 )
 @require_api_key
 def fit_uplift(name: str):
+    """Gives `rank_by: uplift` its model: fitted on the tenant's own finished touches and stored
+    with the policy."""
     row = policies.get(g.tenant_id, name)
     model = uplift.fit_for_tenant(g.tenant_id)
-    with write_transaction():
-        PolicyRow.update(uplift_model=json.dumps(model.as_dict())).where(
-            PolicyRow.id == row.id
-        ).execute()
+    policies.set_uplift_model(row, model.as_dict())
     return jsonify(model.as_dict())
 
 
@@ -179,27 +190,8 @@ def fit_uplift(name: str):
 )
 @require_api_key
 def list_runs():
-    rows = (
-        CampaignRun.select()
-        .where(CampaignRun.tenant == g.tenant_id)
-        .order_by(CampaignRun.id.desc())
-        .limit(50)
-    )
-    return jsonify(
-        {
-            "runs": [
-                {
-                    "id": r.id,
-                    "date": day_date(r.day).isoformat(),
-                    "status": r.status,
-                    "started_at": china_iso(r.started_ms),
-                    "finished_at": china_iso(r.finished_ms) if r.finished_ms else None,
-                    "summary": json.loads(r.summary),
-                }
-                for r in rows
-            ]
-        }
-    )
+    """Tells a merchant whether the nightly job ran and what it did."""
+    return jsonify({"runs": campaign_log.recent_runs(g.tenant_id)})
 
 
 @bp.get("/users/<openid>/touches")
@@ -211,15 +203,10 @@ def list_runs():
 )
 @require_api_key
 def user_touches(openid: str):
+    """Answers a merchant asking why a user was (or was not) messaged."""
     user = users.by_openid(g.tenant_id, openid)
-    rows = (
-        Touch.select(Touch, PolicyRow.name)
-        .join(PolicyRow)
-        .where(Touch.user == user.id)
-        .order_by(Touch.day.desc(), Touch.id.desc())
-        .limit(500)
-    )
-    return jsonify({"user": openid, "touches": [campaigns.touch_dict(t) for t in rows]})
+    rows = campaign_log.user_touches(g.tenant_id, user.id, USER_TOUCHES)
+    return jsonify({"user": openid, "touches": [outbox.touch_dict(t) for t in rows]})
 
 
 @bp.patch("/users/<openid>/contact")
@@ -232,11 +219,10 @@ def user_touches(openid: str):
 )
 @require_api_key
 def set_contact(openid: str):
+    """SMS and Official Account messages need a phone number or OA openid the mini-program does not
+    give; the merchant supplies them."""
     body = validated(CONTACT_SCHEMA)
-    user = users.by_openid(g.tenant_id, openid)
-    with write_transaction():
-        User.update(**body).where(User.id == user.id).execute()
-    user = User.get_by_id(user.id)
+    user = users.set_contact(users.by_openid(g.tenant_id, openid).id, body)
     return jsonify({"user": openid, "phone": user.phone, "oa_openid": user.oa_openid})
 
 
@@ -248,9 +234,8 @@ REPORT_QUERY = {
 
 
 def _report_span() -> tuple[str | None, int | None, int | None]:
-    from backend.services.reports import parse_span
-
-    return parse_span(g.tenant_id, request.args, _today())
+    """The report's policy and decision-day span from the query string (400 on a bad date)."""
+    return reports.parse_span(g.tenant_id, request.args, _today())
 
 
 @bp.get("/reports")
@@ -265,10 +250,9 @@ def _report_span() -> tuple[str | None, int | None, int | None]:
 )
 @require_api_key
 def get_report():
-    from backend.services.reports import report
-
+    """The measures a merchant judges a policy by, the same numbers the CLI report prints."""
     policy, day_from, day_to = _report_span()
-    return jsonify(report(g.tenant_id, policy, day_from, day_to))
+    return jsonify(reports.report(g.tenant_id, policy, day_from, day_to))
 
 
 @bp.get("/reports/ledger")
@@ -282,7 +266,6 @@ def get_report():
 )
 @require_api_key
 def get_ledger():
-    from backend.services.reports import ledger
-
+    """Why users were not messaged, day by day: the guard rails at work, for a merchant to audit."""
     policy, day_from, day_to = _report_span()
-    return jsonify({"ledger": ledger(g.tenant_id, policy, day_from, day_to)})
+    return jsonify({"ledger": reports.ledger(g.tenant_id, policy, day_from, day_to)})

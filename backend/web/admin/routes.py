@@ -5,11 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.core.calendar import china_day
-from backend.core.clock import china_iso
 from backend.errors import ApiError
-from backend.services import coupons, events, scoring, subscriptions, tenants, users
+from backend.services import coupons, events, scoring, tenants, users
 from backend.services.event_validation import IMPORT_EARLIEST_MS, IMPORT_EVENT_SCHEMA
-from backend.store.models import Event, Order
 from backend.web import explain
 from backend.web.auth import require_api_key
 from backend.web.openapi import documented, read_json, validated
@@ -45,6 +43,7 @@ USER_SCHEMA = {"type": "object", "description": "profile, counts, coupons and al
 
 
 def _now_ms() -> int:
+    """The app's clock (a fake one in tests and the simulator), never the wall's."""
     return current_app.config["CLOCK"].now_ms()
 
 
@@ -52,6 +51,7 @@ def _now_ms() -> int:
 @documented("List the tenant's merchants", response={"type": "object"}, auth="api_key")
 @require_api_key
 def list_merchants():
+    """The shops a tenant's coupons can be tied to, by the codes templates name them with."""
     rows = tenants.merchants(g.tenant_id)
     return jsonify({"merchants": [{"code": m.code, "name": m.name} for m in rows]})
 
@@ -67,6 +67,8 @@ def list_merchants():
 )
 @require_api_key
 def add_merchant():
+    """A tenant (one mini-program) serves several shops; a coupon template can be limited to one
+    of them."""
     body = validated(MERCHANT_SCHEMA)
     m = tenants.add_merchant(g.tenant_id, body["code"], body["name"])
     return jsonify({"code": m.code, "name": m.name}), 201
@@ -76,11 +78,9 @@ def add_merchant():
 @documented("List coupon templates", response=TEMPLATES_SCHEMA, auth="api_key")
 @require_api_key
 def list_templates():
-    rows = (
-        coupons.CouponTemplate.select()
-        .where(coupons.CouponTemplate.tenant == g.tenant_id)
-        .order_by(coupons.CouponTemplate.id)
-    )
+    """The coupon templates a merchant's policies and staff can hand out, with what is left of
+    each budget."""
+    rows = coupons.templates(g.tenant_id)
     return jsonify({"templates": [coupons.template_dict(t) for t in rows]})
 
 
@@ -94,6 +94,8 @@ def list_templates():
 )
 @require_api_key
 def create_template():
+    """A merchant defines a coupon (满减) once; policies and staff then issue it within its
+    budget."""
     body = validated(coupons.TEMPLATE_CREATE_SCHEMA)
     if body.get("min_spend_fen", 0) and body["amount_off_fen"] >= body["min_spend_fen"]:
         raise ApiError(400, "invalid_request", "amount_off_fen must be below min_spend_fen")
@@ -105,6 +107,7 @@ def create_template():
 @documented("One coupon template", response=coupons.TEMPLATE_SCHEMA, auth="api_key", errors=(404,))
 @require_api_key
 def get_template(template_id: int):
+    """One template with its issued count, so a merchant sees how much budget is left."""
     return jsonify(coupons.template_dict(coupons.get_template(g.tenant_id, template_id)))
 
 
@@ -118,6 +121,8 @@ def get_template(template_id: int):
 )
 @require_api_key
 def patch_template(template_id: int):
+    """A merchant raises a budget, extends validity or stops a coupon without losing what was
+    issued."""
     body = validated(coupons.TEMPLATE_PATCH_SCHEMA)
     return jsonify(coupons.template_dict(coupons.update_template(g.tenant_id, template_id, body)))
 
@@ -131,6 +136,7 @@ def patch_template(template_id: int):
 )
 @require_api_key
 def delete_template(template_id: int):
+    """Removes a template made by mistake; one that issued coupons stays (409)."""
     coupons.delete_template(g.tenant_id, template_id)
     return jsonify({"deleted": template_id})
 
@@ -146,6 +152,8 @@ def delete_template(template_id: int):
 )
 @require_api_key
 def issue_coupon(template_id: int):
+    """Staff hand a coupon to one user by hand (a complaint, a prize), within the template's
+    budget."""
     body = validated(ISSUE_SCHEMA)
     user = users.by_openid(g.tenant_id, body["user"])
     now = _now_ms()
@@ -162,21 +170,9 @@ def issue_coupon(template_id: int):
 )
 @require_api_key
 def get_user(openid: str):
+    """A merchant looks a user up (support, a complaint): the same profile the dashboard shows."""
     user = users.by_openid(g.tenant_id, openid)
-    now = _now_ms()
-    return jsonify(
-        {
-            "openid": user.openid,
-            "unionid": user.unionid,
-            "created_at": china_iso(user.created_ms),
-            "last_seen_at": china_iso(user.last_seen_ms) if user.last_seen_ms else None,
-            "marketing_opt_out": user.marketing_opt_out,
-            "events": Event.select().where(Event.user == user.id).count(),
-            "orders": Order.select().where(Order.user == user.id).count(),
-            "coupons": [coupons.coupon_dict(c, now) for c in coupons.wallet(g.tenant_id, user.id)],
-            "allowances": subscriptions.allowances(user.id),
-        }
-    )
+    return jsonify(users.profile(g.tenant_id, user, _now_ms()))
 
 
 @bp.post("/events/import")
@@ -189,6 +185,7 @@ def get_user(openid: str):
 )
 @require_api_key
 def import_events():
+    """Scores need history: a merchant loads past visits and orders before Huiliu saw any."""
     request.max_content_length = MAX_IMPORT_BODY  # history arrives in bigger batches
     result = events.ingest(
         read_json(),
@@ -233,6 +230,7 @@ USER_SCORES_SCHEMA = {
 
 
 def _query_day() -> int | None:
+    """The `date` query as a China day number (None: the latest scored day); 400 if unreadable."""
     text = request.args.get("date")
     if text is None:
         return None
@@ -249,6 +247,8 @@ def _query_day() -> int | None:
 )
 @require_api_key
 def scores_summary():
+    """How a tenant's users spread over tiers and segments on a day, and the model behind the
+    values."""
     return jsonify(scoring.summary(g.tenant_id, _query_day()))
 
 
@@ -262,6 +262,8 @@ def scores_summary():
 )
 @require_api_key
 def user_scores(openid: str):
+    """Why a user is in their tier, with the numbers: a merchant can check a score before
+    trusting it."""
     user = users.by_openid(g.tenant_id, openid)
     return jsonify(explain.user_scores(g.tenant, user, _query_day()))
 
@@ -315,6 +317,8 @@ SETTINGS_SCHEMA = {
 )
 @require_api_key
 def get_settings():
+    """The tenant's thresholds and calendar as in force, defaults included, so a merchant sees
+    what scoring uses."""
     return jsonify(tenants.settings(g.tenant))
 
 
@@ -327,5 +331,7 @@ def get_settings():
 )
 @require_api_key
 def patch_settings():
+    """A merchant tunes the tier thresholds and term calendar to their campus; checked before
+    stored."""
     body = validated(SETTINGS_SCHEMA)
     return jsonify(tenants.update_settings(g.tenant, body))

@@ -11,32 +11,34 @@ from markupsafe import Markup
 
 from backend.core import charts
 from backend.core.calendar import china_day
-from backend.core.clock import china_iso
 from backend.core.policy.spec import CHANNELS
 from backend.core.tiers import TIERS, TierConfig
 from backend.errors import ApiError
-from backend.services import campaigns, coupons, policies, reports, scoring, subscriptions, users
+from backend.services import campaign_log, policies, reports, scoring, users
 from backend.services import overview as overview_data
-from backend.store.models import ConsentLog, Event, Order, Touch, User
-from backend.store.models import Policy as PolicyRow
+from backend.services.campaigns import outbox, preview
 from backend.web import explain
 from backend.web.dashboard import bp
 from backend.web.dashboard.labels import GUARD_ZH
 from backend.web.dashboard.session import login_required
 
-RECENT_TOUCHES = 50
+RECENT_TOUCHES = 50  # on a policy's page
+USER_TOUCHES = 100  # on a user's page
 
 
 def _now_ms() -> int:
+    """The app's clock (a fake one in tests and the simulator), never the wall's."""
     return current_app.config["CLOCK"].now_ms()
 
 
 def _today() -> int:
+    """Today's China day number by the app's clock: the day a dry run decides for."""
     return int(china_day(_now_ms()))
 
 
 @bp.app_template_global("chart")
 def _chart(figure: dict, name: str) -> Markup:
+    """Templates draw a chart described by backend.core.charts as `{{ chart(figure, name) }}`."""
     return Markup(charts.figure_div(figure, name))
 
 
@@ -46,6 +48,8 @@ def _chart(figure: dict, name: str) -> Markup:
 @bp.get("/")
 @login_required
 def overview():
+    """A merchant's first page: are the policies working (against their holdouts), what they
+    cost, and who slipped this week."""
     policy, day_from, day_to = reports.parse_span(g.tenant_id, request.args, _today())
     rep = reports.report(g.tenant_id, policy, day_from, day_to)
     try:
@@ -70,12 +74,7 @@ def overview():
             "from": request.args.get("from", ""),
             "to": request.args.get("to", ""),
         },
-        all_policies=[
-            r.name
-            for r in PolicyRow.select()
-            .where(PolicyRow.tenant == g.tenant_id)
-            .order_by(PolicyRow.name)
-        ],
+        all_policies=[r.name for r in policies.all_rows(g.tenant_id)],
     )
 
 
@@ -89,6 +88,7 @@ def _lapsed_after_days() -> int:
 
 
 def _fen(x: float | None) -> float | None:
+    """Fen to yuan for a chart axis, keeping a missing value missing."""
     return None if x is None else x / 100
 
 
@@ -112,6 +112,8 @@ def _pair_bars(title: str, shown: list[dict], keys: tuple[str, str], ns: tuple[s
 
 
 def _overview_figures(today, history, shown, spend) -> dict:
+    """The overview's charts: tiers today and over time, each policy against its holdout, and
+    spend per policy."""
     figs = {}
     if today:
         figs["tiers_today"] = charts.bars(
@@ -185,7 +187,8 @@ def _overview_figures(today, history, shown, spend) -> dict:
 @bp.get("/policies")
 @login_required
 def policy_list():
-    rows = PolicyRow.select().where(PolicyRow.tenant == g.tenant_id).order_by(PolicyRow.name)
+    """The tenant's policies, each with what it is for, active or not."""
+    rows = policies.all_rows(g.tenant_id)
     return render_template(
         "dashboard/policies.html", rows=[(r, policies.description(r)) for r in rows]
     )
@@ -194,6 +197,8 @@ def policy_list():
 @bp.get("/policies/<name>")
 @login_required
 def policy_page(name: str):
+    """One policy: how it does, what its guard rails stopped, its recent touches and its source
+    to edit."""
     return _policy_view(name)
 
 
@@ -213,28 +218,21 @@ def policy_check(name: str):
     check["valid"] = True
     if request.form.get("action") == "dry_run":
         try:
-            check["preview"] = campaigns.preview(row, edited, _today(), _now_ms())
+            check["preview"] = preview.preview(row, edited, _today(), _now_ms())
         except ApiError as exc:
             check["preview_error"] = exc.message
     return _policy_view(name, check)
 
 
 def _policy_view(name: str, check: dict | None = None):
+    """The policy page, with the result of a check of an edited source when there is one."""
     row = policies.get(g.tenant_id, name)
     spec = policies.readable(row)
     ledger = reports.ledger(g.tenant_id, name)
     rep = reports.report(g.tenant_id, name)
     entry = next((p for p in rep["policies"] if p["policy"] == name), None)
-    touches = (
-        Touch.select(Touch, PolicyRow.name)
-        .join(PolicyRow)
-        .where((Touch.tenant == g.tenant_id) & (Touch.policy == row.id))
-        .order_by(Touch.day.desc(), Touch.id.desc())
-        .limit(RECENT_TOUCHES)
-    )
-    openids = dict(
-        User.select(User.id, User.openid).where(User.id.in_({t.user_id for t in touches})).tuples()
-    )
+    touches = campaign_log.policy_touches(g.tenant_id, row.id, RECENT_TOUCHES)
+    openids = users.openids(t.user_id for t in touches)
     return render_template(
         "dashboard/policy.html",
         row=row,
@@ -242,7 +240,7 @@ def _policy_view(name: str, check: dict | None = None):
         entry=entry,
         ledger=ledger,
         guard_totals=_guard_totals(ledger),
-        touches=[dict(campaigns.touch_dict(t), user=openids.get(t.user_id)) for t in touches],
+        touches=[dict(outbox.touch_dict(t), user=openids.get(t.user_id)) for t in touches],
         figures=_policy_figures(spec, ledger),
         check=check,
         source=(check or {}).get("source", row.source),
@@ -252,6 +250,7 @@ def _policy_view(name: str, check: dict | None = None):
 
 
 def _guard_totals(ledger: list[dict]) -> dict:
+    """How many users each guard rail stopped over the ledger's days, for the page's table."""
     out: dict[str, int] = {}
     for r in ledger:
         for reason, n in r["skipped"].items():
@@ -261,6 +260,7 @@ def _guard_totals(ledger: list[dict]) -> dict:
 
 
 def _policy_figures(spec, ledger: list[dict]) -> dict:
+    """The policy's charts: how the bandit shared sends between arms, and the guard rails by day."""
     if not ledger:
         return {}
     dates = [r["date"] for r in ledger]
@@ -287,6 +287,8 @@ def _policy_figures(spec, ledger: list[dict]) -> dict:
 @bp.get("/users")
 @login_required
 def user_lookup():
+    """A merchant answering a user (a complaint, a question): profile, scores with reasons,
+    touches, coupons, consent."""
     openid = request.args.get("openid", "").strip()
     if not openid:
         return render_template("dashboard/user.html", openid="", user=None)
@@ -294,34 +296,23 @@ def user_lookup():
         user = users.by_openid(g.tenant_id, openid)
     except ApiError:
         return render_template("dashboard/user.html", openid=openid, user=None, missing=True), 404
-    now = _now_ms()
     try:
         scores = explain.user_scores(g.tenant, user, None, lang="zh")
     except ApiError:
         scores = None
-    touches = (
-        Touch.select(Touch, PolicyRow.name)
-        .join(PolicyRow)
-        .where((Touch.tenant == g.tenant_id) & (Touch.user == user.id))
-        .order_by(Touch.day.desc(), Touch.id.desc())
-        .limit(100)
-    )
-    consents = (
-        ConsentLog.select()
-        .where((ConsentLog.tenant == g.tenant_id) & (ConsentLog.user == user.id))
-        .order_by(ConsentLog.at_ms.desc())
-    )
+    profile = users.profile(g.tenant_id, user, _now_ms())
+    touches = campaign_log.user_touches(g.tenant_id, user.id, USER_TOUCHES)
     return render_template(
         "dashboard/user.html",
         openid=openid,
         user=user,
-        created_at=china_iso(user.created_ms),
-        last_seen_at=china_iso(user.last_seen_ms) if user.last_seen_ms else None,
-        events=Event.select().where(Event.user == user.id).count(),
-        orders=Order.select().where(Order.user == user.id).count(),
+        created_at=profile["created_at"],
+        last_seen_at=profile["last_seen_at"],
+        events=profile["events"],
+        orders=profile["orders"],
         scores=scores,
-        touches=[campaigns.touch_dict(t) for t in touches],
-        coupons=[coupons.coupon_dict(c, now) for c in coupons.wallet(g.tenant_id, user.id)],
-        allowances=subscriptions.allowances(user.id),
-        consents=[{"action": c.action, "at": china_iso(c.at_ms)} for c in consents],
+        touches=[outbox.touch_dict(t) for t in touches],
+        coupons=profile["coupons"],
+        allowances=profile["allowances"],
+        consents=users.consents(g.tenant_id, user.id),
     )

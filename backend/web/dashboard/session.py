@@ -4,8 +4,8 @@ A merchant signs in with the tenant's admin API key, or with its appid and the d
 password (`python app.py set-dashboard-password`). The session remembers how: revoking that
 key or changing that password ends the session at the next request, not when it expires.
 
-The cookie alone is not the session: it names a server-side session row (`KeyValue`
-`dash-session:<hash of the id>`, expiring with the session) that every request must find.
+The cookie alone is not the session: it names a server-side session row
+(backend/services/dashboard_sessions.py, expiring with the session) that every request must find.
 Signing out deletes the row, so a copy of the cookie taken before is worth nothing after.
 """
 
@@ -19,10 +19,8 @@ from functools import wraps
 from flask import current_app, g, redirect, render_template, request, session, url_for
 
 from backend.errors import ApiError
-from backend.services import ratelimit, tenants
+from backend.services import dashboard_sessions, ratelimit, tenants
 from backend.services.keys import tenant_for_key
-from backend.store.db import write_transaction
-from backend.store.models import ApiKey, KeyValue, Tenant
 from backend.web.dashboard import bp
 
 SESSION = "dash"
@@ -30,10 +28,10 @@ CSRF = "csrf"
 MAX_FAILED_SIGN_INS = 10  # per client address, within ...
 FAILED_WINDOW_MS = 15 * 60 * 1000  # ... this window; then refused until it has passed
 SIGN_IN_PREFIX = "dashboard-sign-in-failures:"  # + client address: the limiter's counter
-SESSION_PREFIX = "dash-session:"  # + sha256 of the session id: the server-side session row
 
 
 def _now_s() -> int:
+    """The app's clock in seconds, as the session cookie counts its age."""
     return int(current_app.config["CLOCK"].now_ms() // 1000)
 
 
@@ -47,11 +45,13 @@ def csrf_token() -> str:
 
 @bp.app_context_processor
 def _template_globals() -> dict:
+    """Every template can put `csrf_token()` in its forms."""
     return {"csrf_token": csrf_token}
 
 
 @bp.before_request
 def _check_csrf() -> None:
+    """Every form and fetch that changes something must carry the session's CSRF token."""
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
     sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
@@ -60,35 +60,31 @@ def _check_csrf() -> None:
         raise ApiError(400, "csrf_failed", "the form's CSRF token is missing or wrong; reload")
 
 
-def _password_tag(tenant: Tenant) -> str:
-    """Names the password in force without revealing anything usable about it."""
+def _password_tag(tenant) -> str:
+    """Names the tenant's password in force without revealing anything usable about it."""
     digest = hashlib.sha256((tenant.dashboard_password_hash or "").encode()).hexdigest()
     return digest[:16]
 
 
-def _still_valid(via: list, tenant: Tenant) -> bool:
+def _still_valid(via: list, tenant) -> bool:
+    """What the session was signed in with (`["key", prefix]` or `["password", tag]`) still
+    opens the tenant: revoking the key or changing the password ends it."""
     kind, tag = via
     if kind == "key":
-        key = ApiKey.get_or_none((ApiKey.prefix == tag) & ApiKey.revoked_ms.is_null())
-        return key is not None and key.tenant_id == tenant.id
+        return dashboard_sessions.key_in_force(tag, tenant.id)
     return kind == "password" and hmac.compare_digest(tag, _password_tag(tenant))
-
-
-def _session_key(sid: str) -> str:
-    """The row's key holds a hash of the id: reading the table does not give a usable id."""
-    return SESSION_PREFIX + hashlib.sha256(sid.encode()).hexdigest()
 
 
 def _session_alive(sid: object, tenant_id: object) -> bool:
     """The server still holds this session, for this tenant, and it has not expired."""
     if not isinstance(sid, str) or not sid:
         return False
-    row = KeyValue.get_or_none(KeyValue.key == _session_key(sid))
-    now_ms = current_app.config["CLOCK"].now_ms()
-    return row is not None and (row.expires_ms or 0) > now_ms and row.value == str(tenant_id)
+    return dashboard_sessions.alive(sid, tenant_id, current_app.config["CLOCK"].now_ms())
 
 
-def signed_in_tenant() -> Tenant | None:
+def signed_in_tenant():
+    """The tenant row of the request's live session, or None: every page and the sign-in
+    form ask this first."""
     data = session.get(SESSION)
     if not isinstance(data, dict) or not {"t", "via", "iat", "sid"} <= data.keys():
         return None
@@ -97,7 +93,7 @@ def signed_in_tenant() -> Tenant | None:
         return None
     if not _session_alive(data["sid"], data["t"]):
         return None  # signed out (or never started here): a copied cookie opens nothing
-    tenant = Tenant.get_or_none(Tenant.id == data["t"])
+    tenant = dashboard_sessions.tenant(data["t"])
     if tenant is None or not _still_valid(data["via"], tenant):
         return None
     return tenant
@@ -126,18 +122,16 @@ def _end_session() -> None:
     data = session.get(SESSION)
     sid = data.get("sid") if isinstance(data, dict) else None
     if isinstance(sid, str) and sid:
-        with write_transaction():
-            KeyValue.delete().where(KeyValue.key == _session_key(sid)).execute()
+        dashboard_sessions.end(sid)
     session.clear()
 
 
-def _start_session(tenant: Tenant, via: list, now_ms: int) -> None:
+def _start_session(tenant, via: list, now_ms: int) -> None:
+    """Sign the tenant in: a server-side session row and a cookie naming it."""
     _end_session()  # a fresh session (and CSRF token) on sign-in: no fixation
     ttl_ms = int(current_app.config["DASHBOARD_SESSION_TTL_S"]) * 1000
     sid = secrets.token_urlsafe(32)
-    with write_transaction():
-        KeyValue.create(key=_session_key(sid), value=str(tenant.id), expires_ms=now_ms + ttl_ms)
-    ratelimit.forget_expired(SESSION_PREFIX, now_ms)  # ended sessions do not pile up
+    dashboard_sessions.start(sid, tenant.id, now_ms, ttl_ms)  # ended sessions are cleared
     session.permanent = True  # the cookie lives PERMANENT_SESSION_LIFETIME (the TTL)
     session[SESSION] = {"t": tenant.id, "via": via, "iat": _now_s(), "sid": sid}
     csrf_token()
@@ -151,11 +145,14 @@ def _safe_next(target: str | None) -> str:
 
 
 def _sign_in_key() -> str:
+    """The limiter's counter of failed sign-ins from this client address."""
     return f"{SIGN_IN_PREFIX}{request.remote_addr or 'unknown'}"
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
+    """Merchants sign in with their API key, or appid and dashboard password, behind a per-
+    address limit on guesses."""
     if request.method == "GET":
         if signed_in_tenant() is not None:
             return redirect(url_for("dashboard.overview"))
@@ -196,5 +193,7 @@ def login():
 
 @bp.post("/logout")
 def logout():
+    """Signing out ends the session on the server, so the cookie is worth nothing after, wherever
+    copied."""
     _end_session()  # server-side: the session is over for every copy of its cookie
     return redirect(url_for("dashboard.login"))

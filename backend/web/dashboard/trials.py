@@ -11,7 +11,6 @@ from backend.core import seeds
 from backend.core.calendar import china_day
 from backend.errors import ApiError
 from backend.services import policies, simulations
-from backend.store.models import Policy as PolicyRow
 from backend.web.dashboard import bp
 from backend.web.dashboard.session import login_required
 
@@ -26,12 +25,15 @@ REPORT_CSP = (
 
 
 def _now_ms() -> int:
+    """The app's clock (a fake one in tests and the simulator), never the wall's."""
     return current_app.config["CLOCK"].now_ms()
 
 
 @bp.get("/simulations")
 @login_required
 def simulation_list():
+    """Where a merchant trials a policy before running it on real users: the form and the recent
+    trials."""
     return _list_page()
 
 
@@ -42,7 +44,8 @@ def default_size() -> simulations.TrialSize:
 
 
 def _list_page(error: str | None = None, status: int = 200):
-    saved = PolicyRow.select().where(PolicyRow.tenant == g.tenant_id).order_by(PolicyRow.name)
+    """The trials page, with the form as sent and an error when a start was refused."""
+    saved = policies.all_rows(g.tenant_id)
     now = _now_ms()
     return render_template(
         "dashboard/simulations.html",
@@ -63,6 +66,7 @@ def _list_page(error: str | None = None, status: int = 200):
 
 
 def _int_field(name: str, default: int, lo: int, hi: int) -> int:
+    """A whole-number form field within bounds (400 otherwise), its default when left empty."""
     raw = request.form.get(name, "").strip() or str(default)
     try:
         value = int(raw)
@@ -102,6 +106,8 @@ def _chosen_policy() -> dict:
 @bp.post("/simulations")
 @login_required
 def simulation_start():
+    """Starts a trial in the background: a policy against the presets on the tenant's twin, sized
+    to tell them apart."""
     try:
         chosen = _chosen_policy()
         size = default_size()
@@ -149,6 +155,7 @@ def simulation_start():
 @bp.get("/simulations/<id:run_id>")
 @login_required
 def simulation_page(run_id: int):
+    """One trial: its progress while it runs, its verdict in plain words when done."""
     row = simulations.get(g.tenant_id, run_id)
     run = simulations.status(row, _now_ms())
     return render_template("dashboard/simulation.html", run=run, view=trial_view(run))
@@ -159,6 +166,7 @@ UNKNOWN = "未知"
 
 
 def _money(fen: float | None, signed: bool = True) -> str:
+    """Fen as whole yuan with a sign (+¥1,200), for effects; unknown when not measured."""
     if fen is None:
         return UNKNOWN
     sign = ("+" if fen >= 0 else "-") if signed else ("-" if fen < 0 else "")
@@ -166,6 +174,7 @@ def _money(fen: float | None, signed: bool = True) -> str:
 
 
 def _count(value: float | None, signed: bool = True) -> str:
+    """A count with a sign (+12), for effects on students; unknown when not measured."""
     if value is None:
         return UNKNOWN
     v = round(value)
@@ -271,6 +280,7 @@ def trial_view(run: dict) -> dict:
 @bp.get("/simulations/<id:run_id>/status")
 @login_required
 def simulation_status(run_id: int):
+    """The progress the trial page polls while the trial runs."""
     row = simulations.get(g.tenant_id, run_id)
     return jsonify(simulations.status(row, _now_ms()))
 
@@ -278,6 +288,8 @@ def simulation_status(run_id: int):
 @bp.get("/simulations/<id:run_id>/report")
 @login_required
 def simulation_report(run_id: int):
+    """The simulator's own report of a finished trial, under a strict CSP since it is generated
+    HTML."""
     row = simulations.get(g.tenant_id, run_id)
     if row.status != "done" or not row.report_html:
         raise ApiError(404, "report_not_ready", "this simulation has no report yet")

@@ -8,7 +8,6 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.errors import ApiError
 from backend.services import (
-    campaigns,
     cards,
     coupons,
     delivery,
@@ -20,8 +19,8 @@ from backend.services import (
     users,
     wechat,
 )
+from backend.services.campaigns import triggers
 from backend.services.event_validation import MP_EVENT_SCHEMA, MP_MAX_AGE_MS
-from backend.store.models import Tenant
 from backend.web.auth import issue_token, require_user
 from backend.web.openapi import documented, read_json, validated
 
@@ -85,6 +84,7 @@ CONSENT_SCHEMA = {"type": "object", "properties": {"marketing_opt_out": {"type":
 
 
 def _now_ms() -> int:
+    """The app's clock (a fake one in tests and the simulator), never the wall's."""
     return current_app.config["CLOCK"].now_ms()
 
 
@@ -99,7 +99,7 @@ def _login_appid() -> str:
 LOGIN_WINDOW_MS = 60_000
 
 
-def _limited_code_exchange(tenant: Tenant, code: str) -> wechat.WechatIdentity:
+def _limited_code_exchange(tenant, code: str) -> wechat.WechatIdentity:
     """code2Session behind limits counted in the database (every worker agrees), so junk
     codes cannot spend the app's quota for everyone: logins per client address, failed
     exchanges per address (one prober stops long before the tenant does), and failed exchanges
@@ -136,6 +136,8 @@ def _limited_code_exchange(tenant: Tenant, code: str) -> wechat.WechatIdentity:
     errors=(404, 429, 502, 503),
 )
 def login():
+    """The mini-program's first call: WeChat vouches for the user, Huiliu knows them from then on
+    by a token."""
     body = validated(LOGIN_SCHEMA)
     appid = _login_appid()
     tenant = tenants.by_appid(appid) if appid else None
@@ -163,6 +165,8 @@ def login():
 )
 @require_user
 def post_events():
+    """Visits, orders and the rest are what scoring reads; an event that starts a trigger policy
+    is decided at once."""
     now = _now_ms()
     result = events.ingest(
         read_json(),
@@ -179,8 +183,8 @@ def post_events():
         # The events are stored: a failing trigger is logged, never the phone's problem (a
         # 500 would make it resend the batch for ever).
         try:
-            tenant = Tenant.get_by_id(g.tenant_id)
-            if campaigns.on_events(tenant, result.triggers, now):
+            tenant = users.tenant_of(g.user)
+            if triggers.on_events(tenant, result.triggers, now):
                 delivery.kick(current_app._get_current_object(), g.tenant_id)
         except Exception:
             current_app.logger.exception("event triggers failed for tenant %s", g.tenant_id)
@@ -195,7 +199,9 @@ def post_events():
 )
 @require_user
 def reengagement():
-    tenant = Tenant.get_by_id(g.tenant_id)
+    """The in-app channel: welcome-back cards reach a user who opens the app, no WeChat template
+    needed."""
+    tenant = users.tenant_of(g.user)
     return jsonify({"cards": cards.take_cards(tenant, g.user.id, _now_ms())})
 
 
@@ -205,6 +211,7 @@ def reengagement():
 )
 @require_user
 def get_wallet():
+    """The user's coupons with their state, for the mini-program's wallet page."""
     now = _now_ms()
     held = coupons.wallet(g.tenant_id, g.user.id)
     return jsonify({"coupons": [coupons.coupon_dict(c, now) for c in held]})
@@ -221,6 +228,7 @@ def get_wallet():
 )
 @require_user
 def claim():
+    """A user takes a coupon the merchant made claimable (a public offer), within its budget."""
     body = validated(CLAIM_SCHEMA)
     template = coupons.get_template(g.tenant_id, body["template_id"])
     if not template.claimable:
@@ -240,6 +248,8 @@ def claim():
 )
 @require_user
 def redeem(coupon_id: int):
+    """The till uses a coupon on an order, once: the order it paid for is what attribution
+    counts."""
     body = validated(REDEEM_SCHEMA)
     now = _now_ms()
     coupon = coupons.redeem(
@@ -257,6 +267,8 @@ def redeem(coupon_id: int):
 )
 @require_user
 def post_subscriptions():
+    """WeChat lets a mini-program message a user once per subscription accepted; these are the
+    allowances sends spend."""
     body = validated(subscriptions.SUBSCRIPTION_SCHEMA)
     allowances, duplicate = subscriptions.record(g.tenant_id, g.user.id, body, _now_ms())
     return jsonify({"allowances": allowances, "duplicate": duplicate})
@@ -270,6 +282,8 @@ def post_subscriptions():
 )
 @require_user
 def opt_out():
+    """A user refuses marketing: no policy touches them until they opt in again (consent is
+    logged)."""
     privacy.set_marketing(g.user, True, _now_ms())
     return jsonify({"marketing_opt_out": True})
 
@@ -278,6 +292,7 @@ def opt_out():
 @documented("Allow marketing again after an opt-out", response=CONSENT_SCHEMA, auth="bearer")
 @require_user
 def opt_in():
+    """A user who opted out accepts marketing again (logged like the opt-out)."""
     privacy.set_marketing(g.user, False, _now_ms())
     return jsonify({"marketing_opt_out": False})
 
@@ -290,6 +305,8 @@ def opt_in():
 )
 @require_user
 def my_data():
+    """A user may see everything held about them (PIPL): one export of every table that names
+    them."""
     return jsonify(privacy.export(g.user, _now_ms()))
 
 
@@ -301,4 +318,6 @@ def my_data():
 )
 @require_user
 def erase_me():
+    """A user may have their data erased (PIPL): rows deleted or anonymised where reports need
+    the count."""
     return jsonify({"erased": privacy.erase(g.user)})
