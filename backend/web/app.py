@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from backend.core.clock import SystemClock
+from backend.services.wechat import make_client
 from backend.store import db as store_db
 from backend.web import config, errors
 from backend.web.admin import bp as admin_bp
@@ -52,10 +53,12 @@ def create_web_app(overrides: dict | None = None) -> Flask:
 
     @app.before_request
     def _connect():
+        """Each request opens its connection (or reuses the thread's) before any route runs."""
         store_db.database.connect(reuse_if_open=True)
 
     @app.teardown_request
     def _close(_exc):
+        """Each request gives its connection back, whatever happened, so none leaks."""
         if not store_db.database.is_closed():
             store_db.database.close()
 
@@ -70,10 +73,12 @@ def create_web_app(overrides: dict | None = None) -> Flask:
 
 
 def _wechat_client_factory(app: Flask):
+    """The mini-program's WeChat client, made on first use: tests and the simulator point it at
+    the fake WeChat through the config."""
+
     @cache
     def client():
-        from backend.services.wechat import make_client
-
+        """One client per app, made on first use from the app's config."""
         cfg = app.config
         return make_client(
             cfg["WECHAT_APPID"], cfg["WECHAT_SECRET"], cfg["WECHAT_API_BASE"], cfg["CLOCK"]
@@ -87,8 +92,6 @@ def _oa_client_factory(app: Flask):
 
     @cache
     def client():
-        from backend.services.wechat import make_client
-
         cfg = app.config
         if not (cfg["WECHAT_OA_APPID"] and cfg["WECHAT_OA_SECRET"]):
             return None
@@ -100,6 +103,8 @@ def _oa_client_factory(app: Flask):
 
 
 def _register_meta_routes(app: Flask) -> None:
+    """Routes about the service itself rather than a tenant: health and the API's description."""
+
     @app.get("/healthz")
     @documented(
         "Liveness: 200 when the database answers",
@@ -107,6 +112,8 @@ def _register_meta_routes(app: Flask) -> None:
         errors=(503,),
     )
     def healthz():
+        """The load balancer's and the process manager's check: is this worker able to reach the
+        database."""
         try:
             store_db.database.execute_sql("SELECT 1").fetchone()
         except Exception as exc:  # any driver failure means "not healthy"
@@ -119,4 +126,5 @@ def _register_meta_routes(app: Flask) -> None:
     @app.get("/openapi.json")
     @documented("This OpenAPI document", response={"type": "object"})
     def openapi_json():
+        """Clients and their generators read the API from here, built from the routes themselves."""
         return jsonify(openapi(app))

@@ -11,6 +11,8 @@ from backend.services.wechat import DEFAULT_API_BASE
 
 
 def default_database_url(instance_path: str) -> str:
+    """Without DATABASE_URL a SQLite file in the instance folder: `python app.py` works out of
+    the box."""
     return "sqlite:///" + str(Path(instance_path) / "huiliu.sqlite3")
 
 

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def _http_code(exc: HTTPException) -> str:
+    """werkzeug's own errors (404 on an unknown path, 405, 413...) in the contract's codes."""
     return {
         400: "bad_request",
         401: "unauthorized",
@@ -41,12 +42,16 @@ def _too_large_message(exc: HTTPException) -> str:
 
 
 def register(app: Flask) -> None:
+    """Every error, ours or werkzeug's or a bug, leaves in the one JSON shape clients parse."""
+
     @app.errorhandler(ApiError)
     def _api(exc: ApiError):
+        """The services' refusals (ApiError) with their status, code, extras and headers."""
         return jsonify(error_body(exc.code, exc.message, **exc.extra)), exc.status, exc.headers
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
+        """werkzeug's errors in the contract's shape; a 405 still says which methods are allowed."""
         message = exc.description or exc.name
         if exc.code == 413:
             message = _too_large_message(exc)
@@ -57,5 +62,6 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
+        """A bug: logged with its traceback, answered without one (nothing internal leaks)."""
         log.exception("unhandled error")
         return jsonify(error_body("internal_error", "internal server error")), 500

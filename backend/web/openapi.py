@@ -38,6 +38,9 @@ ERROR_SCHEMA = {
 
 @dataclass
 class RouteDoc:
+    """What a route tells its clients, kept on the view so the document cannot drift from the
+    routes."""
+
     summary: str
     request: dict | None = None
     response: dict | None = None
@@ -60,6 +63,7 @@ def documented(
     """Attach a RouteDoc to a view function (read back by openapi())."""
 
     def mark(view):
+        """Keep the route's description on the view itself."""
         view.route_doc = RouteDoc(summary, request, response, status, auth, query or {}, errors)
         return view
 
@@ -94,6 +98,8 @@ def validated(schema: dict) -> Any:
 
 
 def _path_template(rule: str) -> tuple[str, list[dict]]:
+    """A Flask rule (`/policies/<name>`) as an OpenAPI path (`/policies/{name}`) with its
+    parameters."""
     params = []
     out = rule
     for arg in sorted({a for a in rule.split("<")[1:]}):

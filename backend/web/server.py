@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
+from backend.web.admin.routes import MAX_IMPORT_BODY
 from backend.web.app import create_web_app
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,15 @@ class SafeAccessLogger(Logger):
     """gunicorn's logger with every logged string escaped (paths, query, headers)."""
 
     def atoms(self, resp, req, environ, request_time):
+        """gunicorn's log fields, each string escaped so a request cannot write a log line of its
+        own."""
         atoms = super().atoms(resp, req, environ, request_time)
         return {k: escape_for_log(v) if isinstance(v, str) else v for k, v in atoms.items()}
 
 
 def _seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment, or the default when unset, unreadable
+    or not positive."""
     raw = os.environ.get(name, "")
     try:
         value = float(raw) if raw else default
@@ -74,10 +79,12 @@ def _seconds(name: str, default: float) -> float:
 
 
 def request_timeout_s() -> float:
+    """How long the application may work on one request before the watchdog recycles its worker."""
     return _seconds("HUILIU_REQUEST_TIMEOUT_S", DEFAULT_REQUEST_TIMEOUT_S)
 
 
 def client_timeout_s() -> float:
+    """How long a client may stall sending or reading before its connection is given up."""
     return _seconds("HUILIU_CLIENT_TIMEOUT_S", DEFAULT_CLIENT_TIMEOUT_S)
 
 
@@ -94,6 +101,7 @@ class RequestClock:
         self._running: dict[int, tuple[float, str]] = {}
 
     def start(self, what: str, now: float | None = None) -> None:
+        """Mark this thread's request as handed to the application (now, or `now` in tests)."""
         with self._lock:
             self._running[threading.get_ident()] = (
                 time.monotonic() if now is None else now,
@@ -101,6 +109,8 @@ class RequestClock:
             )
 
     def stop(self) -> None:
+        """This thread's request is out of the application's hands (done, or its response being
+        written)."""
         with self._lock:
             self._running.pop(threading.get_ident(), None)
 
@@ -185,6 +195,8 @@ def _read_body(environ: dict, max_bytes: int, spool_bytes: int) -> io.IOBase | N
 
 
 def _error(start_response, status: str, code: str, message: str) -> list[bytes]:
+    """A JSON error answered by the guard itself, before the app saw the request; the connection
+    closes."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     start_response(
         status,
@@ -209,9 +221,11 @@ class _Timed:
         self._body = body
 
     def __iter__(self):
+        """The response is its own iterator, so each chunk it yields is timed."""
         return self
 
     def __next__(self) -> bytes:
+        """The next chunk, timed: producing it is the application's work."""
         self._clock.start(self._what)
         try:
             return next(self._iter)
@@ -219,6 +233,7 @@ class _Timed:
             self._clock.stop()
 
     def close(self) -> None:
+        """Close the response (timed: closing may run application code) and the spooled body."""
         try:
             if hasattr(self._result, "close"):
                 self._clock.start(self._what)
@@ -246,6 +261,7 @@ def guard(
     limits = route_limits or {}
 
     def guarded(environ: dict, start_response):
+        """The WSGI entry each request comes through: body read (or refused), then the app timed."""
         what = f"{environ.get('REQUEST_METHOD', '')} {escape_for_log(environ.get('PATH_INFO', ''))}"
         limit = limits.get(environ.get("PATH_INFO", ""), max_body)
         try:
@@ -283,6 +299,8 @@ def guard(
 
 
 def _recycle(worker, seconds: float, what: str) -> None:
+    """The watchdog's verdict: log the runaway request, flush the log and exit so the master
+    forks a fresh worker."""
     worker.log.critical(
         "request %s has run %.1f s, longer than HUILIU_REQUEST_TIMEOUT_S; recycling worker %s",
         what,
@@ -295,6 +313,7 @@ def _recycle(worker, seconds: float, what: str) -> None:
 
 
 def _post_worker_init(worker) -> None:
+    """gunicorn's hook in each new worker: start that worker's watchdog over its request clock."""
     # worker.app is this process's _Gunicorn, whose load() built the guarded app and its clock.
     requests = worker.app.requests
     timeout_s = request_timeout_s()
@@ -316,6 +335,8 @@ def _set_client_timeout(sock: socket.socket, seconds: float) -> None:
 
 
 def _worker_class():
+    """gthread with a client timeout on every connection; built when `serve` starts, so the
+    timeout is the environment's then."""
     from gunicorn.workers.gthread import ThreadWorker
 
     class Worker(ThreadWorker):
@@ -324,6 +345,7 @@ def _worker_class():
         client_timeout = client_timeout_s()
 
         def handle(self, conn):
+            """Set the connection's kernel timeouts before gthread reads the first byte of it."""
             with contextlib.suppress(OSError):  # closed already: super().handle() finds out
                 _set_client_timeout(conn.sock, self.client_timeout)
             return super().handle(conn)
@@ -332,6 +354,9 @@ def _worker_class():
 
 
 class _Gunicorn(BaseApplication):
+    """gunicorn run from Python: our options instead of a config file, our app built in each
+    worker."""
+
     def __init__(self, options: dict, wrap: Callable[[Callable], Callable] | None = None) -> None:
         self.options = options
         self.wrap = wrap
@@ -339,10 +364,12 @@ class _Gunicorn(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
+        """Hand gunicorn the options `run` chose."""
         for key, value in self.options.items():
             self.cfg.set(key, value)
 
     def load(self):
+        """Build this worker's app inside the guard, with the clock its watchdog reads."""
         # Each worker builds its own app (and database connections) after forking.
         app = create_web_app()
         self.requests = RequestClock()
@@ -354,8 +381,6 @@ def guarded_app(
 ) -> Callable:
     """The Flask `app` (wrapped by `wrap`) inside the guard, with each route's body limit: the
     app's MAX_CONTENT_LENGTH, and the historical import's larger one on its path only."""
-    from backend.web.admin.routes import MAX_IMPORT_BODY
-
     usual = app.config["MAX_CONTENT_LENGTH"]
     inner = wrap(app) if wrap else app
     return guard(inner, clock, usual, usual, {IMPORT_PATH: max(usual, MAX_IMPORT_BODY)})

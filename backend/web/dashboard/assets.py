@@ -23,11 +23,15 @@ ASSET_MAX_AGE_S = 24 * 3600
 
 @bp.get("/assets/plotly.min.js")
 def plotly_js():
+    """The charts' library from the installed plotly package: campus LANs may have no internet,
+    pages use no CDN."""
     return send_file(charts.plotly_js_path(), mimetype="text/javascript", max_age=ASSET_MAX_AGE_S)
 
 
 @bp.get("/assets/charts.js")
 def charts_js():
+    """The script that draws the charts a page describes (no inline scripts: the CSP forbids
+    them)."""
     return Response(
         charts.render_js(),
         mimetype="text/javascript",
@@ -37,6 +41,8 @@ def charts_js():
 
 @bp.after_request
 def _headers(resp: Response) -> Response:
+    """Every dashboard response carries the CSP and friends; a page with tenant data is never
+    cached."""
     resp.headers.setdefault("Content-Security-Policy", CSP)
     resp.headers.setdefault("X-Content-Type-Options", "nosniff")
     resp.headers.setdefault("Referrer-Policy", "same-origin")
@@ -46,11 +52,14 @@ def _headers(resp: Response) -> Response:
 
 
 def wants_json() -> bool:
+    """The trial page's polling and fetch calls want JSON errors; a person's browser wants a
+    page."""
     return request.path.endswith("/status") or request.accept_mimetypes.best == "application/json"
 
 
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError):
+    """A refusal on the dashboard: JSON for scripts, a readable page for people, same status."""
     if wants_json():
         return jsonify(error_body(exc.code, exc.message, **exc.extra)), exc.status
     current_app.logger.info("dashboard %s: %s", exc.code, exc.message)

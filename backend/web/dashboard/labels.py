@@ -69,11 +69,13 @@ UNKNOWN = "未知"
 
 @bp.app_template_filter("pct")
 def pct(x) -> str:
+    """A rate as a merchant reads it (12.3%); unknown, never 0, when it could not be computed."""
     return UNKNOWN if x is None else f"{100 * x:.1f}%"
 
 
 @bp.app_template_filter("yuan")
 def yuan(fen) -> str:
+    """Fen as yuan (¥12.30); unknown when there is no amount."""
     return UNKNOWN if fen is None else f"¥{fen / 100:,.2f}"
 
 
@@ -92,6 +94,7 @@ def pp(d: dict | float | None) -> str:
 
 @bp.app_template_filter("ratio")
 def ratio(x) -> str:
+    """A ratio such as ROI to two places; unknown when it could not be computed."""
     return UNKNOWN if x is None else f"{x:.2f}"
 
 
