@@ -10,13 +10,14 @@ from backend.core.tiers import TIERS
 from backend.services.scoring import latest_day
 from backend.store.models import ScoreSnapshot, User
 
-HISTORY_DAYS = 60
+TIER_CHART_DAYS = 60  # how far back the overview's tiers-over-time chart reaches
 LAPSE_WINDOW_DAYS = 7
 LAPSED_SHOWN = 20
 
 
-def tier_history(tenant_id: int, days: int = HISTORY_DAYS) -> dict:
-    """Users per tier on each scored day of the last `days` (oldest first)."""
+def tier_history(tenant_id: int, days: int = TIER_CHART_DAYS) -> dict:
+    """Users per tier on each scored day of the last `days` (oldest first): the overview's
+    chart of how the tenant's users move between tiers."""
     last = latest_day(tenant_id)
     if last is None:
         return {"dates": [], "tiers": {t: [] for t in TIERS}}
