@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.core import metrics, paired, seeds
+from backend.core import metrics, paired, power, seeds
 from backend.core.display import pct as _pct
 from backend.core.display import pp, pp_interval, ratio
 from backend.core.policy import Policy, parse_policy
@@ -220,8 +220,8 @@ def per_month(e: dict, days: int) -> dict:
 
 def power_plan(policy: Policy, estimate: dict, days: int) -> dict | None:
     """Whether this policy's own holdout can detect its own predicted effect (the twin's, on
-    recall at first decision): backend.core.metrics.holdout_plan at the volume simulated."""
-    plan = getattr(metrics, "holdout_plan", None)
+    recall at first decision): backend.core.power.holdout_plan at the volume simulated."""
+    plan = getattr(power, "holdout_plan", None)
     p0, effect = estimate["holdout_recall"]["rate"], estimate["true_incremental"]
     if plan is None or p0 is None or effect is None:
         return None

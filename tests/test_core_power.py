@@ -1,4 +1,4 @@
-"""The power planner (backend/core/metrics.py) against published values, and its shape.
+"""The power planner (backend/core/power.py) against published values, and its shape.
 
 Published values pinned here, each with the formula it was computed with:
 - R's `power.prop.test` (stats package; its help page's examples state the results): Fleiss's
@@ -16,8 +16,8 @@ import math
 
 import pytest
 
-from backend.core import metrics
-from backend.core.metrics import (
+from backend.core import power
+from backend.core.power import (
     _n_control,
     detectable_effect,
     holdout_plan,
@@ -216,4 +216,4 @@ def test_the_plan_is_json_ready():
         "share_of_needed",
     ):
         assert key in d
-    assert metrics.PLAN_POWER == 0.8 and metrics.PLAN_ALPHA == 0.05
+    assert power.PLAN_POWER == 0.8 and power.PLAN_ALPHA == 0.05

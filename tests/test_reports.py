@@ -18,7 +18,7 @@ from helpers.campaigns import (
     run_job,
 )
 
-from backend.core import metrics
+from backend.core.power import detectable_effect, holdout_plan, sample_size_two_proportions
 from backend.store.models import Policy as PolicyRow
 from backend.store.models import Touch, User
 
@@ -108,15 +108,13 @@ def test_report_matches_a_hand_count(app, client, tenant, clock):
     assert w["p_control"] == (len(back_t) + len(back_h)) / n_users
     assert w["effect"] == 0.05 and w["holdout_share"] == 0.3 and w["live"] is True
     assert w["users_so_far"] == n_users and w["eligible_per_day"] == 60.0
-    n_h, n_t = metrics.sample_size_two_proportions(
-        w["p_control"], w["p_control"] + 0.05, ratio=0.7 / 0.3
-    )
+    n_h, n_t = sample_size_two_proportions(w["p_control"], w["p_control"] + 0.05, ratio=0.7 / 0.3)
     assert w["users_needed"] == n_h + n_t and w["holdout_users_needed"] == n_h
     assert w["share_of_needed"] == n_users / (n_h + n_t)
     assert w["days_needed_at_current_volume"] == math.ceil(
         max((n_h - len(held)) / (60 * 0.3), (n_t - len(treated)) / (60 * 0.7))
     )
-    assert w["detectable_now"] == metrics.detectable_effect(w["p_control"], len(held), len(treated))
+    assert w["detectable_now"] == detectable_effect(w["p_control"], len(held), len(treated))
 
     # The admin API returns the same numbers.
     api = client.get("/admin/v1/reports", headers=tenant.admin).get_json()
@@ -279,7 +277,7 @@ def test_power_says_how_far_a_live_policy_is_from_its_holdout_sample_size(app, c
     assert w["effect_source"] == "planning" and w["effect"] == 0.05
     # volume: 220 users first decided over the 21 days from the first decision to today
     assert w["eligible_per_day"] == pytest.approx(220 / 21)
-    plan = metrics.holdout_plan(10 / 60, 0.05, 0.3, 220 / 21, n_holdout_now=60, n_treated_now=140)
+    plan = holdout_plan(10 / 60, 0.05, 0.3, 220 / 21, n_holdout_now=60, n_treated_now=140)
     assert w["users_needed"] == plan.users_needed > 200
     assert w["users_so_far"] == 200 and w["share_of_needed"] == 200 / plan.users_needed
     expected_days = math.ceil(
@@ -419,7 +417,7 @@ def test_power_plans_on_the_lapsed_share_of_the_daily_volume():
     }
     got = power(entry, Design(holdout_share=1 / 6, live=True, eligible_per_day=60.0))
     assert got["eligible_per_day"] == pytest.approx(20.0)
-    plan = metrics.holdout_plan(
+    plan = holdout_plan(
         got["p_control"], got["effect"], 1 / 6, 20.0, n_holdout_now=10, n_treated_now=50
     )
     assert got["days_needed_at_current_volume"] == plan.days_needed

@@ -31,14 +31,14 @@ from statistics import NormalDist
 
 import numpy as np
 
-from backend.core.metrics import PLAN_ALPHA, PLAN_POWER
+from backend.core.power import PLAN_ALPHA, PLAN_POWER
 
 # A merchant's margin on extra revenue: the share of an extra order's price that is profit after
 # ingredients, packaging and the platform's cut. Campus food and drink run at roughly 15-30%
 # contribution margin; 20% is the cautious middle, under which a ¥5 coupon must bring ¥25 of
 # extra revenue to pay for itself. `compare --margin` sets the merchant's own.
 DEFAULT_MARGIN = 0.20
-# The test's level and power: the same as the holdout's power planner (core.metrics).
+# The test's level and power: the same as the holdout's power planner (core.power).
 ALPHA = PLAN_ALPHA
 POWER = PLAN_POWER
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from backend.core import metrics
 from backend.core.policy import PolicyError
+from backend.core.power import holdout_plan
 from backend.services.policies import loaded
 from backend.store.db import database
 from backend.store.models import SEND_STATUSES, Policy
@@ -71,7 +72,7 @@ def designs(tenant_id: int, policy: str | None = None) -> dict[str, Design]:
 
 def power(entry: dict, design: Design | None) -> dict:
     """How far a policy's holdout comparison is from the size that detects its effect at 80%
-    power (metrics.holdout_plan; docs/metrics.md, "Power").
+    power (core.power.holdout_plan; docs/metrics.md, "Power").
 
     The comparison is recall, so its users are those lapsed at decision. Baseline p_control:
     the holdout's recall rate once it has MIN_GROUP users, before that the rate over all the
@@ -120,7 +121,7 @@ def power(entry: dict, design: Design | None) -> dict:
     }
     if p_control is None:
         return out
-    plan = metrics.holdout_plan(
+    plan = holdout_plan(
         p_control, effect, share, volume, n_holdout_now=n_h, n_treated_now=n_t
     )
     note = plan.note
