@@ -48,44 +48,14 @@ from backend.core.calendar import day_date
 from backend.core.policy import Policy
 from backend.core.policy.spec import CHANNELS, MESSAGE_KINDS
 from backend.core.tiers import TIERS, TierConfig
+from backend.core.touches import TouchColumns
+from simulator.campaign import SENT
+from simulator.model import CampusModel
 from simulator.params import SimParams
 
 MIN_TOUCHES = 50  # first decisions on each side (treated, holdout) of a cell
 PRIOR_SD = 2.0  # the factor's prior around the current table: ×0..×5 within 2 sd
 SIM_USERS = (8_000, 40_000)  # the simulated campus: 4 × the tenant's users, within these
-
-
-@dataclass(frozen=True)
-class TouchColumns:
-    """Decided touches, one row each, sent and held out alike (intention to treat)."""
-
-    user: np.ndarray  # index into the log's users
-    day: np.ndarray
-    channel: np.ndarray  # str, CHANNELS
-    kind: np.ndarray  # str, MESSAGE_KINDS
-    holdout: np.ndarray  # bool
-    returned: np.ndarray  # bool: came back inside the attribution window
-    tier: np.ndarray | None = None  # str, TIERS: the user's tier when decided
-    policy: np.ndarray | None = None  # int: which policy decided it
-    step: np.ndarray | None = None  # int: the touch's step in its journey
-
-    def __post_init__(self) -> None:
-        n = self.user.size
-        for name, fill in (("tier", ""), ("policy", 0), ("step", 0)):
-            if getattr(self, name) is None:
-                dtype = object if name == "tier" else np.int64
-                object.__setattr__(self, name, np.full(n, fill, dtype=dtype))
-
-    def take(self, rows: np.ndarray) -> TouchColumns:
-        return TouchColumns(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
-
-    def first_decisions(self) -> TouchColumns:
-        """Each user's first decided touch per policy (earliest day, then step): the live
-        report's rule (`metrics.first_per_user`), keyed by policy and user together."""
-        if self.user.size == 0:
-            return self
-        key = self.policy.astype(np.int64) * (int(self.user.max()) + 1) + self.user
-        return self.take(np.sort(metrics.first_per_user(key, self.day * 10 + self.step)))
 
 
 @dataclass(frozen=True)
@@ -138,11 +108,22 @@ class Cell:
 
 
 def observed_cells(touches: TouchColumns) -> dict[tuple[str, str], Cell]:
-    """Counts per (kind, tier) over the first decisions of `touches`."""
+    """Counts per (kind, tier) over the first decisions of `touches`: the observed side of
+    each cell, before any simulation.
+
+    Parameters
+    ----------
+    touches : decided touches with policy, kind, tier, holdout and returned.
+
+    Returns
+    -------
+    (kind, tier) -> its Cell, with the treated and holdout counts and their returns.
+    """
     first = touches.first_decisions()
+    kinds, tiers = first.labels("kind"), first.labels("tier")
     cells: dict[tuple[str, str], Cell] = {}
-    for kind, tier in sorted(set(zip(first.kind.tolist(), first.tier.tolist(), strict=True))):
-        mine = (first.kind == kind) & (first.tier == tier)
+    for kind, tier in sorted(set(zip(kinds.tolist(), tiers.tolist(), strict=True))):
+        mine = (kinds == kind) & (tiers == tier)
         t, h = mine & ~first.holdout, mine & first.holdout
         cells[kind, tier] = Cell(
             kind,
@@ -170,9 +151,6 @@ def simulated_effects(
     decided); per (kind, tier): treated first decisions, Σ of their paired effects (returned
     − the untreated twin returned, inside the attribution window) and Σ of their squares.
     Nobody is held out: every decision is a treated one (a holdout adds nothing here)."""
-    from simulator.campaign import SENT
-    from simulator.model import CampusModel
-
     model = CampusModel(
         users=users,
         seed=seed,
@@ -193,22 +171,23 @@ def simulated_effects(
         return log.column(name, skipped=False)
 
     sent = col("status") == SENT
-    kind = model.campaign.kind_of(col("arm"), col("step"))
     sims = TouchColumns(
         user=col("user"),
         day=col("day"),
-        channel=np.array([CHANNELS[c] for c in col("channel")], dtype=object),
-        kind=np.array([MESSAGE_KINDS[k] for k in kind], dtype=object),
+        step=col("step").astype(np.int64),
         holdout=~sent,
         returned=col("returned").astype(bool),
-        tier=np.array([TIERS[t] for t in col("tier")], dtype=object),
-        step=col("step").astype(np.int64),
+        channel=col("channel"),
+        kind=model.campaign.kind_of(col("arm"), col("step")),
+        tier=col("tier"),
+        names={"channel": list(CHANNELS), "kind": list(MESSAGE_KINDS), "tier": list(TIERS)},
     )
     effect = col("returned").astype(float) - col("returned_twin").astype(float)
-    pick = metrics.first_per_user(sims.user, sims.day * 10 + sims.step)
+    pick = metrics.first_per_user(sims.user, sims.order())
     pick = pick[~sims.holdout[pick]]
     out: dict[tuple[str, str], tuple[int, float, float]] = {}
-    for k, t, e in zip(sims.kind[pick], sims.tier[pick], effect[pick], strict=True):
+    kinds, tiers = sims.labels("kind")[pick], sims.labels("tier")[pick]
+    for k, t, e in zip(kinds, tiers, effect[pick], strict=True):
         n, s, q = out.get((k, t), (0, 0.0, 0.0))
         out[k, t] = (n + 1, s + float(e), q + float(e) ** 2)
     return out
@@ -313,7 +292,7 @@ def cell_rows(cells: dict[tuple[str, str], Cell], factors: dict[str, dict]) -> l
 
 def fit_response(
     touches: TouchColumns,
-    policies: dict[int, Policy],
+    policies: dict[object, Policy],
     params: SimParams,
     start_day: int,
     n_users: int,
@@ -322,17 +301,19 @@ def fit_response(
 ) -> tuple[dict, dict]:
     """Fit the response table's columns to the touches (see the module's docstring).
 
-    `policies`: the policies that decided the touches, by the ids in `touches.policy`;
+    `policies`: the policies that decided the touches, by their label in `touches.policy`
+    (the policy's name for a tenant's touches);
     `params`: the campus the touches are simulated on (the organically fitted one);
     `start_day`: the log's first day. Returns (the `SimParams.response` overrides, the record
     for the file: per kind and per cell)."""
     cells = observed_cells(touches)
     users = int(np.clip(4 * n_users, *SIM_USERS))
     spans = {}
-    for pid in np.unique(touches.policy).tolist():
-        if pid in policies:
-            days = touches.day[touches.policy == pid]
-            spans[pid] = (int(days.min()), int(days.max()))
+    for code in np.unique(touches.policy).tolist():
+        label = touches.names["policy"][code]
+        if label in policies:
+            days = touches.day[touches.policy == code]
+            spans[label] = (int(days.min()), int(days.max()))
 
     def simulate(p: SimParams) -> dict[tuple[str, str], Cell]:
         out = {key: replace(c, sim_n=0, sim_sum=0.0, sim_sq=0.0) for key, c in cells.items()}
@@ -377,32 +358,3 @@ def fit_response(
         "cells": cell_rows(cells, factors),
     }
     return overrides, record
-
-
-def describe_response(record: dict) -> list[str]:
-    """Terminal lines: a line per cell (n, estimate and interval, used or default) and the
-    factor of each kind."""
-    lines = [
-        f"  response rates, {record['first_decisions']} first decisions "
-        f"(each user once per policy) against a simulated campus of "
-        f"{record['simulated_users']} users:",
-        f"    {'kind':<9} {'tier':<14} {'treated':>7} {'holdout':>7} {'effect (95%)':>22} "
-        f"{'simulated':>9}  used",
-    ]
-    for r in record["cells"]:
-        sim = "—" if r["simulated_effect"] is None else f"{100 * r['simulated_effect']:+.1f} pp"
-        eff = f"{100 * r['effect']:+.1f} pp [{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}]"
-        used = "yes" if r["used"] else f"no: {r['why_not']}"
-        lines.append(
-            f"    {r['kind']:<9} {r['tier']:<14} {r['treated']:>7} {r['holdout']:>7} "
-            f"{eff:>22} {sim:>9}  {used}"
-        )
-    for kind, k in record["kinds"].items():
-        if k.get("fitted"):
-            lines.append(
-                f"    {kind}: × {k['factor']:.2f} of the table (raw {k['raw_factor']:.2f}, "
-                f"95% [{k['lo']:.2f}, {k['hi']:.2f}], shrunk {100 * k['shrinkage']:.0f}%)"
-            )
-        elif k["cells"]:
-            lines.append(f"    {kind}: kept at the table ({k['why_not']})")
-    return lines

@@ -18,7 +18,8 @@ from backend.core.clock import FixedClock, from_ms
 from backend.core.policy import parse_policy
 from backend.core.policy.spec import CHANNELS, MESSAGE_KINDS
 from backend.core.tiers import TIERS
-from simulator.calibrate_response import MIN_TOUCHES, TouchColumns, fit_response
+from backend.core.touches import TouchColumns
+from simulator.calibrate_response import MIN_TOUCHES, fit_response
 from simulator.campaign import HELD_OUT
 from simulator.model import CampusModel
 from simulator.params import SimParams
@@ -95,7 +96,7 @@ def touch_columns(model: CampusModel) -> TouchColumns:
 
     kind = model.campaign.kind_of(col("arm"), col("step"))
     keep = col("day") < model.start_day + WARMUP + DAYS
-    touches = TouchColumns(
+    touches = TouchColumns.with_text(
         user=col("user"),
         day=col("day"),
         channel=np.array([CHANNELS[c] for c in col("channel")], dtype=object),
@@ -139,7 +140,7 @@ def test_known_response_rates_are_recovered_from_touches_and_holdouts():
     cells = {(c["kind"], c["tier"]): c for c in record["cells"]}
     first = touches.first_decisions()
     for (kind, tier), c in cells.items():
-        mine = (first.kind == kind) & (first.tier == tier)
+        mine = (first.labels("kind") == kind) & (first.labels("tier") == tier)
         assert c["treated"] == int((mine & ~first.holdout).sum())
         assert c["holdout"] == int((mine & first.holdout).sum())
         assert c["lo"] <= c["effect"] <= c["hi"]
@@ -147,7 +148,7 @@ def test_known_response_rates_are_recovered_from_touches_and_holdouts():
 
 
 def test_first_decisions_count_each_user_once_per_policy():
-    t = TouchColumns(
+    t = TouchColumns.with_text(
         user=np.array([3, 3, 1, 3, 1]),
         day=np.array([10, 10, 12, 5, 12]),
         channel=np.array(["sms"] * 5, dtype=object),
@@ -159,7 +160,8 @@ def test_first_decisions_count_each_user_once_per_policy():
         step=np.array([1, 0, 1, 0, 0]),
     )
     first = t.first_decisions()
-    got = sorted(zip(first.policy.tolist(), first.user.tolist(), first.kind.tolist(), strict=True))
+    policy, kind = first.labels("policy").tolist(), first.labels("kind").tolist()
+    got = sorted(zip(policy, first.user.tolist(), kind, strict=True))
     assert got == [(1, 1, "coupon"), (1, 3, "coupon"), (2, 3, "reminder")]
 
 
@@ -232,9 +234,9 @@ def test_calibrate_fits_response_rates_from_the_database(db_url, truth_small, tm
                     for u, d, ch, kind, tier, h, s, r in zip(
                         touches.user,
                         touches.day,
-                        touches.channel,
-                        touches.kind,
-                        touches.tier,
+                        touches.labels("channel"),
+                        touches.labels("kind"),
+                        touches.labels("tier"),
                         touches.holdout,
                         sent,
                         ret,
@@ -253,8 +255,9 @@ def test_calibrate_fits_response_rates_from_the_database(db_url, truth_small, tm
     assert fitted.extra["calibrated_from"]["touches"] == touches.user.size
     first = touches.first_decisions()
     cells = {(c["kind"], c["tier"]): c for c in record["cells"]}
-    for kind, tier in set(zip(first.kind.tolist(), first.tier.tolist(), strict=True)):
-        mine = (first.kind == kind) & (first.tier == tier)
+    kinds, tiers = first.labels("kind"), first.labels("tier")
+    for kind, tier in set(zip(kinds.tolist(), tiers.tolist(), strict=True)):
+        mine = (kinds == kind) & (tiers == tier)
         c = cells[kind, tier]
         assert (c["treated"], c["holdout"]) == (
             int((mine & ~first.holdout).sum()),

@@ -16,7 +16,8 @@ from backend.core.calendar import day_start_ms
 from backend.core.clock import FixedClock, from_ms
 from backend.core.policy.spec import MESSAGE_KINDS
 from backend.store import db as store_db
-from simulator.calibrate import Log, NotEnoughHistory, calibrate_tenant, fit_organic, simulate_log
+from simulator.calibrate import calibrate_tenant
+from simulator.calibrate_organic import Log, NotEnoughHistory, fit_organic, simulate_log
 from simulator.e2e import ApiCampus
 from simulator.model import CampusModel
 from simulator.params import SimParams

@@ -410,7 +410,9 @@ def register(app: Flask) -> None:
     @click.option("--seed", default=0, show_default=True, help="seed of the fit's simulations")
     def calibrate(out_path, appid, on, seed):
         """Fit the simulator's parameters to this tenant's own event log (docs/simulator.md)."""
-        from simulator.calibrate import NotEnoughHistory, calibrate_tenant, describe
+        from simulator.calibrate import calibrate_tenant
+        from simulator.calibrate_organic import NotEnoughHistory
+        from simulator.calibrate_text import describe
 
         now = _now_ms()
         day, tenants = _day_and_tenants(on, appid, now)

@@ -118,7 +118,8 @@ def _twin(tenant, day: int):
     to fit (and the page says so)."""
     from backend.services.scoring import latest_day
     from backend.store.models import KeyValue
-    from simulator.calibrate import NotEnoughHistory, calibrate_tenant
+    from simulator.calibrate import calibrate_tenant
+    from simulator.calibrate_organic import NotEnoughHistory
     from simulator.params import SimParams
 
     as_of = min(day - 1, latest_day(tenant.id) or day - 1)
