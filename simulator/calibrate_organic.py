@@ -109,9 +109,11 @@ class Log:
 
     @property
     def days(self) -> int:
+        """Days in the window."""
         return self.last_day - self.first_day + 1
 
     def visitors(self) -> int:
+        """Users with at least one visit in the window."""
         return int(np.unique(self.visit_user).size)
 
 
@@ -138,6 +140,14 @@ def _day_kinds(cal: CampusCalendar, first_day: int, last_day: int):
 
 
 def moments(log: Log, cal: CampusCalendar) -> Moments:
+    """The statistics the fit matches, computed the same way for the tenant's log and the
+    simulated one, so any selection they make cancels between the two sides.
+
+    Parameters
+    ----------
+    log : visit days (user, day) and orders, inside the log's window.
+    cal : the calendar the days are read against (breaks, exams, weekends).
+    """
     vu, vd = log.visit_user, log.visit_day
     seen, first_at = np.unique(vu, return_index=True)
     first = np.zeros(log.n_users, dtype=np.int64)
@@ -170,6 +180,9 @@ def moments(log: Log, cal: CampusCalendar) -> Moments:
 
 @dataclass(frozen=True)
 class Simulated:
+    """A simulated log and the persona behind each of its users (which the fit of order
+    values needs: personas are latent in a real log)."""
+
     log: Log
     persona: np.ndarray  # each simulated user's persona index
 
@@ -225,6 +238,7 @@ class Factors:
     brk: float | None = None
 
     def apply(self, base: SimParams) -> SimParams:
+        """`base` with every persona's parameters scaled by the factors (rates capped at 1)."""
         personas = tuple(
             replace(
                 p,
@@ -378,6 +392,8 @@ def _clean(d: dict) -> dict:
 
 
 def check_history(log: Log) -> None:
+    """Raise NotEnoughHistory when the log is too short or too small to fit from, with the
+    figures, so the merchant learns what is missing rather than getting a poor fit."""
     if log.visit_day.size == 0:
         raise NotEnoughHistory("no events in the log: nothing to calibrate from")
     span = int(log.visit_day.max() - log.visit_day.min()) + 1

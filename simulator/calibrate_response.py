@@ -74,6 +74,7 @@ class Cell:
 
     @property
     def usable(self) -> bool:
+        """Enough first decisions on each side, and a simulated effect to scale."""
         return self.treated >= MIN_TOUCHES and self.holdout >= MIN_TOUCHES and self.sim_n > 0
 
     def rates(self) -> tuple[float, float, float, float]:
@@ -85,16 +86,19 @@ class Cell:
 
     @property
     def simulated(self) -> float:
+        """The simulated effect per treated first decision (nan if none was simulated)."""
         return self.sim_sum / self.sim_n if self.sim_n else float("nan")
 
     @property
     def simulated_se(self) -> float:
+        """The simulated effect's standard error: the simulated campus's own noise."""
         if self.sim_n < 2:
             return float("nan")
         mean = self.simulated
         return float(np.sqrt(max(self.sim_sq / self.sim_n - mean**2, 0.0) / self.sim_n))
 
     def add(self, other: Cell) -> Cell:
+        """The two cells' counts and sums together."""
         return replace(
             self,
             treated=self.treated + other.treated,

@@ -71,6 +71,8 @@ class _EventCache:
         self._all: np.ndarray | None = None
 
     def for_users(self, users: np.ndarray, since: int) -> np.ndarray:
+        """(index into `users`, ts) of their events after `since`: from the cache when it
+        reaches back that far, else from the database."""
         if self.since is None or since < self.since:
             return _events(self.tenant_id, since, self.until, users)
         if self._all is None:
