@@ -173,6 +173,7 @@ def truth_small():
     return run_truth(USERS_DB, seed=5)
 
 
+@pytest.mark.slow
 def test_calibrate_fits_response_rates_from_the_database(db_url, truth_small, tmp_path):
     """The same path through a tenant's database, on both databases: the campus's events go
     through the admin's import, the policy is stored through the service, the touches as the

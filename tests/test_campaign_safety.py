@@ -161,6 +161,7 @@ def prepare_tenant(app, client, tenant, users: int, now_ms: int = NOW) -> list[s
 # -- 1. a crash between deciding and delivering ------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("at", [NOW, NIGHT], ids=["18h", "23h-quiet"])
 def test_crash_after_deciding_loses_nothing_and_sends_each_touch_once(
     app, client, tenant, db_url, at
@@ -237,6 +238,7 @@ def test_crashed_run_is_not_listed_as_running_forever(app, client, tenant, db_ur
 # -- 2. two runs at once -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_send_each_touch_once(app, client, tenant, db_url):
     prepare_tenant(app, client, tenant, users=60)
     assert not is_quiet(NOW)

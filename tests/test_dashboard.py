@@ -593,6 +593,7 @@ def test_the_trial_worker_runs_a_comparison_into_its_row(app, client, tenant, cl
     assert again.exit_code != 0 and "not waiting to run" in again.output
 
 
+@pytest.mark.slow
 def test_the_trial_page_leads_with_a_months_verdict_and_the_power_warnings(
     app, client, tenant, clock
 ):

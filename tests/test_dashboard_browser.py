@@ -166,6 +166,7 @@ def test_open_a_policy_and_dry_run_an_edit(page, served):
     assert "校验未通过" in page.locator("#check-result").inner_text()  # answered with a 400
 
 
+@pytest.mark.slow
 def test_start_a_small_simulation_and_watch_its_result_appear(page, served):
     sign_in(page, served)
     page.click("text=模拟试验")

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -47,6 +48,7 @@ def student_loop(base: str, appid: str, index: int, batches: list, stop: threadi
         session.close()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_load_loses_no_acknowledged_event_and_stores_none_twice(db_url, tmp_path):
     env = loadlib.environment(db_url)
     appid, _ = loadlib.seed(env)

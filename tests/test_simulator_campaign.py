@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from backend.core.policy import parse_policy
 from backend.core.policy.allocation import salt_of, stable_unit
@@ -188,6 +189,7 @@ def test_compare_ranks_policies_on_the_same_campus(tmp_path):
     assert [r["config"]["policy"] for r in out["results"]] == ["coupon_blast", "golden_window"]
 
 
+@pytest.mark.slow
 def test_the_holdout_interval_covers_the_true_effect_about_95_percent_of_the_time():
     # The truth is each run's own: treated users' returns minus their untreated twins'.
     # If the interval really is a 95% one, the number of seeds (of 120) whose interval covers

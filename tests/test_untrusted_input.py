@@ -518,6 +518,7 @@ def test_a_runaway_request_does_not_take_the_server(tmp_path):
     assert "/x\\x0aforged line" in text
 
 
+@pytest.mark.slow
 def test_a_client_slow_to_send_does_not_recycle_the_worker(tmp_path):
     """A client that sends headers and holds its body, or half its headers and waits, is the
     client's time, not the application's: that request alone fails (408 or a closed
