@@ -19,6 +19,10 @@ Limits (defaults; callers may pass tighter or looser ones):
 Only plain data tags are accepted (str, int, float, bool, null, list, mapping, the `<<` merge
 key); anything else (`!!python/object/apply:…`, `!!binary`, `!!set`, custom tags) is refused,
 and dates stay strings as in JSON. Pure Python plus PyYAML: no Flask, no peewee.
+
+Long because it is one guard: the JSON and YAML readers share the limits, the one error type
+with its codes, the size check and the storable-string rule, and `load_text` chooses
+between them: split apart, each reader would reach into the other's private helpers.
 """
 
 from __future__ import annotations
