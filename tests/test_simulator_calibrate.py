@@ -15,7 +15,6 @@ from helpers.simulated_events import api_events
 from backend.core.calendar import day_start_ms
 from backend.core.clock import FixedClock, from_ms
 from backend.core.policy.spec import MESSAGE_KINDS
-from backend.store import db as store_db
 from simulator.calibrate import calibrate_tenant
 from simulator.calibrate_organic import Log, NotEnoughHistory, fit_organic, simulate_log
 from simulator.e2e import ApiCampus
@@ -93,9 +92,7 @@ def pushed(tmp_path_factory):
 
 @pytest.fixture
 def campus(pushed):
-    """The pushed campus's app, bound as the database again (each app binds the global
-    database proxy when it is created)."""
-    store_db.bind(pushed[0].extensions["database"])
+    """The pushed campus's app (its app contexts use its own database)."""
     return pushed
 
 
@@ -103,7 +100,6 @@ def campus(pushed):
 def calibrated(pushed, tmp_path_factory):
     """`python app.py calibrate --out FILE` on the pushed campus: (file, terminal output)."""
     app = pushed[0]
-    store_db.bind(app.extensions["database"])
     out = tmp_path_factory.mktemp("params") / "params.json"
     result = app.test_cli_runner().invoke(args=["calibrate", "--out", str(out)])
     assert result.exit_code == 0, result.output

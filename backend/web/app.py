@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from functools import cache
 
-from flask import Flask, jsonify
+from flask import Flask, appcontext_pushed, g, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
@@ -46,8 +46,9 @@ def create_web_app(overrides: dict | None = None) -> Flask:
     logging.getLogger("MESA").setLevel(logging.WARNING)  # one INFO line per simulated day
 
     database = store_db.open_database(app.config["DATABASE_URL"])
-    store_db.bind(database)
+    store_db.bind(database)  # the fallback for code run outside any app context
     app.extensions["database"] = database
+    _use_own_database(app, database)
     app.extensions["wechat_client"] = _wechat_client_factory(app)
     app.extensions["oa_client"] = _oa_client_factory(app)
 
@@ -70,6 +71,26 @@ def create_web_app(overrides: dict | None = None) -> Flask:
     app.register_blueprint(admin_bp)
     app.register_blueprint(dashboard_bp)
     return app
+
+
+def _use_own_database(app: Flask, database) -> None:
+    """Every app context of this app (each request, each command, each `app.app_context()`)
+    uses this app's database, whatever other app the process made since: the database belongs
+    to its app, not to whichever app was created last."""
+
+    def entered(_sender: Flask, **_extra) -> None:
+        g.huiliu_database_token = store_db.using(database)
+
+    # Connected for this app alone; the app holds the receiver (blinker keeps a weak one), so
+    # neither outlives the other.
+    app.extensions["database_receiver"] = entered
+    appcontext_pushed.connect(entered, app)
+
+    @app.teardown_appcontext
+    def _leave(_exc) -> None:
+        token = g.pop("huiliu_database_token", None)
+        if token is not None:
+            store_db.release(token)
 
 
 def _wechat_client_factory(app: Flask):
