@@ -121,9 +121,7 @@ def power(entry: dict, design: Design | None) -> dict:
     }
     if p_control is None:
         return out
-    plan = holdout_plan(
-        p_control, effect, share, volume, n_holdout_now=n_h, n_treated_now=n_t
-    )
+    plan = holdout_plan(p_control, effect, share, volume, n_holdout_now=n_h, n_treated_now=n_t)
     note = plan.note
     if not live and plan.days_needed != 0:
         note = "policy is not running: the sample will not grow"
