@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def preset_source(name: str) -> str:
+    """The YAML text of a shipped preset, for a merchant to start from; 404 `unknown_preset`
+    naming the presets there are."""
     path = seeds.preset_path(name)
     if name not in seeds.preset_names():
         raise ApiError(
@@ -60,6 +62,8 @@ def check_coupons(tenant_id: int, policy: Policy) -> None:
 
 
 def coupon_faces(tenant_id: int, policy: Policy) -> dict[str, int]:
+    """Face value in fen of each coupon template the policy names: what a coupon touch costs
+    the budget and the stop-loss when it is decided."""
     names = sorted({t.coupon for a in policy.arms for t in a.touches if t.coupon})
     if not names:
         return {}
@@ -148,6 +152,8 @@ def _stored_loads(row_id: int) -> None:
 
 
 def create(tenant_id: int, body: dict, now_ms: int) -> PolicyRow:
+    """Store a new policy after checking it parses and names only existing coupons, in one
+    transaction; 409 `policy_exists` when the name is taken (PUT replaces)."""
     text = _source_text(body)
     policy = parse(text)
     try:
@@ -170,6 +176,7 @@ def create(tenant_id: int, body: dict, now_ms: int) -> PolicyRow:
 
 
 def get(tenant_id: int, name: str) -> PolicyRow:
+    """The tenant's policy of that name, or a 404: policies are addressed by name."""
     row = PolicyRow.get_or_none((PolicyRow.tenant == tenant_id) & (PolicyRow.name == name))
     if row is None:
         raise ApiError(404, "not_found", f"no policy named {name!r}")
@@ -183,6 +190,8 @@ def all_rows(tenant_id: int) -> list[PolicyRow]:
 
 
 def replace(tenant_id: int, name: str, body: dict, now_ms: int) -> PolicyRow:
+    """A new version of a policy (same name; the version counts up so touches say which text
+    decided them); checked as on create."""
     row = get(tenant_id, name)
     text = _source_text(body)
     policy = parse(text)
@@ -201,6 +210,8 @@ def replace(tenant_id: int, name: str, body: dict, now_ms: int) -> PolicyRow:
 
 
 def set_active(tenant_id: int, name: str, active: bool, now_ms: int) -> PolicyRow:
+    """Switch a policy on or off for the nightly job; switching on re-checks that its stored
+    text still parses and its coupons exist, so the job never meets an unreadable policy."""
     row = get(tenant_id, name)
     if active:
         # a stored source the parser now refuses is a 409 policy_unreadable, as on preview
