@@ -49,9 +49,9 @@ from backend.core.policy import Policy
 from backend.core.policy.spec import CHANNELS, MESSAGE_KINDS
 from backend.core.tiers import TIERS, TierConfig
 from backend.core.touches import TouchColumns
-from simulator.campaign import SENT
 from simulator.model import CampusModel
 from simulator.params import SimParams
+from simulator.touch_log import SENT
 
 MIN_TOUCHES = 50  # first decisions on each side (treated, holdout) of a cell
 PRIOR_SD = 2.0  # the factor's prior around the current table: ×0..×5 within 2 sd

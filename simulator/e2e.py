@@ -6,7 +6,7 @@ The same model as the fast mode (its organic days, responses and books), but:
   row + 1, the user key the fast mode hashes), and every visit, order, subscribe grant, coupon
   redemption and opt-out goes through the API at its simulated time, on the app's clock;
 * each morning the backend's own `score` and `run-campaigns` jobs run (`services.scoring`,
-  `services.campaigns.run`) on the database, and their decisions are read back from the touch
+  `services.campaigns.job.run`) on the database, and their decisions are read back from the touch
   table; delivery runs hour by hour through the channel layer, into a sink that hands each
   message to its simulated user;
 * results are read from the database by the production report (`services.reports`);
@@ -41,8 +41,9 @@ from backend.services import coupons, policies, tenants
 from backend.store import db as store_db
 from backend.store.migrations import migrate
 from backend.web.app import create_web_app
-from simulator.campaign import VISIT_MINUTE, job_ms, nothing_decided
+from simulator.campaign import nothing_decided
 from simulator.model import CampusModel
+from simulator.touch_log import VISIT_MINUTE, job_ms
 
 STATUS = {"queued": SEND, "sending": SEND, "sent": SEND, "failed": SEND, "expired": SEND}
 STATUS |= {"held_out": HOLDOUT, "skipped": SKIPPED}
@@ -243,7 +244,7 @@ class EndToEndModel(CampusModel):
             score_tenant(Tenant.get_by_id(self.tenant_id), as_of)
 
     def run_job(self, day: int) -> Decisions:
-        from backend.services import campaigns
+        from backend.services.campaigns import job as campaign_job
         from backend.store.models import Tenant
 
         self.fit_uplift(day)
@@ -251,7 +252,7 @@ class EndToEndModel(CampusModel):
         self.clock.set(from_ms(job_ms(day)))
         with self.app.app_context():
             tenant = Tenant.get_by_id(self.tenant_id)
-            summary = campaigns.run(tenant, day, job_ms(day), seed=self.seed, deliver=None)
+            summary = campaign_job.run(tenant, day, job_ms(day), seed=self.seed, deliver=None)
             self.job_summaries.append(summary)
             d = self.decisions_from_database(day)
         # The model's books follow the backend's decisions (its responses and ground truth).

@@ -32,7 +32,7 @@ from backend.core.rolling import DailyFold
 from backend.core.scoring import Scores, refit_due, score_fold
 from backend.core.tiers import TIERS, TierConfig
 from simulator.calendar import CampusCalendar
-from simulator.campaign import JOB_HOUR, VISIT_MINUTE, Campaign
+from simulator.campaign import Campaign
 from simulator.campus import (
     PAYMENT_FAIL_SHARE,
     DayActivity,
@@ -44,6 +44,7 @@ from simulator.campus import (
 from simulator.eventlog import EventLog
 from simulator.params import SimParams
 from simulator.response import ResponseParams, respond
+from simulator.touch_log import JOB_HOUR, VISIT_MINUTE
 
 DEFAULT_START = date(2026, 3, 2)
 _worker: tuple[int, ThreadPoolExecutor] | None = None

@@ -18,7 +18,8 @@ from backend.core import metrics
 from backend.core.metrics import RETENTION_DAYS
 from backend.core.recall import lapsed_at_decision, retention_known
 from backend.core.tiers import TierConfig
-from simulator.campaign import HELD_OUT, SENT, SKIP, Campaign
+from simulator.campaign import Campaign
+from simulator.touch_log import HELD_OUT, SENT, SKIP
 
 
 def _first(user: np.ndarray, order: np.ndarray, rows: np.ndarray) -> np.ndarray:

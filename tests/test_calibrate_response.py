@@ -20,10 +20,10 @@ from backend.core.policy.spec import CHANNELS, MESSAGE_KINDS
 from backend.core.tiers import TIERS
 from backend.core.touches import TouchColumns
 from simulator.calibrate_response import MIN_TOUCHES, fit_response
-from simulator.campaign import HELD_OUT
 from simulator.model import CampusModel
 from simulator.params import SimParams
 from simulator.response import RESPONSE
+from simulator.touch_log import HELD_OUT
 
 # The truth: each kind's column of the default table × this (no rate reaches 1, so the
 # effect of a kind is proportional to its factor).

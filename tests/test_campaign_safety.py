@@ -45,7 +45,8 @@ from backend.core.calendar import CHINA_OFFSET_MS, MS_PER_DAY
 from backend.core.clock import FixedClock, from_ms
 from backend.core.policy.allocation import salt_of, stable_unit
 from backend.core.policy.guards import HOUR_MS
-from backend.services import campaigns, delivery
+from backend.services import delivery, locks
+from backend.services.campaigns import run_lock
 from backend.services.channels import Outcome, channels_for
 from backend.services.scoring import score_tenant
 from backend.store import db as store_db
@@ -110,22 +111,27 @@ def china_hm(ms: int) -> tuple[int, int]:
 
 
 def cli_env(db_url: str, now_ms: int, crash: bool = False) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "HUILIU_CRASH_AFTER"}
+    env = {k: v for k, v in os.environ.items() if k != "TEST_CRASH_AFTER_DECIDE"}
     env.update({"DATABASE_URL": db_url, "WECHAT_MODE": "dev", "TEST_NOW_MS": str(now_ms)})
     if crash:
-        env["HUILIU_CRASH_AFTER"] = "decide"
+        env["TEST_CRASH_AFTER_DECIDE"] = "1"
     return env
 
 
 # `python app.py ARGS`, but with the app's clock fixed at TEST_NOW_MS: a process of its own
-# (a crash is a real os._exit) on the injected clock.
+# (a crash is a real os._exit) on the injected clock. With TEST_CRASH_AFTER_DECIDE this script
+# (not the production code) hands the job a hook that kills the process right after the
+# decisions are committed, before anything is delivered: the job's CAMPAIGN_AFTER_DECIDE.
 CLI_AT = """
 import os, sys
 from flask.cli import FlaskGroup
 from backend.app import create_app
 from backend.core.clock import FixedClock, from_ms
 clock = FixedClock(from_ms(int(os.environ["TEST_NOW_MS"])))
-group = FlaskGroup(create_app=lambda: create_app({"CLOCK": clock}), add_default_commands=False)
+config = {"CLOCK": clock}
+if os.environ.get("TEST_CRASH_AFTER_DECIDE"):
+    config["CAMPAIGN_AFTER_DECIDE"] = lambda: os._exit(70)
+group = FlaskGroup(create_app=lambda: create_app(config), add_default_commands=False)
 group.main(args=sys.argv[1:], prog_name="app.py")
 """
 
@@ -188,7 +194,7 @@ def test_crash_after_deciding_loses_nothing_and_sends_each_touch_once(
     assert touches(app, tenant) == decided
 
     # The dead run renews its lock no more: minutes later it has lapsed and is taken over.
-    later = at + campaigns.LOCK_TTL_MS + MINUTE
+    later = at + run_lock.LOCK_TTL_MS + MINUTE
     assert later - at <= 5 * MINUTE
     second = run_cli(db_url, now_ms=later)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -226,7 +232,7 @@ def test_crashed_run_is_not_listed_as_running_forever(app, client, tenant, db_ur
     see the dead run as still "running" (with no finish time) for ever."""
     prepare_tenant(app, client, tenant, users=5)
     assert run_cli(db_url, now_ms=NOW, crash=True).returncode == 70
-    rerun = run_cli(db_url, now_ms=NOW + campaigns.LOCK_TTL_MS + MINUTE)
+    rerun = run_cli(db_url, now_ms=NOW + run_lock.LOCK_TTL_MS + MINUTE)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     runs = client.get("/admin/v1/campaign-runs", headers=tenant.admin).get_json()["runs"]
     assert len(runs) == 2
@@ -308,31 +314,31 @@ def test_two_deliverers_racing_for_one_batch_send_each_touch_once(app, client, t
 def test_lock_refuses_a_second_holder_takes_over_a_stale_one_and_releases(app):
     ttl = 60_000
     with app.app_context():
-        assert campaigns.acquire_lock("job", "a", NOW, ttl)
-        assert not campaigns.acquire_lock("job", "b", NOW + 1, ttl)
-        assert not campaigns.acquire_lock("job", "b", NOW + ttl - 1, ttl)
-        assert campaigns.acquire_lock("other-job", "b", NOW, ttl)  # locks are per name
+        assert locks.acquire_lock("job", "a", NOW, ttl)
+        assert not locks.acquire_lock("job", "b", NOW + 1, ttl)
+        assert not locks.acquire_lock("job", "b", NOW + ttl - 1, ttl)
+        assert locks.acquire_lock("other-job", "b", NOW, ttl)  # locks are per name
         # a's lock has expired: b takes it over
-        assert campaigns.acquire_lock("job", "b", NOW + ttl + 1, ttl)
+        assert locks.acquire_lock("job", "b", NOW + ttl + 1, ttl)
         assert JobLock.get(JobLock.name == "job").holder == "b"
         # a, who lost it, releasing does not free b's lock
-        campaigns.release_lock("job", "a")
-        assert not campaigns.acquire_lock("job", "c", NOW + ttl + 2, ttl)
-        campaigns.release_lock("job", "b")
-        assert campaigns.acquire_lock("job", "c", NOW + ttl + 2, ttl)
+        locks.release_lock("job", "a")
+        assert not locks.acquire_lock("job", "c", NOW + ttl + 2, ttl)
+        locks.release_lock("job", "b")
+        assert locks.acquire_lock("job", "c", NOW + ttl + 2, ttl)
 
 
 def test_job_refuses_while_another_run_holds_the_tenant_lock(app, client, tenant):
     import_history(client, tenant, users=10, silent_days=5)
     add_policy(client, tenant)
     with app.app_context():
-        assert campaigns.acquire_lock(f"campaigns:{tenant.id}", "someone-else", NOW)
-    with pytest.raises(campaigns.JobLocked, match="lock"):
+        assert locks.acquire_lock(f"campaigns:{tenant.id}", "someone-else", NOW)
+    with pytest.raises(run_lock.JobLocked, match="lock"):
         run_job(app, tenant)
     assert statuses(app, tenant) == {}
     with app.app_context():
         assert CampaignRun.select().count() == 0
-        campaigns.release_lock(f"campaigns:{tenant.id}", "someone-else")
+        locks.release_lock(f"campaigns:{tenant.id}", "someone-else")
     assert run_job(app, tenant)["decided"] == 10
     with app.app_context():
         assert JobLock.select().count() == 0  # the run released its lock

@@ -20,7 +20,8 @@ from helpers.app import T0, TenantInfo, build_app, close_app, make_tenant
 
 from backend.core.calendar import MS_PER_DAY, china_day, day_start_ms
 from backend.core.clock import FixedClock, from_ms
-from backend.services import campaigns, delivery
+from backend.services import delivery
+from backend.services.campaigns import job
 from backend.services.channels import channels_for
 from backend.store.models import SubscriptionAllowance, Tenant, Touch, User
 from fake_wechat.answers import Script
@@ -154,7 +155,7 @@ def run_job(live: Live, *, now: int = NOW, day: int = TODAY, deliver: bool = Tru
             return delivery.deliver_due(tenant, channels, RETRY, clock=FixedClock(from_ms(now_ms)))
 
         tenant = Tenant.get_by_id(live.tenant.id)
-        return campaigns.run(tenant, day, now, deliver=send if deliver else None)
+        return job.run(tenant, day, now, deliver=send if deliver else None)
 
 
 def deliver(live: Live, now: int):

@@ -403,10 +403,11 @@ def test_an_edited_policy_is_validated_and_dry_run_without_saving(app, client, t
     assert resp.status_code == 200 and "校验通过" in text
     shown = int(re.search(r'data-metric="preview_send">(\d+)<', text).group(1))
     with app.app_context():
-        from backend.services import campaigns, policies
+        from backend.services import policies
+        from backend.services.campaigns.preview import preview
 
         row = policies.get(tenant.id, "comeback")
-        expected = campaigns.preview(row, policies.parse(edited), TODAY + 8, clock.now_ms())
+        expected = preview(row, policies.parse(edited), TODAY + 8, clock.now_ms())
         assert row.source == POLICY  # nothing saved
     assert shown == expected["send"]
     assert "holdout_share: 0.5" in text  # the edit stays in the box

@@ -28,8 +28,9 @@ from helpers.campaigns import (
 )
 
 from backend.core.clock import FixedClock, from_ms
-from backend.services import campaigns, coupons, delivery
 from backend.services import channels as channels_module
+from backend.services import coupons, delivery
+from backend.services.campaigns import job, run_lock
 from backend.services.channels import Outcome, channels_for
 from backend.services.locks import acquire_lock, release_lock, renew_lock
 from backend.store.models import CampaignRun, Coupon, CouponTemplate, JobLock, Tenant, Touch
@@ -269,15 +270,15 @@ def test_renew_lock_extends_only_the_holders_lock(app):
 
 
 def test_a_crashed_runs_lock_lapses_within_minutes(app, client, tenant):
-    assert campaigns.LOCK_TTL_MS <= 5 * MINUTE
+    assert run_lock.LOCK_TTL_MS <= 5 * MINUTE
     prepare(app, client, tenant)
     name = f"campaigns:{tenant.id}"
     with app.app_context():
-        assert acquire_lock(name, "crashed-run", NOW, campaigns.LOCK_TTL_MS)
+        assert acquire_lock(name, "crashed-run", NOW, run_lock.LOCK_TTL_MS)
         t = Tenant.get_by_id(tenant.id)
-        with pytest.raises(campaigns.JobLocked):
-            campaigns.run(t, TODAY, NOW + MINUTE)
-        out = campaigns.run(t, TODAY, NOW + campaigns.LOCK_TTL_MS + MINUTE)
+        with pytest.raises(run_lock.JobLocked):
+            job.run(t, TODAY, NOW + MINUTE)
+        out = job.run(t, TODAY, NOW + run_lock.LOCK_TTL_MS + MINUTE)
         assert out["decided"] == 0  # the crashed run had decided already
         assert JobLock.select().count() == 0
 
@@ -289,7 +290,7 @@ def run_with(app, tenant, channel: Channel, clock) -> dict:
     def send(tt, now_ms):
         return delivery.deliver_due(tt, chans, RETRY, clock=clock)
 
-    return campaigns.run(t, TODAY, clock.now_ms(), deliver=send, clock=clock)
+    return job.run(t, TODAY, clock.now_ms(), deliver=send, clock=clock)
 
 
 def test_a_long_run_renews_its_lock_so_nobody_takes_it(app, client, tenant, clock):
@@ -302,7 +303,7 @@ def test_a_long_run_renews_its_lock_so_nobody_takes_it(app, client, tenant, cloc
     refused: list[bool] = []
 
     def intruder():
-        refused.append(not acquire_lock(name, "intruder", clock.now_ms(), campaigns.LOCK_TTL_MS))
+        refused.append(not acquire_lock(name, "intruder", clock.now_ms(), run_lock.LOCK_TTL_MS))
 
     sent: list[str] = []
     channel = Channel(sent, clock, minutes=1)
@@ -310,7 +311,7 @@ def test_a_long_run_renews_its_lock_so_nobody_takes_it(app, client, tenant, cloc
     with app.app_context():
         out = run_with(app, tenant, channel, clock)
         assert out["sent"] == len(sent) >= 6
-        assert clock.now_ms() - NOW > 2 * campaigns.LOCK_TTL_MS
+        assert clock.now_ms() - NOW > 2 * run_lock.LOCK_TTL_MS
         assert refused == [True] * len(sent)
         assert JobLock.select().count() == 0
         assert [r.status for r in CampaignRun.select()] == ["done"]
@@ -324,14 +325,14 @@ def test_a_run_that_loses_its_lock_stops_cleanly(app, client, tenant, clock):
     name = f"campaigns:{tenant.id}"
 
     def thief():  # the run stalled past its TTL and another run took the lock
-        JobLock.update(holder="thief", expires_ms=clock.now_ms() + campaigns.LOCK_TTL_MS).where(
+        JobLock.update(holder="thief", expires_ms=clock.now_ms() + run_lock.LOCK_TTL_MS).where(
             JobLock.name == name
         ).execute()
 
     sent: list[str] = []
     channel = Channel(sent, clock, minutes=1, during={2: thief})
     with app.app_context():
-        with pytest.raises(campaigns.JobLockLost):
+        with pytest.raises(run_lock.JobLockLost):
             run_with(app, tenant, channel, clock)
         assert len(sent) == 2  # nothing sent after the loss was found
         statuses = Counter(t.status for t in Touch.select().where(Touch.status != "held_out"))
@@ -352,8 +353,8 @@ def test_a_decision_phase_longer_than_the_ttl_keeps_the_lock(
     grant(app, tenant, openids, count=2)
     add_policy(client, tenant)
     name = f"campaigns:{tenant.id}"
-    monkeypatch.setattr(campaigns, "LOCK_HEARTBEAT_S", 0.01)  # real seconds between renewals
-    real = campaigns.decide_policy
+    monkeypatch.setattr(run_lock, "LOCK_HEARTBEAT_S", 0.01)  # real seconds between renewals
+    real = job.decide_policy
     refused: list[bool] = []
 
     def held_past_now() -> bool:
@@ -361,16 +362,16 @@ def test_a_decision_phase_longer_than_the_ttl_keeps_the_lock(
 
     def slow_decide(*args, **kwargs):
         out = real(*args, **kwargs)
-        clock.advance(milliseconds=campaigns.LOCK_TTL_MS + MINUTE)
+        clock.advance(milliseconds=run_lock.LOCK_TTL_MS + MINUTE)
         for _ in range(3000):  # wait for the heartbeat to renew (it ticks every 10 ms)
             if held_past_now():
                 break
             time.sleep(0.01)
         assert held_past_now(), "the lock lapsed during the long phase"
-        refused.append(not acquire_lock(name, "intruder", clock.now_ms(), campaigns.LOCK_TTL_MS))
+        refused.append(not acquire_lock(name, "intruder", clock.now_ms(), run_lock.LOCK_TTL_MS))
         return out
 
-    monkeypatch.setattr(campaigns, "decide_policy", slow_decide)
+    monkeypatch.setattr(job, "decide_policy", slow_decide)
     sent: list[str] = []
     with app.app_context():
         out = run_with(app, tenant, Channel(sent), clock)
@@ -384,11 +385,11 @@ def test_a_decision_phase_longer_than_the_ttl_keeps_the_lock(
 def test_the_heartbeat_stops_renewing_once_its_lock_was_taken(app, clock, monkeypatch):
     """A heartbeat that finds its lock taken never renews again, and the run's next beat
     raises: a run that died (or lost its lock) does not hold the tenant's job."""
-    monkeypatch.setattr(campaigns, "LOCK_HEARTBEAT_S", 0.01)
-    ttl = campaigns.LOCK_TTL_MS
+    monkeypatch.setattr(run_lock, "LOCK_HEARTBEAT_S", 0.01)
+    ttl = run_lock.LOCK_TTL_MS
     with app.app_context():
         assert acquire_lock("campaigns:x", "run", NOW, ttl)
-        lock = campaigns.RunLock("campaigns:x", "run", NOW, clock)
+        lock = run_lock.RunLock("campaigns:x", "run", NOW, clock)
         clock.advance(milliseconds=ttl + MINUTE)
         assert acquire_lock("campaigns:x", "thief", clock.now_ms(), ttl)
         lock.start()
@@ -399,5 +400,5 @@ def test_the_heartbeat_stops_renewing_once_its_lock_was_taken(app, clock, monkey
         lock.stop()
         assert lock.lost
         assert JobLock.get(JobLock.name == "campaigns:x").holder == "thief"
-        with pytest.raises(campaigns.JobLockLost):
+        with pytest.raises(run_lock.JobLockLost):
             lock.beat()

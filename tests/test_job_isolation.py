@@ -26,7 +26,9 @@ from helpers.campaigns import (
 )
 
 from backend.core.policy import PolicyError
-from backend.services import campaigns, policies, scoring
+from backend.services import policies, scoring
+from backend.services.campaigns import job, triggers
+from backend.services.locks import acquire_lock
 from backend.store.models import CampaignRun, Event, JobLock, ScoreSnapshot, Tenant
 from backend.store.models import Policy as PolicyRow
 
@@ -66,7 +68,7 @@ def test_a_failing_tenant_does_not_stop_the_others_nightly_sends(
 ):
     bad, good1, good2 = three_tenants
     assert not is_quiet(NOW)
-    fail_for(monkeypatch, campaigns, "decide_policy", bad.id)
+    fail_for(monkeypatch, job, "decide_policy", bad.id)
     result = app.test_cli_runner().invoke(args=["run-campaigns", "--json"])
     assert result.exit_code == 1, result.output
     out = json.loads(result.stdout)
@@ -105,7 +107,7 @@ def test_a_failing_tenant_does_not_stop_the_others_nightly_sends(
 def test_a_locked_tenant_is_reported_and_the_others_run(app, three_tenants):
     locked, good1, good2 = three_tenants
     with app.app_context():
-        assert campaigns.acquire_lock(f"campaigns:{locked.id}", "another-run", NOW)
+        assert acquire_lock(f"campaigns:{locked.id}", "another-run", NOW)
     result = app.test_cli_runner().invoke(args=["run-campaigns", "--json"])
     assert result.exit_code == 1
     out = json.loads(result.stdout)
@@ -248,8 +250,8 @@ def stored(app, prefix: str) -> int:
 @pytest.mark.parametrize(
     "where",
     [
-        # one trigger policy's decision raises (isolated in campaigns.on_events)
-        (campaigns, "population"),
+        # one trigger policy's decision raises (isolated in triggers.on_events)
+        (triggers, "population"),
         # the triggers as a whole raise (caught by the events view)
         (policies, "active_rows"),
     ],

@@ -9,8 +9,8 @@ import pytest
 
 from backend.core.policy import parse_policy
 from backend.core.policy.allocation import salt_of, stable_unit
-from simulator.campaign import HELD_OUT, SENT
 from simulator.model import CampusModel
+from simulator.touch_log import HELD_OUT, SENT
 
 ROOT = Path(__file__).resolve().parent.parent
 

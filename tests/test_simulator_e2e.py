@@ -20,9 +20,9 @@ from backend.core.metrics import first_per_user
 from backend.core.policy import HOLDOUT, SEND, SKIPPED, parse_policy
 from backend.core.recall import lapsed_at_decision
 from backend.core.seeds import POLICIES_DIR as PRESETS
-from simulator.campaign import HELD_OUT, SENT, DayTouches, job_ms
 from simulator.e2e import EndToEndModel, coupon_terms
 from simulator.model import CampusModel
+from simulator.touch_log import HELD_OUT, SENT, DayTouches, job_ms
 
 
 def decisions_by_user(d) -> dict[int, tuple]:

@@ -10,8 +10,8 @@ import json
 import pytest
 
 from backend.core.policy import parse_policy
+from backend.core.policy.spec import EVENT_TRIGGERS
 from backend.core.seeds import POLICIES_DIR as PRESETS
-from simulator.campaign import EVENT_TRIGGERS
 
 FILES = sorted(PRESETS.glob("*.yaml"))
 

@@ -89,10 +89,10 @@ def test_each_user_is_counted_once_at_their_first_decision():
     # tiered moves students between arms as their tier changes: counted by touch, some would
     # sit in two arms (and in the holdout too); counted at first decision, the groups
     # partition the students decided.
-    from simulator.campaign import HELD_OUT, SENT
     from simulator.model import CampusModel
     from simulator.results import summarise
     from simulator.run import DEFAULT_COUPONS
+    from simulator.touch_log import HELD_OUT, SENT
 
     model = CampusModel(
         users=1500,

@@ -187,7 +187,8 @@ def register(app: Flask) -> None:
     @click.option("--seed", default=0, show_default=True, help="seed of the bandit's draws")
     def run_campaigns(on, appid, dry_run, as_json, seed):
         """The daily recall job: score if needed, decide, queue, deliver. Safe to run twice."""
-        from backend.services import campaigns, delivery
+        from backend.services import delivery
+        from backend.services.campaigns import job, run_lock
         from backend.services.channels import channels_for
 
         now = _now_ms()
@@ -205,7 +206,7 @@ def register(app: Flask) -> None:
             # and why) and the other tenants still get their nightly sends.
             try:
                 results.append(
-                    campaigns.run(
+                    job.run(
                         tenant,
                         day,
                         clock.now_ms(),
@@ -213,12 +214,13 @@ def register(app: Flask) -> None:
                         seed=seed,
                         deliver=deliver,
                         clock=clock,
+                        after_decide=current_app.config.get("CAMPAIGN_AFTER_DECIDE"),
                     )
                 )
             except Exception as exc:
-                if not isinstance(exc, campaigns.JobLocked):
+                if not isinstance(exc, run_lock.JobLocked):
                     current_app.logger.exception("run-campaigns failed for tenant %s", tenant.appid)
-                failed.append({"tenant": tenant.appid, "error": campaigns.failure_reason(exc)})
+                failed.append({"tenant": tenant.appid, "error": job.failure_reason(exc)})
         if as_json:
             out = results[0] if len(results) == 1 else {"tenants": results}
             if failed:

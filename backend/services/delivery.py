@@ -32,6 +32,7 @@ from backend.core.policy.caps import CAP_DAYS, CAP_STATUSES, cap_counts, caps_re
 from backend.core.policy.guards import next_send_ms
 from backend.errors import ApiError
 from backend.services import coupons, policies
+from backend.services.campaigns.learnt import policy_state
 from backend.services.channels import Channel, Outcome, Recipient
 from backend.services.messages import MessageDefect, render
 from backend.store.db import write_transaction
@@ -246,8 +247,6 @@ def _paused(cache: dict, policy_id: int, policy: Policy, tenant_id: int) -> dict
     """Arms the stop-loss has paused, worked out once per delivery run and policy."""
     key = ("paused", policy_id)
     if key not in cache:
-        from backend.services.campaigns import policy_state
-
         state = policy_state(tenant_id, PolicyRow.get_by_id(policy_id), policy)
         cache[key] = {a.name: bool(p) for a, p in zip(policy.arms, state.paused, strict=True)}
     return cache[key]

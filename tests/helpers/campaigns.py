@@ -10,7 +10,8 @@ import textwrap
 from backend.core.calendar import MS_PER_DAY, china_day
 from backend.core.clock import FixedClock, from_ms, to_ms
 from backend.core.policy.guards import next_allowed_ms
-from backend.services import campaigns, delivery
+from backend.services import delivery
+from backend.services.campaigns import job
 from backend.services.channels import channels_for
 from backend.store.models import SubscriptionAllowance, Tenant, Touch, User
 
@@ -126,13 +127,13 @@ def run_job(app, tenant, *, dry_run=False, now=NOW, day=TODAY):
             at = FixedClock(from_ms(now_ms))  # the job's instant, standing still
             return delivery.deliver_due(tt, channels, delivery.RetryPolicy(0, 3), clock=at)
 
-        return campaigns.run(t, day, now, dry_run=dry_run, deliver=deliver)
+        return job.run(t, day, now, dry_run=dry_run, deliver=deliver)
 
 
 def decide_only(app, tenant, *, now_ms: int = NOW, day: int = TODAY) -> dict:
     """The job without delivery: decisions written to the outbox, nothing sent."""
     with app.app_context():
-        return campaigns.run(Tenant.get_by_id(tenant.id), day, now_ms, deliver=None)
+        return job.run(Tenant.get_by_id(tenant.id), day, now_ms, deliver=None)
 
 
 def statuses(app, tenant) -> dict[str, int]:

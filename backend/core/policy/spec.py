@@ -23,6 +23,9 @@ CHANNELS = ["subscribe", "oa_template", "sms", "in_app"]
 SUBSCRIBE, OA_TEMPLATE, SMS, IN_APP = range(4)
 MESSAGE_KINDS = ["content", "coupon", "caring", "reminder"]
 TRIGGER_EVENTS = ["payment_failed", "cart_abandoned", "coupon_expiring"]
+# Triggers decided when their event arrives (services/campaigns/triggers.py); the nightly job
+# leaves them alone. coupon_expiring is the nightly job's: it finds the coupons itself.
+EVENT_TRIGGERS = ("payment_failed", "cart_abandoned")
 RANK_BY = ["risk", "uplift", "value"]
 
 # The playbooks' ceilings (SEED_DIGEST §3): a policy may be stricter, never looser.

@@ -8,7 +8,8 @@ from backend.core import seeds
 from backend.core.calendar import china_day
 from backend.core.policy import policy_schema
 from backend.core.policy.spec import NAME_PATTERN
-from backend.services import campaign_log, campaigns, policies, reports, scoring, uplift, users
+from backend.services import campaign_log, policies, reports, scoring, uplift, users
+from backend.services.campaigns import outbox, preview
 from backend.web.admin.routes import bp
 from backend.web.auth import require_api_key
 from backend.web.openapi import documented, validated
@@ -163,7 +164,7 @@ def preview_policy(name: str):
     """Shows what a policy would do on a scored day before it is let loose on anyone."""
     row = policies.get(g.tenant_id, name)
     day = scoring.parse_day(request.args.get("date"), _today())
-    return jsonify(campaigns.preview(row, policies.readable(row), day, _now_ms()))
+    return jsonify(preview.preview(row, policies.readable(row), day, _now_ms()))
 
 
 @bp.post("/policies/<name>/uplift-model")
@@ -205,7 +206,7 @@ def user_touches(openid: str):
     """Answers a merchant asking why a user was (or was not) messaged."""
     user = users.by_openid(g.tenant_id, openid)
     rows = campaign_log.user_touches(g.tenant_id, user.id, USER_TOUCHES)
-    return jsonify({"user": openid, "touches": [campaigns.touch_dict(t) for t in rows]})
+    return jsonify({"user": openid, "touches": [outbox.touch_dict(t) for t in rows]})
 
 
 @bp.patch("/users/<openid>/contact")

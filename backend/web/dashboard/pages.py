@@ -14,8 +14,9 @@ from backend.core.calendar import china_day
 from backend.core.policy.spec import CHANNELS
 from backend.core.tiers import TIERS, TierConfig
 from backend.errors import ApiError
-from backend.services import campaign_log, campaigns, policies, reports, scoring, users
+from backend.services import campaign_log, policies, reports, scoring, users
 from backend.services import overview as overview_data
+from backend.services.campaigns import outbox, preview
 from backend.web import explain
 from backend.web.dashboard import bp
 from backend.web.dashboard.labels import GUARD_ZH
@@ -217,7 +218,7 @@ def policy_check(name: str):
     check["valid"] = True
     if request.form.get("action") == "dry_run":
         try:
-            check["preview"] = campaigns.preview(row, edited, _today(), _now_ms())
+            check["preview"] = preview.preview(row, edited, _today(), _now_ms())
         except ApiError as exc:
             check["preview_error"] = exc.message
     return _policy_view(name, check)
@@ -239,7 +240,7 @@ def _policy_view(name: str, check: dict | None = None):
         entry=entry,
         ledger=ledger,
         guard_totals=_guard_totals(ledger),
-        touches=[dict(campaigns.touch_dict(t), user=openids.get(t.user_id)) for t in touches],
+        touches=[dict(outbox.touch_dict(t), user=openids.get(t.user_id)) for t in touches],
         figures=_policy_figures(spec, ledger),
         check=check,
         source=(check or {}).get("source", row.source),
@@ -310,7 +311,7 @@ def user_lookup():
         events=profile["events"],
         orders=profile["orders"],
         scores=scores,
-        touches=[campaigns.touch_dict(t) for t in touches],
+        touches=[outbox.touch_dict(t) for t in touches],
         coupons=profile["coupons"],
         allowances=profile["allowances"],
         consents=users.consents(g.tenant_id, user.id),

@@ -8,7 +8,6 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from backend.errors import ApiError
 from backend.services import (
-    campaigns,
     cards,
     coupons,
     delivery,
@@ -20,6 +19,7 @@ from backend.services import (
     users,
     wechat,
 )
+from backend.services.campaigns import triggers
 from backend.services.event_validation import MP_EVENT_SCHEMA, MP_MAX_AGE_MS
 from backend.web.auth import issue_token, require_user
 from backend.web.openapi import documented, read_json, validated
@@ -184,7 +184,7 @@ def post_events():
         # 500 would make it resend the batch for ever).
         try:
             tenant = users.tenant_of(g.user)
-            if campaigns.on_events(tenant, result.triggers, now):
+            if triggers.on_events(tenant, result.triggers, now):
                 delivery.kick(current_app._get_current_object(), g.tenant_id)
         except Exception:
             current_app.logger.exception("event triggers failed for tenant %s", g.tenant_id)
