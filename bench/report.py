@@ -84,7 +84,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend.core import seeds  # noqa: E402
-from backend.core.calendar import CHINA_OFFSET_MS, MS_PER_DAY, day_number  # noqa: E402
+from backend.core.calendar import CHINA_OFFSET_MS, MS_PER_DAY, china_day, day_number  # noqa: E402
 from backend.core.policy.guards import QUIET_END_HOUR, QUIET_START_HOUR  # noqa: E402
 from backend.core.policy.spec import CHANNELS, parse_policy  # noqa: E402
 from backend.core.tiers import TIERS  # noqa: E402
@@ -164,10 +164,6 @@ FROM m GROUP BY name, holdout
 def day_start(day):
     """UTC epoch ms of 00:00 China time on day number(s) `day`."""
     return np.asarray(day, dtype=np.int64) * MS_PER_DAY - CHINA_OFFSET_MS
-
-
-def china_day(ts):
-    return (np.asarray(ts, dtype=np.int64) + CHINA_OFFSET_MS) // MS_PER_DAY
 
 
 # -- data -------------------------------------------------------------------------------------

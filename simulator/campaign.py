@@ -95,6 +95,8 @@ class Permissions:
 
     @classmethod
     def draw(cls, n: int, templates: list[str], rng: np.random.Generator, p_oa=0.4, p_phone=0.3):
+        """Who follows the OA (`p_oa`) and gave a phone (`p_phone`); nobody opted out and no
+        allowances yet (they are granted on visits: Campaign.after_day)."""
         return cls(
             rng.random(n) < p_oa,
             rng.random(n) < p_phone,

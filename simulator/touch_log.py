@@ -83,6 +83,7 @@ class DayTouches:
 
     @property
     def measured(self) -> np.ndarray:
+        """Sent or held out: the touches whose outcome is observed."""
         return self.status != SKIP
 
     def subset(self, rows: np.ndarray) -> DayTouches:
@@ -131,13 +132,16 @@ class TouchLog:
 
     @property
     def returned(self) -> np.ndarray:
+        """Whether each touch's user came back in its window (every touch, skips included)."""
         return self.column("returned")
 
     @property
     def returned_twin(self) -> np.ndarray:
+        """Whether the untreated twin of each touch's user came back in the same window."""
         return self.column("returned_twin")
 
     def recent(self, since_day: int) -> list[DayTouches]:
+        """The measured blocks decided on `since_day` or later (what attribution still reads)."""
         return [b for b in self.days if b.day >= since_day]
 
     def record_day(self, today: int, window_days: int, campus, twin, usual_hour) -> np.ndarray:

@@ -20,7 +20,7 @@ from helpers.app import T0, TenantInfo, build_app, close_app, make_tenant
 
 from backend.core.calendar import MS_PER_DAY, china_day, day_start_ms
 from backend.core.clock import FixedClock, from_ms
-from backend.services import delivery
+from backend.services import channel_halts, delivery
 from backend.services.campaigns import job
 from backend.services.channels import channels_for
 from backend.store.models import SubscriptionAllowance, Tenant, Touch, User
@@ -383,7 +383,7 @@ def test_45009_halts_the_channel_until_china_midnight_and_the_touch_waits(live, 
     assert (out["sent"], out["failed"], out["deferred"]) == (0, 0, 2)
     midnight = day_start_ms(TODAY + 1)
     with live.app.app_context():
-        assert delivery.halted_until(live.tenant.id, "subscribe", NOW) == midnight
+        assert channel_halts.halted_until(live.tenant.id, "subscribe", NOW) == midnight
     hit, held = touch_of(live, first), touch_of(live, second)
     assert (hit.status, hit.reason, hit.wechat_errcode) == ("queued", "daily_quota", 45009)
     assert (held.status, held.reason) == ("queued", "channel_halted")
@@ -425,7 +425,7 @@ def test_43107_halts_the_channel_and_holds_every_later_touch(live, fake, clock):
         assert (held.status, held.reason) == ("queued", "channel_halted")
         assert sends_to(fake, openid) == 0
     with live.app.app_context():
-        assert delivery.halted_until(live.tenant.id, "subscribe", NOW) is not None
+        assert channel_halts.halted_until(live.tenant.id, "subscribe", NOW) is not None
 
     clock.advance(hours=2)  # still halted: the next run sends nothing
     again = run_job(live, now=NOW + 2 * HOUR_MS)

@@ -31,14 +31,13 @@ from backend.core.policy import CHANNELS, Policy, PolicyError
 from backend.core.policy.caps import CAP_DAYS, CAP_STATUSES, cap_counts, caps_reached, window_start
 from backend.core.policy.guards import next_send_ms
 from backend.errors import ApiError
-from backend.services import coupons, policies
+from backend.services import channel_halts, coupons, policies
 from backend.services.campaigns.learnt import policy_state
 from backend.services.channels import Channel, Outcome, Recipient
 from backend.services.messages import MessageDefect, render
 from backend.store.db import write_transaction
 from backend.store.models import (
     CouponTemplate,
-    KeyValue,
     SubscriptionAllowance,
     Tenant,
     Touch,
@@ -70,28 +69,11 @@ def heartbeat(beat: Callable[[int], None]) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How a send WeChat asked us to retry is retried: backoff doubling from base_ms, and
+    failed for good after max_attempts (the app's DELIVERY_RETRY_BASE_S and _MAX_ATTEMPTS)."""
+
     base_ms: int = 30_000  # first retry after this, doubling per attempt
     max_attempts: int = 5
-
-
-def _halt_key(tenant_id: int, channel: str) -> str:
-    return f"channel_halt:{tenant_id}:{channel}"
-
-
-def halted_until(tenant_id: int, channel: str, now_ms: int) -> int | None:
-    row = KeyValue.get_or_none(KeyValue.key == _halt_key(tenant_id, channel))
-    if row is None or row.expires_ms is None or row.expires_ms <= now_ms:
-        return None
-    return int(row.expires_ms)
-
-
-def _halt(tenant_id: int, channel: str, until_ms: int, reason: str) -> None:
-    with write_transaction():
-        KeyValue.insert(
-            key=_halt_key(tenant_id, channel), value=reason, expires_ms=until_ms
-        ).on_conflict(
-            conflict_target=[KeyValue.key], preserve=[KeyValue.value, KeyValue.expires_ms]
-        ).execute()
 
 
 def _housekeeping(tenant_id: int, now_ms: int) -> Counter:
@@ -282,7 +264,7 @@ def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
         return later("deferred", at_ms=allowed, reason="quiet_hours", quiet_deferred=True)
     if user is None or user.marketing_opt_out:
         return done("skipped", "skipped", reason="opted_out")
-    halt = halted_until(tenant.id, touch.channel, now_ms)
+    halt = channel_halts.halted_until(tenant.id, touch.channel, now_ms)
     if halt is not None:
         return later("deferred", at_ms=halt, reason="channel_halted")
     if _paused(cache, touch.policy_id, policy, tenant.id).get(touch.arm):
@@ -351,7 +333,8 @@ def _record(tenant, touch, outcome: Outcome, now_ms, retry: RetryPolicy, templat
                 & (SubscriptionAllowance.template_id == template_id)
             ).execute()
     if outcome.kind == "halt":
-        _halt(tenant.id, touch.channel, outcome.until_ms or now_ms + MS_PER_DAY, outcome.reason)
+        until = outcome.until_ms or now_ms + MS_PER_DAY
+        channel_halts.halt(tenant.id, touch.channel, until, outcome.reason)
         # Not the touch's failure: the attempt the confirm counted is taken back.
         held = _requeue(
             touch,
@@ -452,6 +435,8 @@ def _coupon_for(tenant: Tenant, touch: Touch, user: User, now_ms: int):
 
 
 def message_context(tenant: Tenant, touch: Touch, coupon) -> dict[str, str]:
+    """The values a message's placeholders are filled with ({app_name}, {coupon_amount} ...):
+    the one context delivery and the in-app card both render with."""
     ctx = {
         "app_name": tenant.name[:20],
         "today": china_iso(touch.send_after_ms)[:10],
@@ -497,6 +482,7 @@ def kick(app, tenant_id: int) -> threading.Thread:
 
 
 def retry_policy(app) -> RetryPolicy:
+    """The app's configured RetryPolicy."""
     return RetryPolicy(
         base_ms=int(app.config["DELIVERY_RETRY_BASE_S"] * 1000),
         max_attempts=app.config["DELIVERY_MAX_ATTEMPTS"],

@@ -41,6 +41,7 @@ def acquire_lock(name: str, holder: str, now_ms: int, ttl_ms: int = DEFAULT_TTL_
 
 
 def release_lock(name: str, holder: str) -> None:
+    """Give the named lock up, if `holder` still has it (a lock taken over is not ours)."""
     with write_transaction():
         JobLock.delete().where((JobLock.name == name) & (JobLock.holder == holder)).execute()
 

@@ -86,6 +86,7 @@ class PolicyState:
 
     @classmethod
     def fresh(cls, policy: Policy, coupon_face_fen: Mapping[str, int] | None = None):
+        """A policy that has learnt nothing yet: no arm paused, flat posteriors."""
         k = len(policy.arms)
         return cls(
             np.zeros(k, bool),
@@ -97,6 +98,8 @@ class PolicyState:
 
 @dataclass
 class Decisions:
+    """One decision per user, as columns: what `decide` returns and the job writes as touches."""
+
     status: np.ndarray  # int8, index into STATUSES
     reason: np.ndarray  # int8, index into REASONS
     arm: np.ndarray  # int16, -1 when none
@@ -108,9 +111,11 @@ class Decisions:
     cost_fen: np.ndarray  # int64: message cost plus coupon face value if sent
 
     def count(self, status: int) -> int:
+        """How many users got `status` (an index into STATUSES)."""
         return int(np.count_nonzero(self.status == status))
 
     def reason_counts(self) -> dict[str, int]:
+        """Users per reason (only reasons that occurred): what summaries and previews show."""
         counts = np.bincount(self.reason, minlength=len(REASONS))
         return {REASONS[i]: int(c) for i, c in enumerate(counts) if i and c}
 

@@ -20,6 +20,7 @@ MAX_SUBSCRIBE_ALLOWANCE = 3
 
 
 def in_quiet_hours(china_hour: np.ndarray | int) -> np.ndarray:
+    """Whether each China hour is in quiet hours (22:00 to 08:00): no push goes out then."""
     h = np.asarray(china_hour)
     return (h >= QUIET_START_HOUR) | (h < QUIET_END_HOUR)
 

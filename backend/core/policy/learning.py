@@ -29,6 +29,7 @@ class LearningTotals:
 
     @classmethod
     def empty(cls, arms: int) -> LearningTotals:
+        """Nothing learnt yet, for a policy with `arms` arms."""
         return cls(
             np.zeros((arms, len(TIERS))),
             np.zeros((arms, len(TIERS))),

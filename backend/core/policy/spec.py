@@ -212,6 +212,8 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True)
 class Touch:
+    """One step of an arm's journey: on which day, by which channel, which message."""
+
     day: int  # days after the journey starts (lapse, or the trigger event)
     channel: int  # index into CHANNELS
     message: str
@@ -220,6 +222,8 @@ class Touch:
 
 @dataclass(frozen=True)
 class Arm:
+    """One variant of the policy's treatment: who it serves, its traffic share, its touches."""
+
     name: str
     tiers: tuple[int, ...]  # tier indices this arm serves; empty = all
     share: float
@@ -228,6 +232,8 @@ class Arm:
 
 @dataclass(frozen=True)
 class Message:
+    """A message a touch sends: a WeChat template's fields, or a text (SMS, in-app card)."""
+
     kind: str
     template_id: str | None
     page: str | None
@@ -238,6 +244,8 @@ class Message:
 
 @dataclass(frozen=True)
 class Policy:
+    """A parsed policy file (docs/policies.md documents each field), what decide reads."""
+
     name: str
     description: str
     trigger: str | None
@@ -271,10 +279,12 @@ class Policy:
 
     @property
     def max_steps(self) -> int:
+        """The longest arm's number of touches (the width of decide's touch table)."""
         return max(len(a.touches) for a in self.arms)
 
 
 def policy_schema() -> dict:
+    """The policy file's JSON Schema, for editors and GET /admin/v1/policy-schema."""
     return SCHEMA
 
 
@@ -361,6 +371,9 @@ def parse_policy(source: str | dict) -> Policy:
 
 
 def _build(d: dict, root: yaml.Node | None) -> Policy:
+    """The Policy of a schema-valid document, after the checks the schema cannot express
+    (cross-field rules); each failure names its field and line."""
+
     def fail(message: str, *parts) -> PolicyError:
         return PolicyError(message, field=_path(list(parts)), line=_line_of(root, list(parts)))
 
@@ -381,30 +394,7 @@ def _build(d: dict, root: yaml.Node | None) -> Policy:
         )
         for name, m in d["messages"].items()
     }
-    arms = []
-    names: set[str] = set()
-    for i, a in enumerate(d["arms"]):
-        if a["name"] in names or a["name"] == "holdout":
-            raise fail("arm names must be unique and not 'holdout'", "arms", i, "name")
-        names.add(a["name"])
-        arm_tiers = tuple(TIERS.index(t) for t in a.get("tiers", []))
-        if arm_tiers and not set(arm_tiers) & set(tiers) and not d.get("trigger"):
-            raise fail("serves no tier the policy is eligible for", "arms", i, "tiers")
-        touches = []
-        last_day = -1
-        for j, t in enumerate(a["touches"]):
-            where = ("arms", i, "touches", j)
-            if t["day"] <= last_day:
-                raise fail("touch days must increase", *where, "day")
-            last_day = t["day"]
-            msg = messages.get(t["message"])
-            if msg is None:
-                raise fail(f"no message named {t['message']!r} in messages", *where, "message")
-            _check_message_fits(msg, t["channel"], fail, ("messages", t["message"]))
-            touches.append(
-                Touch(t["day"], CHANNELS.index(t["channel"]), t["message"], t.get("coupon"))
-            )
-        arms.append(Arm(a["name"], arm_tiers, float(a.get("share", 1)), tuple(touches)))
+    arms = _arms(d, tiers, messages, fail)
     target = d.get("targeting", {})
     alloc = d.get("allocation", {})
     if alloc.get("floor", 0.1) * len(d["arms"]) > 1:
@@ -451,6 +441,36 @@ def _build(d: dict, root: yaml.Node | None) -> Policy:
         costs_fen=tuple(costs.get(ch, DEFAULT_COST_FEN[ch]) for ch in CHANNELS),
         source=d,
     )
+
+
+def _arms(d: dict, tiers: tuple[int, ...], messages: dict[str, Message], fail) -> list[Arm]:
+    """The arms, each checked: unique names, tiers the policy serves, touch days increasing,
+    messages that exist and fit their channel."""
+    arms = []
+    names: set[str] = set()
+    for i, a in enumerate(d["arms"]):
+        if a["name"] in names or a["name"] == "holdout":
+            raise fail("arm names must be unique and not 'holdout'", "arms", i, "name")
+        names.add(a["name"])
+        arm_tiers = tuple(TIERS.index(t) for t in a.get("tiers", []))
+        if arm_tiers and not set(arm_tiers) & set(tiers) and not d.get("trigger"):
+            raise fail("serves no tier the policy is eligible for", "arms", i, "tiers")
+        touches = []
+        last_day = -1
+        for j, t in enumerate(a["touches"]):
+            where = ("arms", i, "touches", j)
+            if t["day"] <= last_day:
+                raise fail("touch days must increase", *where, "day")
+            last_day = t["day"]
+            msg = messages.get(t["message"])
+            if msg is None:
+                raise fail(f"no message named {t['message']!r} in messages", *where, "message")
+            _check_message_fits(msg, t["channel"], fail, ("messages", t["message"]))
+            touches.append(
+                Touch(t["day"], CHANNELS.index(t["channel"]), t["message"], t.get("coupon"))
+            )
+        arms.append(Arm(a["name"], arm_tiers, float(a.get("share", 1)), tuple(touches)))
+    return arms
 
 
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
