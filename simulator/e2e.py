@@ -37,12 +37,16 @@ from backend.core.policy import HOLDOUT, REASONS, SEND, SKIPPED, Decisions, Poli
 from backend.core.policy.guards import HOUR_MS
 from backend.core.policy.spec import CHANNELS
 from backend.core.uplift import UpliftModel
-from backend.services import coupons, policies, tenants
+from backend.services import coupons, delivery, policies, reports, scoring, tenants
+from backend.services.campaigns import job as campaign_job
+from backend.services.channels import channels_for
 from backend.store import db as store_db
 from backend.store.migrations import migrate
+from backend.store.models import Tenant, Touch
 from backend.web.app import create_web_app
 from simulator.campaign import nothing_decided
 from simulator.model import CampusModel
+from simulator.results import play
 from simulator.touch_log import VISIT_MINUTE, job_ms
 
 STATUS = {"queued": SEND, "sending": SEND, "sent": SEND, "failed": SEND, "expired": SEND}
@@ -114,6 +118,7 @@ class ApiCampus:
         return resp
 
     def contact(self, row: int, phone: bool, follows_oa: bool) -> None:
+        """The merchant records the user's phone and Official Account follow (admin API)."""
         body = {}
         if phone:
             body["phone"] = f"+86138{row:08d}"
@@ -128,6 +133,7 @@ class ApiCampus:
             )
 
     def events(self, row: int, events: list[dict]) -> None:
+        """The user's mini-program posts its events; a refused one stops the run."""
         body = self._ok(
             self._as_user(row, "post", "/mp/v1/events", json={"events": events}),
             "events",
@@ -136,6 +142,7 @@ class ApiCampus:
             raise RuntimeError(f"events of user {row + 1} refused: {body}")
 
     def grant(self, row: int, templates: list[str]) -> None:
+        """The user accepts a subscribe prompt for these templates."""
         results = {t: "accept" for t in templates}
         self._ok(
             self._as_user(row, "post", "/mp/v1/subscriptions", json={"results": results}),
@@ -143,6 +150,7 @@ class ApiCampus:
         )
 
     def redeem(self, row: int, coupon_id: int, order_id: str, amount_fen: int) -> None:
+        """The user pays an order with a recall coupon."""
         self._ok(
             self._as_user(
                 row,
@@ -154,6 +162,7 @@ class ApiCampus:
         )
 
     def opt_out(self, row: int) -> None:
+        """The user turns recall messages off."""
         self._ok(self._as_user(row, "post", "/mp/v1/me/opt-out"), "opt-out")
 
 
@@ -226,8 +235,6 @@ class EndToEndModel(CampusModel):
         for row in np.flatnonzero(p.has_phone | p.follows_oa):
             self.api.contact(int(row), bool(p.has_phone[row]), bool(p.follows_oa[row]))
         with self.app.app_context():
-            from backend.services.channels import channels_for
-
             self.sink = DeliverySink(channels_for(self.app))
         self.job_summaries: list[dict] = []
 
@@ -236,17 +243,14 @@ class EndToEndModel(CampusModel):
     def nightly(self, as_of: int) -> None:
         """The backend scores the database every morning too (its `score` job)."""
         super().nightly(as_of)
-        from backend.services.scoring import score_tenant
-        from backend.store.models import Tenant
-
         self.clock.set(from_ms(job_ms(as_of) - 60_000))
         with self.app.app_context():
-            score_tenant(Tenant.get_by_id(self.tenant_id), as_of)
+            scoring.score_tenant(Tenant.get_by_id(self.tenant_id), as_of)
 
     def run_job(self, day: int) -> Decisions:
-        from backend.services.campaigns import job as campaign_job
-        from backend.store.models import Tenant
-
+        """The backend's own morning job (`run-campaigns` without delivery) decides, after
+        the merchant's uplift fit and a trigger policy's switch-on; its decisions are read
+        back from the touch table and booked in the model."""
         self.fit_uplift(day)
         self.switch_on(day)
         self.clock.set(from_ms(job_ms(day)))
@@ -280,8 +284,6 @@ class EndToEndModel(CampusModel):
         """A trigger policy goes live on the trial's first morning."""
         if self.switched_on:
             return
-        from backend.services import policies
-
         with self.app.app_context():
             policies.set_active(self.tenant_id, self.campaign.policy.name, True, job_ms(day))
         self.switched_on = True
@@ -289,8 +291,6 @@ class EndToEndModel(CampusModel):
     def run_triggers(self, day: int) -> Decisions:
         """The trigger decisions production took in the day's event requests, read back from
         the touch table and booked as they were written (sent at the request's time)."""
-        from backend.store.models import Touch
-
         with self.app.app_context():
             d = self.decisions_from_database(day)
             when = np.zeros(len(self.state), dtype=np.int64)
@@ -303,8 +303,6 @@ class EndToEndModel(CampusModel):
 
     def decisions_from_database(self, day: int) -> Decisions:
         """The job's decisions for `day`, read back from the touch table, per user row."""
-        from backend.store.models import Touch
-
         n = len(self.state)
         d = nothing_decided(n)
         arms = {a.name: i for i, a in enumerate(self.campaign.policy.arms)}
@@ -327,9 +325,6 @@ class EndToEndModel(CampusModel):
     def after_day(self, day: int) -> None:
         """Replay the day through the API, hour by hour: due messages are delivered on the
         hour, the users whose usual hour it is act at VISIT_MINUTE past it."""
-        from backend.services import delivery
-        from backend.store.models import Tenant, Touch
-
         today, hour_of = self.today, self.state.usual_hour.astype(np.int64)
         grants = self.campaign.last_grants
         redeemed = self.campaign.log.redeemed_today
@@ -365,8 +360,6 @@ class EndToEndModel(CampusModel):
     def delivering_in_request(self):
         """`delivery.kick` (after an event trigger) delivers in the request instead of on a
         thread: the same `deliver_due`, at the simulation's clock, into the sink."""
-        from backend.services import delivery
-        from backend.store.models import Tenant
 
         def kick(app, tenant_id: int) -> None:
             delivery.deliver_due(Tenant.get_by_id(tenant_id), self.sink.channels, clock=self.clock)
@@ -408,16 +401,18 @@ class EndToEndModel(CampusModel):
 
     def report(self) -> dict:
         """The production report over the database, as `python app.py report --json` gives."""
-        from backend.services.reports import report
-
         self.clock.set(from_ms(job_ms(self.day)))
         with self.app.app_context():
-            return report(self.tenant_id, None, None, None)
+            return reports.report(self.tenant_id, None, None, None)
 
     def delivered_by_channel(self) -> dict[str, int]:
+        """Messages the channels accepted, by channel (what the sink recorded)."""
         return dict(Counter(ch for _, _, ch, _ in self.sink.delivered))
 
     def close(self) -> None:
+        """The run is over: the model's worker thread ends and the backend's database closes
+        (its file stays, for reading afterwards)."""
+        super().close()
         db = self.app.extensions["database"]
         if hasattr(db, "close_all"):
             db.close_all()
@@ -450,8 +445,6 @@ def run_end_to_end(
 ) -> dict:
     """`simulate --e2e`: the contract's output from the model's books, plus the production
     report read from the end-to-end database (`backend_report`) and what was delivered."""
-    from simulator.results import play
-
     if users > MAX_E2E_USERS:
         raise ValueError(
             f"end-to-end mode drives every visit through the API; use at most "

@@ -43,6 +43,7 @@ def _pp(d: dict) -> str:
 
 
 def group_zh(name: str) -> str:
+    """A group's name as the merchant's page says it (the arm's own name in brackets)."""
     zh = GROUP_ZH.get(name)
     return name if zh is None else f"{zh}（{name}）" if name != "holdout" else zh
 
@@ -57,6 +58,7 @@ def _rate_n(rate: float | None, n: int) -> str:
 
 
 def policy_section(result: dict) -> str:
+    """One policy's part of the report: its groups against the holdout and its daily charts."""
     c, arms, up, daily = result["config"], result["arms"], result["uplift"], result["daily"]
     names = list(arms)
     groups = daily.get("group_active") or []

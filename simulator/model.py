@@ -8,14 +8,15 @@ the arrays for inspection — never a Python loop in the daily step.
 One time unit is a day: the morning job (scheduled at JOB_HOUR) scores every user with
 production's scoring over a day-by-day fold of its sums and runs production's `decide`; the
 campus day (scheduled at midday) lives everyone's visits and orders, the untreated twin's
-too, and keeps the books; `step` closes the day for the DataCollector.
+too, and keeps the books; `step` closes the day for the DataCollector (simulator/measures.py).
+What a day can do before its morning job has decided (its dice, the twin's day) runs on the
+model's own worker thread meanwhile; `close` ends the thread when the caller is done stepping.
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, fields
 from datetime import date
 
 import mesa
@@ -26,11 +27,12 @@ from backend.core.bgnbd import BgNbdParams
 from backend.core.calendar import day_date, day_number
 from backend.core.columns import session_ms
 from backend.core.day_totals import DayTotals
-from backend.core.policy import HOLDOUT, SEND, SKIPPED, Decisions, Policy
+from backend.core.policy import SEND, Decisions, Policy
 from backend.core.policy.spec import MESSAGE_KINDS
 from backend.core.rolling import DailyFold
 from backend.core.scoring import Scores, refit_due, score_fold
-from backend.core.tiers import TIERS, TierConfig
+from backend.core.tiers import TierConfig
+from simulator.books import TrialBooks, per_user
 from simulator.calendar import CampusCalendar
 from simulator.campaign import Campaign
 from simulator.campus import (
@@ -42,31 +44,13 @@ from simulator.campus import (
     organic_day,
 )
 from simulator.eventlog import EventLog
+from simulator.measures import collector
 from simulator.params import SimParams
 from simulator.response import ResponseParams, respond
+from simulator.results import summarise
 from simulator.touch_log import JOB_HOUR, VISIT_MINUTE
 
 DEFAULT_START = date(2026, 3, 2)
-_worker: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _ahead_worker() -> ThreadPoolExecutor:
-    """One thread per process for the work a day can do ahead (`CampusModel._ahead`)."""
-    global _worker
-    if _worker is None or _worker[0] != os.getpid():  # a forked child needs its own thread
-        _worker = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="campus-ahead"))
-    return _worker[1]
-
-
-DECISION_COUNTS = (("sent", SEND), ("held_out", HOLDOUT), ("skipped", SKIPPED))
-GUARD_REASONS = (
-    "capped_30d",
-    "capped_channel",
-    "suppressed",
-    "no_permission",
-    "stop_loss",
-    "budget",
-)
 
 
 class Student(mesa.Agent):
@@ -78,48 +62,34 @@ class Student(mesa.Agent):
 
     @property
     def persona(self) -> str:
+        """The persona this student was drawn from."""
         return self.model.params.personas[self.model.state.persona[self.row]].name
 
     @property
     def engagement(self) -> float:
+        """Today's engagement, 0..1: how likely a visit is."""
         return float(self.model.state.engagement[self.row])
 
     @property
     def churned(self) -> bool:
+        """Left the campus for good."""
         return bool(self.model.state.churned[self.row])
 
     @property
     def last_visit(self) -> date | None:
+        """The day of the last visit (None: never visited)."""
         day = int(self.model.state.last_visit[self.row])
         return day_date(day) if day >= 0 else None
 
 
-@dataclass
-class TrialBooks:
-    """One world's per-user totals over the trial days."""
-
-    visited: np.ndarray
-    visit_days: np.ndarray
-    orders: np.ndarray
-    revenue_fen: np.ndarray
-
-    @classmethod
-    def empty(cls, n: int) -> TrialBooks:
-        return cls(
-            np.zeros(n, dtype=bool),
-            np.zeros(n, dtype=np.int32),
-            np.zeros(n, dtype=np.int32),
-            np.zeros(n, dtype=np.int64),
-        )
-
-    def add(self, day: DayActivity) -> None:
-        self.visited |= day.visited
-        self.visit_days += day.visited
-        self.orders += day.ordered
-        self.revenue_fen += day.amount_fen
-
-    def columns(self) -> dict[str, np.ndarray]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+def _coupon_terms(
+    coupon_face_fen: dict[str, int | tuple[int, int]] | None,
+) -> dict[str, tuple[int, int]]:
+    """Each coupon's (face value, minimum spend) in fen; a bare face value has no minimum."""
+    return {
+        name: terms if isinstance(terms, tuple) else (int(terms), 0)
+        for name, terms in (coupon_face_fen or {}).items()
+    }
 
 
 class CampusModel(mesa.Model):
@@ -162,24 +132,13 @@ class CampusModel(mesa.Model):
         self.run_days = run_days
         self.policy_from = self.start_day + warmup_days  # history builds up before any message
         self.today: DayActivity | None = None
-        # The event log in the backend's columns, for inspection and tests (a year of a
-        # million users' events is large: `keep_log=False` scores from the fold alone).
-        self.log = EventLog() if keep_log else None
-        self.fold = DailyFold(users)
-        self.last_fit_day: int | None = None
-        self.first_seen = np.full(users, self.day, dtype=np.int64)
-        self.tier_config = TierConfig()
-        self.bgnbd: BgNbdParams | None = None
-        self.scores: Scores | None = None
+        self._init_scoring(users, keep_log)
         self.campaign = (
             Campaign(
                 policy,
                 users,
                 np.random.default_rng(streams[2]),
-                {
-                    name: terms if isinstance(terms, tuple) else (int(terms), 0)
-                    for name, terms in (coupon_face_fen or {}).items()
-                },
+                _coupon_terms(coupon_face_fen),
                 salt=salt,
                 seed=seed,
             )
@@ -205,7 +164,38 @@ class CampusModel(mesa.Model):
         self.payment_fail_share = PAYMENT_FAIL_SHARE
         self.payment_failed = np.zeros(users, dtype=bool)
         self.response_params = response_params or self.params.response_params()
-        # Answers to messages, waiting for the day the message lands (-1: none).
+        self._init_answers(users)
+        self._draws: DayDraws | None = None  # today's organic dice (session lengths: lazily)
+        self._session_s: np.ndarray | None = None
+        self._ahead: tuple[int, Future] | None = None  # the day whose dice are being drawn
+        # The model's own worker thread for that (`_ahead_pool`), ended by `close`.
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None
+        self.used_coupon: np.ndarray | None = None
+        self.datacollector = collector()
+        if with_agents:
+            for row in range(users):
+                Student(self, row)
+        # One time unit is a day: the job at JOB_HOUR, the campus at midday, `step` at its end.
+        self.schedule_recurring(
+            self.morning, Schedule(interval=1.0, start=self.time + JOB_HOUR / 24), Priority.HIGH
+        )
+        self.schedule_recurring(self.campus_day, Schedule(interval=1.0, start=self.time + 0.5))
+
+    def _init_scoring(self, users: int, keep_log: bool) -> None:
+        """What the morning's scoring reads: the day-by-day fold of the users' sums, the
+        tier thresholds, the last BG/NBD fit; and the event log in the backend's columns, for
+        inspection and tests (a year of a million users' events is large: `keep_log=False`
+        scores from the fold alone)."""
+        self.log = EventLog() if keep_log else None
+        self.fold = DailyFold(users)
+        self.last_fit_day: int | None = None
+        self.first_seen = np.full(users, self.day, dtype=np.int64)
+        self.tier_config = TierConfig()
+        self.bgnbd: BgNbdParams | None = None
+        self.scores: Scores | None = None
+
+    def _init_answers(self, users: int) -> None:
+        """Answers to messages, waiting for the day the message lands (-1: none)."""
         self.pull_day = np.full(users, -1, dtype=np.int64)  # comes back that day
         self.boost = np.zeros(users)  # engagement regained if they do come back
         self.farmer_back = np.zeros(users, dtype=bool)  # came for a coupon; leave after it
@@ -215,53 +205,6 @@ class CampusModel(mesa.Model):
         # then falls to `coupon_fade` of itself: ResponseParams).
         self.coupon_pull = np.zeros(users, dtype=bool)
         self.offer_end_day = np.full(users, -1, dtype=np.int64)
-        self._draws: DayDraws | None = None  # today's organic dice (session lengths: lazily)
-        self._session_s: np.ndarray | None = None
-        self._reasons: tuple[Decisions | None, dict[str, int]] = (None, {})
-        self._ahead: tuple[int, Future] | None = None  # the day whose dice are being drawn
-        self.used_coupon: np.ndarray | None = None
-        self.datacollector = mesa.DataCollector(
-            model_reporters={
-                "date": lambda m: day_date(m.day - 1).isoformat(),
-                "active": lambda m: int(np.count_nonzero(m.today.visited)),
-                "orders": lambda m: int(np.count_nonzero(m.today.ordered)),
-                "revenue_fen": lambda m: int(m.today.amount_fen.sum()),
-                "left": lambda m: int(np.count_nonzero(m.today.left)),
-                "churned": lambda m: int(np.count_nonzero(m.state.churned)),
-                "mean_engagement": lambda m: float(m.state.engagement.mean()),
-                **{
-                    f"tier_{name}": (lambda m, i=i: int(np.count_nonzero(m.scores.tier == i)))
-                    for i, name in enumerate(TIERS)
-                },
-                **{label: (lambda m, s=status: m._count(s)) for label, status in DECISION_COUNTS},
-                **{f"guard_{r}": (lambda m, r=r: m._reason(r)) for r in GUARD_REASONS},
-                "quiet_deferred": lambda m: m._quiet(),
-                "group_active": lambda m: m._group_active(),
-                "committed_cost_fen": lambda m: m._committed_cost(),
-                "spent_cost_fen": lambda m: (
-                    0 if m.campaign is None else m.campaign.log.spent_on(m.day - 1)
-                ),
-                # rank_by uplift: "model" (a fitted learner ranked the day), "risk" (none
-                # yet: production's fallback), "" for other policies or no decision.
-                "uplift_ranking": lambda m: (
-                    "" if m.campaign is None else m.campaign.ranking.get(m.day - 1, "")
-                ),
-                "result": lambda m: None if m.running else m.result(),
-                "incremental_revenue_fen": lambda m: (
-                    0
-                    if m.twin_today is None
-                    else int(m.today.amount_fen.sum() - m.twin_today.amount_fen.sum())
-                ),
-            }
-        )
-        if with_agents:
-            for row in range(users):
-                Student(self, row)
-        # One time unit is a day: the job at JOB_HOUR, the campus at midday, `step` at its end.
-        self.schedule_recurring(
-            self.morning, Schedule(interval=1.0, start=self.time + JOB_HOUR / 24), Priority.HIGH
-        )
-        self.schedule_recurring(self.campus_day, Schedule(interval=1.0, start=self.time + 0.5))
 
     def morning(self) -> None:
         """Scheduled at JOB_HOUR each day: the scores and the campaign job, before anyone is
@@ -323,7 +266,27 @@ class CampusModel(mesa.Model):
         organic stream and the campaign's are drawn from there only, day after day in
         order, so the numbers are those of drawing them at midday."""
         factor, in_break = self.calendar.factor(day, self.params)
-        self._ahead = (day, _ahead_worker().submit(self._dice_and_twin, day, factor, in_break))
+        self._ahead = (day, self._ahead_pool().submit(self._dice_and_twin, day, factor, in_break))
+
+    def _ahead_pool(self) -> ThreadPoolExecutor:
+        """The model's one worker thread for the work a day can do ahead, started when first
+        needed: again after `close`, and in a forked child (it inherits the pool, not its
+        thread). One thread, so the days' draws keep their order."""
+        if self._pool is None or self._pool[0] != os.getpid():
+            self._pool = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="campus-ahead"))
+        return self._pool[1]
+
+    def close(self) -> None:
+        """The caller is done stepping (`simulate_paired`, the end-to-end run): end the
+        model's worker thread, as a run of `run_days` does by itself. Stepping again starts a
+        new one; a model never closed ends its thread when it is garbage-collected."""
+        self._end_pool()
+
+    def _end_pool(self) -> None:
+        """Shut the worker thread down (a forked child's inherited pool has none to end)."""
+        pool, self._pool = self._pool, None
+        if pool is not None and pool[0] == os.getpid():
+            pool[1].shutdown(wait=True)
 
     def _dice_and_twin(self, day: int, factor: float, in_break: bool):
         """The day's organic dice, the twin's day on them, and the day's prompt dice."""
@@ -348,13 +311,13 @@ class CampusModel(mesa.Model):
         if self.run_days is not None and self.day - self.start_day >= self.run_days:
             self.running = False
         self.datacollector.collect(self)
+        if not self.running:
+            self._end_pool()  # not `close`: a subclass's may close more than the thread
 
     def result(self) -> dict | None:
         """The policy's results against its holdout, with the truth (simulator/results.py)."""
         if self.campaign is None:
             return None
-        from simulator.results import summarise
-
         arms, uplift = summarise(self.campaign, self.day - 1, self.seed, self.tier_config)
         return {"arms": arms, "uplift": uplift}
 
@@ -371,22 +334,7 @@ class CampusModel(mesa.Model):
         """
         if self.campaign is None:
             return None
-        out = {}
-        for world, prefix in (("treated", ""), ("twin", "twin_")):
-            out |= {prefix + k: v.copy() for k, v in self.trial_books[world].columns().items()}
-        log, n = self.campaign.log, len(self.state)
-        user, sent = log.column("user", skipped=False), log.column("status", skipped=False) == 0
-        face = log.column("coupon_face_fen", skipped=False)
-        redeemed = log.column("redeemed", skipped=False)
-
-        def per(values: np.ndarray) -> np.ndarray:
-            return np.bincount(user, weights=values, minlength=n).astype(np.int64)
-
-        out["message_cost_fen"] = per(log.column("message_cost_fen", skipped=False))
-        out["coupon_cost_fen"] = per(np.where(redeemed & sent, face, 0))
-        out["cost_fen"] = out["message_cost_fen"] + out["coupon_cost_fen"]
-        out["committed_coupon_fen"] = per(np.where(sent, face, 0))
-        return out
+        return per_user(self.trial_books, self.campaign, len(self.state))
 
     def _fold_day(self, day: int, used_coupon: np.ndarray | None) -> None:
         """The day's activity into the scoring fold: each visit is an app_open and a
@@ -494,33 +442,6 @@ class CampusModel(mesa.Model):
         self.coupon_pull[r.back] = False
         by_coupon = sent[kind == MESSAGE_KINDS.index("coupon")]
         self.coupon_pull[np.intersect1d(r.back, by_coupon)] = True
-
-    def _count(self, status: int) -> int:
-        return 0 if self.decisions is None else self.decisions.count(status)
-
-    def _committed_cost(self) -> int:
-        """Tonight's spend as decided: message costs plus coupon face values."""
-        return 0 if self.decisions is None else int(self.decisions.cost_fen.sum())
-
-    def _quiet(self) -> int:
-        return 0 if self.decisions is None else int(self.decisions.quiet_deferred.sum())
-
-    def _reason(self, name: str) -> int:
-        if self.decisions is None:
-            return 0
-        if self._reasons[0] is not self.decisions:  # counted once per decision, not per reason
-            self._reasons = (self.decisions, self.decisions.reason_counts())
-        return self._reasons[1].get(name, 0)
-
-    def _group_active(self) -> dict[str, int]:
-        """Today's visitors by the group each user was last decided into."""
-        if self.campaign is None:
-            return {}
-        names = ["never messaged", "holdout", *[a.name for a in self.campaign.policy.arms]]
-        visitors = self.campaign.group[np.flatnonzero(self.today.visited)]
-        visitors += 2  # -2 never, -1 holdout, arms
-        counts = np.bincount(visitors, minlength=len(names))
-        return dict(zip(names, map(int, counts), strict=True))
 
     def nightly(self, as_of: int) -> None:
         """Score every user as of `as_of`, before the day's activity, as the backend's

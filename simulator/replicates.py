@@ -13,6 +13,7 @@ import mesa
 
 from backend.core.policy import Policy
 from simulator.model import CampusModel
+from simulator.run import DEFAULT_COUPONS
 
 
 def replicates(
@@ -24,8 +25,6 @@ def replicates(
     coupons: dict | None = None,
 ) -> list[dict]:
     """One row per seed: the seed, the last day's measures and `result` (arms, uplift)."""
-    from simulator.run import DEFAULT_COUPONS
-
     rows = mesa.batch_run(
         CampusModel,
         parameters={

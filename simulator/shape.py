@@ -21,6 +21,7 @@ from simulator.model import CampusModel
 
 
 def measure(users: int, warmup: int, seed: int) -> dict[str, float]:
+    """One seed's campus after the warm-up: the measures the module docstring lists."""
     model = CampusModel(users=users, seed=seed, keep_log=False)
     visits, weekend, orders = [], [], []
     for _ in range(warmup):
@@ -30,6 +31,7 @@ def measure(users: int, warmup: int, seed: int) -> dict[str, float]:
         weekend.append(bool(is_weekend(day)))
         orders.append(int(model.today.ordered.sum()))
     model.nightly(model.day)  # the morning after the warm-up
+    model.close()
     v, w = np.array(visits[-7:]), np.array(weekend[-7:])
     out = {
         "churned": float(model.state.churned.mean()),
@@ -44,6 +46,7 @@ def measure(users: int, warmup: int, seed: int) -> dict[str, float]:
 
 
 def main() -> None:
+    """`python -m simulator.shape`: measure each seed, print them and their mean."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--warmup", type=int, default=28)

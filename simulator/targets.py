@@ -20,6 +20,8 @@ days, 8-9% after 90); docs/simulator.md has the measurements.
 
 from __future__ import annotations
 
+import json
+
 from backend.core.metrics import rate
 from simulator.run import load_policy, run_simulation
 
@@ -67,7 +69,5 @@ def measure(users: int = 4000, days: int = 120, seed: int = 1, params=None) -> d
 
 
 if __name__ == "__main__":
-    import json
-
     got = measure()
     print(json.dumps({k: {"source": SOURCE.get(k), "simulated": v} for k, v in got.items()}))
