@@ -11,15 +11,8 @@ import pytest
 from backend.core import paired
 from backend.services import simulations
 from simulator.html import power_zh, ranking_html, render, verdict_zh, warning_zh
-from simulator.run import (
-    METRICS,
-    MONTH_DAYS,
-    compare,
-    compare_table,
-    load_policy,
-    run_simulation,
-    summary_table,
-)
+from simulator.run import METRICS, MONTH_DAYS, compare, load_policy, run_simulation
+from simulator.terminal import compare_table, summary_table
 
 PRESETS = ("coupon_blast", "tiered", "golden_window")
 

@@ -7,6 +7,7 @@ import json
 import click
 from flask import Flask
 
+from backend.commands.demo_campus import import_campus
 from backend.services.seeding import load_demo_tenant
 
 
@@ -80,8 +81,6 @@ def run_session(app: Flask) -> None:
         f"\n== redeem it again: HTTP {again.status_code} {again.get_json()['error']['code']}"
     )
     _show("wallet", http.get("/mp/v1/coupons", headers=auth))
-
-    from backend.commands.demo_campus import import_campus
 
     students, accepted = import_campus(app, appid, api_key)
     click.echo(

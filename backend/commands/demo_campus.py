@@ -12,7 +12,7 @@ import numpy as np
 from flask import Flask
 
 from backend.core.calendar import china_day, day_start_ms
-from backend.services import subscriptions, users
+from backend.services import subscriptions, tenants, users
 from backend.store.db import write_transaction
 from backend.store.models import User
 
@@ -93,9 +93,7 @@ def import_campus(
 
 def _permissions(app, appid, openids, rng, now) -> None:
     """Most students accepted a subscribe prompt once; some gave a phone or follow the OA."""
-    from backend.services.tenants import by_appid
-
-    tenant = by_appid(appid)
+    tenant = tenants.by_appid(appid)
     for i, openid in enumerate(openids):
         user = users.by_openid(tenant.id, openid)
         if rng.random() < 0.7:

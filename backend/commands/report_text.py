@@ -52,6 +52,8 @@ def power_line(w: dict) -> str:
 
 
 def render(report: dict) -> str:
+    """`report` without `--json`: each policy's recall, retention and money against its
+    holdout, as a table a merchant reads in a terminal (`services.reports.report`'s dict)."""
     span = f"{report['from'] or 'start'} … {report['to'] or 'now'}"
     lines = [
         f"Recall report ({span}); only touches whose attribution window has closed",
