@@ -14,6 +14,7 @@ import requests
 from helpers.admin_session import csrf_from, sign_in
 from helpers.app import build_app, close_app, login, make_tenant
 
+from backend.core.calendar import CALENDAR_FILES
 from backend.services import ratelimit, simulations, subscriptions, tenants
 from backend.store.db import database
 from backend.store.models import KeyValue, SimulationRun, SubscriptionAllowance
@@ -369,12 +370,12 @@ def test_the_calendar_setting_accepts_only_calendar_files(client, tenant, name):
     assert resp.status_code == 400, resp.get_json()
     error = resp.get_json()["error"]
     assert error["code"] == "invalid_settings"
-    assert all(allowed in error["message"] for allowed in tenants.CALENDAR_FILES)
+    assert all(allowed in error["message"] for allowed in CALENDAR_FILES)
     assert "calendar" not in client.get("/admin/v1/settings", headers=tenant.admin).get_json()
 
 
 def test_the_calendar_files_and_inline_breaks_are_accepted(client, tenant):
-    for calendar in (*tenants.CALENDAR_FILES, {"breaks": []}):
+    for calendar in (*CALENDAR_FILES, {"breaks": []}):
         resp = client.patch("/admin/v1/settings", json={"calendar": calendar}, headers=tenant.admin)
         assert resp.status_code == 200 and resp.get_json()["calendar"] == calendar
 

@@ -32,9 +32,11 @@ from backend.core.policy.caps import CAP_DAYS, CAP_STATUSES, cap_counts, caps_re
 from backend.core.policy.guards import next_send_ms
 from backend.errors import ApiError
 from backend.services import channel_halts, coupons, policies
+from backend.services import channels as channel_setup  # a module: tests replace channels_for
 from backend.services.campaigns.learnt import policy_state
 from backend.services.channels import Channel, Outcome, Recipient
 from backend.services.messages import MessageDefect, render
+from backend.store import db as store_db
 from backend.store.db import write_transaction
 from backend.store.models import (
     CouponTemplate,
@@ -459,8 +461,6 @@ def message_context(tenant: Tenant, touch: Touch, coupon) -> dict[str, str]:
 def kick(app, tenant_id: int) -> threading.Thread:
     """Deliver a tenant's due touches on a background thread (after an event trigger), so
     the event request does not wait for WeChat."""
-    from backend.services.channels import channels_for
-    from backend.store import db as store_db
 
     def work():
         with app.app_context():
@@ -469,7 +469,12 @@ def kick(app, tenant_id: int) -> threading.Thread:
                 tenant = Tenant.get_by_id(tenant_id)
                 # The app's clock, read as the run goes on: a "now" frozen at the start would
                 # let this thread's leases lapse while it still sends (see deliver_due).
-                deliver_due(tenant, channels_for(app), retry_policy(app), clock=app.config["CLOCK"])
+                deliver_due(
+                    tenant,
+                    channel_setup.channels_for(app),
+                    retry_policy(app),
+                    clock=app.config["CLOCK"],
+                )
             except Exception:  # a background thread must log, not die silently
                 log.exception("background delivery failed for tenant %s", tenant_id)
             finally:

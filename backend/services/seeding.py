@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from backend.core import seeds
+from backend.errors import ApiError
 from backend.services import coupons, policies, tenants
 from backend.services.keys import new_api_key
 from backend.store.db import database
@@ -46,8 +47,6 @@ def load_demo_tenant(now_ms: int, path: Path = seeds.DEMO_TENANT) -> tuple[str, 
 
 def _install_policy(tenant_id: int, spec: dict, now_ms: int) -> None:
     """Install a preset once; a merchant's later edits and (de)activations are kept."""
-    from backend.errors import ApiError
-
     try:
         policies.create(
             tenant_id, {"preset": spec["preset"], "active": spec.get("active", False)}, now_ms

@@ -7,8 +7,8 @@ from functools import cache
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from backend.core.calendar import CALENDAR_FILES as CALENDAR_FILES  # re-exported: admin routes
 from backend.core.calendar import check_calendar_name
+from backend.core.tiers import TierConfig
 from backend.errors import ApiError
 from backend.services.keys import new_api_key
 from backend.services.scoring import load_calendar
@@ -56,8 +56,6 @@ def settings(tenant: Tenant) -> dict:
 
 def update_settings(tenant: Tenant, changes: dict) -> dict:
     """Merge `changes` into the tenant's settings after checking they can be used."""
-    from backend.core.tiers import TierConfig
-
     merged = {**settings(tenant), **changes}
     calendar = merged.get("calendar")
     if isinstance(calendar, str):

@@ -19,6 +19,7 @@ from wechatpy.session import SessionStorage
 
 from backend.core.clock import SystemClock
 from backend.errors import ApiError
+from backend.services.locks import acquire_lock, release_lock
 from backend.store.models import KeyValue
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,6 @@ class SharedTokenClient(WeChatClient):
     def fetch_access_token(self, replacing: str | None | object = _ALWAYS):
         """Fetch a token under the lock. Given the token a call was refused with
         (`replacing`), skip the fetch when another process has stored a different one."""
-        from backend.services.locks import acquire_lock, release_lock
-
         name = f"wechat_token:{self.appid}"
         holder = uuid.uuid4().hex
         waits = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from backend.core.calendar import china_day
+from backend.core.calendar import CALENDAR_FILES, china_day
 from backend.errors import ApiError
 from backend.services import coupons, events, scoring, tenants, users
 from backend.services.event_validation import IMPORT_EARLIEST_MS, IMPORT_EVENT_SCHEMA
@@ -279,7 +279,7 @@ SETTINGS_SCHEMA = {
         },
         "calendar": {
             "description": "a calendar file in seeds/ (one of "
-            f"{', '.join(tenants.CALENDAR_FILES)}), or the breaks themselves",
+            f"{', '.join(CALENDAR_FILES)}), or the breaks themselves",
             "oneOf": [
                 {"type": "string", "maxLength": 100},
                 {
