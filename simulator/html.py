@@ -1,6 +1,6 @@
 """The simulation report as one HTML file. Standalone it carries plotly.js inline, so it opens
 offline; the dashboard stores the same page pointing at its own copy of plotly.js. Charts come
-from backend/core/charts (the dashboard draws with the same builders). Labels are in
+from backend/presentation/charts (the dashboard draws with the same builders). Labels are in
 Simplified Chinese (merchants read it)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from __future__ import annotations
 import html
 from itertools import accumulate
 
-from backend.core import charts
-from backend.core.display import pct as _pct
-from backend.core.display import pp as _pp_en
-from backend.core.display import pp_interval as _pp_interval_en
+from backend.presentation import charts
+from backend.presentation.display import pct as _pct
+from backend.presentation.display import pp as _pp_en
+from backend.presentation.display import pp_interval as _pp_interval_en
 
 # The presets' groups in the merchant's words (other policies' groups keep their own names).
 GROUP_ZH = {

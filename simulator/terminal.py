@@ -8,8 +8,8 @@ Text only: it reads the result dicts `simulator.run` builds (a month is their
 from __future__ import annotations
 
 from backend.core import paired
-from backend.core.display import pct as _pct
-from backend.core.display import pp, pp_interval, ratio
+from backend.presentation.display import pct as _pct
+from backend.presentation.display import pp, pp_interval, ratio
 
 
 def summary_table(result: dict) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import backend.core
+import backend.presentation
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT = Path(sys.executable).parent / "lint-imports"
@@ -26,23 +27,35 @@ FAST_PATH = [
     "simulator.run",
     "simulator.replicates",
     "simulator.html",
+    "simulator.terminal",
     "simulator.targets",
+    "simulator.measures",
+    "simulator.books",
+    "simulator.touch_log",
 ]
+# What the command line and the server load before any simulation command runs: the
+# simulator's modules are imported by those commands alone (backend/commands/simulation.py).
+SIMULATION_ONLY = ("mesa", "pandas")
 
 
 def core_modules() -> list[str]:
-    """Every module under backend.core, found on disk, so a new one is covered."""
-    return sorted(
-        m.name for m in pkgutil.walk_packages(backend.core.__path__, prefix="backend.core.")
-    )
+    """Every module under backend.core and backend.presentation, found on disk, so a new one
+    is covered."""
+    found = []
+    for package in (backend.core, backend.presentation):
+        prefix = package.__name__ + "."
+        found += [m.name for m in pkgutil.walk_packages(package.__path__, prefix=prefix)]
+    return sorted(found)
 
 
-def _loaded_after_import(modules: list[str], cwd: Path) -> list[str]:
-    """Which of WEB_AND_ORM a fresh interpreter holds after importing `modules` from `cwd`."""
+def _loaded_after_import(
+    modules: list[str], cwd: Path, watched: tuple[str, ...] = WEB_AND_ORM
+) -> list[str]:
+    """Which of `watched` a fresh interpreter holds after importing `modules` from `cwd`."""
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"
-        f"print(','.join(sorted(n for n in {WEB_AND_ORM!r} if n in sys.modules)))\n"
+        f"print(','.join(sorted(n for n in {watched!r} if n in sys.modules)))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120
@@ -72,10 +85,18 @@ def broken_tree(tmp_path_factory) -> Path:
 def test_there_are_core_modules_to_check():
     mods = core_modules()
     assert "backend.core.policy.decide" in mods and "backend.core.metrics" in mods
+    assert "backend.presentation.charts" in mods
 
 
 def test_the_core_and_the_fast_simulator_load_neither_flask_nor_peewee():
     assert _loaded_after_import(core_modules() + FAST_PATH, ROOT) == []
+
+
+def test_the_app_and_its_commands_load_no_simulation_libraries():
+    """init-db, the nightly jobs and the server's master need neither Mesa nor pandas."""
+    assert _loaded_after_import(["backend.app"], ROOT, SIMULATION_ONLY) == []
+    # ... and the check sees them when they are loaded.
+    assert "mesa" in _loaded_after_import(["simulator.model"], ROOT, SIMULATION_ONLY)
 
 
 def test_the_import_check_fails_when_a_core_module_imports_flask(broken_tree):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from backend.core.display import pct as _pct
-from backend.core.display import pp as _pp1
-from backend.core.display import pp_interval as _pp
-from backend.core.display import ratio as _ratio
-from backend.core.display import yuan as _yuan
+from backend.presentation.display import pct as _pct
+from backend.presentation.display import pp as _pp1
+from backend.presentation.display import pp_interval as _pp
+from backend.presentation.display import ratio as _ratio
+from backend.presentation.display import yuan as _yuan
 
 
 def _row(label: str, g: dict) -> str:

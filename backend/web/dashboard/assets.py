@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from flask import Response, current_app, jsonify, render_template, request, send_file
 
-from backend.core import charts
 from backend.errors import ApiError, error_body
+from backend.presentation import charts
 from backend.web.dashboard import bp
 
 CSP = (

@@ -1,7 +1,7 @@
 """The dashboard's pages: overview, policies, user lookup.
 
 Each page gathers its numbers from the services the admin API and `python app.py report` use
-(the report itself for every measure), then describes its charts with backend.core.charts.
+(the report itself for every measure), then describes its charts with backend.presentation.charts.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 from flask import current_app, g, render_template, request
 from markupsafe import Markup
 
-from backend.core import charts
 from backend.core.calendar import china_day
 from backend.core.policy.spec import CHANNELS
 from backend.core.tiers import TIERS, TierConfig
 from backend.errors import ApiError
+from backend.presentation import charts
 from backend.services import campaign_log, policies, reports, scoring, users
 from backend.services import overview as overview_data
 from backend.services.campaigns import outbox, preview
@@ -38,7 +38,8 @@ def _today() -> int:
 
 @bp.app_template_global("chart")
 def _chart(figure: dict, name: str) -> Markup:
-    """Templates draw a chart described by backend.core.charts as `{{ chart(figure, name) }}`."""
+    """Templates draw a chart described by backend.presentation.charts as
+    `{{ chart(figure, name) }}`."""
     return Markup(charts.figure_div(figure, name))
 
 

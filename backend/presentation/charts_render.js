@@ -1,4 +1,4 @@
-// Draws every chart described by a data-figure attribute (figures from backend/core/charts.py).
+// Draws every chart described by a data-figure attribute (figures from backend/presentation/charts.py).
 // Needs plotly.js loaded first; the page ships it from the plotly package, never a CDN.
 (function () {
   "use strict";
