@@ -54,12 +54,23 @@ def _load_params(path: str | None) -> SimParams | None:
         raise click.ClickException(f"{path} is not a simulator parameter file: {exc}") from None
 
 
+def _campus_size(command):
+    """--users, --days, --seed and --warmup: the simulated campus's size, length and dice,
+    the same options for `simulate` and `compare`."""
+    options = [
+        click.option("--users", default=2000, show_default=True, type=click.IntRange(10, 10**7)),
+        click.option("--days", default=90, show_default=True, type=click.IntRange(1, 3650)),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--warmup", default=28, show_default=True, help="days of history first"),
+    ]
+    for option in reversed(options):  # as if stacked in this order above the command
+        command = option(command)
+    return command
+
+
 @click.command("simulate")
 @click.option("--policy", "policy_ref", required=True, help="preset name or policy file")
-@click.option("--users", default=2000, show_default=True, type=click.IntRange(10, 10**7))
-@click.option("--days", default=90, show_default=True, type=click.IntRange(1, 3650))
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--warmup", default=28, show_default=True, help="days of history first")
+@_campus_size
 @click.option("--json", "json_path", default=None, help="write the results to this file")
 @click.option("--html", "html_path", default=None, help="write a self-contained HTML report")
 @click.option("--params", "params_path", default=None, help=PARAMS_HELP)
@@ -116,10 +127,7 @@ def simulate(
 
 @click.command("compare")
 @click.option("--policy", "policy_refs", multiple=True, required=True, help="repeat: 2 or more")
-@click.option("--users", default=2000, show_default=True, type=click.IntRange(10, 10**7))
-@click.option("--days", default=90, show_default=True, type=click.IntRange(1, 3650))
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--warmup", default=28, show_default=True, help="days of history first")
+@_campus_size
 @click.option("--json", "json_path", default=None, help="write the comparison to this file")
 @click.option("--html", "html_path", default=None, help="write a self-contained HTML report")
 @click.option("--params", "params_path", default=None, help=PARAMS_HELP)

@@ -4,14 +4,8 @@ Pages read through the same services as the admin API (/admin/v1) and `python ap
 so a number on a page is the number the API and the command give for the same filter.
 """
 
-from flask import Blueprint
+from backend.web.dashboard import assets, labels, pages, session, trials
+from backend.web.dashboard.blueprint import bp
 
-bp = Blueprint(
-    "dashboard",
-    __name__,
-    url_prefix="/admin",
-    template_folder="templates",
-    static_folder="static",
-)
-
-from backend.web.dashboard import assets, labels, pages, session, trials  # noqa: E402,F401
+# The route modules register on `bp` when imported; importing them here is what loads them.
+__all__ = ["assets", "bp", "labels", "pages", "session", "trials"]

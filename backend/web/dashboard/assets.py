@@ -11,7 +11,7 @@ from flask import Response, current_app, jsonify, render_template, request, send
 
 from backend.errors import ApiError, error_body
 from backend.presentation import charts
-from backend.web.dashboard import bp
+from backend.web.dashboard.blueprint import bp
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "

@@ -3,7 +3,7 @@ registered as Jinja filters (`{{ tier|tier_zh }}`, `{{ rate|pct }}`, ...)."""
 
 from __future__ import annotations
 
-from backend.web.dashboard import bp
+from backend.web.dashboard.blueprint import bp
 from backend.web.explain import TIER_ZH
 
 # Why a user was not messaged (core.policy REASONS), as a merchant would say it.

@@ -18,7 +18,7 @@ from backend.services import campaign_log, policies, reports, scoring, users
 from backend.services import overview as overview_data
 from backend.services.campaigns import outbox, preview
 from backend.web import explain
-from backend.web.dashboard import bp
+from backend.web.dashboard.blueprint import bp
 from backend.web.dashboard.labels import GUARD_ZH
 from backend.web.dashboard.session import login_required
 

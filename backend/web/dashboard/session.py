@@ -21,7 +21,7 @@ from flask import current_app, g, redirect, render_template, request, session, u
 from backend.errors import ApiError
 from backend.services import dashboard_sessions, ratelimit, tenants
 from backend.services.keys import tenant_for_key
-from backend.web.dashboard import bp
+from backend.web.dashboard.blueprint import bp
 
 SESSION = "dash"
 CSRF = "csrf"

@@ -11,7 +11,7 @@ from backend.core import seeds
 from backend.core.calendar import china_day
 from backend.errors import ApiError
 from backend.services import policies, simulations
-from backend.web.dashboard import bp
+from backend.web.dashboard.blueprint import bp
 from backend.web.dashboard.session import login_required
 
 # The presets a merchant's policy is measured against (the ones `make demo` compares).
