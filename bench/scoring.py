@@ -29,6 +29,16 @@ What is timed (the median of REPEATS runs each, perf_counter, same process):
 * `score_1m_s`: `score_users` with the BG/NBD parameters supplied (the nightly path:
   features, activity index, RFM, P(alive), expected orders, value and tiers);
   `score_with_fit_1m_s`: the same call fitting BG/NBD itself.
+* `incremental_1m_s`: one night of the scoring state (core.score_state) for the million
+  users, of whom ACTIVE_SHARE were active that day (sessions added untimed on AS_OF to
+  the generated ones): the day's totals from that day's columns, `add_day`, `scores` with
+  the BG/NBD parameters supplied. The state was folded up to the day before, untimed, as
+  production would keep it between nights. Its baseline, `full_rescore_1m_s`, is
+  `score_users` on the same columns in the same run, and `incremental_speedup` their
+  ratio (target INCREMENTAL_TARGET_SPEEDUP). The state leaves RFM, P(alive), value and
+  worth-recalling to be worked out when read; `incremental_all_columns_1m_s` also reads
+  every column, as a snapshot of every user would. Both are checked bit for bit against
+  `score_users`, untimed.
 * `fit_1m_s`: `bgnbd.fit_bgnbd` on the million users' (frequency, recency, T), exactly the
   integer term-day arrays the scorer computed. It deduplicates the rows internally.
 * `lifetimes_fit_s`: `lifetimes.BetaGeoFitter(penalizer_coef=0.0).fit` on the same data, in
@@ -57,6 +67,8 @@ least 5× faster than lifetimes' with the same parameters to three significant f
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import sys
 import time
@@ -73,6 +85,8 @@ sys.path.insert(0, str(ROOT))
 from backend.core import bgnbd, seeds  # noqa: E402
 from backend.core.calendar import DEFAULT_CALENDAR, TermCalendar, day_number  # noqa: E402
 from backend.core.columns import KIND_CODES, EventColumns, OrderColumns  # noqa: E402
+from backend.core.day_totals import DayTotals  # noqa: E402
+from backend.core.score_state import ScoreState  # noqa: E402
 from backend.core.scoring import score_users  # noqa: E402
 from backend.core.tiers import TIERS, TierConfig  # noqa: E402
 
@@ -84,6 +98,8 @@ LOOKBACK_DAYS = 120  # backend/services/scoring.py loads this many days of event
 MAX_T = 365  # term days of history for the oldest customers
 TRUE_PARAMS = bgnbd.BgNbdParams(r=0.25, alpha=4.0, a=0.8, b=2.5)  # per term day
 SCORE_TARGET_S = 5.0
+ACTIVE_SHARE = 0.10  # users active on the night the incremental state is timed
+INCREMENTAL_TARGET_SPEEDUP = 10.0
 FIT_TARGET_SPEEDUP = 5.0
 
 # Share of sessions starting in each China-time hour: breakfast, lunch, dinner, late snacks.
@@ -217,6 +233,104 @@ def generate(n: int, as_of: int, calendar: TermCalendar, rng: np.random.Generato
         "continuous": (x, t_x, big_t),  # BG/NBD's draws before the daily grid
     }
     return events, orders, first_seen, last_seen, truth
+
+
+def with_active_share(events, orders, last_seen, as_of, share, rng):
+    """The columns with one browsing session (app_open, session_end) added on `as_of` for
+    randomly chosen users not active that day, until `share` of all users are."""
+    n = last_seen.size
+    active = np.zeros(n, dtype=bool)
+    active[events.user[events.day == as_of]] = True
+    active[orders.user[orders.day == as_of]] = True
+    idle = np.flatnonzero(~active)
+    extra = np.sort(rng.choice(idle, max(0, int(share * n) - int(active.sum())), replace=False))
+    hour = rng.choice(24, extra.size, p=HOUR_PROFILE / HOUR_PROFILE.sum())
+    user = np.repeat(extra, 2)
+    kind = np.tile([KIND_CODES["app_open"], KIND_CODES["session_end"]], extra.size)
+    added = EventColumns(
+        user=user.astype(np.int64),
+        day=np.full(user.size, as_of, dtype=np.int64),
+        hour=np.repeat(hour, 2).astype(np.int64),
+        kind=kind.astype(np.int8),
+        duration_s=np.where(kind == KIND_CODES["session_end"], 120.0, 0.0),
+    )
+    events = EventColumns(
+        *(
+            np.concatenate([getattr(events, f.name), getattr(added, f.name)])
+            for f in dataclasses.fields(EventColumns)
+        )
+    )
+    last_seen = last_seen.copy()
+    last_seen[extra] = as_of
+    return events, last_seen
+
+
+def day_columns(events, orders, day):
+    """The rows of one day: what production would read for the night's totals."""
+    e, o = events.day == day, orders.day == day
+    return (
+        EventColumns(*(getattr(events, f.name)[e] for f in dataclasses.fields(EventColumns))),
+        OrderColumns(*(getattr(orders, f.name)[o] for f in dataclasses.fields(OrderColumns))),
+    )
+
+
+def same_scores(a, b) -> bool:
+    """Every array field of two Scores (and their features and activity) bit-identical."""
+    for x, y in ((a, b), (a.features, b.features), (a.activity, b.activity)):
+        for f in dataclasses.fields(x):
+            u, v = getattr(x, f.name), getattr(y, f.name)
+            if isinstance(u, np.ndarray) and not (
+                u.dtype == v.dtype and np.array_equal(u, v, equal_nan=u.dtype.kind == "f")
+            ):
+                return False
+    return a.params == b.params
+
+
+def incremental(n, as_of, calendar, config, data, params, repeats, rng) -> dict:
+    """The incremental state's night against score_users on the same columns (see the
+    module docstring); asserts the scores are the same."""
+    events, orders, first_seen, last_seen = data
+    events, last_seen = with_active_share(events, orders, last_seen, as_of, ACTIVE_SHARE, rng)
+    t0 = time.perf_counter()
+    before = ScoreState.from_columns(events, orders, n, as_of - 1)
+    before.scores(calendar, config, first_seen=first_seen, last_seen=last_seen, params=params)
+    build_s = time.perf_counter() - t0
+    day_events, day_orders = day_columns(events, orders, as_of)
+    seen = {"first_seen": first_seen, "last_seen": last_seen, "params": params}
+
+    def night(read_all: bool):
+        state = copy.deepcopy(before)  # untimed: each run starts from the same evening
+        t0 = time.perf_counter()
+        state.add_day(DayTotals.from_columns(as_of, day_events, day_orders))
+        scores = state.scores(calendar, config, **seen)
+        if read_all:
+            for name in ("r", "segment", "p_alive", "value_fen", "worth_recalling"):
+                getattr(scores, name)
+            for name in ("night_share", "session_min_7", "days_since_order"):
+                getattr(scores.features, name)
+        return time.perf_counter() - t0, scores
+
+    lazy = [night(False) for _ in range(repeats)]
+    full = [night(True) for _ in range(repeats)]
+    full_s, full_all, oracle = timed(
+        lambda: score_users(events, orders, n, as_of, calendar, config, **seen), repeats
+    )
+    if not same_scores(oracle, lazy[-1][1]) or not same_scores(oracle, full[-1][1]):
+        raise SystemExit("the incremental state's scores differ from score_users'")
+    inc_s = float(np.median([t for t, _ in lazy]))
+    all_s = float(np.median([t for t, _ in full]))
+    return {
+        "incremental_1m_s": round(inc_s, 4),
+        "incremental_all_columns_1m_s": round(all_s, 4),
+        "full_rescore_1m_s": round(full_s, 3),
+        "incremental_speedup": round(full_s / inc_s, 1),
+        "incremental_all_columns_speedup": round(full_s / all_s, 1),
+        "incremental_active_share": round(float(np.unique(day_events.user).size / n), 4),
+        "incremental_state_build_s": round(build_s, 2),
+        "incremental_same_scores": True,
+        "meets_incremental_target": bool(full_s / inc_s >= INCREMENTAL_TARGET_SPEEDUP),
+        "_runs": (full_all, [t for t, _ in lazy], [t for t, _ in full]),
+    }
 
 
 def dedup_rows(x: np.ndarray, t_x: np.ndarray, big_t: np.ndarray):
@@ -363,6 +477,30 @@ def main() -> None:
         + f" (true alive share {truth['alive_share']:.3f})"
     )
 
+    inc_rng = np.random.default_rng(args.seed + 1)  # its own stream: the data above unchanged
+    inc = incremental(
+        n,
+        as_of,
+        calendar,
+        config,
+        (events, orders, first_seen, last_seen),
+        params,
+        repeats,
+        inc_rng,
+    )
+    full_runs, lazy_runs, all_runs = inc.pop("_runs")
+    print(
+        f"incremental state, one night with {inc['incremental_active_share']:.1%} active: "
+        f"{inc['incremental_1m_s'] * 1000:.1f} ms (runs "
+        f"{', '.join(f'{t * 1000:.1f}' for t in lazy_runs)}); reading every column "
+        f"{inc['incremental_all_columns_1m_s'] * 1000:.1f} ms (runs "
+        f"{', '.join(f'{t * 1000:.1f}' for t in all_runs)}); score_users on the same columns "
+        f"{inc['full_rescore_1m_s']:.2f} s (runs {', '.join(f'{t:.2f}' for t in full_runs)}): "
+        f"{inc['incremental_speedup']:.1f}× ({inc['incremental_all_columns_speedup']:.1f}× "
+        f"reading every column), same scores bit for bit; state folded untimed in "
+        f"{inc['incremental_state_build_s']:.1f} s"
+    )
+
     # BG/NBD on exactly the arrays the scorer computed.
     feats = scores.features
     fx, frec, ft = feats.frequency, feats.recency, feats.T
@@ -458,6 +596,7 @@ def main() -> None:
         "seed": args.seed,
         "meets_score_target": bool(meets_score),
         "meets_fit_target": meets_fit,
+        **inc,
     }
     print(json.dumps(result))
 

@@ -281,19 +281,19 @@ def _grid(frequency, recency, T) -> tuple[np.ndarray, np.ndarray, np.ndarray] | 
     return x, t_x, big_t
 
 
-def _alive_on_grid(params: BgNbdParams, x, t_x, big_t) -> np.ndarray:
-    """p_alive on whole numbers: every log taken once per distinct x or t, then gathered.
-
-    Term for term the expression of `p_alive`, so the same numbers: −(A + B·(C − D)) is
-    computed as (−A) + B·(D − C), which is exact, and x = 0 gets −A = +∞ so that expit
-    gives exactly the 1 the general path puts there.
-    """
-    return _alive_rows_on_grid(params, x, t_x, big_t, np.flatnonzero(x > 0))
-
-
 def _alive_rows_on_grid(params: BgNbdParams, x, t_x, big_t, rows: np.ndarray) -> np.ndarray:
-    """`_alive_on_grid`, worked out on `rows` (the repeat buyers, x > 0): everyone else's
-    −A is +∞ and their P(alive) exactly the 1 that expit gives there."""
+    """p_alive on whole numbers, worked out on `rows` (the repeat buyers, x > 0): everyone
+    else's −A is +∞ and their P(alive) exactly the 1 that expit gives there. Every log is
+    taken once per distinct x or t, then gathered; term for term the expression of
+    `p_alive`, so the same numbers: −(A + B·(C − D)) is computed as (−A) + B·(D − C)."""
+    alive = np.ones(x.shape)
+    alive[rows] = _alive_of_buyers(params, x, t_x, big_t, rows)
+    return alive
+
+
+def _alive_of_buyers(params: BgNbdParams, x, t_x, big_t, rows: np.ndarray) -> np.ndarray:
+    """P(alive) of `rows`, repeat buyers (x > 0), from tables over the whole columns' range
+    of x and T: the same tables whichever rows are asked for, so the same numbers."""
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
     xs = np.arange(int(x.max()) + 1, dtype=np.float64)
     xb = np.where(xs > 0, xs, 1.0)
@@ -305,9 +305,33 @@ def _alive_rows_on_grid(params: BgNbdParams, x, t_x, big_t, rows: np.ndarray) ->
     gap -= log_at[big_t[rows]]
     gap *= (r + xs)[xr]
     gap += minus_head[xr]
-    alive = np.ones(x.shape)
-    alive[rows] = expit(gap)
-    return alive
+    return expit(gap)
+
+
+def p_alive_rows(params: BgNbdParams, frequency, recency, T, rows: np.ndarray) -> np.ndarray:
+    """`p_alive(params, frequency, recency, T)[rows]` bit for bit, working out `rows` only:
+    the scoring state (core.score_state) needs it only where it can move a tier or is read.
+
+    Parameters
+    ----------
+    params, frequency, recency, T : as `p_alive`, every user's columns (the path and the
+        grid's tables are chosen on them, as there); rows : intp indices of those wanted.
+
+    Returns
+    -------
+    float64 P(alive) of `rows`, in their order.
+    """
+    rows = np.asarray(rows, dtype=np.intp)
+    grid = _grid(frequency, recency, T)
+    if grid is None:
+        x, t_x, big_t = _columns(frequency, recency, T)
+        return _alive(params, x[rows], t_x[rows], big_t[rows])
+    x, t_x, big_t = grid
+    out = np.ones(rows.size)
+    buyers = np.flatnonzero(x[rows] > 0)
+    if buyers.size:
+        out[buyers] = _alive_of_buyers(params, x, t_x, big_t, rows[buyers])
+    return out
 
 
 def _numer_on_grid(params: BgNbdParams, t: float, a: float, x, big_t) -> np.ndarray:
@@ -363,7 +387,7 @@ def p_alive(params: BgNbdParams, frequency, recency, T) -> np.ndarray:
     """
     grid = _grid(frequency, recency, T)
     if grid is not None:
-        return _alive_on_grid(params, *grid)
+        return _alive_rows_on_grid(params, *grid, np.flatnonzero(grid[0] > 0))
     return _alive(params, *_columns(frequency, recency, T))
 
 
@@ -410,6 +434,41 @@ def alive_and_expected(
     alive = _alive(params, x, t_x, big_t)
     weight = alive if nudged is params else _alive(nudged, x, t_x, big_t)
     return alive, numer * weight
+
+
+def expected_rows(
+    params: BgNbdParams, t: float, frequency, recency, T, rows: np.ndarray
+) -> np.ndarray:
+    """`alive_and_expected(params, t, frequency, recency, T)[1][rows]` bit for bit, working
+    out `rows` only: for the rows a decision reads (core.score_state).
+
+    Parameters
+    ----------
+    params, t, frequency, recency, T : as `alive_and_expected`, every user's columns;
+        rows : intp indices of those wanted.
+
+    Returns
+    -------
+    float64 expected orders of `rows`, in their order.
+    """
+    rows = np.asarray(rows, dtype=np.intp)
+    a = _nudged_a(params.a)
+    nudged = params if a == params.a else replace(params, a=a)
+    grid = _grid(frequency, recency, T)
+    if grid is None:
+        x, t_x, big_t = (c[rows] for c in _columns(frequency, recency, T))
+        weight = _alive(nudged, x, t_x, big_t)
+        return _numer(params, t, a, x.astype(np.float64), big_t.astype(np.float64)) * weight
+    x, t_x, big_t = grid
+    xr, tr = x[rows], big_t[rows]
+    n_t = int(big_t.max()) + 1
+    pairs, inverse = np.unique(xr * n_t + tr, return_inverse=True)
+    px, pt = np.divmod(pairs, n_t)
+    out = _numer(params, t, a, px.astype(np.float64), pt.astype(np.float64))[inverse.ravel()]
+    buyers = np.flatnonzero(xr > 0)
+    if buyers.size:
+        out[buyers] *= _alive_of_buyers(nudged, x, t_x, big_t, rows[buyers])
+    return out
 
 
 def simulate(params: BgNbdParams, T: np.ndarray, rng: np.random.Generator):

@@ -17,7 +17,7 @@ warning read, exactly as the batch path computes it for those days.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 import numpy as np
 
@@ -40,6 +40,8 @@ from backend.core.features import (
     features_from,
     usual_hour,
 )
+from backend.core.kept_day import COLUMNS as _COLUMNS
+from backend.core.kept_day import COMPACT_AFTER, KeptDay
 from backend.core.repeat_purchases import PurchaseSpan, purchase_span
 
 # Which day total feeds which sum, per window width (None: all time). "visited" is a day with
@@ -78,75 +80,8 @@ WINDOWED: dict[int | None, tuple[tuple[str, str], ...]] = {
 }
 
 
-_COLUMNS = tuple(f.name for f in fields(DayTotals))[2:]
 _HOUR_COLUMNS = ("events", "hour_sin", "hour_cos")  # the look-back sums the usual hour reads
 _INDEX_COLUMNS = tuple(column for _, column in WINDOWED[7])  # what the activity index reads
-_NARROW = [np.dtype(t) for t in (np.int8, np.int16, np.int32)]
-COMPACT_AFTER = 30  # days: older kept days are read only when leaving the 90-day and look-back
-# windows, so they are stored in the narrowest integers that hold them, widened for those reads
-
-
-def _narrow(values: np.ndarray) -> np.ndarray:
-    if values.dtype.itemsize <= 1 or not values.size:
-        return values
-    lo, hi = int(values.min()), int(values.max())
-    for dtype in _NARROW:
-        if dtype.itemsize < values.dtype.itemsize:
-            info = np.iinfo(dtype)
-            if info.min <= lo and hi <= info.max:
-                return values.astype(dtype)
-    return values
-
-
-@dataclass
-class _Kept:
-    """A day as the fold keeps it: per column, the rows it touches and their values (None:
-    one each). Mostly-zero columns keep their nonzero rows only; columns no window reads any
-    more are dropped."""
-
-    day: int
-    columns: dict[str, tuple[np.ndarray, np.ndarray | None]]
-
-    @classmethod
-    def of(cls, t: DayTotals, user: np.ndarray) -> _Kept:
-        columns: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-        for name in _COLUMNS:
-            values = getattr(t, name)
-            if values is None:
-                continue
-            values = np.asarray(values, dtype=np.int64)
-            k = int(np.count_nonzero(values))
-            if k == 0:
-                continue
-            if 2 * k <= values.size:
-                nonzero = values != 0
-                columns[name] = (user[nonzero], values[nonzero])
-            else:
-                columns[name] = (user, values)
-        for flag, source in (("visited", "events"), ("ordered", "orders")):
-            entry = columns.get(source)
-            if entry is not None:
-                rows, values = entry
-                positive = values > 0
-                columns[flag] = (rows if positive.all() else rows[positive], None)
-        return cls(t.day, columns)
-
-    def drop(self, names: set[str]) -> None:
-        for name in names:
-            self.columns.pop(name, None)
-
-    def compact(self) -> None:
-        """Every array in the narrowest integers that hold it (shared arrays stay shared)."""
-        done: dict[int, np.ndarray] = {}
-
-        def narrow(a: np.ndarray | None) -> np.ndarray | None:
-            if a is None:
-                return None
-            if id(a) not in done:
-                done[id(a)] = _narrow(a)
-            return done[id(a)]
-
-        self.columns = {k: (narrow(r), narrow(v)) for k, (r, v) in self.columns.items()}
 
 
 def _fresh_sums(n: int) -> UserSums:
@@ -188,7 +123,7 @@ class DailyFold:
         self.n_users = int(n_users)
         self.day: int | None = None  # the last day added
         self._sums = _fresh_sums(self.n_users)
-        self._kept: deque[_Kept] = deque()
+        self._kept: deque[KeptDay] = deque()
         self._index = np.zeros((HISTORY_DAYS, self.n_users))  # by day % HISTORY_DAYS
         # The repeat-purchase span (core.repeat_purchases.purchase_span) of the last
         # features() call, what it was computed for, and the users whose span may have moved
@@ -219,7 +154,7 @@ class DailyFold:
             column = getattr(totals, name)
             if column is not None and np.shape(column) != user.shape:
                 raise ValueError(f"DayTotals.{name} must have one value per user row")
-        kept = _Kept.of(totals, user)
+        kept = KeptDay.of(totals, user)
         if day == self.day:
             self._extend_last_day(kept, user)
             return
@@ -246,7 +181,29 @@ class DailyFold:
         self._update_index(day, kept)
         self.day = day
 
-    def _mark_seen(self, day: int, kept: _Kept) -> None:
+    def resize(self, keep: np.ndarray | None = None, add: int = 0) -> None:
+        """Drop the users where `keep` (bool per user) is false, renumbering the rest in
+        order, then append `add` users never seen: what an erasure (the user and their events
+        gone from the database) and new sign-ups do to production's columns."""
+        keep = np.ones(self.n_users, dtype=bool) if keep is None else np.asarray(keep, bool)
+        if keep.shape != (self.n_users,) or add < 0:
+            raise ValueError("keep must have one flag per user and add must be >= 0")
+        new_index = np.cumsum(keep) - 1
+        fresh = _fresh_sums(int(add))
+        for f in fields(UserSums):
+            kept_rows = getattr(self._sums, f.name)[keep]
+            setattr(self._sums, f.name, np.concatenate([kept_rows, getattr(fresh, f.name)]))
+        for day in self._kept:
+            day.renumber(keep, new_index)
+        self._index = np.concatenate(
+            [self._index[:, keep], np.zeros((HISTORY_DAYS, int(add)))], axis=1
+        )
+        self.n_users = int(keep.sum()) + int(add)
+        self._span, self._span_for, self._span_stale = None, None, []  # worked out afresh
+        self._span_capped = np.zeros(0, dtype=np.intp)
+        self._hour, self._hour_stale = None, []
+
+    def _mark_seen(self, day: int, kept: KeptDay) -> None:
         """Last/first visit and order days of the users active in `kept`."""
         s = self._sums
         if "visited" in kept.columns:
@@ -264,7 +221,7 @@ class DailyFold:
         if sum(r.size for r in self._span_stale) > self.n_users:
             self._span, self._span_stale = None, []  # cheaper to compute afresh
 
-    def _extend_last_day(self, more: _Kept, user: np.ndarray) -> None:
+    def _extend_last_day(self, more: KeptDay, user: np.ndarray) -> None:
         """Add more totals to the last day: into every window it is in (nothing leaves), and
         into the day's kept totals so they leave their windows with it later. A user already
         active that day is not counted a second visit or order day."""
@@ -294,7 +251,7 @@ class DailyFold:
         self._update_index(day, more, extending=True, rows=user)
 
     def _update_index(
-        self, day: int, kept: _Kept, extending: bool = False, rows: np.ndarray | None = None
+        self, day: int, kept: KeptDay, extending: bool = False, rows: np.ndarray | None = None
     ) -> None:
         """Today's activity index. It is a function of each user's 7-day sums alone, which
         moved only for users active today or 7 days ago: the others keep yesterday's value
@@ -330,13 +287,13 @@ class DailyFold:
             mask[p] = True
         return np.flatnonzero(mask)
 
-    def _kept_day(self, day: int) -> _Kept | None:
+    def _kept_day(self, day: int) -> KeptDay | None:
         if not self._kept:
             return None
         i = day - self._kept[0].day
         return self._kept[i] if 0 <= i < len(self._kept) else None
 
-    def _apply(self, kept: _Kept, pairs: tuple[tuple[str, str], ...], op) -> None:
+    def _apply(self, kept: KeptDay, pairs: tuple[tuple[str, str], ...], op) -> None:
         for sum_name, column in pairs:
             entry = kept.columns.get(column)
             if entry is not None:

@@ -14,16 +14,27 @@ def worth_recalling(spend_fen_total, invites_total, content_total, ltv_threshold
     return (paid & (invited | wrote)) | (invited & wrote)  # at least 2 of the 3
 
 
-def expected_value_fen(expected_orders, spend_fen_total, orders_total) -> np.ndarray:
+def tenant_aov(spend_fen_total, orders_total) -> float:
+    """The tenant's average order value in fen (0 before any order): what a user who never
+    ordered is valued at. Over every user's columns, however few rows are valued."""
+    total_orders = _total(np.asarray(orders_total))
+    total_spend = _total(np.asarray(spend_fen_total))
+    return total_spend / total_orders if total_orders > 0 else 0.0
+
+
+def expected_value_fen(
+    expected_orders, spend_fen_total, orders_total, average_fen: float | None = None
+) -> np.ndarray:
     """Expected orders × average order value, in integer fen.
 
     A user's own average order value when they have ordered, else the tenant's average, so a
-    newcomer is valued like a typical customer rather than at zero.
+    newcomer is valued like a typical customer rather than at zero. `average_fen` passes in
+    `tenant_aov` of the whole population when only some users' columns are given.
     """
     orders, spend = np.asarray(orders_total), np.asarray(spend_fen_total)
-    total_orders, total_spend = _total(orders), _total(spend)
-    tenant_aov = total_spend / total_orders if total_orders > 0 else 0.0
-    aov = np.full(np.broadcast_shapes(orders.shape, spend.shape), tenant_aov)
+    if average_fen is None:
+        average_fen = tenant_aov(spend, orders)
+    aov = np.full(np.broadcast_shapes(orders.shape, spend.shape), average_fen)
     # spend / max(orders, 1) where orders > 0 (as float64), in the buffer holding the rest;
     # whole-number orders above 0 are at least 1 already.
     divisor = orders if orders.dtype.kind in "iub" else np.maximum(orders, 1)
