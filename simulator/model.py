@@ -32,6 +32,7 @@ from backend.core.policy.spec import MESSAGE_KINDS
 from backend.core.rolling import DailyFold
 from backend.core.scoring import Scores, refit_due, score_fold
 from backend.core.tiers import TierConfig
+from simulator.blas_threads import one_scipy_blas_thread
 from simulator.books import TrialBooks, per_user
 from simulator.calendar import CampusCalendar
 from simulator.campaign import Campaign
@@ -450,15 +451,16 @@ class CampusModel(mesa.Model):
         nightly without re-reading 120 days. BG/NBD is refitted by production's rule."""
         self.fold.add_day(DayTotals.empty(as_of))
         refit = refit_due(self.last_fit_day, as_of)
-        self.scores = score_fold(
-            self.fold,
-            self.calendar.terms,
-            self.tier_config,
-            first_seen=self.first_seen,
-            last_seen=self.first_seen,  # the fold knows every visit; creation day otherwise
-            params=None if refit else self.bgnbd,
-            fit=True,
-            copy=False,  # read-only views, used before the day's activity is added
-        )
+        with one_scipy_blas_thread():  # the refit's optimiser, without waiting on threads
+            self.scores = score_fold(
+                self.fold,
+                self.calendar.terms,
+                self.tier_config,
+                first_seen=self.first_seen,
+                last_seen=self.first_seen,  # the fold knows every visit; else creation day
+                params=None if refit else self.bgnbd,
+                fit=True,
+                copy=False,  # read-only views, used before the day's activity is added
+            )
         if refit and self.scores.params is not None:
             self.bgnbd, self.last_fit_day = self.scores.params, as_of
