@@ -86,15 +86,24 @@ class DayTotals:
         """The totals of the rows of `day` in event and order columns (other days ignored)."""
         e = events.day == day
         o = orders.day == day
-        eu, ou = events.user[e], orders.user[o]
-        user = np.unique(np.concatenate([eu, ou]).astype(np.int64))
-        ei, oi = np.searchsorted(user, eu), np.searchsorted(user, ou)
+        eu, ou = events.user[e].astype(np.intp), orders.user[o].astype(np.intp)
+        # The day's users, sorted, and each row's position among them: through a flag per
+        # user number (no sort; the same as np.unique and np.searchsorted).
+        top = max(int(eu.max(initial=-1)), int(ou.max(initial=-1))) + 1
+        flags = np.zeros(top, dtype=bool)
+        flags[eu] = True
+        flags[ou] = True
+        user = np.flatnonzero(flags).astype(np.int64)
+        position = np.cumsum(flags, dtype=np.intp) - 1
+        ei, oi = position[eu], position[ou]
         hour, kind = events.hour[e], events.kind[e]
 
         def total(index: np.ndarray, values) -> np.ndarray:
-            out = np.zeros(user.size, dtype=np.int64)
-            np.add.at(out, index, np.asarray(values).astype(np.int64))
-            return out
+            """Per-user sums of integer values: a float64 bincount, exact while every sum
+            stays below 2^53 (hour directions are 2^26 per event), then back to int64."""
+            weights = np.broadcast_to(np.asarray(values, dtype=np.float64), index.shape)
+            sums = np.bincount(index, weights=weights, minlength=user.size)
+            return np.rint(sums).astype(np.int64)
 
         count = total(ei, 1)
         return cls(
