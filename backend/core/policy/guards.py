@@ -108,9 +108,13 @@ def ignored_streaks(
     counts = np.diff(starts, append=u.size)  # touches per user (users with any, in order)
     # position of each touch within its user's newest-first list
     pos = np.arange(u.size) - np.repeat(starts, counts)
-    # the first answered touch per user bounds the streak; none answered: all ignored
+    # the first answered touch per user bounds the streak; none answered: all ignored.
+    # Touches are newest first within each user, so a user's first answered one is the
+    # first of theirs among the answered (no ufunc.at: it is slow on many rows).
     first_answered = np.full(starts.size, np.iinfo(np.int64).max)
     group = np.repeat(np.arange(starts.size), counts)
-    np.minimum.at(first_answered, group[~ig], pos[~ig])
+    answered = np.flatnonzero(~ig)
+    firsts = answered[np.diff(group[answered], prepend=-1) != 0]
+    first_answered[group[firsts]] = pos[firsts]
     out[u[starts]] = np.minimum(first_answered, counts)  # only users with touches: not n
     return out
