@@ -61,9 +61,17 @@ class PersonaColumns:
     revive_p: np.ndarray
     follows: np.ndarray  # how much friends move each user (0 for most)
     social_rows: np.ndarray  # the users friends move at all
+    # (friends_per_user × social rows): their friends, one row per friend slot (friends never
+    # change: gathered once; None: gathered from the state daily).
+    social_friends: np.ndarray | None = None
 
     @classmethod
-    def of(cls, params: SimParams, persona: np.ndarray) -> PersonaColumns:
+    def of(
+        cls, params: SimParams, persona: np.ndarray, friends: np.ndarray | None = None
+    ) -> PersonaColumns:
+        """The columns of the population `persona`; with its `friends` (CampusState's), the
+        social users' friends gathered once for `friend_effects`."""
+
         def col(values) -> np.ndarray:
             return np.asarray(values, dtype=np.float64)[persona]
 
@@ -79,7 +87,8 @@ class PersonaColumns:
             churn_slope=col([p.churn_slope for p in ps]),
             revive_p=col([p.revive_p for p in ps]),
             follows=(follows := col([p.follows_friends for p in ps])),
-            social_rows=np.flatnonzero(follows > 0),
+            social_rows=(social := np.flatnonzero(follows > 0)),
+            social_friends=None if friends is None else np.ascontiguousarray(friends[social].T),
         )
 
 
@@ -151,11 +160,15 @@ def friend_effects(
     of leaving (more than the threshold share of their friends gone). Read before the day
     changes anything, so the order users are visited in does not matter."""
     rows = cols.social_rows
-    if rows.size == 0 or state.friends.shape[1] == 0:
+    k = state.friends.shape[1]
+    if rows.size == 0 or k == 0:
         return np.ones(0), np.zeros(0)
-    friends = state.friends[rows]
-    out_yesterday = (state.last_visit[friends] == day - 1).mean(axis=1)
-    gone = state.churned[friends].mean(axis=1)
+    # One row per friend slot, so the shares are k − 1 additions of whole rows (a mean over
+    # a short axis 1 is slow); sums of 0s and 1s are exact, so the shares are the means.
+    friends = cols.social_friends if cols.social_friends is not None else state.friends[rows].T
+    out_yesterday = np.equal(state.last_visit.take(friends), day - 1)
+    out_yesterday = out_yesterday.sum(axis=0, dtype=np.float64) / k
+    gone = state.churned.take(friends).sum(axis=0, dtype=np.float64) / k
     follows = cols.follows[rows]
     pull = 1.0 + follows * params.friend_pull * out_yesterday
     hazard = follows * params.friend_leave_hazard * (gone > params.friend_leave_threshold)

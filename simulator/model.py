@@ -128,7 +128,7 @@ class CampusModel(mesa.Model):
         streams = np.random.SeedSequence(seed).spawn(5)  # the first four as before
         self.organic_rng = np.random.default_rng(streams[1])
         self.state = new_campus(self.params, users, np.random.default_rng(streams[0]))
-        self.cols = PersonaColumns.of(self.params, self.state.persona)
+        self.cols = PersonaColumns.of(self.params, self.state.persona, self.state.friends)
         self.day = self.start_day = day_number(start)
         self.run_days = run_days
         self.policy_from = self.start_day + warmup_days  # history builds up before any message

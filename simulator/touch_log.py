@@ -58,6 +58,7 @@ class DayTouches:
     uplift_x: np.ndarray  # (touches × uplift FEATURES) from the day's scores, as stored
     outcome: dict[str, np.ndarray] = field(default_factory=dict)
     learnt: np.ndarray | None = None  # folded into the policy's learning (once final)
+    _last_sent_ms: int | None = field(default=None, repr=False, compare=False)
 
     OUTCOMES: ClassVar[dict] = {
         "returned": bool,
@@ -86,9 +87,18 @@ class DayTouches:
         """Sent or held out: the touches whose outcome is observed."""
         return self.status != SKIP
 
+    @property
+    def last_sent_ms(self) -> int:
+        """When the block's last touch goes out (worked out once: the block never changes
+        its touches, only their outcomes)."""
+        if self._last_sent_ms is None:
+            self._last_sent_ms = int(self.sent_ms.max())
+        return self._last_sent_ms
+
     def subset(self, rows: np.ndarray) -> DayTouches:
         """These rows of the block (outcomes not yet attributed: taken when added)."""
-        names = [f.name for f in fields(self) if f.name not in ("day", "outcome", "learnt")]
+        kept = ("day", "outcome", "learnt", "_last_sent_ms")
+        names = [f.name for f in fields(self) if f.name not in kept]
         return DayTouches(self.day, *(getattr(self, n)[rows] for n in names))
 
 
@@ -153,7 +163,15 @@ class TouchLog:
         used_coupon = np.zeros(campus.visited.size, dtype=bool)
         self.redeemed_today = {}
         self.redeemed_face_today = 0
+        # No visit of today comes before this: a block whose last send is more than a window
+        # earlier has no touch left open, only returns whose retention weeks may still run.
+        earliest_visit = visit_ms(today, np.zeros(1, dtype=np.int8))[0]
         for b in self.recent(today - window_days - RETENTION_TAIL_DAYS - 1):
+            if b.user.size == 0:
+                continue
+            if earliest_visit - b.last_sent_ms > window:
+                _retention(b, today, campus)
+                continue
             o, u = b.outcome, b.user
             at = visit_ms(today, usual_hour[u])  # the block's users' visit times only
             open_ = b.measured & in_window(b.sent_ms, at, window)
@@ -189,3 +207,15 @@ class TouchLog:
         self.redeemed_face_today += int(b.coupon_face_fen[idx].sum())
         for i in idx.tolist():
             self.redeemed_today[int(u[i])] = (b.day, int(b.step[i]))
+
+
+def _retention(b: DayTouches, today: int, campus) -> None:
+    """A closed block's part of `record_day`: a visit today counts toward the D7/D30
+    retention of the touches that brought their users back (only those can: retained_on)."""
+    o = b.outcome
+    back = np.flatnonzero(o["return_day"] >= 0)
+    if back.size == 0:
+        return
+    came = campus.visited[b.user[back]]
+    for d in RETENTION_DAYS:
+        o[f"retained_d{d}"][back] |= came & retained_on(o["return_day"][back], today, d)
