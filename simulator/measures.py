@@ -36,6 +36,7 @@ def collector() -> mesa.DataCollector:
     """A DataCollector over one `CampusModel`: each reporter reads the day just closed
     (`m.day - 1`), the morning's decisions (`m.decisions`) and the day's activity."""
     reasons = _ReasonCounts()
+    tiers = _TierCounts()
     return mesa.DataCollector(
         model_reporters={
             "date": lambda m: day_date(m.day - 1).isoformat(),
@@ -45,10 +46,7 @@ def collector() -> mesa.DataCollector:
             "left": lambda m: int(np.count_nonzero(m.today.left)),
             "churned": lambda m: int(np.count_nonzero(m.state.churned)),
             "mean_engagement": lambda m: float(m.state.engagement.mean()),
-            **{
-                f"tier_{name}": (lambda m, i=i: int(np.count_nonzero(m.scores.tier == i)))
-                for i, name in enumerate(TIERS)
-            },
+            **{f"tier_{name}": (lambda m, i=i: tiers.count(m, i)) for i, name in enumerate(TIERS)},
             **{label: (lambda m, s=status: _decided(m, s)) for label, status in DECISION_COUNTS},
             **{f"guard_{r}": (lambda m, r=r: reasons.count(m, r)) for r in GUARD_REASONS},
             "quiet_deferred": _quiet,
@@ -101,6 +99,22 @@ class _ReasonCounts:
         if self._of is not m.decisions:
             self._of, self._counts = m.decisions, m.decisions.reason_counts()
         return self._counts.get(name, 0)
+
+
+class _TierCounts:
+    """Users per tier in the morning's scores, counted once a day (one bincount, not a
+    pass over every user per tier)."""
+
+    def __init__(self) -> None:
+        self._day: int | None = None
+        self._counts = np.zeros(0, dtype=np.int64)
+
+    def count(self, m: CampusModel, tier: int) -> int:
+        """Users in `tier` (an index into TIERS) this morning."""
+        if self._day != m.day:
+            self._day = m.day
+            self._counts = np.bincount(m.scores.tier, minlength=len(TIERS))
+        return int(self._counts[tier])
 
 
 def _group_active(m: CampusModel) -> dict[str, int]:
