@@ -29,8 +29,8 @@ from backend.core.columns import session_ms
 from backend.core.day_totals import DayTotals
 from backend.core.policy import SEND, Decisions, Policy
 from backend.core.policy.spec import MESSAGE_KINDS
-from backend.core.rolling import DailyFold
-from backend.core.scoring import Scores, refit_due, score_fold
+from backend.core.score_state import ScoreState
+from backend.core.scoring import Scores, refit_due
 from backend.core.tiers import TierConfig
 from simulator.blas_threads import one_scipy_blas_thread
 from simulator.books import TrialBooks, per_user
@@ -188,7 +188,7 @@ class CampusModel(mesa.Model):
         inspection and tests (a year of a million users' events is large: `keep_log=False`
         scores from the fold alone)."""
         self.log = EventLog() if keep_log else None
-        self.fold = DailyFold(users)
+        self.scoring = ScoreState(users)
         self.last_fit_day: int | None = None
         self.first_seen = np.full(users, self.day, dtype=np.int64)
         self.tier_config = TierConfig()
@@ -344,7 +344,7 @@ class CampusModel(mesa.Model):
         u = np.flatnonzero(t.visited | t.ordered)
         vis, bought = t.visited[u].astype(np.int64), t.ordered[u].astype(np.int64)
         coupon = None if used_coupon is None else (used_coupon[u] & t.ordered[u]).astype(np.int64)
-        self.fold.add_day(
+        self.scoring.add_day(
             DayTotals.at_hours(
                 day,
                 u,
@@ -446,21 +446,20 @@ class CampusModel(mesa.Model):
 
     def nightly(self, as_of: int) -> None:
         """Score every user as of `as_of`, before the day's activity, as the backend's
-        morning job does: production's scoring tail over the day-by-day fold of the same
-        sums it computes from its columns (core.rolling), so a million users are rescored
-        nightly without re-reading 120 days. BG/NBD is refitted by production's rule."""
-        self.fold.add_day(DayTotals.empty(as_of))
+        morning job does: the nightly scoring state (core.score_state) over the day-by-day
+        fold of the same sums production computes from its columns, so a million users are
+        rescored nightly without re-reading 120 days, and only the rows that can move are
+        worked out. BG/NBD is refitted by production's rule."""
+        self.scoring.add_day(DayTotals.empty(as_of))
         refit = refit_due(self.last_fit_day, as_of)
         with one_scipy_blas_thread():  # the refit's optimiser, without waiting on threads
-            self.scores = score_fold(
-                self.fold,
+            self.scores = self.scoring.scores(
                 self.calendar.terms,
                 self.tier_config,
                 first_seen=self.first_seen,
                 last_seen=self.first_seen,  # the fold knows every visit; else creation day
                 params=None if refit else self.bgnbd,
                 fit=True,
-                copy=False,  # read-only views, used before the day's activity is added
-            )
+            )  # read-only views, used before the day's activity is added
         if refit and self.scores.params is not None:
             self.bgnbd, self.last_fit_day = self.scores.params, as_of
