@@ -90,3 +90,34 @@ class KeptDay:
             return done[id(a)]
 
         self.columns = {k: (narrow(r), narrow(v)) for k, (r, v) in self.columns.items()}
+
+    def header(self, arrays: dict[str, np.ndarray]) -> dict:
+        """The day as JSON: per column the names of its row and value arrays, which are put
+        in `arrays` as "kept.<k>" (an array shared by columns once; see DailyFold.to_arrays)."""
+        named = {id(a): name for name, a in arrays.items() if name.startswith("kept.")}
+
+        def name_of(a: np.ndarray | None) -> str | None:
+            if a is None:
+                return None
+            if id(a) not in named:
+                named[id(a)] = f"kept.{len(named)}"
+                arrays[named[id(a)]] = a
+            return named[id(a)]
+
+        columns = {c: [name_of(r), name_of(v)] for c, (r, v) in self.columns.items()}
+        return {"day": self.day, "columns": columns}
+
+    @classmethod
+    def from_header(cls, header: dict, arrays: dict[str, np.ndarray], n_users: int) -> KeptDay:
+        """The day `header` gave, its arrays taken from `arrays` (shared ones stay shared);
+        a ValueError if they are not rows of users 0..n_users-1 and a value per row."""
+        columns: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        for column, (rows, values) in header["columns"].items():
+            r = np.asarray(arrays[rows])
+            v = None if values is None else np.asarray(arrays[values])
+            if r.ndim != 1 or r.dtype.kind != "i" or (v is not None and v.shape != r.shape):
+                raise ValueError(f"kept day {header['day']} column {column} is malformed")
+            if r.size and (int(r.min()) < 0 or int(r.max()) >= n_users):
+                raise ValueError(f"kept day {header['day']} column {column} names unknown users")
+            columns[column] = (r, v)
+        return cls(int(header["day"]), columns)

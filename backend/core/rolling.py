@@ -203,6 +203,48 @@ class DailyFold:
         self._span_capped = np.zeros(0, dtype=np.intp)
         self._hour, self._hour_stale = None, []
 
+    def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The fold as plain arrays and a JSON-able header, to be kept between processes
+        (production's nightly job) without pickle: a file that unpickles is code. The usual
+        hour and repeat-purchase span caches are left out: worked out afresh after
+        `from_arrays`, as on a fresh fold's first night (the same numbers).
+
+        Returns
+        -------
+        (header, arrays) : header holds the user count, the last day and the kept days
+        (KeptDay.header); arrays are "sums.<UserSums field>" (int64 per user), "index"
+        (float64, HISTORY_DAYS × n_users, by day % HISTORY_DAYS) and the kept days' "kept.<k>".
+        """
+        arrays = {f"sums.{f.name}": getattr(self._sums, f.name) for f in fields(UserSums)}
+        arrays["index"] = self._index
+        kept = [k.header(arrays) for k in self._kept]
+        return {"n_users": self.n_users, "day": self.day, "kept": kept}, arrays
+
+    @classmethod
+    def from_arrays(cls, header: dict, arrays: dict[str, np.ndarray]) -> DailyFold:
+        """The fold `to_arrays` gave; a ValueError if the arrays do not fit the header.
+
+        Parameters
+        ----------
+        header, arrays : as `to_arrays` returns them (arrays as np.load reads them back).
+
+        Returns
+        -------
+        DailyFold whose next days and scores are those of the fold that was saved.
+        """
+        fold = cls(int(header["n_users"]))
+        n, fold.day = fold.n_users, None if header["day"] is None else int(header["day"])
+        for f in fields(UserSums):
+            values = np.asarray(arrays[f"sums.{f.name}"])
+            if values.shape != (n,) or values.dtype != np.int64:
+                raise ValueError(f"sums.{f.name} is not {n} int64 values")
+            setattr(fold._sums, f.name, values)
+        fold._index = np.asarray(arrays["index"])
+        if fold._index.shape != (HISTORY_DAYS, n) or fold._index.dtype != np.float64:
+            raise ValueError(f"index is not {HISTORY_DAYS} x {n} float64 values")
+        fold._kept.extend(KeptDay.from_header(k, arrays, n) for k in header["kept"])
+        return fold
+
     def _mark_seen(self, day: int, kept: KeptDay) -> None:
         """Last/first visit and order days of the users active in `kept`."""
         s = self._sums

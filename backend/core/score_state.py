@@ -105,6 +105,32 @@ class ScoreState:
             )
         return state
 
+    def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The state as a JSON-able header and plain numeric arrays (DailyFold.to_arrays),
+        for production to keep between nights without pickle.
+
+        Returns
+        -------
+        (header, arrays) : `from_arrays` takes them back.
+        """
+        return self.fold.to_arrays()
+
+    @classmethod
+    def from_arrays(cls, header: dict, arrays: dict[str, np.ndarray]) -> ScoreState:
+        """The state `to_arrays` gave: its next days and scores are the saved state's.
+
+        Parameters
+        ----------
+        header, arrays : as `to_arrays` returns them.
+
+        Returns
+        -------
+        ScoreState (a ValueError if the arrays do not fit the header).
+        """
+        state = object.__new__(cls)
+        state.fold = DailyFold.from_arrays(header, arrays)
+        return state
+
     def add_day(self, totals: DayTotals) -> None:
         """Fold in the next day's totals, or more of the last day's (core.rolling)."""
         self.fold.add_day(totals)
