@@ -42,7 +42,7 @@ def _back_to_v6(db: peewee.Database) -> None:
         db.execute_sql("PRAGMA foreign_keys=ON")
     else:
         db.execute_sql('ALTER TABLE "user" DROP COLUMN "token_key"')
-    SchemaVersion.delete().where(SchemaVersion.version == 7).execute()
+    SchemaVersion.delete().where(SchemaVersion.version >= 7).execute()  # v8 is only a table
 
 
 def _ids_are_never_reused(tenant_id: int, now_ms: int) -> None:

@@ -20,17 +20,18 @@ from backend.core.calendar import (
     TermCalendar,
     calendar_from_spec,
     china_day,
-    china_hour,
     day_date,
     day_number,
     day_start_ms,
 )
-from backend.core.columns import KIND_CODES, EventColumns, OrderColumns
+from backend.core.columns import EventColumns, OrderColumns
 from backend.core.features import LOOKBACK_DAYS
 from backend.core.rfm import SEGMENT_NAMES
-from backend.core.scoring import Scores, refit_due, score_users
+from backend.core.scoring import Scores, refit_due
 from backend.core.tiers import REASONS, TIERS, TierConfig
 from backend.errors import ApiError
+from backend.services import nightly_state
+from backend.services.nightly_rows import event_columns, event_query
 from backend.store.db import database
 from backend.store.models import Event, ModelFit, Order, ScoreSnapshot, Tenant, User
 
@@ -90,35 +91,8 @@ def load_columns(tenant_id: int, as_of: int) -> TenantColumns:
     user_ids = np.array([u for u, _ in users], dtype=np.int64)
     created_day = china_day(np.array([c for _, c in users], dtype=np.int64))
 
-    rows = (
-        Event.select(
-            Event.user,
-            Event.ts_ms,
-            Event.type,
-            pw.Case(None, [(Event.type == "session_end", Event.props)], None),
-        )
-        .where(
-            (Event.tenant == tenant_id)
-            & (Event.ts_ms >= day_start_ms(as_of - LOOKBACK_DAYS))
-            & (Event.ts_ms < cutoff)
-        )
-        .tuples()
-    )
-    uid, ts, kind, duration = [], [], [], []
-    for user, ts_ms, type_, props in rows:
-        uid.append(user)
-        ts.append(ts_ms)
-        kind.append(KIND_CODES.get(type_, 0))
-        duration.append(float(json.loads(props).get("duration_s", 0)) if props else 0.0)
-    ts_arr = np.array(ts, dtype=np.int64)
-    known = np.isin(np.array(uid, dtype=np.int64), user_ids)
-    events = EventColumns(
-        user=_index_of(user_ids, np.array(uid, dtype=np.int64)[known]),
-        day=china_day(ts_arr[known]),
-        hour=china_hour(ts_arr[known]),
-        kind=np.array(kind, dtype=np.int8)[known],
-        duration_s=np.array(duration, dtype=np.float64)[known],
-    )
+    since = day_start_ms(as_of - LOOKBACK_DAYS)
+    events = event_columns(event_query(tenant_id, since, cutoff), user_ids)
 
     orows = list(
         Order.select(Order.user, Order.paid_ms, Order.amount_fen, Order.coupon.is_null(False))
@@ -158,25 +132,25 @@ def load_columns(tenant_id: int, as_of: int) -> TenantColumns:
     return TenantColumns(user_ids, events, orders, first_seen, last_seen)
 
 
-def _snapshot_columns(tenant_id: int, day: int, cols: TenantColumns, s: Scores) -> dict:
+def _snapshot_columns(tenant_id: int, day: int, user_ids: np.ndarray, s: Scores) -> dict:
     """The day's snapshot as one list per ScoreSnapshot field, keyed by the field's name: each
     value is written beside the field it fills, so adding a field cannot shift another.
 
     Parameters
     ----------
-    cols : the columns scoring read (`user_ids`: database ids, in the scores' order).
-    s : the scores of those users (core.scoring.score_users).
+    user_ids : the users' database ids, in the scores' order.
+    s : the scores of those users (core.scoring.score_users or the nightly state's).
 
     Returns
     -------
     Field name -> one value per user, ready for the database (text names, rounded floats).
     """
     f = s.features
-    n = len(cols.user_ids)
+    n = len(user_ids)
     return {
         "tenant": [tenant_id] * n,
         "day": [day] * n,
-        "user": cols.user_ids.tolist(),
+        "user": user_ids.tolist(),
         "tier": [TIERS[t] for t in s.tier],
         "reason": [REASONS[r] for r in s.reason],
         "activity_index": np.round(s.activity.index, 2).tolist(),
@@ -217,22 +191,21 @@ def _insert_rows(columns: dict[str, list]) -> tuple[list[pw.Field], list[tuple]]
 def score_tenant(tenant: Tenant, day: int) -> dict:
     """Compute and store the tenant's snapshot for `day`, replacing any earlier one."""
     calendar, config = tenant_setup(tenant)
-    cols = load_columns(tenant.id, day)
-    n = len(cols.user_ids)
+    # The scores score_users gives on load_columns(tenant.id, day), from the kept nightly
+    # state when it is exactly the database's (services/nightly_state.py), else rebuilt.
+    night = nightly_state.night_of(tenant, day, nightly_state.settings_key(calendar, config))
+    n = len(night.user_ids)
     last = _last_fit(tenant.id, day - 1)
     reused = None if last is None or refit_due(last.day, day) else _params(last)
-    scores = score_users(
-        cols.events,
-        cols.orders,
-        n,
-        day,
+    scores = night.state.scores(
         calendar,
         config,
-        first_seen=cols.first_seen,
-        last_seen=cols.last_seen,
+        first_seen=night.first_seen,
+        last_seen=night.last_seen,
         params=reused,
     )
-    fields, rows = _insert_rows(_snapshot_columns(tenant.id, day, cols, scores)) if n else ([], [])
+    columns = _snapshot_columns(tenant.id, day, night.user_ids, scores)
+    fields, rows = _insert_rows(columns) if n else ([], [])
     with database.atomic():
         ScoreSnapshot.delete().where(
             (ScoreSnapshot.tenant == tenant.id) & (ScoreSnapshot.day == day)

@@ -21,6 +21,7 @@ from backend.store.models import (
     KeyValue,
     Merchant,
     ModelFit,
+    NightlyState,
     Order,
     Policy,
     SchemaVersion,
@@ -187,6 +188,11 @@ def _set_aside_double_redemptions(db: peewee.Database) -> None:
     KeyValue.create(key=DOUBLE_REDEMPTIONS_KEY, value=json.dumps(kept))
 
 
+def _v8_nightly_state(db: peewee.Database) -> None:
+    """The scoring state production keeps between nights (services/nightly_state.py)."""
+    db.create_tables([NightlyState], safe=True)
+
+
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _v1_initial,
     _v2_scores,
@@ -195,6 +201,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _v5_drop_redundant_indexes,
     _v6_dashboard,
     _v7_hardening,
+    _v8_nightly_state,
 ]
 LATEST = len(MIGRATIONS)
 

@@ -255,6 +255,21 @@ class ModelFit(BaseModel):
         indexes = ((("tenant", "day"), True),)
 
 
+class NightlyState(BaseModel):
+    """A tenant's nightly scoring state (core.score_state) kept between nights, so the next
+    night loads only its recent days' events (services/nightly_state.py). One state per
+    tenant: an .npz of plain arrays (read back without pickle) split into parts, each row
+    carrying the same JSON header that says what the state describes."""
+
+    tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")
+    part = pw.IntegerField()
+    header = pw.TextField()
+    data = pw.BlobField()
+
+    class Meta:
+        indexes = ((("tenant", "part"), True),)
+
+
 class Policy(BaseModel):
     """A recall policy of a tenant: its YAML text as written, and whether it runs."""
 
@@ -407,6 +422,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     KeyValue,
     ScoreSnapshot,
     ModelFit,
+    NightlyState,
     Policy,
     CampaignRun,
     Touch,
