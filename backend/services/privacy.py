@@ -24,6 +24,7 @@ from backend.store.models import (
     Coupon,
     CouponTemplate,
     Event,
+    NightlyState,
     Order,
     Policy,
     ScoreSnapshot,
@@ -272,7 +273,8 @@ def erase(user: User) -> dict:
 
     Events are deleted outright (not kept as anonymous rows): aggregate counts already taken
     into daily snapshots remain, but no row can be tied back to the person. The SMS outbox goes
-    too, so no copy of the phone number or text is left.
+    too, so no copy of the phone number or text is left. The tenant's kept nightly scoring
+    state, which holds the user's sums by position, is dropped as well.
     """
     counts: dict[str, int] = {}
     with database.atomic():
@@ -281,4 +283,7 @@ def erase(user: User) -> dict:
                 counts[f"{holding.section}_anonymised"] = _anonymise(model, user)
             else:
                 counts[holding.section] = model.delete().where(holding.rows(user)).execute()
+        # The tenant's kept scoring state (services/nightly_state.py) holds this user's sums
+        # among everyone's: it goes too, and the next night rebuilds it without them.
+        NightlyState.delete().where(NightlyState.tenant == user.tenant_id).execute()
     return counts
