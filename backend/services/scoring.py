@@ -31,9 +31,9 @@ from backend.core.scoring import Scores, refit_due
 from backend.core.tiers import REASONS, TIERS, TierConfig
 from backend.errors import ApiError
 from backend.services import nightly_state
-from backend.services.nightly_rows import event_columns, event_query
+from backend.services.nightly_rows import event_columns, event_query, users_until
 from backend.store.db import database
-from backend.store.models import Event, ModelFit, Order, ScoreSnapshot, Tenant, User
+from backend.store.models import Event, ModelFit, Order, ScoreSnapshot, Tenant
 
 CHUNK = 500
 
@@ -82,14 +82,7 @@ def _index_of(user_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def load_columns(tenant_id: int, as_of: int) -> TenantColumns:
     """Everything scoring needs, for users who existed by the end of `as_of`."""
     cutoff = day_start_ms(as_of + 1)
-    users = list(
-        User.select(User.id, User.created_ms)
-        .where((User.tenant == tenant_id) & (User.created_ms < cutoff))
-        .order_by(User.id)
-        .tuples()
-    )
-    user_ids = np.array([u for u, _ in users], dtype=np.int64)
-    created_day = china_day(np.array([c for _, c in users], dtype=np.int64))
+    user_ids, created_day = users_until(tenant_id, cutoff)
 
     since = day_start_ms(as_of - LOOKBACK_DAYS)
     events = event_columns(event_query(tenant_id, since, cutoff), user_ids)
