@@ -32,10 +32,8 @@ from backend.core.tiers import REASONS, TIERS, TierConfig
 from backend.errors import ApiError
 from backend.services import nightly_state
 from backend.services.nightly_rows import event_columns, event_query, users_until
-from backend.store.db import database
+from backend.store.db import database, execute_many
 from backend.store.models import Event, ModelFit, Order, ScoreSnapshot, Tenant
-
-CHUNK = 500
 
 
 def load_calendar(settings: dict) -> TermCalendar:
@@ -181,6 +179,18 @@ def _insert_rows(columns: dict[str, list]) -> tuple[list[pw.Field], list[tuple]]
     return fields, list(zip(*columns.values(), strict=True))
 
 
+def _insert_snapshot(fields: list[pw.Field], rows: list[tuple]) -> None:
+    """The snapshot's rows in one INSERT run by the driver's own batching
+    (store.db.execute_many), in the caller's transaction: peewee building the SQL of a
+    large insert_many was most of a night once the scores came from the kept state. The
+    values are plain Python (ints, floats, str, bool, None: `_snapshot_columns`), which both
+    drivers store as peewee would."""
+    names = ", ".join(f'"{f.column_name}"' for f in fields)
+    marks = ", ".join("?" for _ in fields)
+    table = ScoreSnapshot._meta.table_name
+    execute_many(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', rows)
+
+
 def score_tenant(tenant: Tenant, day: int) -> dict:
     """Compute and store the tenant's snapshot for `day`, replacing any earlier one."""
     calendar, config = tenant_setup(tenant)
@@ -204,8 +214,7 @@ def score_tenant(tenant: Tenant, day: int) -> dict:
             (ScoreSnapshot.tenant == tenant.id) & (ScoreSnapshot.day == day)
         ).execute()
         ModelFit.delete().where((ModelFit.tenant == tenant.id) & (ModelFit.day == day)).execute()
-        for start in range(0, len(rows), CHUNK):
-            ScoreSnapshot.insert_many(rows[start : start + CHUNK], fields=fields).execute()
+        _insert_snapshot(fields, rows)
         if scores.params is not None and reused is None:  # a fit is stored on the day it is made
             p = scores.params
             ModelFit.create(
