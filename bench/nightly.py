@@ -135,8 +135,7 @@ def _rebuild_night(tenant: Tenant, day: int) -> float:
         ScoreSnapshot.delete().where(
             (ScoreSnapshot.tenant == tenant.id) & (ScoreSnapshot.day == day)
         ).execute()
-        for i in range(0, len(rows), scoring.CHUNK):
-            ScoreSnapshot.insert_many(rows[i : i + scoring.CHUNK], fields=fields).execute()
+        scoring._insert_snapshot(fields, rows)  # the same write score_tenant makes
     return scoring_s
 
 
