@@ -22,6 +22,7 @@ from backend.core.columns import KIND_CODES, EventColumns, OrderColumns, until
 from backend.core.day_totals import DayTotals
 from backend.core.features import LOOKBACK_DAYS, compute_features
 from backend.core.rolling import DailyFold
+from backend.core.score_state import ScoreState
 from backend.core.tiers import TierConfig
 
 START = 20_400  # 2025-11-07
@@ -116,11 +117,19 @@ def mismatches(batch, fold) -> list[str]:
     return bad
 
 
+def fold_scores(fold: DailyFold, calendar, config, **kwargs):
+    """The night's scores from this fold, as the scoring state gives them (its `scores` is
+    the one path from a fold to Scores)."""
+    state = ScoreState(fold.n_users)
+    state.fold = fold
+    return state.scores(calendar, config, **kwargs)
+
+
 def score_both(events, orders, arrive, fold: DailyFold, as_of: int, **kwargs):
     recent, all_orders, first_seen, last_seen = production_inputs(events, orders, arrive, as_of)
     seen = {"first_seen": first_seen, "last_seen": last_seen}
     batch = scoring.score_users(recent, all_orders, N, as_of, CAL, CONFIG, **seen, **kwargs)
-    rolled = scoring.score_fold(fold, CAL, CONFIG, **seen, **kwargs)
+    rolled = fold_scores(fold, CAL, CONFIG, **seen, **kwargs)
     return batch, rolled
 
 
@@ -365,11 +374,11 @@ def test_fold_matches_on_a_simulated_campus():
         last_seen[r["user"]] = r["day"]
     seen = {"first_seen": first_seen, "last_seen": last_seen}
     batch = scoring.score_users(events, orders, n, as_of, CAL, CONFIG, **seen, params=PARAMS)
-    rolled = scoring.score_fold(fold, CAL, CONFIG, **seen, params=PARAMS)
+    rolled = fold_scores(fold, CAL, CONFIG, **seen, params=PARAMS)
     assert compare_scores(batch, rolled) == []
     # The fold knows every visit it was given: the creation day is all it needs as last seen
     # (for users who never came), which is what production's last_seen falls back to.
-    alone = scoring.score_fold(
+    alone = fold_scores(
         fold, CAL, CONFIG, first_seen=first_seen, last_seen=first_seen, params=PARAMS
     )
     assert compare_scores(batch, alone) == []
@@ -394,7 +403,7 @@ def test_a_day_scored_in_the_morning_then_filled_in_equals_the_batch_path(data):
             recent, all_orders, first, last = production_inputs(*before, arrive, day)
             seen = {"first_seen": first, "last_seen": last, "params": PARAMS}
             batch = scoring.score_users(recent, all_orders, N, day, CAL, CONFIG, **seen)
-            rolled = scoring.score_fold(fold, CAL, CONFIG, **seen)
+            rolled = fold_scores(fold, CAL, CONFIG, **seen)
             assert compare_scores(batch, rolled) == [], ("morning", day)
         fold.add_day(DayTotals.from_columns(day, morning, orders))
         fold.add_day(DayTotals.from_columns(day, evening, no_orders))

@@ -11,7 +11,7 @@ warning read, exactly as the batch path computes it for those days.
 
     fold = DailyFold(n_users)
     for each day:  fold.add_day(DayTotals(...))      # consecutive days; an empty day is fine
-                   scores = score_fold(fold, calendar, config, ...)   # core.scoring
+                   scores = ...  # core.score_state.ScoreState, which keeps one
 """
 
 from __future__ import annotations

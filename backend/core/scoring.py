@@ -12,7 +12,6 @@ from backend.core.calendar import TermCalendar
 from backend.core.columns import EventColumns, OrderColumns, active_days, until
 from backend.core.features import Features, compute_features
 from backend.core.rfm import rfm_scores, segments
-from backend.core.rolling import DailyFold
 from backend.core.tiers import TierConfig, assign_tiers
 from backend.core.value import expected_value_fen, worth_recalling
 
@@ -76,7 +75,7 @@ def scores_from(
     fit: bool = True,
 ) -> Scores:
     """RFM, churn probability, value and tier from features and activity: the tail that the
-    batch (`score_users`) and rolling (`score_fold`) paths share."""
+    batch (`score_users`) and rolling (`core.score_state.ScoreState.scores`) paths share."""
     n_users = feats.days_since_visit.size
     r, f, m = rfm_scores(feats.days_since_visit, feats.orders_total, feats.spend_fen_total)
     if params is None and fit:
@@ -153,23 +152,4 @@ def score_users(
         events, orders, n_users, as_of, calendar, first_seen, last_seen, visits=visits
     )
     act = compute_activity(events, orders, n_users, as_of, calendar, visits=visits)
-    return scores_from(feats, act, config, params=params, fit=fit)
-
-
-def score_fold(
-    fold: DailyFold,
-    calendar: TermCalendar,
-    config: TierConfig,
-    *,
-    first_seen: np.ndarray | None = None,
-    last_seen: np.ndarray | None = None,
-    params: bgnbd.BgNbdParams | None = None,
-    fit: bool = True,
-    copy: bool = True,
-) -> Scores:
-    """`score_users` for the fold's last day, from its running sums (the simulator's nightly
-    path): the same Scores as `score_users` on that day's columns. `copy`: see
-    `DailyFold.features`."""
-    feats = fold.features(calendar, first_seen=first_seen, last_seen=last_seen, copy=copy)
-    act = fold.activity(calendar, copy=copy)
     return scores_from(feats, act, config, params=params, fit=fit)
