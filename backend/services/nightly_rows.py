@@ -162,11 +162,17 @@ def closed_totals(tenant_id: int, cutoff_ms: int) -> dict[str, int]:
     }
 
 
-def seen_until(tenant_id: int, cutoff_ms: int, user_ids: np.ndarray) -> Ledger:
-    """A ledger of the users' events before `cutoff_ms` (first and last day, count; all
-    time, one grouped query), orders not yet added."""
-    ledger = Ledger.fresh(user_ids.size)
-    rows = (
+def event_spans(
+    tenant_id: int, cutoff_ms: int, user_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's events before `cutoff_ms`, all time, in one grouped query.
+
+    Returns
+    -------
+    (rows, first_day, last_day, count): positions into `user_ids` (sorted int64 ids) of the
+    users with events there, and their first and last China day and event count.
+    """
+    agg = list(
         Event.select(
             Event.user, pw.fn.MIN(Event.ts_ms), pw.fn.MAX(Event.ts_ms), pw.fn.COUNT(Event.id)
         )
@@ -174,12 +180,22 @@ def seen_until(tenant_id: int, cutoff_ms: int, user_ids: np.ndarray) -> Ledger:
         .group_by(Event.user)
         .tuples()
     )
-    for user, lo, hi, count in rows:
-        i = np.searchsorted(user_ids, user)
-        if i < user_ids.size and user_ids[i] == user:
-            ledger.first_event[i] = int(china_day(lo))
-            ledger.last_event[i] = int(china_day(hi))
-            ledger.events[i] = int(count)
+    cols = np.array(agg, dtype=np.int64).reshape(-1, 4)
+    at = np.searchsorted(user_ids, cols[:, 0])
+    known = at < user_ids.size
+    known[known] = user_ids[at[known]] == cols[known, 0]
+    cols = cols[known]
+    return at[known], china_day(cols[:, 1]), china_day(cols[:, 2]), cols[:, 3]
+
+
+def seen_until(tenant_id: int, cutoff_ms: int, user_ids: np.ndarray) -> Ledger:
+    """A ledger of the users' events before `cutoff_ms` (first and last day, count; all
+    time), orders not yet added."""
+    ledger = Ledger.fresh(user_ids.size)
+    rows, first, last, count = event_spans(tenant_id, cutoff_ms, user_ids)
+    ledger.first_event[rows] = first
+    ledger.last_event[rows] = last
+    ledger.events[rows] = count
     return ledger
 
 

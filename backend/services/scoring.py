@@ -31,9 +31,9 @@ from backend.core.scoring import Scores, refit_due
 from backend.core.tiers import REASONS, TIERS, TierConfig
 from backend.errors import ApiError
 from backend.services import nightly_state
-from backend.services.nightly_rows import event_columns, event_query, users_until
+from backend.services.nightly_rows import event_columns, event_query, event_spans, users_until
 from backend.store.db import database, execute_many
-from backend.store.models import Event, ModelFit, Order, ScoreSnapshot, Tenant
+from backend.store.models import ModelFit, Order, ScoreSnapshot, Tenant
 
 
 def load_calendar(settings: dict) -> TermCalendar:
@@ -107,17 +107,9 @@ def load_columns(tenant_id: int, as_of: int) -> TenantColumns:
     # All-time first and last event per user (the events above cover only the lookback).
     first_seen = created_day.copy()
     last_seen = np.full(len(user_ids), -(10**6), dtype=np.int64)
-    agg = (
-        Event.select(Event.user, pw.fn.MIN(Event.ts_ms), pw.fn.MAX(Event.ts_ms))
-        .where((Event.tenant == tenant_id) & (Event.ts_ms < cutoff))
-        .group_by(Event.user)
-        .tuples()
-    )
-    for user, lo, hi in agg:
-        i = np.searchsorted(user_ids, user)
-        if i < len(user_ids) and user_ids[i] == user:
-            first_seen[i] = min(first_seen[i], int(china_day(lo)))
-            last_seen[i] = int(china_day(hi))
+    rows, first, last, _ = event_spans(tenant_id, cutoff, user_ids)
+    first_seen[rows] = np.minimum(first_seen[rows], first)
+    last_seen[rows] = last
     # A user who logged in but sent no event yet was last seen at that login.
     last_seen = np.where(last_seen < 0, created_day, last_seen)
     return TenantColumns(user_ids, events, orders, first_seen, last_seen)
