@@ -22,7 +22,9 @@ What is timed (perf_counter, same process, after building each model, untimed):
 * The dashboard's trial (`trial_s`): three presets (TRIAL_POLICIES) × TRIAL_USERS students ×
   TRIAL_DAYS days × TRIAL_REPLICATES seeds, run as the dashboard's worker runs them
   (`simulator.run.compare` with replicates, the built-in campus, the presets' coupon), whole:
-  building the models, stepping them, the paired verdict.
+  building the models, stepping them, the paired verdict. Its fifteen runs share nothing,
+  so `compare` spreads them over the cores (simulator/fanout.py; `trial_processes`); the
+  same trial in one process is timed too (`trial_one_process_s`), with the same digest.
 
 Bit-identical results are checked, not assumed: a SHA-256 of each run's results (the daily
 series, the arms and uplift, both worlds' per-user books, both campuses' final state; for the
@@ -58,6 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend.core.calendar import day_number  # noqa: E402
+from simulator import fanout  # noqa: E402
 from simulator.calendar import CampusCalendar  # noqa: E402
 from simulator.campus import NEVER  # noqa: E402
 from simulator.model import DEFAULT_START, CampusModel  # noqa: E402
@@ -223,8 +226,9 @@ def case_digests() -> dict[str, str]:
     return out
 
 
-def trial_run() -> tuple[float, str]:
-    """The dashboard-sized trial, timed whole; (seconds, digest of compare's output)."""
+def trial_run(processes: int | None = None) -> tuple[float, str]:
+    """The dashboard-sized trial, timed whole; (seconds, digest of compare's output).
+    `processes`: compare's (None: one per core, as the dashboard's worker runs it)."""
     policies = [load_policy(name) for name in TRIAL_POLICIES]
     t0 = time.perf_counter()
     out = compare(
@@ -235,6 +239,7 @@ def trial_run() -> tuple[float, str]:
         WARMUP,
         coupons=dict(DEFAULT_COUPONS),
         replicates=TRIAL_REPLICATES,
+        processes=processes,
     )
     return time.perf_counter() - t0, digest(out)
 
@@ -275,10 +280,11 @@ def main() -> None:
     found = {f"full:{args.users}x{args.days}:seed{args.seed}": digest(model_results(model))}
     model.close()
     del model
-    trial_s = None
+    trial_s = trial_one_s = None
     if not args.no_trial:
         trial_s, found["trial"] = trial_run()
-        print(f"trial: {trial_s:.1f} s", file=sys.stderr)
+        trial_one_s, found["trial:one-process"] = trial_run(processes=1)
+        print(f"trial: {trial_s:.1f} s ({trial_one_s:.1f} s in one process)", file=sys.stderr)
         found |= case_digests()
     fingerprints = check_fingerprints(found, args.record)
     out = {
@@ -294,6 +300,8 @@ def main() -> None:
         "ratio_vs_mesa_agents": round(rate / agent_rate, 1),
         "messages_sent": int(daily["sent"].sum()),
         "trial_s": None if trial_s is None else round(trial_s, 2),
+        "trial_processes": fanout.process_count(len(TRIAL_POLICIES) * TRIAL_REPLICATES),
+        "trial_one_process_s": None if trial_one_s is None else round(trial_one_s, 2),
         "trial": f"{len(TRIAL_POLICIES)} presets x {TRIAL_USERS} x {TRIAL_DAYS} days x "
         f"{TRIAL_REPLICATES} replicates",
         "fingerprints": fingerprints,

@@ -11,6 +11,7 @@ import numpy as np
 
 from backend.core import metrics, paired, power, seeds
 from backend.core.policy import Policy, parse_policy
+from simulator import fanout
 from simulator.model import CampusModel
 from simulator.params import SimParams
 from simulator.results import play
@@ -149,6 +150,24 @@ RANK_BY = ("profit", "students", "revenue")
 UNITS = {"students": "students", "orders": "orders", "revenue": "fen", "cost": "fen"}
 
 
+def _one_run(
+    policy: Policy,
+    users: int,
+    days: int,
+    seed: int,
+    warmup: int,
+    coupons: dict[str, tuple[int, int]] | None,
+    params: SimParams | None,
+    margin: float,
+    keep_result: bool,
+    progress: Callable[[int], None] | None,
+) -> tuple[dict | None, dict[str, np.ndarray]]:
+    """One of `compare`'s runs: its result (if `keep_result`) and its per-user effects, the
+    only parts `compare` keeps (so a child process sends back no more)."""
+    result, books = simulate_paired(policy, users, days, seed, warmup, progress, coupons, params)
+    return (result if keep_result else None), per_user_effects(books, margin)
+
+
 def per_user_effects(books: dict[str, np.ndarray], margin: float) -> dict[str, np.ndarray]:
     """Each user's outcome under the policy minus their untreated twin's: returning (visited
     in the trial), orders, revenue (fen); what was spent on them (fen; the twin spends
@@ -210,12 +229,15 @@ def compare(
     replicates: int = 1,
     rank_by: str = "profit",
     margin: float = paired.DEFAULT_MARGIN,
+    processes: int | None = None,
 ) -> dict:
     """Every policy on the same population and the same dice (seeds seed..seed+R-1), ranked
     by its paired effect against the untreated twin on `rank_by`, every pair judged on the
     same users (backend/core/paired.py). Beside it, per policy, the holdout estimate
     production would see in one trial of this size (seed `seed`) and its power plan.
-    `coupons`: name -> (face value, minimum spend) in fen (the presets' by default)."""
+    `coupons`: name -> (face value, minimum spend) in fen (the presets' by default).
+    `processes`: how many runs at once (simulator/fanout.py; None: one per core); the
+    answer is the same bits however many."""
     if rank_by not in RANK_BY:
         raise ValueError(f"rank by one of {RANK_BY}, not {rank_by!r}")
     if replicates < 1:
@@ -226,13 +248,14 @@ def compare(
     per: dict[str, dict[str, list[np.ndarray]]] = {n: {} for n in names}
     results: dict[str, dict] = {}
     seeds = list(range(seed, seed + replicates))
-    for s in seeds:
-        for p in policies:
-            result, books = simulate_paired(p, users, days, s, warmup, progress, coupons, params)
-            if s == seed:
-                results[p.name] = result
-            for k, v in per_user_effects(books, margin).items():
-                per[p.name].setdefault(k, []).append(v)
+    runs = [(p, s) for s in seeds for p in policies]
+    args = [(p, users, days, s, warmup, coupons, params, margin, s == seed) for p, s in runs]
+    answers = fanout.run_all(_one_run, args, progress, processes)
+    for (p, s), (result, effects) in zip(runs, answers, strict=True):
+        if s == seed:
+            results[p.name] = result
+        for k, v in effects.items():
+            per[p.name].setdefault(k, []).append(v)
     rows = [_ranking_row(p, per[p.name], results[p.name], days) for p in policies]
     rows.sort(key=lambda r: -r[rank_by]["value"])
     config = {
