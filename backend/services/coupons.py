@@ -181,8 +181,53 @@ def delete_template(tenant_id: int, template_id: int) -> None:
         t.delete_instance()
 
 
-def issue(tenant_id: int, template_id: int, user: User, now_ms: int, source: str) -> Coupon:
-    """Issue one coupon, or 409 if the budget or the user's limit is used up."""
+def claim(
+    tenant_id: int, template_id: int, user: User, now_ms: int, request_id: str | None
+) -> tuple[Coupon, bool]:
+    """A user's claim: (the coupon, whether it was issued now). A claim carrying the
+    `request_id` of one already answered gets that coupon again instead of another, so a
+    phone may resend a claim whose answer it lost; the same id for another template is 409.
+
+    Parameters
+    ----------
+    tenant_id, template_id : the tenant and the (claimable) template.
+    user : the claiming user.
+    now_ms : the app's clock.
+    request_id : the phone's idempotency key, or None (every call issues).
+    """
+    if request_id is None:
+        return issue(tenant_id, template_id, user, now_ms, "claim"), True
+    found = _claimed(user.id, request_id)
+    if found is None:
+        try:
+            return issue(tenant_id, template_id, user, now_ms, "claim", request_id), True
+        except ApiError:
+            # A twin of this claim racing ours won: the unique index on (user, request_id)
+            # refused ours as the per-user limit's would. Answer the twin's coupon.
+            found = _claimed(user.id, request_id)
+            if found is None:
+                raise
+    if found.template_id != template_id:
+        raise ApiError(
+            409, "claim_id_reused", f"claim id {request_id!r} was used for another template"
+        )
+    return found, False
+
+
+def _claimed(user_id: int, request_id: str) -> Coupon | None:
+    return Coupon.get_or_none((Coupon.user == user_id) & (Coupon.request_id == request_id))
+
+
+def issue(
+    tenant_id: int,
+    template_id: int,
+    user: User,
+    now_ms: int,
+    source: str,
+    request_id: str | None = None,
+) -> Coupon:
+    """Issue one coupon, or 409 if the budget or the user's limit is used up. `request_id`:
+    a claim's idempotency key, stored with the coupon (see `claim`)."""
     with database.atomic():
         t = get_template(tenant_id, template_id)
         if not t.active:
@@ -213,6 +258,7 @@ def issue(tenant_id: int, template_id: int, user: User, now_ms: int, source: str
                     source=source,
                     issued_ms=now_ms,
                     expires_ms=now_ms + t.validity_days * DAY_MS,
+                    request_id=request_id,
                 )
         except pw.IntegrityError:
             raise ApiError(
@@ -269,6 +315,8 @@ def _redeem(tenant_id, user_id, coupon_id, order_ref, order_amount_fen, now_ms) 
     )
     if c is None:
         raise ApiError(404, "coupon_not_found", f"coupon {coupon_id} not found")
+    if c.status == "redeemed" and c.order_ref == order_ref:
+        return c  # this very redemption, resent after a lost answer: done once already
     if order_amount_fen < c.template.min_spend_fen:
         raise ApiError(
             409,

@@ -193,6 +193,16 @@ def _v8_nightly_state(db: peewee.Database) -> None:
     db.create_tables([NightlyState], safe=True)
 
 
+def _v9_claim_ids(db: peewee.Database) -> None:
+    """The idempotency key of a coupon claim (the mini-program SDK resends a claim whose
+    answer was lost), unique per user."""
+    _add_missing_columns(db, "coupon", {"request_id": peewee.CharField(max_length=64, null=True)})
+    db.execute_sql(
+        'CREATE UNIQUE INDEX IF NOT EXISTS "coupon_user_id_request_id" '
+        'ON "coupon" ("user_id", "request_id")'
+    )
+
+
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _v1_initial,
     _v2_scores,
@@ -202,6 +212,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _v6_dashboard,
     _v7_hardening,
     _v8_nightly_state,
+    _v9_claim_ids,
 ]
 LATEST = len(MIGRATIONS)
 

@@ -145,12 +145,16 @@ class Coupon(BaseModel):
     expires_ms = pw.BigIntegerField()
     redeemed_ms = pw.BigIntegerField(null=True)
     order_ref = pw.CharField(max_length=64, null=True)
+    # The phone's idempotency key for a claim (the SDK's): a claim resent after a lost
+    # answer finds its coupon instead of taking another. NULL for every other issue.
+    request_id = pw.CharField(max_length=64, null=True)
 
     class Meta:
         indexes = (
             (("template", "user", "seq"), True),
             # One order redeems one coupon (NULLs, unredeemed coupons, are distinct).
             (("tenant", "order_ref"), True),
+            (("user", "request_id"), True),
         )
 
 

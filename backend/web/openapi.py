@@ -48,6 +48,7 @@ class RouteDoc:
     auth: str | None = None  # "bearer" | "api_key" | None
     query: dict[str, dict] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
+    also: dict[int, str] = field(default_factory=dict)  # other success statuses: when
 
 
 def documented(
@@ -59,12 +60,16 @@ def documented(
     auth: str | None = None,
     query: dict[str, dict] | None = None,
     errors: tuple[int, ...] = (),
+    also: dict[int, str] | None = None,
 ):
-    """Attach a RouteDoc to a view function (read back by openapi())."""
+    """Attach a RouteDoc to a view function (read back by openapi()). `also`: other success
+    statuses with the same body, each with when it is given."""
 
     def mark(view):
         """Keep the route's description on the view itself."""
-        view.route_doc = RouteDoc(summary, request, response, status, auth, query or {}, errors)
+        view.route_doc = RouteDoc(
+            summary, request, response, status, auth, query or {}, errors, also or {}
+        )
         return view
 
     return mark
@@ -145,6 +150,11 @@ def openapi(app: Flask) -> dict:
                         "content": {"application/json": {"schema": doc.response or {}}},
                     }
                 }
+                for code, when in doc.also.items():
+                    responses[str(code)] = {
+                        "description": when,
+                        "content": {"application/json": {"schema": doc.response or {}}},
+                    }
                 codes = set(doc.errors)
                 if doc.request:
                     # 400 a body that cannot be read (or ends early: incomplete_body), 413

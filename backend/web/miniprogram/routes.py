@@ -67,7 +67,11 @@ CLAIM_SCHEMA = {
     "type": "object",
     "required": ["template_id"],
     "additionalProperties": False,
-    "properties": {"template_id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}},
+    "properties": {
+        "template_id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+        # The phone's idempotency key: a claim resent with it is answered its coupon (200).
+        "id": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[\\x21-\\x7e]+$"},
+    },
 }
 WALLET_SCHEMA = {
     "type": "object",
@@ -223,6 +227,7 @@ def get_wallet():
     request=CLAIM_SCHEMA,
     response=coupons.COUPON_SCHEMA,
     status=201,
+    also={200: "the coupon issued earlier for this claim's `id` (a resent claim)"},
     auth="bearer",
     errors=(404, 409),
 )
@@ -234,8 +239,8 @@ def claim():
     if not template.claimable:
         raise ApiError(409, "not_claimable", "this coupon can only be given out by the merchant")
     now = _now_ms()
-    coupon = coupons.issue(g.tenant_id, template.id, g.user, now, source="claim")
-    return jsonify(coupons.coupon_dict(coupon, now)), 201
+    coupon, issued = coupons.claim(g.tenant_id, template.id, g.user, now, body.get("id"))
+    return jsonify(coupons.coupon_dict(coupon, now)), 201 if issued else 200
 
 
 @bp.post("/coupons/<id:coupon_id>/redeem")
