@@ -82,8 +82,8 @@ async function main() {
     baseUrl: args.base,
     appid: args.appid,
     wx: shim.wx,
-    batchSize: 20,
-    maxBatch: 25,
+    batchSize: 10, // small batches: more requests, so more of them meet a fault
+    maxBatch: 10,
     flushInterval: 300,
     retryBase: 50,
     retryMax: 1500,
