@@ -73,7 +73,8 @@ class Transport {
       this._send(job.r, (res) => {
         this.active--;
         job.resolve(res);
-        this._next();
+        // After the caller has seen this answer, so a failure can stop the requests waiting.
+        Promise.resolve().then(() => this._next());
       });
     }
   }
