@@ -14,7 +14,7 @@ The same model as the fast mode (its organic days, responses and books), but:
   through the admin API, `POST /admin/v1/policies/{name}/uplift-model`, before the job;
 * a trigger policy (`payment_failed`) is switched on when the trial starts (after warm-up),
   the users' failed payments are posted as events and production decides in the request
-  (`on_events`); its delivery, a thread in production (`delivery.kick`), runs in the request
+  (`on_events`); its delivery, a task on the queue in production, runs in the request
   here so the clock is the simulation's.
 
 For the same seed the two modes must make the same decisions for the same users on the same
@@ -43,6 +43,7 @@ from backend.services.channels import channels_for
 from backend.store import db as store_db
 from backend.store.migrations import migrate
 from backend.store.models import Tenant, Touch
+from backend.tasks import delivery as task_delivery
 from backend.web.app import create_web_app
 from simulator.campaign import nothing_decided
 from simulator.model import CampusModel
@@ -185,6 +186,8 @@ def new_backend(
             "WECHAT_MODE": "dev",
             "WECHAT_APPID": "",
             "TESTING": True,
+            # Tasks (an event trigger's delivery) run in the request: nothing is left queued.
+            "QUEUE_URL": "memory://",
         }
     )
     spec = yaml.safe_load(seeds.DEMO_TENANT.read_text(encoding="utf-8"))
@@ -358,17 +361,18 @@ class EndToEndModel(CampusModel):
 
     @contextmanager
     def delivering_in_request(self):
-        """`delivery.kick` (after an event trigger) delivers in the request instead of on a
-        thread: the same `deliver_due`, at the simulation's clock, into the sink."""
+        """An event trigger's delivery (a task on the queue in production,
+        `backend.tasks.delivery.after_trigger`) runs in the request instead: the same
+        `deliver_due`, at the simulation's clock, into the sink."""
 
-        def kick(app, tenant_id: int) -> None:
+        def after_trigger(app, tenant_id: int) -> None:
             delivery.deliver_due(Tenant.get_by_id(tenant_id), self.sink.channels, clock=self.clock)
 
-        original, delivery.kick = delivery.kick, kick
+        original, task_delivery.after_trigger = task_delivery.after_trigger, after_trigger
         try:
             yield
         finally:
-            delivery.kick = original
+            task_delivery.after_trigger = original
 
     def _visit_events(self, day: int, row: int, at: int) -> list[dict]:
         key = f"{day}-{row}"

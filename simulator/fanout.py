@@ -48,6 +48,8 @@ def process_count(runs: int, processes: int | None = None) -> int:
     -------
     Between 1 and `runs`; 1 means run them in this process.
     """
+    if multiprocessing.current_process().daemon:
+        return 1  # a task queue's worker process may not have children (Huey's are daemons)
     if processes is None:
         env = os.environ.get(PROCESSES_ENV, "").strip()
         processes = int(env) if env else available_cores()

@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +59,7 @@ from backend.store.models import (
     User,
 )
 from backend.store.models import Policy as PolicyRow
+from backend.tasks import delivery as task_delivery
 
 ROOT = Path(__file__).resolve().parent.parent
 CHINA_MIDNIGHT_AFTER_T0 = (TODAY + 1) * MS_PER_DAY - CHINA_OFFSET_MS
@@ -483,17 +483,17 @@ def held_out(appid: str, policy: str, user_ids) -> np.ndarray:
 
 @pytest.fixture
 def kicked(monkeypatch):
-    """The background delivery threads started by event requests, to join."""
-    threads: list[threading.Thread] = []
-    original = delivery.kick
+    """The deliveries event requests queued (tenant ids). The tests' queue runs each task at
+    once, in the request (helpers.app: QUEUE_URL memory://), so they are done on return."""
+    calls: list[int] = []
+    original = task_delivery.after_trigger
 
-    def kick(app, tenant_id):
-        thread = original(app, tenant_id)
-        threads.append(thread)
-        return thread
+    def after_trigger(app, tenant_id):
+        calls.append(tenant_id)
+        return original(app, tenant_id)
 
-    monkeypatch.setattr(delivery, "kick", kick)
-    return threads
+    monkeypatch.setattr(task_delivery, "after_trigger", after_trigger)
+    return calls
 
 
 def payment_failed(client, h, event_id: str, ts_ms: int):
@@ -540,10 +540,7 @@ def test_payment_failed_event_gets_a_card_shown_once(
     treated, _ = payment_failed_tenant
     h = login(client, tenant, treated[0])
     payment_failed(client, h, "pf-1", NOW - 60_000)
-    assert len(kicked) == 1
-    for t in kicked:
-        t.join(timeout=10)
-        assert not t.is_alive()
+    assert kicked == [tenant.id]
     rows = [r for r in touches(app, tenant) if r["openid"] == f"dev_{treated[0]}"]
     assert len(rows) == 1
     assert rows[0]["channel"] == "in_app" and rows[0]["status"] == "sent"
@@ -567,8 +564,7 @@ def test_a_card_that_cannot_be_shown_is_not_marked_opened(
     treated, _ = payment_failed_tenant
     h = login(client, tenant, treated[0])
     payment_failed(client, h, "pf-skip", NOW - 60_000)
-    for t in kicked:
-        t.join(timeout=10)
+    assert kicked == [tenant.id]
     with app.app_context():
         row = PolicyRow.get(PolicyRow.name == "payment_failed")
         source = row.source
@@ -604,8 +600,6 @@ def test_payment_failed_holdout_user_gets_no_card(
     _, holdout = payment_failed_tenant
     h = login(client, tenant, holdout[0])
     payment_failed(client, h, "pf-h", NOW)
-    for t in kicked:
-        t.join(timeout=10)
     deliver(app, tenant, NOW)
     rows = touches(app, tenant)
     assert [(r["openid"], r["status"]) for r in rows] == [(f"dev_{holdout[0]}", "held_out")]
@@ -625,8 +619,7 @@ def test_payment_failed_card_for_a_user_who_joined_after_the_nightly_scoring(
         if not held_out(tenant.appid, "payment_failed", [uid])[0]:
             break
     payment_failed(client, h, "pf-first-order", NOW)
-    for t in kicked:
-        t.join(timeout=10)
+    assert kicked == [tenant.id]
     shown = cards(client, h)
     assert [(c["title"], c["text"]) for c in shown] == [(PAY_AGAIN_TITLE, PAY_AGAIN_TEXT)]
 

@@ -212,7 +212,7 @@ def test_a_crash_between_issuing_a_coupon_and_linking_it_leaves_no_coupon(
 def test_a_kicked_delivery_renews_its_leases_on_the_apps_clock(
     app, client, tenant, clock, monkeypatch
 ):
-    """The thread an event trigger starts (delivery.kick) sends slowly, 2 minutes a call on
+    """The delivery an event trigger queues (delivery.deliver_now) sends slowly, 2 minutes a call on
     the app's clock; during its third send a deliverer on the same clock (the nightly job, a
     later kick) runs. The kicked thread renewed the lease of the touch it is sending from the
     clock's "now", so nobody takes that touch over; the second deliverer takes only the
@@ -228,7 +228,12 @@ def test_a_kicked_delivery_renews_its_leases_on_the_apps_clock(
     a = Channel(sent, clock, minutes=2, during={3: second_deliverer})
     real = channels_module.channels_for
     monkeypatch.setattr(channels_module, "channels_for", lambda app: {**real(app), "subscribe": a})
-    thread = delivery.kick(app, tenant.id)
+    def kicked():  # the queue's `deliver` task, on a worker of its own
+        with app.app_context():
+            delivery.deliver_now(app, tenant.id)
+
+    thread = threading.Thread(target=kicked)
+    thread.start()
     thread.join(timeout=60)
     assert not thread.is_alive()
 

@@ -16,8 +16,8 @@ from flask.cli import with_appcontext
 from backend.commands.arguments import day_and_tenants, day_or_none, now_ms
 from backend.commands.campaign_text import campaign_text
 from backend.commands.report_text import render
-from backend.services import channels, delivery, reports, scoring
-from backend.services.campaigns import job, run_lock
+from backend.services import reports, scoring
+from backend.services.campaigns import job, nightly, run_lock
 
 
 def _fail_if_any(command: str, failed: list[dict], tenants: int) -> None:
@@ -82,30 +82,13 @@ def run_campaigns(
 ) -> None:
     """The daily recall job: score if needed, decide, queue, deliver. Safe to run twice."""
     day, tenants = day_and_tenants(on, appid, now_ms())
-    senders = channels.channels_for(current_app)
-    retry = delivery.retry_policy(current_app)
-    clock = current_app.config["CLOCK"]
-
-    def deliver(tenant, _now_ms: int):  # delivery reads the time from `clock` itself
-        return delivery.deliver_due(tenant, senders, retry, clock=clock)
-
+    app = current_app._get_current_object()
     results, failed = [], []
     for tenant in tenants:
         # Each tenant's run is isolated: a failure is recorded (the run row says `failed`
         # and why) and the other tenants still get their nightly sends.
         try:
-            results.append(
-                job.run(
-                    tenant,
-                    day,
-                    clock.now_ms(),
-                    dry_run=dry_run,
-                    seed=seed,
-                    deliver=deliver,
-                    clock=clock,
-                    after_decide=current_app.config.get("CAMPAIGN_AFTER_DECIDE"),
-                )
-            )
+            results.append(nightly.run_for_app(app, tenant, day, dry_run=dry_run, seed=seed))
         except Exception as exc:
             if not isinstance(exc, run_lock.JobLocked):
                 current_app.logger.exception("run-campaigns failed for tenant %s", tenant.appid)

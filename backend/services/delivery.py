@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +35,6 @@ from backend.services import channels as channel_setup  # a module: tests replac
 from backend.services.campaigns.learnt import policy_state
 from backend.services.channels import Channel, Outcome, Recipient
 from backend.services.messages import MessageDefect, render
-from backend.store import db as store_db
 from backend.store.db import write_transaction
 from backend.store.models import (
     CouponTemplate,
@@ -455,35 +453,33 @@ def message_context(tenant: Tenant, touch: Touch, coupon) -> dict[str, str]:
     return ctx
 
 
-# -- delivery right after an event trigger ---------------------------------------------------
+# -- delivery run by a task (after an event trigger, the queue's sweep) ----------------------
 
 
-def kick(app, tenant_id: int) -> threading.Thread:
-    """Deliver a tenant's due touches on a background thread (after an event trigger), so
-    the event request does not wait for WeChat."""
+def deliver_now(app, tenant_id: int) -> Counter:
+    """Deliver a tenant's due touches with the app's channels, retries and clock; the queue's
+    `deliver` task runs this (backend/tasks/delivery.py), so an event request does not wait
+    for WeChat. The caller provides the app context and the connection."""
+    tenant = Tenant.get_or_none(Tenant.id == tenant_id)
+    if tenant is None:  # erased or deleted since the task was queued
+        return Counter()
+    # The app's clock, read as the run goes on: a "now" frozen at the start would let this
+    # task's leases lapse while it still sends (see deliver_due).
+    return deliver_due(
+        tenant, channel_setup.channels_for(app), retry_policy(app), clock=app.config["CLOCK"]
+    )
 
-    def work():
-        with app.app_context():
-            store_db.database.connect(reuse_if_open=True)
-            try:
-                tenant = Tenant.get_by_id(tenant_id)
-                # The app's clock, read as the run goes on: a "now" frozen at the start would
-                # let this thread's leases lapse while it still sends (see deliver_due).
-                deliver_due(
-                    tenant,
-                    channel_setup.channels_for(app),
-                    retry_policy(app),
-                    clock=app.config["CLOCK"],
-                )
-            except Exception:  # a background thread must log, not die silently
-                log.exception("background delivery failed for tenant %s", tenant_id)
-            finally:
-                if not store_db.database.is_closed():
-                    store_db.database.close()
 
-    thread = threading.Thread(target=work, name=f"deliver-{tenant_id}", daemon=True)
-    thread.start()
-    return thread
+def due_tenants(now_ms: int) -> list[int]:
+    """The tenants with touches to deliver now: due ones, or ones whose claim lapsed (a
+    deliverer died holding them), which `deliver_due` queues again and sends."""
+    due = (
+        (Touch.status == "queued")
+        & (Touch.send_after_ms <= now_ms)
+        & (Touch.next_attempt_ms <= now_ms)
+    ) | ((Touch.status == "sending") & (Touch.lease_until_ms < now_ms))
+    rows = Touch.select(Touch.tenant).where(due).distinct().order_by(Touch.tenant)
+    return [r.tenant_id for r in rows]
 
 
 def retry_policy(app) -> RetryPolicy:

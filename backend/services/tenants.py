@@ -11,6 +11,7 @@ from backend.core.calendar import check_calendar_name
 from backend.core.tiers import TierConfig
 from backend.errors import ApiError
 from backend.services.keys import new_api_key
+from backend.services.nightly_schedule import check_nightly_at
 from backend.services.scoring import load_calendar
 from backend.store.db import database
 from backend.store.models import Merchant, Tenant
@@ -68,6 +69,8 @@ def update_settings(tenant: Tenant, changes: dict) -> dict:
     try:
         TierConfig.from_settings(merged.get("tiers"))
         load_calendar(merged)
+        if "nightly_at" in merged:
+            check_nightly_at(merged["nightly_at"])
     except (ValueError, OSError) as exc:
         raise ApiError(400, "invalid_settings", str(exc)) from None
     Tenant.update(settings=json.dumps(merged, ensure_ascii=False)).where(

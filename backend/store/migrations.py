@@ -30,6 +30,7 @@ from backend.store.models import (
     SmsMessage,
     SubscriptionAllowance,
     SubscriptionGrant,
+    TaskFailure,
     Tenant,
     Touch,
     User,
@@ -203,6 +204,11 @@ def _v9_claim_ids(db: peewee.Database) -> None:
     )
 
 
+def _v10_task_failures(db: peewee.Database) -> None:
+    """Background tasks that failed for good (backend/tasks, services/task_failures.py)."""
+    db.create_tables([TaskFailure], safe=True)
+
+
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _v1_initial,
     _v2_scores,
@@ -213,6 +219,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _v7_hardening,
     _v8_nightly_state,
     _v9_claim_ids,
+    _v10_task_failures,
 ]
 LATEST = len(MIGRATIONS)
 

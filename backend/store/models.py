@@ -384,6 +384,21 @@ class JobLock(BaseModel):
     expires_ms = pw.BigIntegerField()
 
 
+class TaskFailure(BaseModel):
+    """A background task that failed for good (its retries spent): what a platform team's
+    status page lists. `key` names what it was for (a China day, a trial)."""
+
+    task = pw.CharField(max_length=64)
+    tenant = pw.ForeignKeyField(Tenant, null=True, on_delete="CASCADE")
+    key = pw.CharField(max_length=64, default="")
+    error = pw.TextField()
+    attempts = pw.IntegerField(default=1)
+    failed_ms = pw.BigIntegerField()
+
+    class Meta:
+        indexes = ((("task", "tenant", "key"), False),)
+
+
 class KeyValue(BaseModel):
     """Small shared state across workers (the WeChat access token cache)."""
 
@@ -433,4 +448,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     SmsMessage,
     JobLock,
     SimulationRun,
+    TaskFailure,
 ]

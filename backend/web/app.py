@@ -15,6 +15,7 @@ from werkzeug.routing import IntegerConverter
 from backend.core.clock import SystemClock
 from backend.services.wechat import make_client
 from backend.store import db as store_db
+from backend.tasks import queue
 from backend.web import config, errors
 from backend.web.admin import bp as admin_bp
 from backend.web.dashboard import bp as dashboard_bp
@@ -45,6 +46,7 @@ def create_web_app(overrides: dict | None = None) -> Flask:
         logging.getLogger(chatty).setLevel(logging.INFO)
     logging.getLogger("MESA").setLevel(logging.WARNING)  # one INFO line per simulated day
 
+    queue.configure(app.config["QUEUE_URL"])
     database = store_db.open_database(app.config["DATABASE_URL"])
     store_db.bind(database)  # the fallback for code run outside any app context
     app.extensions["database"] = database

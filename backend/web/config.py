@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from backend.services.wechat import DEFAULT_API_BASE
+from backend.tasks.queue import default_queue_url
 
 
 def default_database_url(instance_path: str) -> str:
@@ -26,6 +27,8 @@ def from_env(instance_path: str) -> dict:
     session_ttl = int(os.environ.get("HUILIU_DASHBOARD_SESSION_S", 8 * 3600))
     return {
         "DATABASE_URL": os.environ.get("DATABASE_URL") or default_database_url(instance_path),
+        # The task queue's storage (backend/tasks/queue.py): a SQLite file here by default.
+        "QUEUE_URL": os.environ.get("HUILIU_QUEUE_URL") or default_queue_url(instance_path),
         # Without SECRET_KEY: one kept in the instance folder, shared by every worker on this
         # machine (so a dashboard login or token made by one worker is accepted by the others).
         "SECRET_KEY": secret or stored,

@@ -36,6 +36,7 @@ def build_app(db_url: str, clock: FixedClock, *, fresh_db: bool = True, **config
             "WECHAT_MODE": "dev",
             "WECHAT_APPID": "",
             "TESTING": True,
+            "QUEUE_URL": "memory://",  # tasks run at once, in the caller
             **config,
         }
     )

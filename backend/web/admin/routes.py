@@ -305,6 +305,12 @@ SETTINGS_SCHEMA = {
                 },
             ],
         },
+        "nightly_at": {
+            "type": "string",
+            "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$",
+            "description": "China time (HH:MM) of the tenant's nightly run on the task queue "
+            "(default 02:00)",
+        },
     },
 }
 

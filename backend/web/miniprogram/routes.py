@@ -10,7 +10,6 @@ from backend.errors import ApiError
 from backend.services import (
     cards,
     coupons,
-    delivery,
     events,
     privacy,
     ratelimit,
@@ -21,6 +20,7 @@ from backend.services import (
 )
 from backend.services.campaigns import triggers
 from backend.services.event_validation import MP_EVENT_SCHEMA, MP_MAX_AGE_MS
+from backend.tasks import delivery as task_delivery
 from backend.web.auth import issue_token, require_user
 from backend.web.openapi import documented, read_json, validated
 
@@ -183,13 +183,14 @@ def post_events():
         user_id=g.user.id,
     )
     if result.triggers:
-        # Trigger policies decide now; delivery runs on a thread so this answer is not held.
+        # Trigger policies decide now; delivery is a task on the queue (backend/tasks), so
+        # this answer does not wait for WeChat.
         # The events are stored: a failing trigger is logged, never the phone's problem (a
         # 500 would make it resend the batch for ever).
         try:
             tenant = users.tenant_of(g.user)
             if triggers.on_events(tenant, result.triggers, now):
-                delivery.kick(current_app._get_current_object(), g.tenant_id)
+                task_delivery.after_trigger(current_app._get_current_object(), g.tenant_id)
         except Exception:
             current_app.logger.exception("event triggers failed for tenant %s", g.tenant_id)
     return jsonify(result.as_dict())

@@ -1,0 +1,62 @@
+"""`worker`: the task queue's consumer and its scheduler (backend/tasks, docs/deploy.md).
+
+Its processes run the tasks the web app and the scheduler queue: each tenant's night at its
+own China time, deliveries, dashboard trials. Several workers (on one machine or many, with
+`HUILIU_QUEUE_URL=redis://…`) share the queue; each may run the scheduler, whose ticks are
+safe to run twice (the database decides what is due and who queued it).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from backend.store import db as store_db
+from backend.tasks import catalog, queue, runtime
+
+log = logging.getLogger(__name__)
+
+
+@click.command("worker")
+@click.option(
+    "--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="processes"
+)
+@click.option(
+    "--scheduler/--no-scheduler",
+    default=True,
+    show_default=True,
+    help="also queue the periodic work (one scheduler is enough; more are safe)",
+)
+@with_appcontext
+def worker(workers: int, scheduler: bool) -> None:
+    """Run the task queue's worker processes (and its scheduler) until stopped (Ctrl-C)."""
+    if queue.is_immediate():
+        raise click.ClickException(
+            f"HUILIU_QUEUE_URL={queue.IMMEDIATE_URL} runs tasks in the caller; a worker needs "
+            "a sqlite:/// or redis:// queue"
+        )
+    app = current_app._get_current_object()
+    runtime.bind(app)
+    # The worker processes are forked from this one: no database connection may cross.
+    database = app.extensions["database"]
+    if hasattr(database, "close_all"):
+        database.close_all()
+    elif not database.is_closed():
+        database.close()
+    if not store_db.database.is_closed():
+        store_db.database.close()
+    log.info("worker: %d processes, scheduler %s, tasks %s", workers, scheduler, catalog.NAMES)
+    consumer = queue.huey.create_consumer(
+        workers=workers,
+        worker_type="process",
+        periodic=scheduler,
+        check_worker_health=True,
+        health_check_interval=5,
+    )
+    consumer.run()
+
+
+COMMANDS = (worker,)

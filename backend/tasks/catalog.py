@@ -1,0 +1,9 @@
+"""Every task module, imported so the worker's Huey knows every task by name (a task queued
+by the web app is looked up in the worker's registry)."""
+
+from __future__ import annotations
+
+from backend.tasks import delivery, failures, nightly  # noqa: F401 - registered on import
+
+# Every task's name, for the worker's first log line.
+NAMES = sorted(t.__name__ for t in delivery.huey._registry._registry.values())
