@@ -157,7 +157,7 @@ declare namespace Huiliu {
     optIn(): Promise<{ marketing_opt_out: boolean }>;
     /** `GET /mp/v1/me/data`: everything the server holds about this user. */
     myData(): Promise<Record<string, unknown>>;
-    /** `DELETE /mp/v1/me`, then the queue, the outbox and every storage key of the SDK are removed. */
+    /** `DELETE /mp/v1/me`, then the queue, the outbox and every storage key of the SDK are removed. Afterwards the SDK starts afresh (the next event logs in again, as a new user) unless the user had opted out: that choice alone is kept (only on the phone; nothing more is sent). */
     eraseMe(): Promise<{ erased: Record<string, number> | null }>;
     /** Counters; `dropped` survives restarts. */
     stats(): Stats;

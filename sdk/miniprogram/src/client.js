@@ -587,11 +587,14 @@ class Client {
       this.outbox.clear();
       this.auth.clear();
       this._seen = [];
-      this._optout = { v: false, synced: true };
+      // A user who opted out and then erased their data is not tracked again as a new user.
+      const out = this._optout.v;
+      this._optout = { v: out, synced: true };
       Object.keys(this._stats).forEach((k) => { this._stats[k] = 0; });
       clearTimeout(this._persistTimer);
       this._persistTimer = null;
       KEYS.forEach((k) => this.store.remove(k));
+      if (out) this.store.set('optout', this._optout);
       this.ids = new ids.Ids(this.store);
       this._erasing = false;
       return d;

@@ -117,6 +117,24 @@ test('eraseMe: a 401 invalid_token on a retry counts as done (the user is gone)'
   }
 });
 
+test('eraseMe after an opt-out keeps only the opt-out, and sends nothing more', async () => {
+  const t = setup({ options: { autoTrack: true } });
+  try {
+    await t.hl.optOut();
+    await t.hl.eraseMe();
+    assert.deepStrictEqual(Array.from(t.env.storage.keys()), ['huiliu:optout']);
+    assert.strictEqual(t.hl.track('search'), null);
+    const n = t.env.requests.length;
+    t.env.hide();
+    t.env.show();
+    await t.clock.tick(60000);
+    assert.strictEqual(t.env.requests.length, n);
+    assert.strictEqual(t.env.api.users.size, 0, 'no new user was created');
+  } finally {
+    t.done();
+  }
+});
+
 test('myData returns the export', async () => {
   const t = setup();
   try {
