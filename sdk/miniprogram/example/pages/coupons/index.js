@@ -7,6 +7,7 @@ const hl = getApp().hl;
 
 // Why a claim was refused, by the API's error code.
 const CLAIM_ERRORS = {
+  opted_out: '你已关闭个性化推荐，无法领券',
   per_user_limit: '你已经领过这张券了',
   budget_exhausted: '券已经被领完了',
   template_inactive: '活动已结束',
@@ -53,7 +54,7 @@ Page({
     return hl.coupons
       .list()
       .then((coupons) => this.setData({ mine: coupons.map(couponView), loading: false }))
-      .catch(() => this.setData({ loading: false }));
+      .catch(() => this.setData({ loading: false })); // e.g. opted out: show none
   },
 
   onClaim(e) {
@@ -67,8 +68,11 @@ Page({
         return this.refresh();
       })
       .catch((err) => {
-        const code = err && err.code;
-        wx.showToast({ title: CLAIM_ERRORS[code] || '领取失败，请稍后再试', icon: 'none' });
+        // pending: no answer yet; the SDK sends the same claim again and it issues one coupon.
+        const title = err && err.pending
+          ? '网络不佳，稍后自动领取'
+          : CLAIM_ERRORS[err && err.code] || '领取失败，请稍后再试';
+        wx.showToast({ title: title, icon: 'none' });
       })
       .then(() => this.setData({ claiming: 0 }));
   },

@@ -4,6 +4,9 @@ const config = require('../../config');
 
 const hl = getApp().hl;
 
+// The page's own memory of the choice, for the button (the SDK keeps its own flag).
+const OPTED_OUT_KEY = 'example:opted_out';
+
 function toast(title) {
   wx.showToast({ title: title, icon: 'none' });
 }
@@ -12,6 +15,10 @@ Page({
   data: {
     keyword: '',
     optedOut: false,
+  },
+
+  onLoad() {
+    this.setData({ optedOut: wx.getStorageSync(OPTED_OUT_KEY) === true });
   },
 
   onKeywordInput(e) {
@@ -38,29 +45,37 @@ Page({
         const accepted = config.subscribeTemplates.some((id) => left[id] > 0);
         toast(accepted ? '订阅成功，上新时提醒你' : '已取消订阅');
       })
-      .catch(() => toast('订阅失败，请稍后再试'));
+      .catch((err) => {
+        if (err && err.pending) toast('网络不佳，稍后自动提交');
+        else if (err && err.code === 'opted_out') toast('你已关闭个性化推荐');
+        else toast('订阅失败，请稍后再试');
+      });
   },
 
   goCoupons() {
     wx.navigateTo({ url: '/pages/coupons/index' });
   },
 
+  // The choice holds on the phone at once; the SDK keeps telling the server until it hears it.
   onOptOut() {
-    hl.optOut()
-      .then(() => {
-        this.setData({ optedOut: true });
-        toast('已关闭个性化推荐');
-      })
-      .catch(() => toast('操作失败，请稍后再试'));
+    this.setOptedOut(true);
+    hl.optOut().then(
+      () => toast('已关闭个性化推荐'),
+      () => toast('已关闭，联网后同步')
+    );
   },
 
   onOptIn() {
-    hl.optIn()
-      .then(() => {
-        this.setData({ optedOut: false });
-        toast('已开启个性化推荐');
-      })
-      .catch(() => toast('操作失败，请稍后再试'));
+    this.setOptedOut(false);
+    hl.optIn().then(
+      () => toast('已开启个性化推荐'),
+      () => toast('已开启，联网后同步')
+    );
+  },
+
+  setOptedOut(value) {
+    wx.setStorageSync(OPTED_OUT_KEY, value);
+    this.setData({ optedOut: value });
   },
 
   onMyData() {
@@ -85,7 +100,10 @@ Page({
       success: (res) => {
         if (!res.confirm) return;
         hl.eraseMe()
-          .then(() => toast('已删除'))
+          .then(() => {
+            this.setOptedOut(false); // erasure clears the SDK's opt-out flag with the rest
+            toast('已删除');
+          })
           .catch(() => toast('删除失败，请稍后再试'));
       },
     });
