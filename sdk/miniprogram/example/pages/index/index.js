@@ -100,10 +100,7 @@ Page({
       success: (res) => {
         if (!res.confirm) return;
         hl.eraseMe()
-          .then(() => {
-            this.setOptedOut(false); // erasure clears the SDK's opt-out flag with the rest
-            toast('已删除');
-          })
+          .then(() => toast('已删除')) // an opt-out survives the erasure, so the button stays
           .catch(() => toast('删除失败，请稍后再试'));
       },
     });
