@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+SDK := sdk/miniprogram
 
 define find_python
 for c in python3.13 python3.12 python3 $$(ls -d $$(pyenv root 2>/dev/null)/versions/3.1[2-9]*/bin/python 2>/dev/null); do \
@@ -18,6 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
+# The mini-program SDK's dev dependencies (its tests' jsdom, miniprogram-simulate, typescript),
+# from its lockfile. The SDK itself has no runtime dependencies.
+$(SDK)/node_modules/.installed: $(SDK)/package.json $(SDK)/package-lock.json
+	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 demo: $(VENV)/.installed
 	$(PY) app.py init-db
 	$(PY) app.py seed-demo
@@ -26,18 +33,20 @@ demo: $(VENV)/.installed
 	$(PY) app.py run-campaigns
 	$(PY) app.py compare --policy coupon_blast --policy tiered --policy golden_window --users 4500 --days 60 --seed 1 --html instance/compare.html
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(SDK)/node_modules/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	cd $(SDK) && npm test
 	$(PY) -m pytest -q
 
 # The same checks without the tests marked slow (10 s or more each): for the edit-test loop.
 # `make test` stays the whole suite.
-test-fast: $(VENV)/.installed
+test-fast: $(VENV)/.installed $(SDK)/node_modules/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	cd $(SDK) && npm test
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed
@@ -53,4 +62,4 @@ bench: $(VENV)/.installed
 	$(PY) bench/simulate.py
 
 clean:
-	rm -rf $(VENV) instance .pytest_cache
+	rm -rf $(VENV) instance .pytest_cache $(SDK)/node_modules
