@@ -153,6 +153,8 @@ declare namespace Huiliu {
     reengagement(): Promise<Card[]>;
     /** Stop tracking: clears the queue, keeps the choice in storage and tells the server (`POST /mp/v1/me/opt-out`, retried on the next show until it is heard). Afterwards nothing else is sent; marketing calls reject with code `opted_out`. */
     optOut(): Promise<{ marketing_opt_out: boolean }>;
+    /** Whether the user opted out (the choice kept on the phone): for a settings switch. */
+    isOptedOut(): boolean;
     /** Resume tracking and tell the server (`POST /mp/v1/me/opt-in`). */
     optIn(): Promise<{ marketing_opt_out: boolean }>;
     /** `GET /mp/v1/me/data`: everything the server holds about this user. */

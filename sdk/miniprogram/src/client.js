@@ -541,6 +541,11 @@ class Client {
 
   // ---- privacy ------------------------------------------------------------------------
 
+  /** Whether the user opted out (kept in storage, so a page can show the right switch). */
+  isOptedOut() {
+    return this._optout.v === true;
+  }
+
   optOut() {
     this._optout = { v: true, synced: false };
     this.store.set('optout', this._optout);

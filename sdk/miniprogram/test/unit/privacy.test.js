@@ -10,7 +10,9 @@ test('opt-out: the queue is cleared, track returns null, nothing but the opt-out
     t.hl.track('search');
     t.hl.track('like');
     const before = t.env.requests.length;
+    assert.strictEqual(t.hl.isOptedOut(), false);
     const answer = await t.hl.optOut();
+    assert.strictEqual(t.hl.isOptedOut(), true);
     assert.deepStrictEqual(answer, { marketing_opt_out: true });
     assert.strictEqual(t.hl.stats().queued, 0);
     assert.strictEqual(t.env.stored('queue').events.length, 0, 'cleared in storage too');
@@ -28,6 +30,7 @@ test('opt-out: the queue is cleared, track returns null, nothing but the opt-out
 
     const { env, hl } = t.restart({ autoTrack: true });
     assert.strictEqual(hl.track('search'), null, 'still opted out after a restart');
+    assert.strictEqual(hl.isOptedOut(), true);
     env.show();
     await t.clock.tick(60000);
     assert.deepStrictEqual(env.requests, []);

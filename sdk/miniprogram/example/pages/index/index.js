@@ -5,7 +5,6 @@ const config = require('../../config');
 const hl = getApp().hl;
 
 // The page's own memory of the choice, for the button (the SDK keeps its own flag).
-const OPTED_OUT_KEY = 'example:opted_out';
 
 function toast(title) {
   wx.showToast({ title: title, icon: 'none' });
@@ -18,7 +17,7 @@ Page({
   },
 
   onLoad() {
-    this.setData({ optedOut: wx.getStorageSync(OPTED_OUT_KEY) === true });
+    this.setData({ optedOut: hl.isOptedOut() });
   },
 
   onKeywordInput(e) {
@@ -58,24 +57,21 @@ Page({
 
   // The choice holds on the phone at once; the SDK keeps telling the server until it hears it.
   onOptOut() {
-    this.setOptedOut(true);
-    hl.optOut().then(
+    const done = hl.optOut();
+    this.setData({ optedOut: hl.isOptedOut() });
+    done.then(
       () => toast('已关闭个性化推荐'),
       () => toast('已关闭，联网后同步')
     );
   },
 
   onOptIn() {
-    this.setOptedOut(false);
-    hl.optIn().then(
+    const done = hl.optIn();
+    this.setData({ optedOut: hl.isOptedOut() });
+    done.then(
       () => toast('已开启个性化推荐'),
       () => toast('已开启，联网后同步')
     );
-  },
-
-  setOptedOut(value) {
-    wx.setStorageSync(OPTED_OUT_KEY, value);
-    this.setData({ optedOut: value });
   },
 
   onMyData() {
