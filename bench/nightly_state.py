@@ -1,7 +1,7 @@
 """Production's nightly `score` with the kept scoring state against the rebuild it replaces.
 
-    .venv/bin/python bench/nightly.py                  # 100,000 users, 3 nights
-    .venv/bin/python bench/nightly.py --users 20000 --nights 2
+    .venv/bin/python bench/nightly_state.py                  # 100,000 users, 3 nights
+    .venv/bin/python bench/nightly_state.py --users 20000 --nights 2
 
 A tenant in a fresh SQLite database (a temporary folder), generated untimed and written with
 bulk inserts: USERS students who signed up before the history began, 130 days of campus
