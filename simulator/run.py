@@ -150,7 +150,7 @@ RANK_BY = ("profit", "students", "revenue")
 UNITS = {"students": "students", "orders": "orders", "revenue": "fen", "cost": "fen"}
 
 
-def _one_run(
+def one_run(
     policy: Policy,
     users: int,
     days: int,
@@ -162,8 +162,8 @@ def _one_run(
     keep_result: bool,
     progress: Callable[[int], None] | None,
 ) -> tuple[dict | None, dict[str, np.ndarray]]:
-    """One of `compare`'s runs: its result (if `keep_result`) and its per-user effects, the
-    only parts `compare` keeps (so a child process sends back no more)."""
+    """One of `compare`'s runs (`compare_runs`): its result (if `keep_result`) and its per-user
+    effects, the only parts `gather` keeps (so a child process or a task sends back no more)."""
     result, books = simulate_paired(policy, users, days, seed, warmup, progress, coupons, params)
     return (result if keep_result else None), per_user_effects(books, margin)
 
@@ -237,20 +237,64 @@ def compare(
     production would see in one trial of this size (seed `seed`) and its power plan.
     `coupons`: name -> (face value, minimum spend) in fen (the presets' by default).
     `processes`: how many runs at once (simulator/fanout.py; None: one per core); the
-    answer is the same bits however many."""
+    answer is the same bits however many. The runs (`compare_runs`) may as well be computed
+    elsewhere, one at a time (`one_run`: the dashboard's trial spreads them over a task
+    queue's workers), and handed to `gather` in their order."""
     if rank_by not in RANK_BY:
         raise ValueError(f"rank by one of {RANK_BY}, not {rank_by!r}")
+    runs = compare_runs(policies, users, days, seed, warmup, params, coupons, replicates, margin)
+    answers = fanout.run_all(one_run, runs, progress, processes)
+    return gather(policies, answers, users, days, seed, warmup, params, replicates, rank_by, margin)
+
+
+def compare_runs(
+    policies: list[Policy],
+    users: int,
+    days: int,
+    seed: int,
+    warmup: int = 28,
+    params: SimParams | None = None,
+    coupons: dict[str, tuple[int, int]] | None = None,
+    replicates: int = 1,
+    margin: float = paired.DEFAULT_MARGIN,
+) -> list[tuple]:
+    """A comparison's independent runs, in the order `gather` takes their answers: each
+    policy on each seed (seed-major), as `one_run`'s arguments less its progress callback.
+    Each builds its own model from its own seed and shares nothing with the others."""
     if replicates < 1:
         raise ValueError("at least one replicate")
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise ValueError(f"each policy once: {names}")
-    per: dict[str, dict[str, list[np.ndarray]]] = {n: {} for n in names}
-    results: dict[str, dict] = {}
+    seeds = range(seed, seed + replicates)
+    return [
+        (p, users, days, s, warmup, coupons, params, margin, s == seed)
+        for s in seeds
+        for p in policies
+    ]
+
+
+def gather(
+    policies: list[Policy],
+    answers: list[tuple[dict | None, dict[str, np.ndarray]]],
+    users: int,
+    days: int,
+    seed: int,
+    warmup: int = 28,
+    params: SimParams | None = None,
+    replicates: int = 1,
+    rank_by: str = "profit",
+    margin: float = paired.DEFAULT_MARGIN,
+) -> dict:
+    """`compare`'s output from its runs' answers (`one_run`'s, in `compare_runs` order):
+    wherever and in whatever order the runs were computed, the same bits."""
+    if rank_by not in RANK_BY:
+        raise ValueError(f"rank by one of {RANK_BY}, not {rank_by!r}")
+    names = [p.name for p in policies]
     seeds = list(range(seed, seed + replicates))
     runs = [(p, s) for s in seeds for p in policies]
-    args = [(p, users, days, s, warmup, coupons, params, margin, s == seed) for p, s in runs]
-    answers = fanout.run_all(_one_run, args, progress, processes)
+    per: dict[str, dict[str, list[np.ndarray]]] = {n: {} for n in names}
+    results: dict[str, dict] = {}
     for (p, s), (result, effects) in zip(runs, answers, strict=True):
         if s == seed:
             results[p.name] = result
