@@ -13,9 +13,10 @@ from flask.cli import with_appcontext
 from backend.commands.arguments import now_ms
 from backend.commands.demo import run_session
 from backend.errors import ApiError
-from backend.services import seeding, tenants
+from backend.services import seeding, telemetry, tenants
 from backend.store import db as store_db
 from backend.store.migrations import SchemaTooNew, migrate
+from backend.web import logging_setup
 from backend.web.server import run
 
 
@@ -77,6 +78,9 @@ def demo_session() -> None:
 def serve(host: str, port: int, workers: int | None) -> None:
     """Run the API with gunicorn (threaded workers)."""
     count = workers or min(8, 2 * (os.cpu_count() or 1))
+    logging_setup.default_to_json()
+    # Before gunicorn forks: every worker counts into this directory, /metrics sums them.
+    telemetry.use_directory(telemetry.metrics_dir(current_app.instance_path), clear_dead=True)
     run(host, port, count)
 
 

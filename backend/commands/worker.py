@@ -14,8 +14,10 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from backend.services import telemetry
 from backend.store import db as store_db
 from backend.tasks import catalog, queue, runtime
+from backend.web import logging_setup
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,9 @@ def worker(workers: int, scheduler: bool) -> None:
             "a sqlite:/// or redis:// queue"
         )
     app = current_app._get_current_object()
+    logging_setup.default_to_json()
+    # The task processes count into the directory `serve`'s /metrics sums (on this machine).
+    telemetry.use_directory(telemetry.metrics_dir(app.instance_path))
     runtime.bind(app)
     # The worker processes are forked from this one: no database connection may cross.
     database = app.extensions["database"]

@@ -30,7 +30,7 @@ from backend.core.policy import CHANNELS, Policy, PolicyError
 from backend.core.policy.caps import CAP_DAYS, CAP_STATUSES, cap_counts, caps_reached, window_start
 from backend.core.policy.guards import next_send_ms
 from backend.errors import ApiError
-from backend.services import channel_halts, coupons, policies
+from backend.services import channel_halts, coupons, policies, telemetry
 from backend.services import channels as channel_setup  # a module: tests replace channels_for
 from backend.services.campaigns.learnt import policy_state
 from backend.services.channels import Channel, Outcome, Recipient
@@ -214,7 +214,9 @@ def deliver_due(
                 _release(batch[i:])
                 raise
             try:
-                counts[_deliver_one(tenant, touch, at, channels, retry, cache)] += 1
+                outcome = _deliver_one(tenant, touch, at, channels, retry, cache)
+                counts[outcome] += 1
+                telemetry.count_send(touch.channel, outcome)
             except BaseException:
                 # This touch may have gone out (its lease decides); the rest surely did not.
                 _release(batch[i + 1 :])

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from backend.core.policy.spec import TRIGGER_EVENTS
 from backend.core.validation import first_error, unstorable_value
 from backend.errors import ApiError
+from backend.services import telemetry
 from backend.services.event_validation import (
     CleanEvent,
     InvalidEvent,
@@ -194,6 +195,8 @@ def store_batch(
         _touch_seen(rows)
     result.accepted = inserted
     result.duplicates = len(kept) - inserted
+    source = "mp" if user_id is not None else "import"  # /mp/v1 names its user, imports do not
+    telemetry.count_events(source, result.accepted, len(result.rejected), result.duplicates)
     for uid, ev in rows:
         # Only fresh events trigger: a phone's week-old offline queue is history, not a cue.
         if ev.type in TRIGGER_EVENTS and ev.ts_ms >= now_ms - TRIGGER_MAX_AGE_MS:

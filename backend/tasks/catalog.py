@@ -3,7 +3,13 @@ by the web app is looked up in the worker's registry)."""
 
 from __future__ import annotations
 
-from backend.tasks import delivery, failures, nightly  # noqa: F401 - registered on import
+from backend.tasks import (  # noqa: F401 - registered on import
+    delivery,
+    failures,
+    nightly,
+    telemetry,
+    trials,
+)
 
 # Every task's name, for the worker's first log line.
 NAMES = sorted(t.__name__ for t in delivery.huey._registry._registry.values())

@@ -16,7 +16,7 @@ from backend.core.clock import SystemClock
 from backend.services.wechat import make_client
 from backend.store import db as store_db
 from backend.tasks import queue
-from backend.web import config, errors
+from backend.web import config, errors, logging_setup, ops
 from backend.web.admin import bp as admin_bp
 from backend.web.dashboard import bp as dashboard_bp
 from backend.web.miniprogram import bp as mp_bp
@@ -40,11 +40,7 @@ def create_web_app(overrides: dict | None = None) -> Flask:
     proxies = app.config["TRUSTED_PROXIES"]
     if proxies > 0:  # the client's address is the one the nearest of these proxies saw
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # At DEBUG these log full URLs and SQL parameters: app secret, login codes, access tokens.
-    for chatty in ("urllib3", "peewee"):
-        logging.getLogger(chatty).setLevel(logging.INFO)
-    logging.getLogger("MESA").setLevel(logging.WARNING)  # one INFO line per simulated day
+    logging_setup.install()  # HUILIU_LOG_FORMAT; serve and worker default to json
 
     queue.configure(app.config["QUEUE_URL"])
     database = store_db.open_database(app.config["DATABASE_URL"])
@@ -53,6 +49,7 @@ def create_web_app(overrides: dict | None = None) -> Flask:
     _use_own_database(app, database)
     app.extensions["wechat_client"] = _wechat_client_factory(app)
     app.extensions["oa_client"] = _oa_client_factory(app)
+    ops.register(app)  # /readyz, /status, /metrics; request timing starts before anything
 
     @app.before_request
     def _connect():

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterable
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
+from backend.services import telemetry
+from backend.web import logging_setup
 from backend.web.admin.routes import MAX_IMPORT_BODY
 from backend.web.app import create_web_app
 
@@ -65,6 +67,13 @@ class SafeAccessLogger(Logger):
         own."""
         atoms = super().atoms(resp, req, environ, request_time)
         return {k: escape_for_log(v) if isinstance(v, str) else v for k, v in atoms.items()}
+
+    def setup(self, cfg) -> None:
+        """gunicorn's own handlers, its error log in HUILIU_LOG_FORMAT like every other log.
+        The access line stays gunicorn's escaped text (one line per request, unforgeable):
+        the latency histogram in /metrics carries the same requests by route."""
+        super().setup(cfg)
+        logging_setup.format_handlers(self.error_log)
 
 
 def _seconds(name: str, default: float) -> float:
@@ -325,6 +334,12 @@ def _post_worker_init(worker) -> None:
     ).start()
 
 
+def _child_exit(_server, worker) -> None:
+    """gunicorn's hook in the master when a worker ended: its live-only metrics go
+    (prometheus_client's multiprocess bookkeeping; its counts stay in the sums)."""
+    telemetry.process_ended(worker.pid)
+
+
 def _set_client_timeout(sock: socket.socket, seconds: float) -> None:
     """Kernel read and write timeouts: gthread switches its sockets between blocking and
     non-blocking, which resets Python's own timeout but not these."""
@@ -407,6 +422,7 @@ def run(
             # Query strings never carry secrets here, but keep the log line short anyway.
             "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
             "post_worker_init": _post_worker_init,
+            "child_exit": _child_exit,
         },
         wrap,
     ).run()
