@@ -16,6 +16,7 @@ from backend.core.calendar import day_date
 from backend.core.policy.decide import REASONS
 from backend.core.tiers import TIERS
 from backend.store.models import ApiKey, SimulationRun
+from backend.tasks import trials as trial_tasks
 
 
 def metrics_on(page: str) -> list[dict]:
@@ -508,10 +509,9 @@ def test_too_many_wrong_sign_ins_from_one_address_are_refused_for_a_while(client
 def test_an_edited_policy_goes_to_the_simulator_as_edited(app, client, tenant, monkeypatch):
     """The policy page's third button sends the text in the editor, unsaved, to a trial
     against the presets. (The worker itself runs in the browser tests.)"""
-    from backend.services import simulations
 
     started = []
-    monkeypatch.setattr(simulations, "launch", lambda run_id, *a: started.append(run_id))
+    monkeypatch.setattr(trial_tasks, "queue_trial", lambda *a: started.append(a[-1]))
     add_policy(client, tenant, POLICY)
     sign_in(client, tenant.api_key)
     page = client.get("/admin/policies/comeback").get_data(as_text=True)
@@ -653,7 +653,6 @@ def load_description(name: str) -> str:
 
 
 def test_the_default_trial_is_sized_by_the_rule_and_says_why(app, client, tenant, monkeypatch):
-    from backend.services import simulations
     from backend.web.dashboard import trials
 
     size = trials.default_size()
@@ -668,7 +667,7 @@ def test_the_default_trial_is_sized_by_the_rule_and_says_why(app, client, tenant
     assert f"每月利润约相差 ¥{size.gap_month_fen / 100:,.0f}" in page
     # A request without a size gets the default size.
     started = []
-    monkeypatch.setattr(simulations, "launch", lambda run_id, *a: started.append(run_id))
+    monkeypatch.setattr(trial_tasks, "queue_trial", lambda *a: started.append(a[-1]))
     resp = client.post(
         "/admin/simulations", data={"policy": "preset:tiered", "csrf_token": csrf_from(page)}
     )

@@ -18,6 +18,7 @@ from backend.core.calendar import CALENDAR_FILES
 from backend.services import ratelimit, simulations, subscriptions, tenants
 from backend.store.db import database
 from backend.store.models import KeyValue, SimulationRun, SubscriptionAllowance
+from backend.tasks import trials as trial_tasks
 from fake_wechat.server import LOGIN_PATH, FakeWeChat
 
 
@@ -148,7 +149,7 @@ def test_each_sign_in_is_its_own_server_side_session(app, tenant, clock):
 
 def test_parallel_trial_starts_launch_exactly_the_limit(app, live_server, tenant, monkeypatch):
     launched = []
-    monkeypatch.setattr(simulations, "launch", lambda run_id, *a: launched.append(run_id))
+    monkeypatch.setattr(trial_tasks, "queue_trial", lambda *a: launched.append(a[-1]))
     # Every start that has counted waits here for the others before it inserts (unless the
     # others are held back by a lock, then it goes on after a while): without the lock all
     # starts count zero running trials, so all would insert.
@@ -191,11 +192,11 @@ def test_parallel_trial_starts_launch_exactly_the_limit(app, live_server, tenant
         assert SimulationRun.select().where(SimulationRun.tenant == tenant.id).count() == limit
 
 
-def test_a_trial_whose_worker_cannot_start_frees_its_slot(app, client, tenant, monkeypatch):
-    def no_worker(*_args):
-        raise OSError("no python here")
+def test_a_trial_that_cannot_be_queued_frees_its_slot(app, client, tenant, monkeypatch):
+    def no_queue(*_args):
+        raise ConnectionError("the queue's storage is unreachable")
 
-    monkeypatch.setattr(simulations, "launch", no_worker)
+    monkeypatch.setattr(trial_tasks, "queue_trial", no_queue)
     sign_in(client, tenant.api_key)
     token = csrf_from(client.get("/admin/simulations").get_data(as_text=True))
     for _ in range(simulations.MAX_RUNNING_PER_TENANT + 1):

@@ -1,6 +1,9 @@
 """Commands that run the simulated campus (docs/simulator.md): `simulate` one policy,
-`compare` several, `calibrate` the campus to a tenant's own log, and `run-simulation`, the
-dashboard's trial worker.
+`compare` several, `calibrate` the campus to a tenant's own log, and `run-simulation`, a
+queued dashboard trial run here rather than on the task queue (for operators).
+
+The dashboard's trials run as tasks (backend/tasks/trials.py), which may not import the
+simulator: this module, which may, hands them `simulator.trial` as a loader (`use_engine`).
 
 The simulator's model and its fits (Mesa and pandas: about 1.2 s and 45 MB more at import, half
 again the backend's own) are imported inside the commands that run them, so `init-db`, the
@@ -24,6 +27,7 @@ from flask.cli import with_appcontext
 from backend.commands.arguments import day_and_tenants, now_ms
 from backend.core.paired import DEFAULT_MARGIN
 from backend.services import simulations
+from backend.tasks import trials as trial_tasks
 from simulator.calibrate_organic import NotEnoughHistory
 from simulator.calibrate_text import describe
 from simulator.html import ranking_html, render
@@ -33,6 +37,16 @@ from simulator.terminal import compare_table, summary_table
 log = logging.getLogger(__name__)
 
 PARAMS_HELP = "campus parameters from `calibrate --out` (default: the built-in personas)"
+
+
+def trial_engine():
+    """The simulator's side of the dashboard's trial, loaded when a trial task first runs."""
+    from simulator import trial  # lazy: Mesa (module docstring)
+
+    return trial
+
+
+trial_tasks.use_engine(trial_engine)
 
 
 def _write(path: str, text: str, what: str) -> None:
@@ -245,7 +259,9 @@ def calibrate(out_path: str | None, appid: str | None, on: str | None, seed: int
 @click.argument("run_id", type=int)
 @with_appcontext
 def run_simulation_worker(run_id: int) -> None:
-    """The dashboard's trial worker: compare on the tenant's twin, progress into the row."""
+    """A queued dashboard trial, run in this process (its runs over this machine's cores)
+    instead of on the task queue: compare on the tenant's twin, progress into the row. A
+    trial cancelled meanwhile stops at its next progress report."""
     from simulator.trial import run_trial  # lazy: Mesa (module docstring)
 
     try:
@@ -253,17 +269,22 @@ def run_simulation_worker(run_id: int) -> None:
     except Exception as exc:  # noqa: BLE001 - nothing to record it in but the log
         raise click.ClickException(str(exc)) from None
     try:
-        result, page = run_trial(
-            row,
-            lambda frac, twin=None: simulations.heartbeat(run_id, frac, now_ms(), twin),
-            now_ms,
-        )
+        result, page = run_trial(row, lambda frac, twin=None: _report(run_id, frac, twin), now_ms)
+    except trial_tasks.Stopped as exc:
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - any failure is the run's, shown on its page
         log.exception("simulation %s failed", run_id)
         simulations.fail(run_id, f"{type(exc).__name__}: {exc}", now_ms())
         raise click.ClickException(str(exc)) from None
-    simulations.finish(run_id, result, page, now_ms())
+    if not simulations.finish(run_id, result, page, now_ms()):
+        raise click.ClickException(f"simulation {run_id} is no longer running")
     click.echo(f"simulation {run_id} done")
+
+
+def _report(run_id: int, progress: float, twin: dict | None) -> None:
+    """`run_trial`'s progress into the row; a run no longer running (cancelled) stops."""
+    if not simulations.heartbeat(run_id, progress, now_ms(), twin):
+        raise trial_tasks.Stopped(f"simulation {run_id} is no longer running")
 
 
 COMMANDS = (simulate, compare_command, calibrate, run_simulation_worker)

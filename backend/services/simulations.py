@@ -1,34 +1,36 @@
 """Policy trials started from the dashboard.
 
-The web process only records the request and starts `python app.py run-simulation ID` as a
-separate process: a trial takes seconds to minutes, must not tie up a web worker, and has to
-outlive the request that started it. The worker writes its progress (a heartbeat) and finally
-the comparison and its report into the row, so any web worker can show them.
+The web process records the request (`start`) and queues the trial on the task queue
+(backend/tasks/trials.py): a trial takes seconds to minutes and must not tie up a web worker.
+Its runs (a policy on a seed each) are tasks of their own, so several workers finish it
+sooner; their state and answers are rows (services/trial_parts.py), and the task that gathers
+them writes the comparison and its report into the run's row, so any web worker can show
+them. States: queued, running, done, failed, cancelled (and "stalled" on the page, when no
+worker has touched a run for STALLED_AFTER_MS).
+
+The per-tenant limit (MAX_RUNNING_PER_TENANT) is enforced by the database transaction that
+queues the trial, atomically: Huey has no per-key concurrency limit, so the count and the
+insert are one write transaction holding the tenant's lock (`start`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-import threading
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from backend.core import paired
 from backend.core.clock import china_iso
 from backend.errors import ApiError
 from backend.store.db import is_sqlite, write_transaction
-from backend.store.models import SimulationRun, Tenant
+from backend.store.models import SimulationPart, SimulationRun, Tenant
 
 MAX_USERS = 5000
 MAX_DAYS = 180
 MAX_REPLICATES = 10
 MAX_RUNNING_PER_TENANT = 2
-STALLED_AFTER_MS = 10 * 60 * 1000  # no heartbeat for this long: the worker died
-APP_PY = Path(__file__).resolve().parents[2] / "app.py"
+STALLED_AFTER_MS = 10 * 60 * 1000  # nobody has touched a queued or running trial this long
+ACTIVE = ("queued", "running")
 
 
 # The default trial's size ----------------------------------------------------------------------
@@ -138,7 +140,7 @@ def start(tenant_id: int, request: dict, now_ms: int) -> SimulationRun:
             SimulationRun.select()
             .where(
                 (SimulationRun.tenant == tenant_id)
-                & SimulationRun.status.in_(("queued", "running"))
+                & SimulationRun.status.in_(ACTIVE)
                 & (SimulationRun.updated_ms > now_ms - STALLED_AFTER_MS)
             )
             .count()
@@ -161,24 +163,6 @@ def _lock_tenant(tenant_id: int) -> None:
     already is one writer at a time (BEGIN IMMEDIATE); PostgreSQL locks the tenant's row."""
     if not is_sqlite():
         list(Tenant.select(Tenant.id).where(Tenant.id == tenant_id).for_update())
-
-
-def launch(run_id: int, database_url: str, secret_key: str, log_dir: Path) -> None:
-    """Start the worker process, detached from the request (and from the web worker)."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "DATABASE_URL": database_url, "SECRET_KEY": secret_key}
-    with open(log_dir / f"simulation-{run_id}.log", "ab") as log:
-        worker = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [sys.executable, str(APP_PY), "run-simulation", str(run_id)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=str(APP_PY.parent),
-        )
-    # Reap it when it ends, so a long-lived web worker does not collect zombie processes.
-    threading.Thread(target=worker.wait, name=f"reap-simulation-{run_id}", daemon=True).start()
 
 
 def get(tenant_id: int, run_id: int) -> SimulationRun:
@@ -204,7 +188,7 @@ def recent(tenant_id: int, limit: int = 20) -> list[SimulationRun]:
 def status(row: SimulationRun, now_ms: int) -> dict:
     """What the page polls: state, progress and, when done, the ranking."""
     state = row.status
-    if state in ("queued", "running") and now_ms - row.updated_ms > STALLED_AFTER_MS:
+    if state in ACTIVE and now_ms - row.updated_ms > STALLED_AFTER_MS:
         state = "stalled"
     request = json.loads(row.request)
     out = {
@@ -219,6 +203,7 @@ def status(row: SimulationRun, now_ms: int) -> dict:
         "replicates": request.get("replicates", 1),
         "twin": json.loads(row.twin or "{}"),
         "error": row.error,
+        "cancellable": row.status in ACTIVE,
     }
     if row.status == "done" and row.result:
         result = json.loads(row.result)
@@ -230,6 +215,24 @@ def status(row: SimulationRun, now_ms: int) -> dict:
         out["warnings_zh"] = result.get("warnings_zh", {})
         out["power_zh"] = result.get("power_zh", {})
     return out
+
+
+def cancel(tenant_id: int, run_id: int, now_ms: int) -> SimulationRun:
+    """Stop a queued or running trial: its parts not started are skipped, a running part
+    stops at its next progress report (services/trial_parts.py). 409 once it has ended."""
+    get(tenant_id, run_id)
+    with write_transaction():
+        stopped = (
+            SimulationRun.update(status="cancelled", updated_ms=now_ms)
+            .where((SimulationRun.id == run_id) & SimulationRun.status.in_(ACTIVE))
+            .execute()
+        )
+        SimulationPart.update(status="cancelled", updated_ms=now_ms).where(
+            (SimulationPart.run == run_id) & (SimulationPart.status == "queued")
+        ).execute()
+    if not stopped:
+        raise ApiError(409, "simulation_not_running", f"simulation {run_id} has already ended")
+    return SimulationRun.get_by_id(run_id)
 
 
 # The worker's side ------------------------------------------------------------------------
@@ -247,28 +250,43 @@ def claim(run_id: int, now_ms: int) -> SimulationRun:
     return SimulationRun.get_by_id(run_id)
 
 
-def heartbeat(run_id: int, progress: float, now_ms: int, twin: dict | None = None) -> None:
+def heartbeat(run_id: int, progress: float, now_ms: int, twin: dict | None = None) -> bool:
     """The worker's sign of life: progress in [0, 1] (clipped), and the calibrated twin once
-    known. A run whose heartbeat stops for STALLED_AFTER_MS is shown stalled."""
+    known. False when the run is no longer running (cancelled, failed): the worker stops."""
     fields = {"progress": min(max(progress, 0.0), 1.0), "updated_ms": now_ms}
     if twin is not None:
         fields["twin"] = json.dumps(twin, ensure_ascii=False)
-    SimulationRun.update(**fields).where(SimulationRun.id == run_id).execute()
+    return bool(
+        SimulationRun.update(**fields)
+        .where((SimulationRun.id == run_id) & (SimulationRun.status == "running"))
+        .execute()
+    )
 
 
-def finish(run_id: int, result: dict, report_html: str, now_ms: int) -> None:
-    """Store a finished run's result (what `status` shows) and its HTML report."""
-    SimulationRun.update(
-        status="done",
-        progress=1.0,
-        updated_ms=now_ms,
-        result=json.dumps(result, ensure_ascii=False),
-        report_html=report_html,
-    ).where(SimulationRun.id == run_id).execute()
+def finish(run_id: int, result: dict, report_html: str, now_ms: int) -> bool:
+    """Store a finished run's result (what `status` shows) and its HTML report, once: False
+    if the run is no longer running (cancelled meanwhile, or finished by another gather).
+    The parts' answers are dropped with it: the result holds what they were for."""
+    with write_transaction():
+        done = (
+            SimulationRun.update(
+                status="done",
+                progress=1.0,
+                updated_ms=now_ms,
+                result=json.dumps(result, ensure_ascii=False),
+                report_html=report_html,
+            )
+            .where((SimulationRun.id == run_id) & (SimulationRun.status == "running"))
+            .execute()
+        )
+        if done:
+            SimulationPart.update(answer=None).where(SimulationPart.run == run_id).execute()
+    return bool(done)
 
 
 def fail(run_id: int, message: str, now_ms: int) -> None:
-    """Mark a run failed with its error (first 2,000 characters) for the page to show."""
+    """Mark a queued or running run failed with its error (first 2,000 characters) for the
+    page to show; its other parts stop at their next report."""
     SimulationRun.update(status="failed", updated_ms=now_ms, error=message[:2000]).where(
-        SimulationRun.id == run_id
+        (SimulationRun.id == run_id) & SimulationRun.status.in_(ACTIVE)
     ).execute()

@@ -26,6 +26,7 @@ from backend.store.models import (
     Policy,
     SchemaVersion,
     ScoreSnapshot,
+    SimulationPart,
     SimulationRun,
     SmsMessage,
     SubscriptionAllowance,
@@ -209,6 +210,12 @@ def _v10_task_failures(db: peewee.Database) -> None:
     db.create_tables([TaskFailure], safe=True)
 
 
+def _v11_simulation_parts(db: peewee.Database) -> None:
+    """A dashboard trial's runs as tasks of their own, each answer kept until gathered
+    (backend/tasks/trials.py)."""
+    db.create_tables([SimulationPart], safe=True)
+
+
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _v1_initial,
     _v2_scores,
@@ -220,6 +227,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _v8_nightly_state,
     _v9_claim_ids,
     _v10_task_failures,
+    _v11_simulation_parts,
 ]
 LATEST = len(MIGRATIONS)
 

@@ -426,6 +426,23 @@ class SimulationRun(BaseModel):
         indexes = ((("tenant", "created_ms"), False),)
 
 
+class SimulationPart(BaseModel):
+    """One run of a trial (a policy on a seed, `index` in `compare_runs` order), computed as a
+    task of its own and gathered once every part is done (backend/tasks/trials.py). Its lease
+    is `updated_ms`: a running part whose worker stopped reporting is queued again."""
+
+    run = pw.ForeignKeyField(SimulationRun, on_delete="CASCADE")
+    index = pw.IntegerField()
+    status = pw.CharField(max_length=16)  # queued | running | done | cancelled
+    days_done = pw.IntegerField(default=0)  # simulated days, for the run's progress
+    work = pw.TextField()  # JSON: what every part runs on (the twin's parameters, coupons)
+    answer = pw.BlobField(null=True)  # the run's answer: an npz of arrays and a JSON result
+    updated_ms = pw.BigIntegerField()
+
+    class Meta:
+        indexes = ((("run", "index"), True), (("status", "updated_ms"), False))
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Tenant,
     ApiKey,
@@ -449,4 +466,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     JobLock,
     SimulationRun,
     TaskFailure,
+    SimulationPart,
 ]

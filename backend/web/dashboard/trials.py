@@ -1,9 +1,8 @@
 """Simulation pages: pick or upload a policy, trial it against the presets on the tenant's
-twin in a background worker, watch its progress, read the simulator's own report."""
+twin on the task queue (backend/tasks/trials.py), watch its progress or cancel it, read the
+simulator's own report."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from flask import Response, current_app, g, jsonify, redirect, render_template, request, url_for
 
@@ -11,6 +10,7 @@ from backend.core import seeds
 from backend.core.calendar import china_day
 from backend.errors import ApiError
 from backend.services import policies, simulations
+from backend.tasks import trials as trial_tasks
 from backend.web.dashboard.blueprint import bp
 from backend.web.dashboard.session import login_required
 
@@ -138,18 +138,22 @@ def simulation_start():
         row = simulations.start(g.tenant_id, request_doc, _now_ms())
     except ApiError as exc:
         return _list_page(exc.message, exc.status)
-    cfg = current_app.config
     try:
-        simulations.launch(
-            row.id,
-            cfg["DATABASE_URL"],
-            cfg["SECRET_KEY"],
-            Path(current_app.instance_path) / "logs",
-        )
-    except OSError as exc:  # no worker: the row must not hold one of the tenant's slots
-        simulations.fail(row.id, f"the worker could not start: {exc}", _now_ms())
-        return _list_page("试算进程无法启动，请稍后再试", 503)
+        trial_tasks.queue_trial(current_app._get_current_object(), g.tenant_id, row.id)
+    except Exception as exc:  # noqa: BLE001 - the queue's storage unreachable, whatever its kind
+        # Nothing will run it: the row must not hold one of the tenant's slots.
+        simulations.fail(row.id, f"the task queue could not be reached: {exc}", _now_ms())
+        return _list_page("试算任务无法启动，请稍后再试", 503)
     return redirect(url_for("dashboard.simulation_page", run_id=row.id))
+
+
+@bp.post("/simulations/<id:run_id>/cancel")
+@login_required
+def simulation_cancel(run_id: int):
+    """Stop a queued or running trial: its runs not started are skipped, a running one stops
+    at its next progress report."""
+    simulations.cancel(g.tenant_id, run_id, _now_ms())
+    return redirect(url_for("dashboard.simulation_page", run_id=run_id))
 
 
 @bp.get("/simulations/<id:run_id>")

@@ -1,9 +1,10 @@
-// Polls a running trial's status and shows its result when the worker is done.
+// Polls a queued or running trial's status (its runs are tasks on the queue) and shows its
+// result when it is gathered; the cancel button goes once the trial has ended.
 (function () {
   "use strict";
   var card = document.getElementById("progress-card");
   if (!card) return;
-  var labels = { queued: "排队中", running: "运行中", done: "已完成", failed: "失败", stalled: "已中断" };
+  var labels = { queued: "排队中", running: "运行中", done: "已完成", failed: "失败", stalled: "已中断", cancelled: "已取消" };
   function show(s) {
     document.getElementById("run-status").textContent = labels[s.status] || s.status;
     document.getElementById("run-progress").value = s.progress;
@@ -12,6 +13,7 @@
       document.getElementById("run-twin").textContent =
         s.twin.source === "calibrated" ? "模拟校园：按本店日志校准。" : "模拟校园：本店日志不足以校准，使用内置参数。";
     }
+    document.getElementById("cancel-simulation").hidden = !s.cancellable;
     if (s.error) {
       var e = document.getElementById("run-error");
       e.textContent = s.error;
