@@ -289,29 +289,41 @@ def test_metrics_dir_defaults_to_the_instance_folder(monkeypatch, tmp_path):
     assert telemetry.metrics_dir(str(tmp_path)) == "/somewhere/else"
 
 
-def _pids_counting(directory: Path) -> set[int]:
-    return {int(p.stem.rsplit("_", 1)[1]) for p in directory.glob("histogram_*.db")}
+def _pids_counting(directory: Path, group: int) -> set[int]:
+    """The processes of the server's group that wrote request timings into `directory`."""
+    pids = set()
+    for path in directory.glob("histogram_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            if os.getpgid(pid) == group:
+                pids.add(pid)
+        except ProcessLookupError:
+            pass
+    return pids
 
 
 @pytest.mark.slow
 def test_serve_with_two_workers_sums_both_workers_counts(tmp_path):
-    """A real `app.py serve --workers 2`: requests and events counted in whichever worker
-    served them appear once in /metrics, summed over both (prometheus_client's multiprocess
-    mode, set by `serve` before gunicorn forks). Without it each scrape shows one worker's."""
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
-    (metrics_dir / "counter_999999999.db").write_bytes(b"stale")  # a former run's, dead
+    """A real `app.py serve --workers 2`, PROMETHEUS_MULTIPROC_DIR unset: requests and events
+    counted in whichever worker served them appear once in /metrics, summed over both.
+
+    `serve` sets the mode (instance/metrics) after prometheus_client was imported, before
+    gunicorn forks; a metric made before that would count in its worker alone and be missing
+    from the scrape. Files of a former run's dead processes are cleared at start."""
+    metrics_dir = ROOT / "instance" / "metrics"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    stale = metrics_dir / "counter_999999999.db"  # above any pid_max: a dead process's
+    stale.write_bytes(b"stale")
     env = loadlib.environment(f"sqlite:///{tmp_path / 'huiliu.sqlite3'}")
-    env.update(
-        HUILIU_QUEUE_URL=f"sqlite:///{tmp_path / 'queue.sqlite3'}",
-        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-    )
-    env.pop("HUILIU_LOG_FORMAT", None)
-    appid, key = loadlib.seed(env)
+    env["HUILIU_QUEUE_URL"] = f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", "HUILIU_LOG_FORMAT"):
+        env.pop(name, None)
+    _appid, key = loadlib.seed(env)
     log_path = tmp_path / "serve.log"
     with loadlib.Server(env, log_path, workers=2).start() as server:
-        assert not (metrics_dir / "counter_999999999.db").exists()
         base = server.base
+        route = {"route": "/admin/v1/events/import", "method": "POST", "status": "2xx"}
+        before = parse(requests.get(f"{base}/metrics", timeout=30).text)
         sent, imported, lock = 0, 0, threading.Lock()
 
         def hit(i: int) -> None:
@@ -332,20 +344,20 @@ def test_serve_with_two_workers_sums_both_workers_counts(tmp_path):
 
         deadline = time.monotonic() + 60
         i = 0
-        while len(_pids_counting(metrics_dir)) < 2:
-            assert time.monotonic() < deadline, "one worker served every request"
+        while len(_pids_counting(metrics_dir, server.proc.pid)) < 2:
+            assert time.monotonic() < deadline, "no two workers wrote their counts to the dir"
             threads = [threading.Thread(target=hit, args=(i + k,)) for k in range(8)]
             i += 8
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-        text = requests.get(f"{base}/metrics", timeout=30).text
-        samples = parse(text)
+        after = parse(requests.get(f"{base}/metrics", timeout=30).text)
         name = "huiliu_http_request_duration_seconds_count"
-        labels = {"route": "/admin/v1/events/import", "method": "POST", "status": "2xx"}
-        assert value(samples, name, **labels) == sent
-        assert value(samples, "huiliu_events_ingested_total", source="import") == imported > 0
-        assert value(samples, "huiliu_queue_up") == 1
+        assert grew(before, after, name, **route) == sent
+        assert grew(before, after, "huiliu_events_ingested_total", source="import") == imported
+        assert imported == sent
+        assert value(after, "huiliu_queue_up") == 1
+        assert not stale.exists()
     boot = [x for x in log_path.read_text().splitlines() if "Booting worker" in x]
     assert boot and all(json.loads(x)["logger"] == "gunicorn.error" for x in boot)

@@ -24,7 +24,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    values,
+)
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from backend.core.clock import china_iso
@@ -39,6 +46,10 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 # A delivery takes a second, a tenant's night minutes, a trial tens of minutes.
 JOB_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
 _PROCESS_FILE = re.compile(r"^.+_(\d+)\.db$")
+
+# `_created` series (one per label set) say when a process first counted: noise in one process
+# and absent in multiprocess mode, so absent in both.
+disable_created_metrics()
 
 
 @dataclass(frozen=True)
