@@ -230,6 +230,7 @@ FORMS = {
         "users": "100",
         "days": "7",
     },
+    "POST /admin/simulations/{run_id}/cancel": lambda o: {},
 }
 DASHBOARD_QUERY = {"/admin/": ("policy", "from", "to"), "/admin/users": ("openid",)}
 # Dashboard routes that read no tenant's data (sign-in itself, static files).

@@ -205,3 +205,14 @@ def test_a_lost_gather_and_a_lost_set_up_are_queued_again(app, tenant, clock, mo
         assert SimulationRun.get_by_id(run_id).status == "done"
         assert SimulationRun.get_by_id(lost.id).status == "done"
     assert _sweep(app, clock) == trial_parts.Stale()
+
+
+def test_another_tenant_cannot_cancel_a_trial(app, client, tenant, other_tenant, clock):
+    with app.app_context():
+        run = simulations.start(tenant.id, REQUEST, clock.now_ms())  # queued, not yet run
+    sign_in(client, other_tenant.api_key)
+    token = csrf_from(client.get("/admin/simulations").get_data(as_text=True))
+    resp = client.post(f"/admin/simulations/{run.id}/cancel", data={"csrf_token": token})
+    assert resp.status_code == 404
+    with app.app_context():
+        assert SimulationRun.get_by_id(run.id).status == "queued"

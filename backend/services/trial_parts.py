@@ -54,7 +54,14 @@ def plan(run_id: int, work: dict, count: int, now_ms: int) -> list[int]:
             return []
         text = json.dumps(work, ensure_ascii=False)
         rows = [
-            {"run": run_id, "index": i, "status": "queued", "work": text, "updated_ms": now_ms}
+            {
+                "tenant": run.tenant_id,
+                "run": run_id,
+                "index": i,
+                "status": "queued",
+                "work": text,
+                "updated_ms": now_ms,
+            }
             for i in range(count)
         ]
         SimulationPart.insert_many(rows).on_conflict_ignore().execute()
@@ -175,7 +182,11 @@ def stale(now_ms: int) -> Stale:
     found = Stale()
     lapsed = (
         SimulationPart.select(
-            SimulationPart.id, SimulationPart.index, SimulationPart.updated_ms, SimulationRun
+            SimulationPart.id,
+            SimulationPart.tenant,
+            SimulationPart.run,
+            SimulationPart.index,
+            SimulationPart.updated_ms,
         )
         .join(SimulationRun)
         .where(
@@ -195,7 +206,7 @@ def stale(now_ms: int) -> Stale:
             .execute()
         )
         if rearmed:
-            found.parts.append((part.run.tenant_id, part.run.id, part.index))
+            found.parts.append((part.tenant_id, part.run_id, part.index))
     runs = SimulationRun.select(
         SimulationRun.id, SimulationRun.tenant, SimulationRun.status, SimulationRun.updated_ms
     ).where(SimulationRun.status.in_(LIVE) & (SimulationRun.updated_ms < cutoff))

@@ -431,6 +431,7 @@ class SimulationPart(BaseModel):
     task of its own and gathered once every part is done (backend/tasks/trials.py). Its lease
     is `updated_ms`: a running part whose worker stopped reporting is queued again."""
 
+    tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")  # the run's, so rows say whose
     run = pw.ForeignKeyField(SimulationRun, on_delete="CASCADE")
     index = pw.IntegerField()
     status = pw.CharField(max_length=16)  # queued | running | done | cancelled
