@@ -35,7 +35,7 @@ from backend.core.clock import CHINA_TZ
 from backend.services import locks
 from backend.services.campaigns import job, run_lock
 from backend.services.scoring import score_tenant
-from backend.store.models import CampaignRun, TaskFailure, Tenant
+from backend.store.models import CampaignRun, JobLock, TaskFailure, Tenant
 from backend.tasks import nightly, queue, runtime
 
 DAY = day_number(date(2026, 3, 11))
@@ -190,6 +190,51 @@ def test_a_night_run_by_hand_shares_the_lock_and_the_queued_task_then_does_nothi
         assert TaskFailure.select().count() == 0
     tick(at(clock, china(2, 30)))
     assert pending() == []
+
+
+def test_a_night_finished_by_another_copy_after_the_first_check_is_not_run_again(
+    app, clock, tenant, tasks, monkeypatch
+):
+    """Two copies of a night (a lapsed claim re-queued it while the first was still waiting):
+    the other copy finishes between this one's first look and its taking the lock. The look
+    under the lock sees it done, so the night is not run twice."""
+    t = at(clock, china(2, 0))
+    tick(t)
+    real = nightly.nightly_schedule.is_done
+
+    def finished_meanwhile(tenant_id: int, day: int) -> bool:
+        answer = real(tenant_id, day)
+        if not answer:  # the other copy runs the night right after this look
+            assert job.run(tenant, day, clock.now_ms(), clock=clock) is not None
+        return answer
+
+    monkeypatch.setattr(nightly.nightly_schedule, "is_done", finished_meanwhile)
+    assert drain(t) == ["nightly"]
+    assert runs(app) == [(tenant.id, DAY, "done")]
+
+
+def test_one_tenants_broken_settings_row_stops_no_other_tenants_night(
+    app, clock, tenant, other_tenant, tasks
+):
+    with app.app_context():
+        Tenant.update(settings="not json").where(Tenant.id == tenant.id).execute()
+        Tenant.update(settings="null").where(Tenant.id == other_tenant.id).execute()
+    tick(at(clock, china(2, 0)))
+    assert sorted(pending()) == [("nightly", (tenant.id, DAY)), ("nightly", (other_tenant.id, DAY))]
+
+
+def test_claims_of_past_nights_are_deleted_not_kept_for_ever(app, clock, tenant, tasks):
+    tick(at(clock, china(2, 0)))
+    drain(china(2, 0))
+    with app.app_context():
+        assert JobLock.select().where(JobLock.name.startswith("nightly-queued:")).count() == 1
+    tick(at(clock, china(2, 0, day=12)))  # a day later: yesterday's claim lapsed a day ago
+    with app.app_context():
+        assert JobLock.select().where(JobLock.name.startswith("nightly-queued:")).count() == 2
+    tick(at(clock, china(2, 0, day=15)))  # both ended more than two days ago
+    with app.app_context():
+        names = [r.name for r in JobLock.select().where(JobLock.name.startswith("nightly-"))]
+    assert names == [f"nightly-queued:{tenant.id}:{DAY + 4}"]
 
 
 # -- one failing tenant ------------------------------------------------------------------------

@@ -59,3 +59,14 @@ def renew_lock(name: str, holder: str, now_ms: int, ttl_ms: int) -> bool:
             .execute()
         )
     return got == 1
+
+
+def delete_expired(prefix: str, before_ms: int) -> int:
+    """Delete the lock rows named `prefix…` whose lease ended before `before_ms` (leases
+    that are free to take anyway); returns how many."""
+    with write_transaction():
+        return (
+            JobLock.delete()
+            .where(JobLock.name.startswith(prefix) & (JobLock.expires_ms < before_ms))
+            .execute()
+        )

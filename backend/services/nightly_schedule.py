@@ -29,11 +29,17 @@ NIGHTLY_AT = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 # lost it): longer than a night takes, shorter than waiting for the next day.
 CLAIM_TTL_MS = 20 * 60 * 1000
 TASK = "nightly"
+CLAIM_PREFIX = "nightly-queued:"
+CLAIM_KEEP_MS = 2 * 24 * 3600 * 1000  # claims are deleted two days after their lease ends
 
 
 def nightly_at(tenant: Tenant) -> tuple[int, int]:
     """The tenant's (hour, minute), China time, of its nightly run."""
-    text = json.loads(tenant.settings or "{}").get("nightly_at") or DEFAULT_NIGHTLY_AT
+    try:
+        stored = json.loads(tenant.settings or "{}")
+    except ValueError:  # one tenant's broken row must not stop every tenant's schedule
+        stored = {}
+    text = (stored.get("nightly_at") if isinstance(stored, dict) else None) or DEFAULT_NIGHTLY_AT
     m = NIGHTLY_AT.match(str(text))
     if m is None:  # checked when set (tenants.update_settings); an old row falls back
         m = NIGHTLY_AT.match(DEFAULT_NIGHTLY_AT)
@@ -92,9 +98,15 @@ def is_done(tenant_id: int, day: int) -> bool:
     )
 
 
-def claim(tenant_id: int, day: int, now_ms: int, holder: str) -> bool:
+def claim(tenant_id: int, day: int, now_ms: int, holder: str, ttl_ms: int = CLAIM_TTL_MS) -> bool:
     """Take the right to queue this tenant's night (False: queued already, lease running)."""
-    return locks.acquire_lock(f"nightly-queued:{tenant_id}:{day}", holder, now_ms, CLAIM_TTL_MS)
+    return locks.acquire_lock(f"{CLAIM_PREFIX}{tenant_id}:{day}", holder, now_ms, ttl_ms)
+
+
+def sweep_claims(now_ms: int) -> int:
+    """Delete the claims of past nights (a row a tenant a day would pile up); a lapsed claim
+    is free to take anyway, so deleting one changes nothing but the table's size."""
+    return locks.delete_expired(CLAIM_PREFIX, now_ms - CLAIM_KEEP_MS)
 
 
 def last_success(tenant_ids: list[int] | None = None) -> dict[int, int]:

@@ -42,6 +42,7 @@ def nightly_tick() -> None:
 
 def queue_due_nights(now_ms: int) -> list[tuple[int, int]]:
     """Queue the nights due at `now_ms` that nobody has queued; returns those queued."""
+    nightly_schedule.sweep_claims(now_ms)
     queued = []
     for tenant_id, day in nightly_schedule.due(now_ms):
         if nightly_schedule.claim(tenant_id, day, now_ms, holder()):
@@ -52,13 +53,14 @@ def queue_due_nights(now_ms: int) -> list[tuple[int, int]]:
 
 @huey.task(retries=RETRIES, retry_delay=RETRY_DELAY_S, retry_backoff=RETRY_BACKOFF, name="nightly")
 def nightly(tenant_id: int, day: int) -> None:
-    """One tenant's night. Done already (a duplicate, or `run-campaigns` by hand): nothing.
+    """One tenant's night. Done already (a duplicate, or `run-campaigns` by hand): nothing;
+    checked before and again under the tenant's lock, so two copies never both run it.
     Another run holds the tenant's lock: asked again once that lock could have lapsed."""
     with in_app() as app:
         tenant = Tenant.get_or_none(Tenant.id == tenant_id)
         if tenant is None or nightly_schedule.is_done(tenant_id, day):
             return
         try:
-            nightly_run.run_for_app(app, tenant, day)
+            nightly_run.run_for_app(app, tenant, day, unless_done=True)
         except JobLocked:
             raise RetryTask(delay=LOCK_TTL_MS // 1000) from None

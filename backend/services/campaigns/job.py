@@ -46,7 +46,8 @@ def run(
     deliver=None,
     clock=None,
     after_decide: Callable[[], None] | None = None,
-) -> dict:
+    unless_done: bool = False,
+) -> dict | None:
     """Decide every active nightly policy for `day`, write the outbox, then deliver.
 
     `deliver(tenant, now_ms) -> Counter` is the delivery step (delivery.deliver_due bound to
@@ -56,11 +57,15 @@ def run(
     parses are skipped and named in the summary's `policies_unreadable`. `after_decide`, if
     given, is called each time a policy's decisions are committed, before anything is
     delivered: where the crash tests inject their fault (the command passes the app's
-    CAMPAIGN_AFTER_DECIDE).
+    CAMPAIGN_AFTER_DECIDE). `unless_done`: do nothing (and return None) if a run for `day`
+    is already done, checked under the lock, so two queued copies of a night (or a copy and a
+    run by hand) never both run it.
     """
     if dry_run:
         return _run_locked(tenant, day, now_ms, dry_run=True, seed=seed, deliver=None, lock=None)
     with holding(tenant, now_ms, clock) as lock:
+        if unless_done and _done(tenant.id, day):
+            return None
         return _run_locked(
             tenant,
             day,
@@ -71,6 +76,18 @@ def run(
             lock=lock,
             after_decide=after_decide,
         )
+
+
+def _done(tenant_id: int, day: int) -> bool:
+    return (
+        CampaignRun.select()
+        .where(
+            (CampaignRun.tenant == tenant_id)
+            & (CampaignRun.day == day)
+            & (CampaignRun.status == "done")
+        )
+        .exists()
+    )
 
 
 def _run_locked(

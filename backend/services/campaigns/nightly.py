@@ -11,7 +11,15 @@ from backend.services.campaigns import job
 from backend.store.models import Tenant
 
 
-def run_for_app(app, tenant: Tenant, day: int, *, dry_run: bool = False, seed: int = 0) -> dict:
+def run_for_app(
+    app,
+    tenant: Tenant,
+    day: int,
+    *,
+    dry_run: bool = False,
+    seed: int = 0,
+    unless_done: bool = False,
+) -> dict | None:
     """Score if needed, attribute, decide and deliver for `tenant` on China day `day`.
 
     Parameters
@@ -21,11 +29,14 @@ def run_for_app(app, tenant: Tenant, day: int, *, dry_run: bool = False, seed: i
     day : the China day number.
     dry_run : decide and show; write and send nothing.
     seed : the bandit's seed.
+    unless_done : skip (None) if the day's run is done, checked under the tenant's lock: the
+        queue's night uses it, a run by hand does not (it reruns on purpose).
 
     Returns
     -------
-    The run's summary (services/campaigns/summary.py). Raises run_lock.JobLocked when another
-    run holds the tenant's lock, and whatever the run raised (recorded as a failed run).
+    The run's summary (services/campaigns/summary.py), or None if skipped. Raises
+    run_lock.JobLocked when another run holds the tenant's lock, and whatever the run raised
+    (recorded as a failed run).
     """
     senders = channels.channels_for(app)
     retry = delivery.retry_policy(app)
@@ -43,4 +54,5 @@ def run_for_app(app, tenant: Tenant, day: int, *, dry_run: bool = False, seed: i
         deliver=deliver,
         clock=clock,
         after_decide=app.config.get("CAMPAIGN_AFTER_DECIDE"),
+        unless_done=unless_done,
     )
