@@ -9,8 +9,11 @@ helpers.app.T0 (2026-03-10 18:00 China time), advanced past the lease where a te
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from helpers.admin_session import csrf_from, sign_in
@@ -146,8 +149,8 @@ class WorkerKilled(KeyboardInterrupt):
 def test_a_part_whose_worker_died_is_queued_again_and_the_trial_finishes_once(
     app, tenant, clock, monkeypatch, executed
 ):
-    real_report, real_gather = trial_parts.report, engine.gather_parts
-    kills, gathers = [], []
+    real_report, real_gather, real_part = trial_parts.report, engine.gather_parts, engine.run_part
+    kills, gathers, computed = [], [], []
 
     def report_then_die(run_id, index, days_done, part_days, now_ms):
         alive = real_report(run_id, index, days_done, part_days, now_ms)
@@ -160,12 +163,20 @@ def test_a_part_whose_worker_died_is_queued_again_and_the_trial_finishes_once(
         gathers.append(1)
         return real_gather(*args)
 
+    def counted_part(request, work, index, progress):
+        computed.append(index)
+        return real_part(request, work, index, progress)
+
     monkeypatch.setattr(trial_parts, "report", report_then_die)
     monkeypatch.setattr(engine, "gather_parts", counted_gather)
+    monkeypatch.setattr(engine, "run_part", counted_part)
     run_id = _start(app, tenant, clock)
     parts = _parts(app, run_id)
     assert [p.status for p in parts] == ["done", "running", "done", "done"]
     assert gathers == []  # three answers of four: nothing to gather yet
+    with serving(app):  # a done part's task delivered twice is skipped
+        trial_tasks.trial_part(tenant.id, run_id, 0)
+    assert sorted(computed) == [0, 1, 2, 3]
     with app.app_context():
         assert SimulationRun.get_by_id(run_id).status == "running"
     # Within its lease the part may still be alive: the sweep leaves it be.
@@ -185,6 +196,14 @@ def test_a_part_whose_worker_died_is_queued_again_and_the_trial_finishes_once(
     with app.app_context():
         assert SimulationRun.get_by_id(run_id).result == row.result
     assert late is False and gathers == [1]
+    assert sorted(computed) == [0, 1, 1, 2, 3]  # part 1 twice: killed, then again
+    # Duplicates of every task (two sweeps, a task delivered twice) do nothing.
+    with serving(app):
+        trial_tasks.trial(tenant.id, run_id)
+        for index in range(PARTS):
+            trial_tasks.trial_part(tenant.id, run_id, index)
+        trial_tasks.trial_gather(tenant.id, run_id)
+    assert sorted(computed) == [0, 1, 1, 2, 3] and gathers == [1]
     result, _ = _one_process(app, run_id, clock)
     assert row.result == result
 
@@ -195,8 +214,12 @@ def test_a_lost_gather_and_a_lost_set_up_are_queued_again(app, tenant, clock, mo
     monkeypatch.setattr(trial_tasks, "trial_gather", lambda *a: None)  # never queued
     run_id = _start(app, tenant, clock)
     monkeypatch.undo()
-    assert [p.status for p in _parts(app, run_id)] == ["done"] * PARTS
+    kept = _parts(app, run_id)
+    assert [p.status for p in kept] == ["done"] * PARTS
     with app.app_context():
+        # A second answer for a part is ignored: it completes nothing, so queues no gather.
+        assert not trial_parts.store_answer(run_id, 3, b"again", PART_DAYS, clock.now_ms())
+        assert bytes(_parts(app, run_id)[3].answer) == bytes(kept[3].answer)
         lost = simulations.start(tenant.id, REQUEST, clock.now_ms())  # its task never ran
     clock.advance(seconds=trial_parts.LEASE_MS // 1000 + 1)
     found = _sweep(app, clock)
@@ -216,3 +239,36 @@ def test_another_tenant_cannot_cancel_a_trial(app, client, tenant, other_tenant,
     assert resp.status_code == 404
     with app.app_context():
         assert SimulationRun.get_by_id(run.id).status == "queued"
+
+
+def test_of_parts_finishing_at_once_exactly_one_queues_the_gather(app, tenant, clock, monkeypatch):
+    """Eight parts store their answers at the same moment: the run's lock makes them count
+    one after the other, so exactly one learns it completed the set. (Each waits, between
+    keeping its answer and counting, for the others, unless a lock holds them back: without
+    the lock each counts the others' answers as missing and none queues the gather.)"""
+    n = 8
+    inside = threading.Barrier(n)
+    real_touch = trial_parts._touch_run
+
+    def touch_after_the_others(*args):
+        with contextlib.suppress(threading.BrokenBarrierError):
+            inside.wait(timeout=1)
+        return real_touch(*args)
+
+    monkeypatch.setattr(trial_parts, "_touch_run", touch_after_the_others)
+    with app.app_context():
+        run = simulations.start(tenant.id, REQUEST, clock.now_ms())
+        simulations.claim(run.id, clock.now_ms())
+        assert trial_parts.plan(run.id, {}, n, clock.now_ms()) == list(range(n))
+        for index in range(n):
+            assert trial_parts.claim(run.id, index, clock.now_ms()) is not None
+    gate = threading.Barrier(n)
+
+    def finish(index: int) -> bool:
+        with app.app_context():
+            gate.wait(timeout=10)
+            return trial_parts.store_answer(run.id, index, b"x", PART_DAYS, clock.now_ms())
+
+    with ThreadPoolExecutor(n) as pool:
+        last = list(pool.map(finish, range(n)))
+    assert sum(last) == 1
