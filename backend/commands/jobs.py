@@ -16,7 +16,7 @@ from flask.cli import with_appcontext
 from backend.commands.arguments import day_and_tenants, day_or_none, now_ms
 from backend.commands.campaign_text import campaign_text
 from backend.commands.report_text import render
-from backend.services import reports, scoring
+from backend.services import reports, scoring, telemetry
 from backend.services.campaigns import job, nightly, run_lock
 
 
@@ -88,7 +88,9 @@ def run_campaigns(
         # Each tenant's run is isolated: a failure is recorded (the run row says `failed`
         # and why) and the other tenants still get their nightly sends.
         try:
-            results.append(nightly.run_for_app(app, tenant, day, dry_run=dry_run, seed=seed))
+            with telemetry.job_timer("run-campaigns"):
+                summary = nightly.run_for_app(app, tenant, day, dry_run=dry_run, seed=seed)
+            results.append(summary)
         except Exception as exc:
             if not isinstance(exc, run_lock.JobLocked):
                 current_app.logger.exception("run-campaigns failed for tenant %s", tenant.appid)

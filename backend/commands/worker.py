@@ -13,10 +13,12 @@ import logging
 import click
 from flask import current_app
 from flask.cli import with_appcontext
+from prometheus_client import start_http_server
 
 from backend.services import telemetry
 from backend.store import db as store_db
 from backend.tasks import catalog, queue, runtime
+from backend.tasks import telemetry as task_telemetry
 from backend.web import logging_setup
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,14 @@ log = logging.getLogger(__name__)
     show_default=True,
     help="also queue the periodic work (one scheduler is enough; more are safe)",
 )
+@click.option(
+    "--metrics-port",
+    default=None,
+    type=click.IntRange(1, 65535),
+    help="serve this machine's /metrics here too (a worker machine with no `serve` beside it)",
+)
 @with_appcontext
-def worker(workers: int, scheduler: bool) -> None:
+def worker(workers: int, scheduler: bool, metrics_port: int | None) -> None:
     """Run the task queue's worker processes (and its scheduler) until stopped (Ctrl-C)."""
     if queue.is_immediate():
         raise click.ClickException(
@@ -53,6 +61,9 @@ def worker(workers: int, scheduler: bool) -> None:
         database.close()
     if not store_db.database.is_closed():
         store_db.database.close()
+    if metrics_port is not None:
+        registry = telemetry.scrape_registry(task_telemetry.QueueCollector())
+        start_http_server(metrics_port, registry=registry)
     log.info("worker: %d processes, scheduler %s, tasks %s", workers, scheduler, catalog.NAMES)
     consumer = queue.huey.create_consumer(
         workers=workers,

@@ -195,6 +195,12 @@ def process_ended(pid: int) -> None:
 def exposition(*collectors) -> bytes:
     """The scrape: every process's metrics (or this process's alone outside multiprocess
     mode) and `collectors` computed now, in Prometheus's text format."""
+    return generate_latest(scrape_registry(*collectors))
+
+
+def scrape_registry(*collectors) -> CollectorRegistry:
+    """A registry that collects, at each scrape, what `exposition` shows (a worker's own
+    metrics port serves it: `worker --metrics-port`)."""
     registry = CollectorRegistry()
     if multiprocess():
         MultiProcessCollector(registry, os.environ.get(MULTIPROC_ENV))
@@ -205,7 +211,7 @@ def exposition(*collectors) -> bytes:
             registry.register(_Forward(own))
     for collector in collectors:
         registry.register(collector)
-    return generate_latest(registry)
+    return registry
 
 
 class _Forward:

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from huey import Huey
 from huey.storage import MemoryStorage, RedisStorage, SqliteStorage
+from redis import ConnectionPool
 
 NAME = "huiliu"
 IMMEDIATE_URL = "memory://"
@@ -43,7 +44,10 @@ def configure(url: str) -> None:
         huey.storage_class, huey.storage_kwargs = MemoryStorage, {}
         huey.immediate = True
     elif scheme in ("redis", "rediss", "unix"):
-        _use(RedisStorage, {"url": url})
+        # Timeouts, so a Redis that drops packets makes /readyz say so instead of hanging
+        # (longer than Huey's 1 s blocking read of the queue).
+        pool = ConnectionPool.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        _use(RedisStorage, {"connection_pool": pool})
     elif scheme == "sqlite":
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)

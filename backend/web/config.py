@@ -27,6 +27,8 @@ def from_env(instance_path: str) -> dict:
     session_ttl = int(os.environ.get("HUILIU_DASHBOARD_SESSION_S", 8 * 3600))
     return {
         "DATABASE_URL": os.environ.get("DATABASE_URL") or default_database_url(instance_path),
+        # /status's bearer token (web/ops.py); unset: /status answers loopback clients only.
+        "OPS_TOKEN": os.environ.get("HUILIU_OPS_TOKEN", ""),
         # The task queue's storage (backend/tasks/queue.py): a SQLite file here by default.
         "QUEUE_URL": os.environ.get("HUILIU_QUEUE_URL") or default_queue_url(instance_path),
         # Without SECRET_KEY: one kept in the instance folder, shared by every worker on this
