@@ -228,6 +228,7 @@ def test_a_kicked_delivery_renews_its_leases_on_the_apps_clock(
     a = Channel(sent, clock, minutes=2, during={3: second_deliverer})
     real = channels_module.channels_for
     monkeypatch.setattr(channels_module, "channels_for", lambda app: {**real(app), "subscribe": a})
+
     def kicked():  # the queue's `deliver` task, on a worker of its own
         with app.app_context():
             delivery.deliver_now(app, tenant.id)
