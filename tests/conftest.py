@@ -2,6 +2,7 @@
 
 The PostgreSQL lane uses HUILIU_TEST_POSTGRES_URL (`.ci/run` starts a local server and sets it).
 Without it the lane is skipped on a laptop, but fails under CI so it can never silently vanish.
+The task queue's Redis (`redis_url`) is the same: HUILIU_TEST_REDIS_URL, set by `.ci/run`.
 
 Only fixtures live here; the helpers they are built from (and that tests call themselves) are
 in tests/helpers/, which test modules import instead of this file or each other.
@@ -19,6 +20,7 @@ from werkzeug.serving import make_server
 from backend.core.clock import FixedClock
 
 POSTGRES_URL = os.environ.get("HUILIU_TEST_POSTGRES_URL")
+REDIS_URL = os.environ.get("HUILIU_TEST_REDIS_URL")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -30,6 +32,24 @@ def db_url(request, tmp_path) -> str:
             pytest.fail("CI is set but HUILIU_TEST_POSTGRES_URL is not: the Postgres lane must run")
         pytest.skip("set HUILIU_TEST_POSTGRES_URL to run the PostgreSQL lane")
     return POSTGRES_URL
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A Redis database for the task queue, emptied first (FLUSHDB: only the db the URL
+    names, so point it at a spare one, e.g. /15)."""
+    if not REDIS_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but HUILIU_TEST_REDIS_URL is not: the Redis lane must run")
+        pytest.skip("set HUILIU_TEST_REDIS_URL to run the tests that need Redis")
+    import redis  # only the Redis lane needs the client
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return REDIS_URL
 
 
 @pytest.fixture
