@@ -414,7 +414,7 @@ class SimulationRun(BaseModel):
     tenant = pw.ForeignKeyField(Tenant, on_delete="CASCADE")
     created_ms = pw.BigIntegerField()
     updated_ms = pw.BigIntegerField()  # the worker's heartbeat
-    status = pw.CharField(max_length=16)  # queued | running | done | failed
+    status = pw.CharField(max_length=16)  # queued | running | done | failed | cancelled
     progress = pw.FloatField(default=0.0)  # 0..1
     request = pw.TextField()  # JSON: policies (name, source), users, days, seed
     twin = pw.TextField(default="{}")  # JSON: which parameters the twin ran on, and why

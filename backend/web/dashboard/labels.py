@@ -49,6 +49,7 @@ RUN_STATUS_ZH = {
     "running": "运行中",
     "done": "已完成",
     "failed": "失败",
+    "cancelled": "已取消",
     "stalled": "已中断",
 }
 LABELS = {
