@@ -9,26 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 from helpers.app import login
+from helpers.coupons import make_template
 
 from backend.store.models import Coupon, CouponTemplate
-
-TEMPLATE = {
-    "name": "满20减8",
-    "amount_off_fen": 800,
-    "min_spend_fen": 2000,
-    "validity_days": 3,
-    "budget": 10,
-    "per_user_limit": 1,
-    "claimable": True,
-}
-
-
-def make_template(client, tenant, **changes) -> dict:
-    resp = client.post(
-        "/admin/v1/coupon-templates", json={**TEMPLATE, **changes}, headers=tenant.admin
-    )
-    assert resp.status_code == 201, resp.get_json()
-    return resp.get_json()
 
 
 def _claim(client, h, template_id: int, claim_id: str | None):

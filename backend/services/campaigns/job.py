@@ -16,7 +16,7 @@ import peewee as pw
 from backend.core.calendar import MS_PER_DAY
 from backend.core.policy import Decisions, Policy, decide
 from backend.core.policy.spec import EVENT_TRIGGERS
-from backend.services import delivery, policies, scoring
+from backend.services import delivery, nightly_schedule, policies, scoring
 from backend.services.attribution import attribute
 from backend.services.campaigns.learnt import policy_state
 from backend.services.campaigns.outbox import touch_rows, write_touches
@@ -64,7 +64,7 @@ def run(
     if dry_run:
         return _run_locked(tenant, day, now_ms, dry_run=True, seed=seed, deliver=None, lock=None)
     with holding(tenant, now_ms, clock) as lock:
-        if unless_done and _done(tenant.id, day):
+        if unless_done and nightly_schedule.is_done(tenant.id, day):
             return None
         return _run_locked(
             tenant,
@@ -76,18 +76,6 @@ def run(
             lock=lock,
             after_decide=after_decide,
         )
-
-
-def _done(tenant_id: int, day: int) -> bool:
-    return (
-        CampaignRun.select()
-        .where(
-            (CampaignRun.tenant == tenant_id)
-            & (CampaignRun.day == day)
-            & (CampaignRun.status == "done")
-        )
-        .exists()
-    )
 
 
 def _run_locked(
