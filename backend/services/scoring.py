@@ -115,6 +115,25 @@ def load_columns(tenant_id: int, as_of: int) -> TenantColumns:
     return TenantColumns(user_ids, events, orders, first_seen, last_seen)
 
 
+# The smallest magnitude a `real` column takes: PostgreSQL refuses a float4 below it as out
+# of range (a P(alive) of 1e-56 for a student gone for years), where SQLite keeps a double.
+FLOAT4_TINY = float(np.finfo(np.float32).tiny)
+
+
+def storable(x: np.ndarray) -> np.ndarray:
+    """Probabilities too small for a `real` column stored as the 0 they are for every use.
+
+    Parameters
+    ----------
+    x : float values (NaN kept).
+
+    Returns
+    -------
+    `x` with every value of magnitude below FLOAT4_TINY set to 0.0.
+    """
+    return np.where(np.abs(x) < FLOAT4_TINY, 0.0, x)
+
+
 def _snapshot_columns(tenant_id: int, day: int, user_ids: np.ndarray, s: Scores) -> dict:
     """The day's snapshot as one list per ScoreSnapshot field, keyed by the field's name: each
     value is written beside the field it fills, so adding a field cannot shift another.
@@ -143,7 +162,7 @@ def _snapshot_columns(tenant_id: int, day: int, user_ids: np.ndarray, s: Scores)
         "f": s.f.tolist(),
         "m": s.m.tolist(),
         "segment": [SEGMENT_NAMES[g] for g in s.segment],
-        "p_alive": [None if np.isnan(p) else float(p) for p in s.p_alive],
+        "p_alive": [None if np.isnan(p) else float(p) for p in storable(s.p_alive)],
         "expected_orders": np.round(s.expected_orders, 4).tolist(),
         "value_fen": s.value_fen.tolist(),
         "worth_recalling": s.worth_recalling.tolist(),
