@@ -264,13 +264,15 @@ def test_nights_fan_out_over_two_workers_and_survive_a_killed_one(db_url, redis_
         # -- day two: the second worker is killed after deciding a night ----------------------
         kill_mid_night(app, clock, first, second, tmp_path / "pause2", DAY + 1)
 
-        # -- day three: a worker (the second, restarted) is killed as it sends a touch --------
+        # -- day three: a worker (the second, restarted) is killed right after WeChat took a
+        # message and before it was recorded: the one window a resend would send it twice ----
         third = worker(
             "third",
             TEST_PAUSE_FILE=str(tmp_path / "pause3"),
-            TEST_PAUSE_AT="send",
+            TEST_PAUSE_AT="sent",
             TEST_PAUSE_AFTER="2",
         )
+        victim = third.pids()[0]
         _, touch_id = kill_mid_night(app, clock, first, third, tmp_path / "pause3", DAY + 2)
         first.stop()
 
@@ -283,9 +285,10 @@ def test_nights_fan_out_over_two_workers_and_survive_a_killed_one(db_url, redis_
     )
     by_day = check_sends(app, sends(), clock.now_ms())
     assert by_day[(DAY + 1, "sent")] > 0 and by_day[(DAY + 2, "sent")] > 0, by_day
-    # The touch the killed worker was about to send: sent once, by the survivor; its
-    # confirmed attempt was counted, then the lapsed claim queued it again.
-    assert [(p, k) for p, t, k in sends() if t == touch_id] == [(first.pids()[0], "sent")]
+    # The touch the killed worker had just sent: sent once, by the victim; its lapsed claim
+    # is settled as sent, `unconfirmed`, never sent again (services/delivery.py).
+    assert [(p, k) for p, t, k in sends() if t == touch_id] == [(victim, "sent")]
     with app.app_context():
-        assert Touch.get_by_id(touch_id).attempts == 2
+        killed = Touch.get_by_id(touch_id)
+        assert (killed.status, killed.reason, killed.attempts) == ("sent", "unconfirmed", 1)
     close_app(app)

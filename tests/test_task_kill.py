@@ -155,7 +155,7 @@ def statuses(app, tenant) -> Counter:
     return Counter(r["status"] for r in touches(app, tenant))
 
 
-def test_a_worker_killed_mid_delivery_loses_its_task_and_every_touch_still_goes_once(
+def test_a_worker_killed_mid_delivery_loses_its_task_and_no_touch_goes_twice_or_is_lost(
     app, client, clock, tenant, db_url, tmp_path
 ):
     openids = [f"k{u:03d}" for u in range(16)]
@@ -200,7 +200,8 @@ def test_a_worker_killed_mid_delivery_loses_its_task_and_every_touch_still_goes_
         assert statuses(app, tenant) == by_status
 
         # Six minutes on the lease has lapsed: the next sweep queues the tenant again and a
-        # worker (on that clock) sends what was left, each once.
+        # worker (on that clock) sends what was left, each once. The touch whose send had
+        # begun when the worker died may have reached the student: it is recorded, not resent.
         later = NOW + 6 * MINUTE
         delivery.delivery_sweep()  # what the scheduler queues every 5 minutes
         assert pending() == [("delivery_sweep", ())]
@@ -208,15 +209,17 @@ def test_a_worker_killed_mid_delivery_loses_its_task_and_every_touch_still_goes_
         try:
             second.wait_for(
                 lambda: statuses(app, tenant)["sent"] == queued and queue.huey.pending_count() == 0,
-                "every touch sent",
+                "every touch settled",
             )
         finally:
             second.kill()
 
-    sends = Counter(second.sent())
-    assert sorted(sends) == due_ids  # none lost ...
+    sends = Counter(second.sent())  # one file: both workers' sends
+    assert sorted(sends) == [i for i in due_ids if i != dying]  # every other touch once ...
     assert [i for i, n in sends.items() if n > 1] == []  # ... none sent twice
-    assert allowances(app, due_users) == [1] * queued
-    final = touches(app, tenant)
-    assert all(r["provider_id"] == f"rec-{r['id']}" for r in final if r["status"] == "sent")
-    assert [r["sent_ms"] >= later for r in final if r["id"] == dying] == [True]
+    assert allowances(app, due_users) == [1] * queued  # the interrupted one's spent as a send
+    final = {r["id"]: r for r in touches(app, tenant) if r["id"] in due_ids}
+    assert {r["status"] for r in final.values()} == {"sent"}  # none lost from the books
+    assert final[dying]["reason"] == "unconfirmed" and final[dying]["provider_id"] is None
+    sent_ok = [r for i, r in final.items() if i != dying]
+    assert all(r["provider_id"] == f"rec-{r['id']}" and r["reason"] == "" for r in sent_ok)

@@ -7,9 +7,15 @@ send the deliverer confirms, in one conditional UPDATE, that the touch still car
 and its lease has time left, and renews the lease for that one send; the coupon, the result,
 a requeue are all written only `WHERE claim_token = ours`. A deliverer whose lease ran out (a
 slow WeChat, a stalled process) and whose touches were claimed again finds the token changed
-and neither sends nor records them. A worker that dies mid-send leaves a `sending` row whose
-lease runs out; it is queued again, which is the one window where a message can go out twice
-(WeChat accepted it, we did not record it).
+and neither sends nor records them.
+
+A worker that dies (SIGKILL, a lost machine) leaves `sending` rows whose lease runs out. Those
+whose send had not begun are queued again and sent once. The one write right before the
+channel call stamps `send_started_ms`; a lapsed claim with that stamp may have reached the
+student (WeChat may have accepted the message before the worker died), so it is never sent
+again: it is recorded `sent` with reason `unconfirmed` (counted against the caps and its
+subscribe allowance, as a send). A touch is therefore sent at most once, and none is lost from
+the books; what an interrupted send did is the one thing not known.
 """
 
 from __future__ import annotations
@@ -77,15 +83,16 @@ class RetryPolicy:
 
 
 def _housekeeping(tenant_id: int, now_ms: int) -> Counter:
-    """Requeue touches whose lease ran out; expire those too late to be worth sending."""
+    """Settle touches whose lease ran out (an interrupted send is recorded, the rest queued
+    again); expire those too late to be worth sending."""
     out: Counter = Counter()
+    lapsed = (
+        (Touch.tenant == tenant_id) & (Touch.status == "sending") & (Touch.lease_until_ms < now_ms)
+    )
     with write_transaction():
+        out["unconfirmed"] = _settle_interrupted(lapsed & Touch.send_started_ms.is_null(False))
         # A crashed or stalled deliverer's lapsed claim: clearing the token fences it out.
-        Touch.update(status="queued", lease_until_ms=None, claim_token=None).where(
-            (Touch.tenant == tenant_id)
-            & (Touch.status == "sending")
-            & (Touch.lease_until_ms < now_ms)
-        ).execute()
+        Touch.update(status="queued", lease_until_ms=None, claim_token=None).where(lapsed).execute()
         out["expired"] = (
             Touch.update(status="expired", reason="not_sent_in_time")
             .where(
@@ -96,6 +103,35 @@ def _housekeeping(tenant_id: int, now_ms: int) -> Counter:
             .execute()
         )
     return out
+
+
+def _settle_interrupted(where) -> int:
+    """Record the lapsed claims whose send had begun as sent, `unconfirmed`: the student may
+    have the message, so it is never sent again; its subscribe allowance is spent as a send's
+    (WeChat spends it when it accepts)."""
+    rows = list(Touch.select().where(where))
+    cache: dict = {}
+    for t in rows:
+        Touch.update(
+            status="sent",
+            sent_ms=t.send_started_ms,
+            reason="unconfirmed",
+            lease_until_ms=None,
+            claim_token=None,
+            send_started_ms=None,
+        ).where((Touch.id == t.id) & (Touch.status == "sending")).execute()
+        policy = _policy(cache, t.policy_id) if t.channel == "subscribe" else None
+        if policy is not None and t.message in policy.messages:
+            SubscriptionAllowance.update(remaining=SubscriptionAllowance.remaining - 1).where(
+                (SubscriptionAllowance.user == t.user_id)
+                & (SubscriptionAllowance.template_id == policy.messages[t.message].template_id)
+                & (SubscriptionAllowance.remaining > 0)
+            ).execute()
+    for t in rows:
+        telemetry.count_send(t.channel, "unconfirmed")
+    if rows:
+        log.warning("touches %s: send interrupted; recorded unconfirmed", [t.id for t in rows])
+    return len(rows)
 
 
 def _due(tenant_id: int, now_ms: int):
@@ -154,6 +190,16 @@ def _confirm(touch: Touch, now_ms: int) -> bool:
     return got == 1
 
 
+def _starting(touch: Touch, now_ms: int) -> bool:
+    """The last write before the channel is called: from here a lapsed claim may have reached
+    the student (see the module's docstring). False, sending nothing, if the claim is gone."""
+    with write_transaction():
+        got = Touch.update(send_started_ms=now_ms).where(_ours(touch)).execute()
+    if got != 1:
+        log.warning("touch %s: claim taken over before sending; not sent", touch.id)
+    return got == 1
+
+
 def _release(touches: list[Touch]) -> None:
     """Give claimed, unsent touches back to the queue (only those still ours)."""
     if not touches:
@@ -171,7 +217,13 @@ def _finish(touch: Touch, status: str, **changes) -> bool:
     ours."""
     with write_transaction():
         got = (
-            Touch.update(status=status, lease_until_ms=None, claim_token=None, **changes)
+            Touch.update(
+                status=status,
+                lease_until_ms=None,
+                claim_token=None,
+                send_started_ms=None,
+                **changes,
+            )
             .where(_ours(touch))
             .execute()
         )
@@ -298,6 +350,8 @@ def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
         glue = "&" if "?" in rendered.page else "?"
         rendered = replace(rendered, page=f"{rendered.page}{glue}touch_id={touch.id}")
     to = Recipient(user.openid, user.oa_openid, user.phone)
+    if not _starting(touch, now_ms):
+        return LOST
     outcome = channels[touch.channel].send(touch, to, rendered, message.template_id, now_ms)
     return _record(tenant, touch, outcome, now_ms, retry, message.template_id)
 
@@ -312,6 +366,7 @@ def _record(tenant, touch, outcome: Outcome, now_ms, retry: RetryPolicy, templat
                     provider_id=outcome.provider_id,
                     lease_until_ms=None,
                     claim_token=None,
+                    send_started_ms=None,
                     reason="",
                     wechat_errcode=None,  # an earlier attempt's error is not this touch's outcome
                 )

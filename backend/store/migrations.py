@@ -216,6 +216,12 @@ def _v11_simulation_parts(db: peewee.Database) -> None:
     db.create_tables([SimulationPart], safe=True)
 
 
+def _v12_send_started(db: peewee.Database) -> None:
+    """When a touch's send began (services/delivery.py: a send interrupted inside the channel
+    call is recorded, not repeated)."""
+    _add_missing_columns(db, "touch", {"send_started_ms": peewee.BigIntegerField(null=True)})
+
+
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _v1_initial,
     _v2_scores,
@@ -228,6 +234,7 @@ MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _v9_claim_ids,
     _v10_task_failures,
     _v11_simulation_parts,
+    _v12_send_started,
 ]
 LATEST = len(MIGRATIONS)
 

@@ -339,6 +339,10 @@ class Touch(BaseModel):
     # Fencing: a random token written by each claim; only the holder of the current claim may
     # send or record the touch (a deliverer whose lease ran out finds it changed).
     claim_token = pw.CharField(max_length=32, null=True)
+    # Set in the one write just before the channel is called, cleared when its outcome is
+    # recorded: a lapsed claim with it set may have reached the student, so it is never sent
+    # again (services/delivery.py).
+    send_started_ms = pw.BigIntegerField(null=True)
     sent_ms = pw.BigIntegerField(null=True)  # or when a holdout touch "would have" gone
     wechat_errcode = pw.IntegerField(null=True)
     provider_id = pw.CharField(max_length=64, null=True)  # WeChat msgid, SMS id
