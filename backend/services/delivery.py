@@ -10,7 +10,7 @@ slow WeChat, a stalled process) and whose touches were claimed again finds the t
 and neither sends nor records them.
 
 A worker that dies (SIGKILL, a lost machine) leaves `sending` rows whose lease runs out. Those
-whose send had not begun are queued again and sent once. The one write right before the
+whose send had not begun are queued again and sent once. The confirming UPDATE right before the
 channel call stamps `send_started_ms`; a lapsed claim with that stamp may have reached the
 student (WeChat may have accepted the message before the worker died), so it is never sent
 again: it is recorded `sent` with reason `unconfirmed` (counted against the caps and its
@@ -177,26 +177,22 @@ def _ours(touch: Touch):
 
 
 def _confirm(touch: Touch, now_ms: int) -> bool:
-    """Just before sending: is the claim still ours with lease left? If so the lease is
-    renewed for this send and the attempt counted, in the same UPDATE."""
+    """The last write before the channel is called: is the claim still ours with lease left?
+    If so, in the same UPDATE, the lease is renewed for this send, the attempt counted and the
+    send stamped as begun (from here a lapsed claim may have reached the student: see the
+    module's docstring)."""
     with write_transaction():
         got = (
-            Touch.update(lease_until_ms=now_ms + LEASE_MS, attempts=Touch.attempts + 1)
+            Touch.update(
+                lease_until_ms=now_ms + LEASE_MS,
+                attempts=Touch.attempts + 1,
+                send_started_ms=now_ms,
+            )
             .where(_ours(touch) & (Touch.lease_until_ms > now_ms))
             .execute()
         )
     if got == 1:
         touch.attempts += 1
-    return got == 1
-
-
-def _starting(touch: Touch, now_ms: int) -> bool:
-    """The last write before the channel is called: from here a lapsed claim may have reached
-    the student (see the module's docstring). False, sending nothing, if the claim is gone."""
-    with write_transaction():
-        got = Touch.update(send_started_ms=now_ms).where(_ours(touch)).execute()
-    if got != 1:
-        log.warning("touch %s: claim taken over before sending; not sent", touch.id)
     return got == 1
 
 
@@ -329,11 +325,6 @@ def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
     message = policy.messages[touch.message]
     if touch.channel == "subscribe" and _allowance(touch.user_id, message.template_id) < 1:
         return done("skipped", "skipped", reason="no_permission")
-    if not _confirm(touch, now_ms):
-        # Another deliverer holds it now, or our lease ran out: give it back (if still ours)
-        # for a fresh claim, and send nothing.
-        _release([touch])
-        return LOST
     try:
         coupon = _coupon_for(tenant, touch, user, now_ms)
         rendered = render(message, touch.channel, message_context(tenant, touch, coupon))
@@ -350,7 +341,10 @@ def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
         glue = "&" if "?" in rendered.page else "?"
         rendered = replace(rendered, page=f"{rendered.page}{glue}touch_id={touch.id}")
     to = Recipient(user.openid, user.oa_openid, user.phone)
-    if not _starting(touch, now_ms):
+    if not _confirm(touch, now_ms):
+        # Another deliverer holds it now, or our lease ran out: give it back (if still ours)
+        # for a fresh claim, and send nothing.
+        _release([touch])
         return LOST
     outcome = channels[touch.channel].send(touch, to, rendered, message.template_id, now_ms)
     return _record(tenant, touch, outcome, now_ms, retry, message.template_id)
