@@ -44,7 +44,7 @@ from backend.core.calendar import CHINA_OFFSET_MS, MS_PER_DAY
 from backend.core.clock import FixedClock, from_ms
 from backend.core.policy.allocation import salt_of, stable_unit
 from backend.core.policy.guards import HOUR_MS
-from backend.services import delivery, locks
+from backend.services import delivery, locks, touch_claims
 from backend.services.campaigns import run_lock
 from backend.services.channels import Outcome, channels_for
 from backend.services.scoring import score_tenant
@@ -291,7 +291,7 @@ def test_two_deliverers_racing_for_one_batch_send_each_touch_once(app, client, t
     assert queued > 0 and not is_quiet(NOW)
     queued_users = sorted(r["openid"] for r in touches(app, tenant) if r["status"] == "queued")
     first, second = Recording(), Recording()
-    real = delivery.secrets.token_hex
+    real = touch_claims.secrets.token_hex
     raced: list[int] = []
 
     class Racing:
@@ -302,7 +302,7 @@ def test_two_deliverers_racing_for_one_batch_send_each_touch_once(app, client, t
                 raced.append(deliver(app, tenant, NOW, second)["sent"])
             return real(n)
 
-    monkeypatch.setattr(delivery, "secrets", Racing)
+    monkeypatch.setattr(touch_claims, "secrets", Racing)
     counts = deliver(app, tenant, NOW, first)
     assert raced == [1, queued]
     assert sorted(second.sent_to) == queued_users

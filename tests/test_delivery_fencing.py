@@ -29,7 +29,7 @@ from helpers.campaigns import (
 
 from backend.core.clock import FixedClock, from_ms
 from backend.services import channels as channels_module
-from backend.services import coupons, delivery
+from backend.services import coupons, delivery, touch_claims
 from backend.services.campaigns import job, run_lock
 from backend.services.channels import Outcome, channels_for
 from backend.services.locks import acquire_lock, release_lock, renew_lock
@@ -154,17 +154,17 @@ def test_a_sending_touch_whose_lease_ran_out_is_queued_again_and_sent_once(
     queued = prepare(app, client, tenant)
     sent: list[str] = []
     with app.app_context():
-        stale = delivery._claim(tenant.id, NOW)  # claimed, then the process died
+        stale = touch_claims.claim(tenant.id, NOW)  # claimed, then the process died
         assert len(stale) == len(queued)
         assert deliver(app, tenant, Channel(sent), now_ms=NOW + 4 * MINUTE)["sent"] == 0
         assert {r["status"] for r in touches(app, tenant) if r["openid"] in queued} == {"sending"}
-        later = NOW + delivery.LEASE_MS + MINUTE
+        later = NOW + touch_claims.LEASE_MS + MINUTE
         counts = deliver(app, tenant, Channel(sent), now_ms=later)
         assert counts["sent"] == len(queued)
         assert sorted(sent) == queued
         # The dead deliverer's claim is fenced off: it can record nothing now.
-        assert not delivery._finish(stale[0], "failed", reason="late")
-        assert not delivery._confirm(stale[0], later)
+        assert not touch_claims.finish(stale[0], "failed", reason="late")
+        assert not touch_claims.confirm(stale[0], later)
         assert deliver(app, tenant, Channel(sent), now_ms=later + MINUTE)["sent"] == 0
     rows = [r for r in touches(app, tenant) if r["openid"] in queued]
     assert {r["status"] for r in rows} == {"sent"}
@@ -198,7 +198,7 @@ def test_a_crash_between_issuing_a_coupon_and_linking_it_leaves_no_coupon(
         assert left == {"sending": 1, "queued": len(queued) - 1}
 
         monkeypatch.setattr(coupons, "issue", real_issue)
-        later = NOW + delivery.LEASE_MS + MINUTE
+        later = NOW + touch_claims.LEASE_MS + MINUTE
         assert deliver(app, tenant, Channel(sent), now_ms=later)["sent"] == len(queued)
         issued = list(Coupon.select())
         assert len(issued) == len(queued)

@@ -40,6 +40,7 @@ from helpers.queue import pending, scheduled, sqlite_queue
 
 from backend.core.clock import from_ms
 from backend.services import delivery as delivery_service
+from backend.services import touch_claims
 from backend.tasks import delivery, queue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,7 +194,7 @@ def test_a_worker_killed_mid_delivery_loses_its_task_and_no_touch_goes_twice_or_
         two_min = NOW + 2 * MINUTE
         clock.set(from_ms(two_min))
         with app.app_context():
-            assert delivery_service.due_tenants(two_min) == []
+            assert touch_claims.due_tenants(two_min) == []
             counts = delivery_service.deliver_now(app, tenant.id)
         clock.set(T0)
         assert counts["sent"] == 0

@@ -1,6 +1,7 @@
 """Delivery from the outbox: claim due touches, re-check the guard rails, send, record.
 
-A batch is claimed by moving its touches from `queued` to `sending` with a lease and a fresh
+The claim on a touch and its lease are services/touch_claims.py. A batch is claimed by moving
+its touches from `queued` to `sending` with a lease and a fresh
 random claim token in one conditional UPDATE, so two deliverers (two runs, two web workers)
 never claim the same row. The token fences everything after the claim: right before each
 send the deliverer confirms, in one conditional UPDATE, that the touch still carries its token
@@ -21,7 +22,6 @@ the books; what an interrupted send did is the one thing not known.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +36,7 @@ from backend.core.policy import CHANNELS, Policy, PolicyError
 from backend.core.policy.caps import CAP_DAYS, CAP_STATUSES, cap_counts, caps_reached, window_start
 from backend.core.policy.guards import next_send_ms
 from backend.errors import ApiError
-from backend.services import channel_halts, coupons, policies, telemetry
+from backend.services import channel_halts, coupons, policies, telemetry, touch_claims
 from backend.services import channels as channel_setup  # a module: tests replace channels_for
 from backend.services.campaigns.learnt import policy_state
 from backend.services.channels import Channel, Outcome, Recipient
@@ -53,8 +53,6 @@ from backend.store.models import Policy as PolicyRow
 
 log = logging.getLogger(__name__)
 
-LEASE_MS = 5 * 60 * 1000  # a claim, and each send's renewal of it, last this long
-BATCH = 200
 LOST = "lost_claim"  # the count of touches another deliverer took over from this one
 
 # Called with "now" before each send by a caller that must prove it is still entitled to run
@@ -82,156 +80,6 @@ class RetryPolicy:
     max_attempts: int = 5
 
 
-def _housekeeping(tenant_id: int, now_ms: int) -> Counter:
-    """Settle touches whose lease ran out (an interrupted send is recorded, the rest queued
-    again); expire those too late to be worth sending."""
-    out: Counter = Counter()
-    lapsed = (
-        (Touch.tenant == tenant_id) & (Touch.status == "sending") & (Touch.lease_until_ms < now_ms)
-    )
-    with write_transaction():
-        out["unconfirmed"] = _settle_interrupted(lapsed & Touch.send_started_ms.is_null(False))
-        # A crashed or stalled deliverer's lapsed claim: clearing the token fences it out.
-        Touch.update(status="queued", lease_until_ms=None, claim_token=None).where(lapsed).execute()
-        out["expired"] = (
-            Touch.update(status="expired", reason="not_sent_in_time")
-            .where(
-                (Touch.tenant == tenant_id)
-                & (Touch.status == "queued")
-                & (Touch.expires_ms <= now_ms)
-            )
-            .execute()
-        )
-    return out
-
-
-def _settle_interrupted(where) -> int:
-    """Record the lapsed claims whose send had begun as sent, `unconfirmed`: the student may
-    have the message, so it is never sent again; its subscribe allowance is spent as a send's
-    (WeChat spends it when it accepts)."""
-    rows = list(Touch.select().where(where))
-    cache: dict = {}
-    for t in rows:
-        Touch.update(
-            status="sent",
-            sent_ms=t.send_started_ms,
-            reason="unconfirmed",
-            lease_until_ms=None,
-            claim_token=None,
-            send_started_ms=None,
-        ).where((Touch.id == t.id) & (Touch.status == "sending")).execute()
-        policy = _policy(cache, t.policy_id) if t.channel == "subscribe" else None
-        if policy is not None and t.message in policy.messages:
-            SubscriptionAllowance.update(remaining=SubscriptionAllowance.remaining - 1).where(
-                (SubscriptionAllowance.user == t.user_id)
-                & (SubscriptionAllowance.template_id == policy.messages[t.message].template_id)
-                & (SubscriptionAllowance.remaining > 0)
-            ).execute()
-    for t in rows:
-        telemetry.count_send(t.channel, "unconfirmed")
-    if rows:
-        log.warning("touches %s: send interrupted; recorded unconfirmed", [t.id for t in rows])
-    return len(rows)
-
-
-def _due(tenant_id: int, now_ms: int):
-    return (
-        (Touch.tenant == tenant_id)
-        & (Touch.status == "queued")
-        & (Touch.send_after_ms <= now_ms)
-        & (Touch.next_attempt_ms <= now_ms)
-    )
-
-
-def _claim(tenant_id: int, now_ms: int) -> list[Touch]:
-    """Claim up to BATCH due touches under one fresh token; they come back carrying it."""
-    candidates = [
-        tid
-        for (tid,) in Touch.select(Touch.id)
-        .where(_due(tenant_id, now_ms))
-        .order_by(Touch.send_after_ms, Touch.id)
-        .limit(BATCH)
-        .tuples()
-    ]
-    if not candidates:
-        return []
-    token = secrets.token_hex(16)
-    with write_transaction():
-        Touch.update(status="sending", lease_until_ms=now_ms + LEASE_MS, claim_token=token).where(
-            Touch.id.in_(candidates) & _due(tenant_id, now_ms)
-        ).execute()
-    return list(
-        Touch.select()
-        .where((Touch.claim_token == token) & (Touch.status == "sending"))
-        .order_by(Touch.send_after_ms, Touch.id)
-    )
-
-
-def _ours(touch: Touch):
-    """The fence: the row is still `sending` under this deliverer's claim."""
-    return (
-        (Touch.id == touch.id)
-        & (Touch.status == "sending")
-        & (Touch.claim_token == touch.claim_token)
-    )
-
-
-def _confirm(touch: Touch, now_ms: int) -> bool:
-    """The last write before the channel is called: is the claim still ours with lease left?
-    If so, in the same UPDATE, the lease is renewed for this send, the attempt counted and the
-    send stamped as begun (from here a lapsed claim may have reached the student: see the
-    module's docstring)."""
-    with write_transaction():
-        got = (
-            Touch.update(
-                lease_until_ms=now_ms + LEASE_MS,
-                attempts=Touch.attempts + 1,
-                send_started_ms=now_ms,
-            )
-            .where(_ours(touch) & (Touch.lease_until_ms > now_ms))
-            .execute()
-        )
-    if got == 1:
-        touch.attempts += 1
-    return got == 1
-
-
-def _release(touches: list[Touch]) -> None:
-    """Give claimed, unsent touches back to the queue (only those still ours)."""
-    if not touches:
-        return
-    with write_transaction():  # one batch shares one token: a single fenced UPDATE
-        Touch.update(status="queued", lease_until_ms=None, claim_token=None).where(
-            Touch.id.in_([t.id for t in touches])
-            & (Touch.status == "sending")
-            & (Touch.claim_token == touches[0].claim_token)
-        ).execute()
-
-
-def _finish(touch: Touch, status: str, **changes) -> bool:
-    """Move the touch on from `sending`; False (nothing written) if the claim is no longer
-    ours."""
-    with write_transaction():
-        got = (
-            Touch.update(
-                status=status,
-                lease_until_ms=None,
-                claim_token=None,
-                send_started_ms=None,
-                **changes,
-            )
-            .where(_ours(touch))
-            .execute()
-        )
-    if got != 1:
-        log.warning("touch %s: claim taken over by another deliverer; not recorded", touch.id)
-    return got == 1
-
-
-def _requeue(touch: Touch, *, at_ms: int, reason: str = "", **changes) -> bool:
-    return _finish(touch, "queued", next_attempt_ms=at_ms, reason=reason, **changes)
-
-
 def deliver_due(
     tenant: Tenant,
     channels: dict[str, Channel],
@@ -246,20 +94,20 @@ def deliver_due(
     behind and a deliverer on the real clock would take over touches it is still sending.
     There is deliberately no fixed `now_ms` to pass instead.
     """
-    counts = _housekeeping(tenant.id, clock.now_ms())
     cache: dict = {}
+    counts = touch_claims.housekeeping(tenant.id, clock.now_ms(), lambda t: _template_of(cache, t))
     beat = _heartbeat.get()
 
     # Loops until nothing is due: a touch that must wait (backoff, quiet hours, a halted
     # channel) is requeued for later and not claimable now, so this ends.
-    while batch := _claim(tenant.id, clock.now_ms()):
+    while batch := touch_claims.claim(tenant.id, clock.now_ms()):
         for i, touch in enumerate(batch):
             at = clock.now_ms()
             try:
                 if beat is not None:
                     beat(at)
             except BaseException:
-                _release(batch[i:])
+                touch_claims.release(batch[i:])
                 raise
             try:
                 outcome = _deliver_one(tenant, touch, at, channels, retry, cache)
@@ -267,7 +115,7 @@ def deliver_due(
                 telemetry.count_send(touch.channel, outcome)
             except BaseException:
                 # This touch may have gone out (its lease decides); the rest surely did not.
-                _release(batch[i + 1 :])
+                touch_claims.release(batch[i + 1 :])
                 raise
     counts["deferred"] = (
         Touch.select().where((Touch.tenant == tenant.id) & (Touch.status == "queued")).count()
@@ -282,6 +130,14 @@ def _paused(cache: dict, policy_id: int, policy: Policy, tenant_id: int) -> dict
         state = policy_state(tenant_id, PolicyRow.get_by_id(policy_id), policy)
         cache[key] = {a.name: bool(p) for a, p in zip(policy.arms, state.paused, strict=True)}
     return cache[key]
+
+
+def _template_of(cache: dict, touch: Touch) -> str | None:
+    """The subscribe template of a touch's message (its policy read once per delivery)."""
+    policy = _policy(cache, touch.policy_id)
+    if policy is None or touch.message not in policy.messages:
+        return None
+    return policy.messages[touch.message].template_id
 
 
 def _policy(cache: dict, policy_id: int) -> Policy | None:
@@ -299,10 +155,10 @@ def _policy(cache: dict, policy_id: int) -> Policy | None:
 
 def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
     def done(status: str, outcome: str, **changes) -> str:
-        return outcome if _finish(touch, status, **changes) else LOST
+        return outcome if touch_claims.finish(touch, status, **changes) else LOST
 
     def later(outcome: str, **changes) -> str:
-        return outcome if _requeue(touch, **changes) else LOST
+        return outcome if touch_claims.requeue(touch, **changes) else LOST
 
     policy = _policy(cache, touch.policy_id)
     if policy is None:
@@ -341,10 +197,10 @@ def _deliver_one(tenant, touch, now_ms, channels, retry, cache) -> str:
         glue = "&" if "?" in rendered.page else "?"
         rendered = replace(rendered, page=f"{rendered.page}{glue}touch_id={touch.id}")
     to = Recipient(user.openid, user.oa_openid, user.phone)
-    if not _confirm(touch, now_ms):
+    if not touch_claims.confirm(touch, now_ms):
         # Another deliverer holds it now, or our lease ran out: give it back (if still ours)
         # for a fresh claim, and send nothing.
-        _release([touch])
+        touch_claims.release([touch])
         return LOST
     outcome = channels[touch.channel].send(touch, to, rendered, message.template_id, now_ms)
     return _record(tenant, touch, outcome, now_ms, retry, message.template_id)
@@ -364,7 +220,7 @@ def _record(tenant, touch, outcome: Outcome, now_ms, retry: RetryPolicy, templat
                     reason="",
                     wechat_errcode=None,  # an earlier attempt's error is not this touch's outcome
                 )
-                .where(_ours(touch))
+                .where(touch_claims.ours(touch))
                 .execute()
             )
             if got == 1 and touch.channel == "subscribe":
@@ -387,7 +243,7 @@ def _record(tenant, touch, outcome: Outcome, now_ms, retry: RetryPolicy, templat
         until = outcome.until_ms or now_ms + MS_PER_DAY
         channel_halts.halt(tenant.id, touch.channel, until, outcome.reason)
         # Not the touch's failure: the attempt the confirm counted is taken back.
-        held = _requeue(
+        held = touch_claims.requeue(
             touch,
             at_ms=outcome.until_ms or now_ms + MS_PER_DAY,
             reason=outcome.reason,
@@ -398,14 +254,18 @@ def _record(tenant, touch, outcome: Outcome, now_ms, retry: RetryPolicy, templat
     if outcome.kind == "retry":
         attempts = touch.attempts  # the confirm already counted this attempt
         if attempts >= retry.max_attempts:
-            held = _finish(touch, "failed", reason=outcome.reason, wechat_errcode=outcome.errcode)
+            held = touch_claims.finish(
+                touch, "failed", reason=outcome.reason, wechat_errcode=outcome.errcode
+            )
             return "failed" if held else LOST
         backoff = retry.base_ms * (2 ** (attempts - 1))
-        held = _requeue(
+        held = touch_claims.requeue(
             touch, at_ms=now_ms + backoff, reason=outcome.reason, wechat_errcode=outcome.errcode
         )
         return "retry" if held else LOST
-    held = _finish(touch, "failed", reason=outcome.reason, wechat_errcode=outcome.errcode)
+    held = touch_claims.finish(
+        touch, "failed", reason=outcome.reason, wechat_errcode=outcome.errcode
+    )
     return "failed" if held else LOST
 
 
@@ -474,7 +334,7 @@ def _coupon_for(tenant: Tenant, touch: Touch, user: User, now_ms: int):
             coupon = coupons.issue(tenant.id, template.id, user, now_ms, source="policy")
             linked = (
                 Touch.update(coupon=coupon.id)
-                .where(_ours(touch) & Touch.coupon.is_null())
+                .where(touch_claims.ours(touch) & Touch.coupon.is_null())
                 .execute()
             )
             if linked != 1:
@@ -519,18 +379,6 @@ def deliver_now(app, tenant_id: int) -> Counter:
     return deliver_due(
         tenant, channel_setup.channels_for(app), retry_policy(app), clock=app.config["CLOCK"]
     )
-
-
-def due_tenants(now_ms: int) -> list[int]:
-    """The tenants with touches to deliver now: due ones, or ones whose claim lapsed (a
-    deliverer died holding them), which `deliver_due` queues again and sends."""
-    due = (
-        (Touch.status == "queued")
-        & (Touch.send_after_ms <= now_ms)
-        & (Touch.next_attempt_ms <= now_ms)
-    ) | ((Touch.status == "sending") & (Touch.lease_until_ms < now_ms))
-    rows = Touch.select(Touch.tenant).where(due).distinct().order_by(Touch.tenant)
-    return [r.tenant_id for r in rows]
 
 
 def retry_policy(app) -> RetryPolicy:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from huey import crontab
 
 from backend.services import delivery as delivery_service
-from backend.services import locks
+from backend.services import locks, touch_claims
 from backend.tasks.nightly import holder
 from backend.tasks.queue import huey
 from backend.tasks.runtime import in_app, serving
@@ -38,7 +38,7 @@ def delivery_sweep() -> None:
 def queue_due_deliveries(now_ms: int) -> list[int]:
     """Queue `deliver` for the tenants with due touches; returns those queued."""
     queued = []
-    for tenant_id in delivery_service.due_tenants(now_ms):
+    for tenant_id in touch_claims.due_tenants(now_ms):
         name = f"delivery-queued:{tenant_id}"
         if locks.acquire_lock(name, holder(), now_ms, SWEEP_EVERY_MIN * 60_000 - 1):
             deliver(tenant_id)
