@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 
 @click.command("worker")
 @click.option(
-    "--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="processes"
+    "--workers",
+    default=None,
+    type=click.IntRange(1, 64),
+    help="processes (default: 2, or 1 on a SQLite database, whose single writer makes a "
+    "second process slower: bench/nightly.py)",
 )
 @click.option(
     "--scheduler/--no-scheduler",
@@ -41,7 +45,7 @@ log = logging.getLogger(__name__)
     help="serve this machine's /metrics here too (a worker machine with no `serve` beside it)",
 )
 @with_appcontext
-def worker(workers: int, scheduler: bool, metrics_port: int | None) -> None:
+def worker(workers: int | None, scheduler: bool, metrics_port: int | None) -> None:
     """Run the task queue's worker processes (and its scheduler) until stopped (Ctrl-C)."""
     if queue.is_immediate():
         raise click.ClickException(
@@ -49,6 +53,8 @@ def worker(workers: int, scheduler: bool, metrics_port: int | None) -> None:
             "a sqlite:/// or redis:// queue"
         )
     app = current_app._get_current_object()
+    if workers is None:
+        workers = 1 if app.config["DATABASE_URL"].startswith("sqlite") else 2
     logging_setup.default_to_json()
     # The task processes count into the directory `serve`'s /metrics sums (on this machine).
     telemetry.use_directory(telemetry.metrics_dir(app.instance_path))
