@@ -76,9 +76,16 @@ def run_session(app: Flask) -> None:
     _show(
         "redeem it", http.post(f"/mp/v1/coupons/{coupon['id']}/redeem", json=redeem, headers=auth)
     )
-    again = http.post(f"/mp/v1/coupons/{coupon['id']}/redeem", json=redeem, headers=auth)
+    resent = http.post(f"/mp/v1/coupons/{coupon['id']}/redeem", json=redeem, headers=auth)
     click.echo(
-        f"\n== redeem it again: HTTP {again.status_code} {again.get_json()['error']['code']}"
+        f"\n== resend that redemption (an answer lost on the way): HTTP {resent.status_code}, "
+        f"the same coupon, {resent.get_json()['status']} once"
+    )
+    other = {**redeem, "order_id": f"{order_id}-3"}
+    again = http.post(f"/mp/v1/coupons/{coupon['id']}/redeem", json=other, headers=auth)
+    click.echo(
+        f"\n== redeem it on another order: HTTP {again.status_code} "
+        f"{again.get_json()['error']['code']}"
     )
     _show("wallet", http.get("/mp/v1/coupons", headers=auth))
 
