@@ -168,7 +168,8 @@ def test_tenant_a_key_cannot_see_or_change_tenant_b(client, tenant, other_tenant
 
 def test_api_key_checks(client, tenant):
     good = tenant.api_key
-    for bad in ["", "nonsense", good[:-1] + "x", "hl_" + "0" * 8 + "_" + good.split("_", 2)[2]]:
+    last = "x" if good[-1] != "x" else "y"  # a key ending in x made this test pass it
+    for bad in ["", "nonsense", good[:-1] + last, "hl_" + "0" * 8 + "_" + good.split("_", 2)[2]]:
         resp = client.get("/admin/v1/merchants", headers={"X-Api-Key": bad} if bad else {})
         assert resp.status_code == 401, bad
 

@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 
 from backend.services import telemetry
 from backend.store import db as store_db
-from backend.tasks import catalog, queue, runtime
+from backend.tasks import catalog, queue, runtime  # noqa: F401 - catalog registers tasks
 from backend.tasks import telemetry as task_telemetry
 from backend.web import logging_setup
 
@@ -70,7 +70,8 @@ def worker(workers: int | None, scheduler: bool, metrics_port: int | None) -> No
     if metrics_port is not None:
         registry = telemetry.scrape_registry(task_telemetry.QueueCollector())
         start_http_server(metrics_port, registry=registry)
-    log.info("worker: %d processes, scheduler %s, tasks %s", workers, scheduler, catalog.NAMES)
+    # (Huey's consumer lists the tasks it knows itself when it starts.)
+    log.info("worker: %d processes, scheduler %s", workers, scheduler)
     consumer = queue.huey.create_consumer(
         workers=workers,
         worker_type="process",

@@ -10,6 +10,3 @@ from backend.tasks import (  # noqa: F401 - registered on import
     telemetry,
     trials,
 )
-
-# Every task's name, for the worker's first log line.
-NAMES = sorted(t.__name__ for t in delivery.huey._registry._registry.values())
